@@ -1,0 +1,1 @@
+"""Orchestration: profiles, the stage graph, the artifact cache and the command line."""

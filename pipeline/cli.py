@@ -1,0 +1,150 @@
+"""The ``stochkd-pipeline`` command. Only typer is imported up front; everything heavy is imported by
+the command that needs it, so ``--help`` and ``status`` answer at once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pipeline.errors import PipelineError
+from pipeline.registry import STAGE_ORDER, STAGES, stage_index
+
+app = typer.Typer(
+    help="Stochastic-depth knowledge distillation, from teacher training to a quantized, benchmarked "
+         "deployment artifact. Every stage is cached by the hash of what it reads.",
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+ProfileArg = typer.Argument(None, help="Profile YAML (default: profiles/quickstart.yaml).", show_default=False)
+SetOpt = typer.Option(None, "--set", help="Override a profile key, e.g. --set distill.temperature=2 (repeatable).")
+DeviceOpt = typer.Option("auto", "--device", help="Training device: auto (CUDA when present), cpu or cuda.")
+ArtifactsOpt = typer.Option(None, "--artifacts", help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).",
+                            show_default=False)
+
+
+def _artifacts_root(option: Optional[Path]) -> Path:
+    return option or Path(os.environ.get("STOCHKD_ARTIFACTS", "artifacts"))
+
+
+def _check_stage(option: str, value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in STAGES:
+        raise PipelineError(f"{option} {value!r}: unknown stage; allowed: {', '.join(STAGE_ORDER)}")
+    return value
+
+
+def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
+             until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
+             device: str = "auto", artifacts: Optional[Path] = None) -> None:
+    from pipeline import ui
+    from pipeline.plan import build_plan, with_ancestors
+    from pipeline.profiles import load_profile
+    from pipeline.runner import Runner, publish_report
+    from pipeline.store import ArtifactStore
+
+    profile = load_profile(profile_path, overrides)
+    plan = build_plan(profile)
+    if only is not None:
+        tasks = with_ancestors(plan, [t for t in plan if t.stage == only])
+    else:
+        last = stage_index(until) if until else len(STAGE_ORDER) - 1
+        tasks = [t for t in plan if stage_index(t.stage) <= last]
+    first_forced = stage_index(start) if start else len(STAGE_ORDER)
+    forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
+    root = _artifacts_root(artifacts)
+    runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
+                    on_start=ui.stage_started, on_done=ui.stage_finished)
+    ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks · artifacts in {root}")
+    outcomes = runner.run(tasks, forced)
+    published = publish_report(outcomes, root / profile.name)
+    ran = sum(o.ran for o in outcomes)
+    ui.console.print(f"{ran} ran, {len(outcomes) - ran} from the cache.")
+    if published is not None:
+        import json
+
+        ui.console.print(ui.report_table(json.loads((published / "report.json").read_text())))
+        ui.console.print(f"report: {published / 'report.md'}")
+    elif only is not None and ran == 0:
+        ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
+
+
+@app.command()
+def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
+        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+        start: Optional[str] = typer.Option(None, "--from", help="Recompute this stage and every later one."),
+        force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage even if cached."),
+        device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Run every stage of a profile; cached stages are looked up, not rerun."""
+    for option, value in (("--until", until), ("--from", start), ("--force", force)):
+        _check_stage(option, value)
+    _execute(profile, set_ or [], until=until, start=start, force=force, device=device, artifacts=artifacts)
+
+
+def _stage_command(name: str):
+    def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
+                force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
+                device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
+        _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
+                 artifacts=artifacts)
+
+    command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
+    return command
+
+
+for _name in STAGE_ORDER:
+    app.command(name=_name)(_stage_command(_name))
+
+
+@app.command()
+def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
+           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Show each task of a profile: cached or not, its key, its headline figure."""
+    from rich.table import Table
+
+    from pipeline import ui
+    from pipeline.plan import build_plan
+    from pipeline.profiles import load_profile
+    from pipeline.runner import Outcome
+    from pipeline.store import ArtifactStore
+
+    loaded = load_profile(profile, set_ or [])
+    store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
+    table = Table(title=f"{loaded.name} · {store.root}")
+    for column in ("task", "state", "key", "result"):
+        table.add_column(column)
+    for task in build_plan(loaded):
+        artifact = store.lookup(task.stage, task.key)
+        if artifact is None:
+            table.add_row(task.id, "[yellow]to run[/]", task.key[:12], "")
+        else:
+            table.add_row(task.id, "[green]cached[/]", task.key[:12], Outcome(task, artifact, False, 0).headline)
+    ui.console.print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print every profile key with its type, default and description."""
+    from pipeline.schema import describe
+
+    typer.echo(describe())
+
+
+def main() -> None:
+    import click
+
+    try:
+        app(standalone_mode=False)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("interrupted: finished stages are cached and the unfinished one left nothing behind; "
+              "rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,148 @@
+"""The profile schema: frozen, typed sections, each field with a type, a default and a description.
+
+Validation happens once, in ``pipeline.profiles``; stages receive plain, already-checked values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stages.architectures import ARCHITECTURES
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known_architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown network {name!r}; allowed: {', '.join(ARCHITECTURES)}")
+    return name
+
+
+class Augmentation(Section):
+    crop_padding: int = Field(4, ge=0, description="Zero padding before the random crop (pixels); 0 disables cropping.")
+    horizontal_flip: bool = Field(True, description="Random horizontal flips.")
+
+
+class DataConfig(Section):
+    dataset: Literal["digits", "cifar10", "cifar100", "npz"] = Field(
+        "digits", description="digits (scikit-learn's bundled 8x8 digits, no download), cifar10, "
+        "cifar100, or npz (any .npz of x_train, y_train, x_test, y_test, class_names at data.root).")
+    root: str | None = Field(
+        None, description="An .npz file, or for cifar10/cifar100 a torchvision dataset folder. "
+        "Relative paths resolve from the current directory.")
+    download: bool = Field(False, description="Let torchvision download cifar10/cifar100 into data.root.")
+    train_images: int | None = Field(
+        None, ge=1, description="Use a class-balanced subset of this many training images (null: all).")
+    test_images: int | None = Field(
+        None, ge=1, description="Use a class-balanced subset of this many test images (null: all).")
+    augmentation: Augmentation = Field(default_factory=Augmentation, description="Training augmentation.")
+
+    @model_validator(mode="after")
+    def _root_fits_dataset(self) -> "DataConfig":
+        if self.dataset == "digits" and self.root is not None:
+            raise ValueError("data.root must be null for dataset 'digits' (it ships with scikit-learn)")
+        if self.dataset == "npz" and (self.root is None or not self.root.endswith(".npz")):
+            raise ValueError(f"dataset 'npz' needs data.root pointing at an .npz file, got {self.root!r}")
+        return self
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(30, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(128, ge=1, description="Images per optimizer step.")
+    lr: float = Field(0.1, gt=0, description="Initial SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
+    lr_schedule: Literal["step", "cosine"] = Field(
+        "step", description="step: multiply by lr_gamma at each of lr_milestones; cosine: anneal to 0.")
+    lr_milestones: tuple[int, ...] = Field((), description="Epochs at which a step schedule decays the LR.")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of the step schedule.")
+
+
+class TeacherConfig(Section):
+    arch: str = Field("resnet20", description=f"Teacher network: {', '.join(ARCHITECTURES)}.")
+    p_last: Probability = Field(
+        0.5, description="Survival probability p_n of the deepest block (eq. 2); 1 disables dropping.")
+    drop_mode: Literal["batch", "sample"] = Field(
+        "batch", description="While training: drop a block for the whole batch, or per image.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Teacher recipe.")
+
+    _arch = field_validator("arch")(_known_architecture)
+
+
+class StudentConfig(Section):
+    arch: str = Field("resnet8", description=f"Student network: {', '.join(ARCHITECTURES)}.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="One recipe for every student: alone, KD and stochastic KD.")
+
+    _arch = field_validator("arch")(_known_architecture)
+
+
+class DistillConfig(Section):
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
+    kd_weight: float = Field(0.9, ge=0, le=1, description="Weight of the KD term; the label CE gets 1 - kd_weight.")
+    teacher_samples: int = Field(4, ge=1, description="K: teacher sub-networks sampled per batch (stochastic KD).")
+    p_last: Probability | None = Field(
+        None, description="Survival p_n while the teacher teaches; null: the teacher's own p_last.")
+    drop_mode: Literal["batch", "sample"] = Field(
+        "batch", description="batch: one sub-network per sample for the whole batch; sample: a mask per image.")
+    aggregate: Literal["individual", "ensemble"] = Field(
+        "individual", description="individual: average the K per-sample KD terms; ensemble: "
+        "average the K distributions first.")
+
+
+class ExportConfig(Section):
+    opset: int = Field(18, ge=13, description="ONNX opset.")
+    tolerance: float = Field(1e-3, gt=0, description="Max abs logit difference ONNX Runtime vs PyTorch accepted.")
+
+
+class QuantizeConfig(Section):
+    precisions: tuple[Literal["int8", "fp16"], ...] = Field(
+        ("int8", "fp16"), description="Reduced precisions to produce next to fp32.")
+    calibration_images: int = Field(512, ge=1, description="Training images used to calibrate INT8.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How INT8 activation ranges are chosen from the calibration images.")
+    per_channel: bool = Field(True, description="Per-channel weight scales.")
+
+
+class TargetConfig(Section):
+    name: str = Field("this-cpu", description="Human name of the deployment target.")
+    backend: Literal["onnxruntime"] = Field("onnxruntime", description="Runtime that builds and runs engines.")
+    execution_provider: Literal["CPUExecutionProvider"] = Field(
+        "CPUExecutionProvider", description="ONNX Runtime execution provider.")
+    graph_optimization: Literal["basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimization level baked into the saved engine.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads (null: one per core).")
+
+
+class BenchmarkConfig(Section):
+    batch_sizes: tuple[int, ...] = Field((1, 64), min_length=1, description="Batch sizes to time.")
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
+    iterations: int = Field(50, ge=1, description="Timed runs per artifact and batch size.")
+    eval_batch_size: int = Field(256, ge=1, description="Batch size of the accuracy pass over the test split.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in sizes):
+            raise ValueError(f"batch sizes must be positive, got {list(sizes)}")
+        return tuple(sorted(set(sizes)))
+
+
+class Profile(Section):
+    name: str = Field("", description="Report folder name under artifacts/ (default: the profile's file name).")
+    seed: int = Field(0, description="Seed of every random choice in training.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Stochastic-depth teacher.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="Student network and recipe.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge transfer.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
+    target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")

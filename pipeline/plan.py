@@ -1,0 +1,87 @@
+"""From a validated profile to the graph of tasks: which stage runs on which model, with exactly
+which parameters, after which other tasks. Each task's cache key follows from that alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from pipeline.config import Profile
+from pipeline.fingerprint import digest, key_form
+from pipeline.hardware import fingerprint
+from pipeline.registry import STAGES
+
+MODELS = ("teacher", "student", "kd", "stochastic_kd")
+INT8_FLAVOUR = {"onnxruntime": "u8s8", "tensorrt": "s8s8"}
+
+
+@dataclass(eq=False)
+class Task:
+    stage: str
+    variant: str | None
+    params: dict[str, Any]
+    needs: dict[str, "Task"] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}:{self.variant}" if self.variant else self.stage
+
+    @cached_property
+    def key_material(self) -> dict[str, Any]:
+        decl = STAGES[self.stage]
+        material = {"stage": self.stage, "version": decl.version, "params": key_form(self.params),
+                    "inputs": {role: task.key for role, task in sorted(self.needs.items())}}
+        if decl.hardware_bound:
+            material["hardware"] = fingerprint(self.params["target"].backend)
+        return material
+
+    @cached_property
+    def key(self) -> str:
+        return digest(self.key_material)[:24]
+
+
+def build_plan(profile: Profile) -> list[Task]:
+    """Every task of the profile, in an order where each task follows the tasks it needs."""
+    data, seed = profile.data, profile.seed
+    teacher = Task("teacher", "teacher", {"seed": seed, "data": data, "teacher": profile.teacher})
+    student_params = {"seed": seed, "data": data, "student": profile.student}
+    # KD with dropping off is stochastic KD with one sample and every block kept.
+    deterministic = profile.distill.model_copy(update={
+        "teacher_samples": 1, "p_last": 1.0, "drop_mode": "batch", "aggregate": "individual"})
+    trained = {
+        "teacher": teacher,
+        "student": Task("distill", "student", student_params),
+        "kd": Task("distill", "kd", {**student_params, "distill": deterministic}, {"teacher": teacher}),
+        "stochastic_kd": Task("distill", "stochastic_kd", {**student_params, "distill": profile.distill},
+                              {"teacher": teacher}),
+    }
+    tasks = list(trained.values())
+    benchmarks = {}
+    precisions = list(profile.quantize.precisions)
+    for model, training in trained.items():
+        export = Task("export", model, {"export": profile.export, "data": data}, {"model": training})
+        quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
+                                            "int8_flavour": INT8_FLAVOUR[profile.target.backend]},
+                        {"onnx": export})
+        engine = Task("engine", model, {"target": profile.target, "precisions": precisions},
+                      {"quantized": quantize})
+        benchmarks[model] = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
+                                                      "data": data}, {"model": training, "engines": engine})
+        tasks += [export, quantize, engine, benchmarks[model]]
+    report_needs = {f"benchmark:{m}": t for m, t in benchmarks.items()}
+    report_needs.update({f"train:{m}": t for m, t in trained.items()})
+    tasks.append(Task("report", None, {"profile": profile.name, "models": list(MODELS)}, report_needs))
+    return sorted(tasks, key=lambda t: list(STAGES).index(t.stage))
+
+
+def with_ancestors(tasks: list[Task], wanted: list[Task]) -> list[Task]:
+    """``wanted`` and everything they need, in plan order."""
+    keep: set[int] = set()
+    stack = list(wanted)
+    while stack:
+        task = stack.pop()
+        if id(task) not in keep:
+            keep.add(id(task))
+            stack.extend(task.needs.values())
+    return [t for t in tasks if id(t) in keep]

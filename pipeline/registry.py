@@ -1,0 +1,78 @@
+"""The stages, declared statically: where each lives ("module:function"), its code version, whether
+its result depends on the hardware, and how to summarize it in one line. Nothing here imports a
+stage, so the CLI can list, plan and look up artifacts without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def _accuracy(metrics: dict[str, Any]) -> str:
+    return f"top-1 {100 * metrics['test_accuracy']:.2f}%"
+
+
+def _export(metrics: dict[str, Any]) -> str:
+    return f"max diff {metrics['max_abs_diff']:.1e}, top-1 agreement {100 * metrics['top1_agreement']:.2f}%"
+
+
+def _quantize(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{p} {100 * m['test_accuracy']:.2f}%" for p, m in metrics.items())
+
+
+def _engine(metrics: dict[str, Any]) -> str:
+    return f"{metrics['backend']}: {', '.join(metrics['engines'])}"
+
+
+def _benchmark(metrics: dict[str, Any]) -> str:
+    rows = metrics["rows"]
+    largest = max(r["batch_size"] for r in rows)
+    runtimes = {"pytorch": "torch", "onnxruntime": "ort"}
+    return f"p50 ms @{largest}: " + ", ".join(
+        f"{runtimes.get(r['runtime'], r['runtime'])}-{r['precision']} {r['latency_p50_ms']:.2f}"
+        for r in rows if r["batch_size"] == largest)
+
+
+def _report(metrics: dict[str, Any]) -> str:
+    comparison = metrics["comparison"]
+    if "gain_over_kd" not in comparison:
+        return "written"
+    return (f"stochastic KD {100 * comparison['gain_over_kd']:+.2f} pts vs KD, "
+            f"{100 * comparison['gain_over_student_alone']:+.2f} vs student alone")
+
+
+@dataclass(frozen=True)
+class StageDecl:
+    name: str
+    function: str  # "module:function", imported only when the stage runs
+    version: int  # bump when a change to the code changes what the stage produces
+    hardware_bound: bool
+    help: str
+    headline: Callable[[dict[str, Any]], str]
+
+
+STAGES: dict[str, StageDecl] = {s.name: s for s in (
+    StageDecl("teacher", "stages.teacher:train_teacher", 1, False,
+              "Train the stochastic-depth teacher.", _accuracy),
+    StageDecl("distill", "stages.distill:train_student", 1, False,
+              "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
+    StageDecl("export", "stages.export:export_model", 1, False,
+              "Export each network to ONNX and check it against PyTorch.", _export),
+    StageDecl("quantize", "stages.quantize:quantize_model", 1, False,
+              "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),
+    StageDecl("engine", "stages.engine:build_engines", 1, True,
+              "Build the deployable engines for the target.", _engine),
+    StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, True,
+              "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
+    StageDecl("report", "stages.report:write_report", 1, False,
+              "Write the accuracy-versus-latency report.", _report),
+)}
+
+STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+
+
+def stage_index(name: str) -> int:
+    try:
+        return STAGE_ORDER.index(name)
+    except ValueError:
+        raise KeyError(name) from None

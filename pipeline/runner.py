@@ -1,0 +1,104 @@
+"""Runs a plan: each task is looked up in the store by its key, and run only when absent or forced.
+
+The runner is the only code that touches the store: it hands each stage its inputs' folders and a
+fresh output folder, and writes the manifest when the stage returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.fingerprint import key_form
+from pipeline.hardware import machine, package_versions
+from pipeline.plan import Task
+from pipeline.registry import STAGES
+from pipeline.store import ArtifactStore
+from stages.context import StageContext, StageInput, no_progress
+
+REPORT_FILES = ("report.md", "report.json", "report.png")
+
+
+@dataclass
+class Outcome:
+    task: Task
+    artifact: StageInput
+    ran: bool
+    wall_s: float
+
+    @property
+    def headline(self) -> str:
+        try:
+            return STAGES[self.task.stage].headline(self.artifact.metrics)
+        except (KeyError, TypeError, ValueError):
+            return "(no summary)"
+
+
+def resolve_stage(function: str) -> Callable[[StageContext], dict[str, Any]]:
+    module_name, function_name = function.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+class Runner:
+    def __init__(self, store: ArtifactStore, *, device: str = "auto", progress=no_progress,
+                 on_start: Callable[[Task], None] = lambda task: None,
+                 on_done: Callable[[Outcome], None] = lambda outcome: None) -> None:
+        self.store = store
+        self.device = device
+        self.progress = progress
+        self.on_start = on_start
+        self.on_done = on_done
+
+    def run(self, tasks: list[Task], forced: set[str] = frozenset()) -> list[Outcome]:
+        """Run ``tasks`` (each after the tasks it needs); ``forced`` task ids rerun even if cached."""
+        done: dict[int, Outcome] = {}
+        for task in tasks:
+            artifact = None if task.id in forced else self.store.lookup(task.stage, task.key)
+            if artifact is not None:
+                outcome = Outcome(task, artifact, ran=False, wall_s=0.0)
+            else:
+                outcome = self._execute(task, {role: done[id(t)].artifact for role, t in task.needs.items()})
+            done[id(task)] = outcome
+            self.on_done(outcome)
+        return list(done.values())
+
+    def _execute(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
+        decl = STAGES[task.stage]
+        stage_function = resolve_stage(decl.function)
+        self.on_start(task)
+        scratch = self.store.begin(task.stage, task.key)
+        started = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        try:
+            metrics = stage_function(StageContext(
+                params=task.params, inputs=inputs, output=scratch, variant=task.variant,
+                device=self.device, progress=self.progress))
+            wall = time.perf_counter() - clock
+            manifest = {
+                "stage": task.stage, "variant": task.variant, "version": decl.version,
+                "config": key_form(task.params), "inputs": {r: t.key for r, t in task.needs.items()},
+                "metrics": metrics, "seed": task.params.get("seed"),
+                "timings": {"started": started.isoformat(), "wall_s": wall},
+                "versions": package_versions(), "machine": machine(), "device_requested": self.device,
+            }
+            artifact = self.store.commit(scratch, task.stage, task.key, manifest)
+        except BaseException:
+            self.store.discard(scratch)
+            raise
+        return Outcome(task, artifact, ran=True, wall_s=wall)
+
+
+def publish_report(outcomes: list[Outcome], destination: Path) -> Path | None:
+    """Copy the report's files to ``destination`` (artifacts/<profile>/), where users look for them."""
+    report = next((o for o in outcomes if o.task.stage == "report"), None)
+    if report is None:
+        return None
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        shutil.copy(report.artifact.file(name), destination / name)
+    return destination

@@ -1,0 +1,95 @@
+"""The content-addressed artifact store.
+
+One folder per stage and key, ``<root>/store/<stage>/<key>/``, holding the stage's files and a
+``manifest.json`` (key, config, metrics, timings, versions, device, seed, and a sha256 of every
+file). A folder is built under a temporary name and renamed into place only when complete, so a
+folder that exists under its key is finished. An entry whose manifest or checksums do not hold is a
+cache miss, never an error: it is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import ArtifactError
+from stages.context import StageInput
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root: Path, warn: Callable[[str], None] = lambda message: None) -> None:
+        self.root = Path(root)
+        self.warn = warn
+
+    def folder(self, stage: str, key: str) -> Path:
+        return self.root / "store" / stage / key
+
+    def lookup(self, stage: str, key: str) -> StageInput | None:
+        """The finished artifact under ``key``, or None if absent or not intact."""
+        folder = self.folder(stage, key)
+        if not folder.is_dir():
+            return None
+        problem = self._check(folder, key)
+        if problem:
+            self.warn(f"{folder}: {problem}; rebuilding it")
+            return None
+        return StageInput(folder, json.loads((folder / MANIFEST).read_text()))
+
+    def _check(self, folder: Path, key: str) -> str | None:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return "manifest missing or unreadable"
+        if manifest.get("key") != key:
+            return "manifest belongs to another key"
+        for name, expected in manifest.get("files", {}).items():
+            path = folder / name
+            if not path.is_file() or path.stat().st_size != expected["bytes"]:
+                return f"{name} is missing or has the wrong size"
+            if sha256_file(path) != expected["sha256"]:
+                return f"{name} does not match its checksum"
+        return None
+
+    def begin(self, stage: str, key: str) -> Path:
+        """A fresh, empty folder for a stage to write into."""
+        scratch = self.root / "store" / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        try:
+            scratch.mkdir(parents=True)
+        except OSError as exc:
+            raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror}); "
+                                f"pass --artifacts with a writable folder") from exc
+        return scratch
+
+    def commit(self, scratch: Path, stage: str, key: str, manifest: dict[str, Any]) -> StageInput:
+        """Checksum the files, write the manifest, and move the folder into place atomically."""
+        files = {}
+        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+            files[path.relative_to(scratch).as_posix()] = {"bytes": path.stat().st_size,
+                                                           "sha256": sha256_file(path)}
+        manifest = {**manifest, "key": key, "files": files}
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        final = self.folder(stage, key)
+        if final.exists():  # a forced rerun replaces the old entry
+            retired = final.with_name(f".old-{key}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        os.replace(scratch, final)
+        return StageInput(final, manifest)
+
+    def discard(self, scratch: Path) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)

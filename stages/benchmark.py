@@ -1,0 +1,80 @@
+"""Stage 6: latency, throughput, memory, size and accuracy of everything deployed for one model.
+
+Each artifact (PyTorch fp32 eager, then one engine per precision) is measured in a fresh process
+(``stages.benchmark_worker``) so that peak memory belongs to that artifact alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ArtifactError
+from pipeline.hardware import machine, package_versions
+from stages.checkpoint import WEIGHTS, load_model, read_spec
+from stages.context import StageContext
+from stages.data import load_dataset
+from stages.engine import ENGINES_FILE
+from stages.measure import count_macs, count_parameters
+
+RESULTS_FILE = "results.json"
+
+
+def run_worker(spec: dict, scratch: Path, label: str) -> dict:
+    spec_path, result_path = scratch / f"{label}.spec.json", scratch / f"{label}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "stages.benchmark_worker", str(spec_path), str(result_path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ArtifactError(f"benchmark of {label} failed: {tail}")
+    return json.loads(result_path.read_text())
+
+
+def benchmark_model(ctx: StageContext) -> dict:
+    cfg, target, data_cfg = ctx.params["benchmark"], ctx.params["target"], ctx.params["data"]
+    model_folder, engines_input = ctx.inputs["model"].path, ctx.inputs["engines"]
+    data = load_dataset(data_cfg)
+    spec = read_spec(model_folder)
+    model = load_model(model_folder, spec)
+    parameters = count_parameters(model)
+    macs = count_macs(model, (spec.in_channels, spec.image_size, spec.image_size))
+    threads = target.threads or os.cpu_count() or 1
+    engines = json.loads(engines_input.file(ENGINES_FILE).read_text())
+    common = {"batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "iterations": cfg.iterations,
+              "eval_batch_size": cfg.eval_batch_size, "threads": threads}
+    candidates = [("pytorch", "fp32", "fp32", {"kind": "pytorch", "model_folder": str(model_folder)},
+                   model_folder / WEIGHTS)]
+    for precision, engine in engines.items():
+        candidates.append((target.backend, precision, engine["compute_precision"], {
+            "kind": "engine", "backend": target.backend, "engine_path": str(engines_input.file(engine["file"])),
+            "target": target.model_dump(mode="json")}, engines_input.file(engine["file"])))
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch_name, ctx.progress(
+            f"benchmark {ctx.variant}", len(candidates)) as advance:
+        scratch = Path(scratch_name)
+        np.save(scratch / "images.npy", data.normalized(data.x_test))
+        np.save(scratch / "labels.npy", data.y_test)
+        common.update(test_images=str(scratch / "images.npy"), test_labels=str(scratch / "labels.npy"))
+        for runtime, precision, computed_in, worker_spec, file in candidates:
+            label = f"{ctx.variant}-{runtime}-{precision}"
+            advance(0, f"benchmark {label}")
+            result = run_worker({**common, **worker_spec}, scratch, label)
+            for timing in result["latency"]:
+                rows.append({
+                    "model": ctx.variant, "arch": spec.arch, "runtime": runtime, "precision": precision,
+                    "compute_precision": computed_in, **timing, "test_accuracy": result["test_accuracy"],
+                    "peak_memory_mb": result["peak_memory_mb"], "peak_rss_mb": result["peak_rss_mb"],
+                    "file_size_bytes": file.stat().st_size, "parameters": parameters, "macs": macs,
+                    "threads": threads})
+            advance(1)
+    (ctx.output / RESULTS_FILE).write_text(json.dumps(rows, indent=1))
+    return {"rows": rows, "machine": machine(), "versions": package_versions(), "threads": threads,
+            "target": target.name, "model_spec": asdict(spec)}

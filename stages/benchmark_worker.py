@@ -1,0 +1,121 @@
+"""Measures one artifact in a process of its own, so its peak memory is its own.
+
+Run as ``python -m stages.benchmark_worker SPEC.json RESULT.json``. The spec names the artifact
+(a PyTorch model folder, or an engine and its backend), the test arrays and the timing settings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def resident_mb() -> float:
+    return _status_mb("VmRSS:")
+
+
+def peak_resident_mb() -> float:
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the parent's peak through fork and exec.
+    return _status_mb("VmHWM:")
+
+
+def import_runtime(spec: dict) -> None:
+    """Import the runtime first, so the memory it takes itself is not counted as the model's."""
+    import importlib
+
+    if spec["kind"] == "pytorch":
+        importlib.import_module("torch")
+        importlib.import_module("stages.checkpoint")
+    else:
+        from stages.backends import get_backend
+
+        importlib.import_module(get_backend(spec["backend"]).runtime_module)
+
+
+def load_infer(spec: dict):
+    """A function from a float32 (N, C, H, W) batch to logits."""
+    if spec["kind"] == "pytorch":
+        import torch
+
+        from stages.checkpoint import load_model
+
+        torch.set_num_threads(spec["threads"])
+        model = load_model(Path(spec["model_folder"])).to(memory_format=torch.channels_last)
+
+        def infer(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+                return model(x).numpy()
+
+        return infer
+    from stages.backends import get_backend
+
+    target = SimpleNamespace(**spec["target"])
+    return get_backend(spec["backend"]).load(Path(spec["engine_path"]), target)
+
+
+def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations: int) -> list[dict]:
+    rows = []
+    for batch_size in batch_sizes:
+        reps = -(-batch_size // len(images))
+        batch = np.ascontiguousarray(np.concatenate([images] * reps)[:batch_size])
+        for _ in range(warmup):
+            infer(batch)
+        times = np.empty(iterations)
+        for i in range(iterations):
+            start = time.perf_counter()
+            infer(batch)
+            times[i] = time.perf_counter() - start
+        ms = times * 1e3
+        rows.append({
+            "batch_size": batch_size,
+            "latency_p50_ms": float(np.percentile(ms, 50)),
+            "latency_p90_ms": float(np.percentile(ms, 90)),
+            "latency_p99_ms": float(np.percentile(ms, 99)),
+            "latency_mean_ms": float(ms.mean()),
+            "latency_std_ms": float(ms.std()),
+            "throughput_images_per_s": float(batch_size / times.mean()),
+        })
+    return rows
+
+
+def measure(spec: dict) -> dict:
+    images = np.load(spec["test_images"], mmap_mode="r")
+    labels = np.load(spec["test_labels"])
+    timing_images = np.array(images[: max(spec["batch_sizes"])])
+    import_runtime(spec)
+    before = resident_mb()
+    infer = load_infer(spec)
+    loaded = resident_mb()
+    latency = time_batches(infer, timing_images, spec["batch_sizes"], spec["warmup"], spec["iterations"])
+    peak = peak_resident_mb()
+    predictions = []
+    for start in range(0, len(images), spec["eval_batch_size"]):
+        predictions.append(infer(np.ascontiguousarray(images[start:start + spec["eval_batch_size"]])).argmax(1))
+    accuracy = float((np.concatenate(predictions) == labels).mean())
+    return {"latency": latency, "test_accuracy": accuracy, "threads": spec["threads"],
+            "model_load_mb": loaded - before, "peak_memory_mb": peak - before, "peak_rss_mb": peak}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = (Path(a) for a in argv)
+    result = measure(json.loads(spec_path.read_text()))
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""Save and load trained networks: weights as a state dict (loaded with ``weights_only=True``, so
+loading never runs code) next to a JSON description of how to rebuild the network."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import ArtifactError
+from stages.architectures import build_model
+
+WEIGHTS = "model.pt"
+SPEC = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    p_last: float
+    drop_mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.num_classes, self.in_channels, self.p_last, self.drop_mode)
+
+    def with_survival(self, p_last: float, drop_mode: str) -> "ModelSpec":
+        return replace(self, p_last=p_last, drop_mode=drop_mode)
+
+
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, folder / WEIGHTS)
+    (folder / SPEC).write_text(json.dumps(asdict(spec), indent=2))
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    try:
+        raw = json.loads((folder / SPEC).read_text())
+        return ModelSpec(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"{folder / SPEC}: unreadable model description ({exc}); "
+                            f"rerun the stage that made it with --force") from exc
+
+
+def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
+    """Rebuild the network described in ``folder`` (or by ``spec``) and load its weights."""
+    spec = spec or read_spec(folder)
+    model = spec.build()
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({exc}); "
+                            f"rerun the stage that made it with --force") from exc
+    return model.eval()

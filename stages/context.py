@@ -1,0 +1,47 @@
+"""What a stage is given: its parameters, its inputs' folders, a fresh output folder, and a way to
+report progress. A stage reads nothing else; the runner alone decides where artifacts live."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+
+class Advance(Protocol):
+    def __call__(self, steps: int = 1, description: str | None = None) -> None: ...
+
+
+ProgressFactory = Callable[[str, int], "contextmanager[Advance]"]
+
+
+@contextmanager
+def no_progress(description: str, total: int) -> Iterator[Advance]:
+    yield lambda steps=1, description=None: None
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """A finished upstream artifact: its folder (read-only by convention) and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+@dataclass(frozen=True)
+class StageContext:
+    params: dict[str, Any]
+    inputs: dict[str, StageInput]
+    output: Path
+    variant: str | None = None
+    device: str = "cpu"
+    progress: Callable[..., Any] = no_progress
+    log: Callable[[str], None] = field(default=lambda message: None)

@@ -1,0 +1,32 @@
+"""Stage 5: build the deployable engines for the profile's target, one per precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from pipeline.errors import ArtifactError
+from stages.backends import get_backend
+from stages.checkpoint import SPEC
+from stages.context import StageContext
+from stages.quantize import precision_file
+
+ENGINES_FILE = "engines.json"
+
+
+def build_engines(ctx: StageContext) -> dict:
+    target = ctx.params["target"]
+    backend = get_backend(target.backend)
+    reason = backend.unavailable_reason(target)
+    if reason:
+        raise ArtifactError(f"target {target.name!r} (backend {target.backend}): {reason}; "
+                            f"run the engine stage on a machine that has it")
+    quantized = ctx.inputs["quantized"]
+    shutil.copy(quantized.file(SPEC), ctx.output / SPEC)
+    engines = {}
+    for precision in ("fp32", *ctx.params["precisions"]):
+        engine_path = ctx.output / f"engine.{precision}{backend.engine_suffix}"
+        engines[precision] = backend.build(quantized.file(precision_file(precision)), engine_path,
+                                           precision, target)
+    (ctx.output / ENGINES_FILE).write_text(json.dumps(engines, indent=2))
+    return {"backend": backend.name, "target": target.name, "engines": engines}

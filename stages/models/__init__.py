@@ -1,0 +1,1 @@
+"""Network definitions. Import them through ``stages.architectures.build_model``."""

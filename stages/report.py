@@ -1,0 +1,116 @@
+"""Stage 7: the accuracy-versus-latency report: report.md, report.json and report.png."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stages.context import StageContext
+
+MODEL_LABELS = {
+    "teacher": "teacher",
+    "student": "student alone",
+    "kd": "KD",
+    "stochastic_kd": "stochastic KD",
+}
+
+
+def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
+    accuracy = {m: training[m]["test_accuracy"] for m in training}
+    comparison: dict[str, Any] = {"test_accuracy": accuracy}
+    if {"stochastic_kd", "kd", "student"} <= accuracy.keys():
+        comparison["gain_over_kd"] = accuracy["stochastic_kd"] - accuracy["kd"]
+        comparison["gain_over_student_alone"] = accuracy["stochastic_kd"] - accuracy["student"]
+    return comparison
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [f"# stochkd-pipeline report: {report['profile']}", "",
+             f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
+             f"{report['threads']} threads; target profile `{report['target']}`.", "",
+             "## Knowledge transfer (PyTorch fp32, test split)", "",
+             "Student alone: labels only. KD: the same teacher with dropping off. Stochastic KD: the "
+             "teacher keeps dropping blocks while it teaches.", "",
+             "| model | network | top-1 % |", "| --- | --- | --- |"]
+    for model, acc in report["comparison"]["test_accuracy"].items():
+        lines.append(f"| {MODEL_LABELS.get(model, model)} | {report['archs'][model]} | {_pct(acc)} |")
+    comparison = report["comparison"]
+    if "gain_over_kd" in comparison:
+        lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
+                  f"the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} over "
+                  f"the student trained alone (one seed; same recipe and budget for all three)."]
+    lines += ["", "## Deployed artifacts", "",
+              "| model | runtime | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
+              "| images/s | peak MB | file KB | params | MMACs |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        lines.append(
+            f"| {MODEL_LABELS.get(r['model'], r['model'])} | {r['runtime']} | {r['precision']} | "
+            f"{r['compute_precision']} | "
+            f"{r['batch_size']} | {_pct(r['test_accuracy'])} | {r['latency_p50_ms']:.3f} | "
+            f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | {r['throughput_images_per_s']:.0f} | "
+            f"{r['peak_memory_mb']:.1f} | {r['file_size_bytes'] / 1024:.0f} | {r['parameters']:,} | "
+            f"{r['macs'] / 1e6:.2f} |")
+    lines += ["", "Peak MB: peak resident memory of the measuring process above what its runtime took "
+              "before the model was loaded. Latency: wall time of one batch after warm-up. "
+              "Computes in: the precision of the heavy operators as the runtime really runs them "
+              "(a CPU without fp16 kernels runs an fp16 model in fp32 between casts).", "",
+              "![accuracy versus latency](report.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = report["plot_batch_size"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"fp32": "o", "int8": "s", "fp16": "^"}
+    for i, model in enumerate(report["models"]):
+        rows = [r for r in report["rows"] if r["model"] == model and r["batch_size"] == batch]
+        for r in rows:
+            ax.scatter(r["latency_p50_ms"], 100 * r["test_accuracy"], color=f"C{i}",
+                       marker=markers.get(r["precision"], "x"), edgecolors="black" if r["runtime"] == "pytorch" else None,
+                       s=60, label=f"{MODEL_LABELS.get(model, model)} · {r['runtime']} {r['precision']}")
+    ax.set_xlabel(f"p50 latency per batch of {batch} (ms), {report['machine']['cpu']}")
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
+    ax.set_title(f"{report['profile']}: accuracy versus latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(ctx: StageContext) -> dict:
+    models = ctx.params["models"]
+    # Rows are labelled by the role they fill here: two models with identical settings share one artifact.
+    rows = [{**row, "model": m} for m in models for row in ctx.inputs[f"benchmark:{m}"].metrics["rows"]]
+    training = {m: ctx.inputs[f"train:{m}"].metrics for m in models}
+    first = ctx.inputs[f"benchmark:{models[0]}"].metrics
+    batch = max(r["batch_size"] for r in rows)
+    report = {
+        "profile": ctx.params["profile"],
+        "target": first["target"],
+        "machine": first["machine"],
+        "threads": first["threads"],
+        "versions": first["versions"],
+        "models": models,
+        "labels": {m: MODEL_LABELS.get(m, m) for m in models},
+        "archs": {m: training[m]["arch"] for m in models},
+        "comparison": method_comparison(training),
+        "training": training,
+        "plot_batch_size": batch,
+        "rows": rows,
+    }
+    (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
+    (ctx.output / "report.md").write_text(render_markdown(report))
+    plot(report, ctx.output / "report.png")
+    return {"comparison": report["comparison"], "files": ["report.md", "report.json", "report.png"]}

@@ -1,0 +1,140 @@
+"""Stochastic blocks: survival probabilities (eq. 2) and the drop applied to a residual branch.
+
+Scaling convention, used everywhere in this project: *inverted*. A surviving residual branch is
+divided by its survival probability whenever blocks are dropping (training and sampling), and
+evaluation uses the plain sum. The expected output of a sampled block therefore equals its
+evaluation output, and exported graphs (evaluation mode) contain no random operations.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+DropMode = Literal["batch", "sample"]
+DROP_MODES: tuple[str, ...] = ("batch", "sample")
+
+
+def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
+    """Eq. 2: ``p_i = 1 - (i-1)/(n-1) * (1 - p_last)`` for blocks i = 1..n (so ``p_1 = 1``)."""
+    if n_blocks < 1:
+        raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
+    if not 0.0 < p_last <= 1.0:
+        raise ValueError(f"p_last must be in (0, 1], got {p_last}")
+    if n_blocks == 1:
+        return [1.0]
+    return [1.0 - (i / (n_blocks - 1)) * (1.0 - p_last) for i in range(n_blocks)]
+
+
+def keep_scale(
+    n_rows: int, survival: float, mode: DropMode, groups: int, device: torch.device
+) -> torch.Tensor | float:
+    """Per-row factor for a residual branch: 0 where dropped, 1/survival where kept.
+
+    ``groups`` splits the rows into equal consecutive groups that each draw their own sub-network in
+    batch mode; K teacher samples run as one batched forward with ``groups = K``. Returns the plain
+    float ``1/survival`` when every row survives, so a kept batch costs no mask multiply.
+    """
+    if mode == "batch":
+        # Coins are drawn on the CPU: a whole-batch decision never waits on the device.
+        kept = torch.rand(groups) < survival
+        if bool(kept.all()):
+            return 1.0 / survival
+        if not bool(kept.any()):
+            return 0.0
+        rows = kept.repeat_interleave(n_rows // groups).to(device=device, dtype=torch.float32)
+        return (rows / survival).view(-1, 1, 1, 1)
+    if mode == "sample":
+        rows = torch.empty(n_rows, device=device).bernoulli_(survival)
+        return (rows / survival).view(-1, 1, 1, 1)
+    raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
+
+
+class DropPath(nn.Module):
+    """Drops a residual branch with probability ``1 - survival``.
+
+    Active while training or while *sampling*; sampling is a switch of its own, separate from
+    ``train()``/``eval()``, so a teacher can draw sub-networks with BatchNorm frozen.
+    """
+
+    def __init__(self, survival: float, mode: DropMode = "batch") -> None:
+        super().__init__()
+        if not 0.0 < survival <= 1.0:
+            raise ValueError(f"survival must be in (0, 1], got {survival}")
+        if mode not in DROP_MODES:
+            raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
+        self.survival = survival
+        self.mode: DropMode = mode
+        self.sampling = False
+        self.groups = 1
+        self.forced: bool | None = None  # a fixed keep (True) or drop (False) decision, see fixed_subnetwork
+
+    @property
+    def active(self) -> bool:
+        return self.training or self.sampling
+
+    def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | float:
+        if self.forced is not None:
+            return 1.0 / self.survival if self.forced else 0.0
+        return keep_scale(n_rows, self.survival, self.mode, self.groups, device)
+
+    def extra_repr(self) -> str:
+        return f"survival={self.survival:.3f}, mode={self.mode}"
+
+
+def drop_paths(model: nn.Module) -> list[DropPath]:
+    return [m for m in model.modules() if isinstance(m, DropPath)]
+
+
+@contextmanager
+def sampling(model: nn.Module, groups: int = 1) -> Iterator[nn.Module]:
+    """Put ``model`` in sampling mode: BatchNorm in eval mode, blocks dropping, no gradients.
+
+    ``groups`` equal consecutive slices of the batch each draw their own sub-network (batch mode).
+    """
+    drops = drop_paths(model)
+    saved = [(d.sampling, d.groups) for d in drops]
+    was_training = model.training
+    model.eval()
+    try:
+        for drop in drops:
+            drop.sampling, drop.groups = True, groups
+        with torch.inference_mode():
+            yield model
+    finally:
+        for drop, (was_sampling, old_groups) in zip(drops, saved):
+            drop.sampling, drop.groups = was_sampling, old_groups
+        model.train(was_training)
+
+
+def draw_subnetwork(model: nn.Module, generator: torch.Generator | None = None) -> list[bool]:
+    """One sub-network: a keep (True) or drop (False) decision per stochastic block."""
+    return [bool(torch.rand((), generator=generator) < d.survival) for d in drop_paths(model)]
+
+
+@contextmanager
+def fixed_subnetwork(model: nn.Module, keep: list[bool]) -> Iterator[nn.Module]:
+    """Sampling mode with every stochastic block's decision fixed, kept blocks scaled as when sampled."""
+    drops = drop_paths(model)
+    if len(keep) != len(drops):
+        raise ValueError(f"{len(keep)} keep decisions for {len(drops)} stochastic blocks")
+    try:
+        for drop, decision in zip(drops, keep):
+            drop.forced = decision
+        with sampling(model):
+            yield model
+    finally:
+        for drop in drops:
+            drop.forced = None
+
+
+def sample_logits(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """K sub-network outputs for a batch, shape (K, B, classes), from one batched forward pass."""
+    batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+    with sampling(model, groups=k):
+        logits = model(batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch)
+    # A clone outside inference mode is an ordinary tensor that a loss may save for backward.
+    return logits.view(k, x.shape[0], -1).clone()

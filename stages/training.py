@@ -1,0 +1,130 @@
+"""The training loop shared by the teacher and every student, and batched evaluation."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import TrainingConfig
+from pipeline.errors import PipelineError
+from stages.augment import normalize, random_crop, random_flip
+from stages.data import ImageDataset
+
+# loss(student_logits, normalized_images, labels) -> scalar
+LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(preference)
+
+
+def lr_factor(recipe: TrainingConfig, epoch: int) -> float:
+    """LR multiplier for a (0-based) epoch."""
+    if recipe.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
+    return recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    wall_s: float
+    images_per_second: float
+    final_train_loss: float
+    final_train_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class DeviceData:
+    """A dataset held as uint8 tensors on the training device, with its normalization constants."""
+
+    def __init__(self, data: ImageDataset, device: torch.device) -> None:
+        self.device = device
+        self.x_train = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).contiguous().to(device)
+        self.y_train = torch.from_numpy(data.y_train).to(device)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+
+
+def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
+          loss_fn: LossFunction = cross_entropy_loss, progress=None, label: str = "training") -> TrainResult:
+    """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory."""
+    device = data.device
+    model.to(device=device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    n = len(data.y_train)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    with progress(label, recipe.epochs * steps_per_epoch) as advance:
+        for epoch in range(recipe.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * lr_factor(recipe, epoch)
+            order = torch.randperm(n, generator=generator).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            for step in range(steps_per_epoch):
+                index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                images = data.x_train[index]
+                if augmentation.crop_padding:
+                    images = random_crop(images, augmentation.crop_padding, generator)
+                if augmentation.horizontal_flip:
+                    images = random_flip(images, generator)
+                images, labels = data.prepare(images), data.y_train[index]
+                logits = model(images)
+                loss = loss_fn(logits, images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(index)
+                correct += (logits.detach().argmax(1) == labels).sum()
+                advance(1)
+            epoch_loss = float(loss_sum) / n
+            if not math.isfinite(epoch_loss):
+                raise PipelineError(f"{label}: the loss became {epoch_loss} in epoch {epoch + 1}; lower "
+                                    f"the learning rate ({recipe.lr}) and run again")
+            history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(correct) / n,
+                            "lr": optimizer.param_groups[0]["lr"]})
+            advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")
+    wall = time.perf_counter() - start
+    return TrainResult(recipe.epochs, wall, recipe.epochs * n / wall, history[-1]["loss"],
+                       history[-1]["train_accuracy"], history)
+
+
+def predict(model: nn.Module, images: np.ndarray, mean, std, device: torch.device,
+            batch_size: int = 512) -> np.ndarray:
+    """Logits for uint8 (N, H, W, C) images, batched, in inference mode."""
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
+            x = normalize(chunk, mean_t, std_t).contiguous(memory_format=torch.channels_last)
+            outputs.append(model(x).float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
