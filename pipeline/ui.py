@@ -15,6 +15,14 @@ errors = Console(stderr=True, highlight=False)
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Any]:
+    if not console.is_terminal:
+        # In a log file, a line per status update (one per epoch) instead of a redrawn bar.
+        def log_line(steps: int = 1, description: str | None = None) -> None:
+            if description:
+                console.print(f"  {description}")
+
+        yield log_line
+        return
     with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_imports_no_framework():
+    code = ("import sys; sys.argv = ['stochkd-pipeline', '--help']\n"
+            "from pipeline.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'numpy', 'pydantic') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+
+
+def test_status_imports_no_framework(tmp_path):
+    code = ("import sys; sys.argv = ['stochkd-pipeline', 'status', '--artifacts', sys.argv[1]]\n"
+            "from pipeline.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    assert "to run" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--until", "deploy"], "--until 'deploy': unknown stage; allowed: teacher, distill, export"),
+    (["run", "--set", "teacher.p_last=2"], "teacher.p_last = 2: Input should be less than or equal to 1"),
+    (["run", "missing.yaml"], "missing.yaml: profile not found"),
+    (["status", "--set", "data.dataset=cifar100", "--set", "data.root=/nowhere/c.npz"],
+     "data.root=/nowhere/c.npz: no such file"),
+])
+def test_bad_input_gets_one_line_and_exit_code_2(args, message):
+    done = cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_schema_lists_every_key():
+    done = cli("schema")
+    assert done.returncode == 0
+    for key in ("distill.teacher_samples", "teacher.p_last", "quantize.calibration_method", "data.root"):
+        assert key in done.stdout

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.plan import build_plan, with_ancestors
+from pipeline.profiles import load_profile
+
+QUICK = Path(__file__).resolve().parents[2] / "profiles" / "quickstart.yaml"
+
+
+def _keys(overrides=()):
+    return {t.id: t.key for t in build_plan(load_profile(QUICK, list(overrides)))}
+
+
+def test_same_profile_same_keys():
+    assert _keys() == _keys()
+
+
+def test_every_task_is_planned_once_after_what_it_needs():
+    plan = build_plan(load_profile(QUICK))
+    ids = [t.id for t in plan]
+    assert len(ids) == len(set(ids)) == 1 + 3 + 4 * 4 + 1
+    position = {id(t): i for i, t in enumerate(plan)}
+    assert all(position[id(dep)] < position[id(t)] for t in plan for dep in t.needs.values())
+
+
+def _changed(overrides):
+    before, after = _keys(), _keys(overrides)
+    return {task for task in before if before[task] != after[task]}
+
+
+def test_temperature_reaches_the_kd_students_and_what_follows_only():
+    changed = _changed(["distill.temperature=2"])
+    downstream = {f"{stage}:{m}" for stage in ("distill", "export", "quantize", "engine", "benchmark")
+                  for m in ("kd", "stochastic_kd")}
+    assert changed == downstream | {"report"}
+
+
+def test_teacher_samples_leave_the_deterministic_kd_baseline_alone():
+    changed = _changed(["distill.teacher_samples=2"])
+    assert "distill:stochastic_kd" in changed
+    assert not any(t.endswith(":kd") or t.endswith(":student") or t.endswith(":teacher") for t in changed)
+
+
+def test_teacher_change_reaches_everything_that_learns_from_it():
+    changed = _changed(["teacher.p_last=0.6"])
+    assert "teacher:teacher" in changed and "distill:kd" in changed and "distill:stochastic_kd" in changed
+    assert not any(t.endswith(":student") for t in changed)
+
+
+def test_quantization_change_leaves_training_and_export_alone():
+    changed = _changed(["quantize.calibration_images=64"])
+    assert {t.split(":")[0] for t in changed} == {"quantize", "engine", "benchmark", "report"}
+
+
+def test_benchmark_change_touches_only_benchmark_and_report():
+    changed = _changed(["benchmark.iterations=7"])
+    assert {t.split(":")[0] for t in changed} == {"benchmark", "report"}
+
+
+def test_data_enters_keys_by_content_not_path(tmp_path):
+    arrays = {"x_train": np.zeros((4, 4, 4, 3), np.uint8), "y_train": np.arange(4) % 2,
+              "x_test": np.zeros((2, 4, 4, 3), np.uint8), "y_test": np.arange(2), "class_names": np.array(["a", "b"])}
+    first, second = tmp_path / "a" / "d.npz", tmp_path / "b" / "d.npz"
+    for path in (first, second):
+        path.parent.mkdir()
+        np.savez(path, **arrays)
+    keys = [_keys([f"data.dataset=npz", f"data.root={p}"])["teacher:teacher"] for p in (first, second)]
+    assert keys[0] == keys[1]
+    np.savez(second, **{**arrays, "y_train": np.array([1, 0, 1, 0])})
+    assert _keys([f"data.dataset=npz", f"data.root={second}"])["teacher:teacher"] != keys[0]
+
+
+def test_hardware_enters_only_hardware_bound_keys(monkeypatch):
+    import pipeline.plan as plan_module
+
+    before = _keys()
+    monkeypatch.setattr(plan_module, "fingerprint", lambda backend: {"cpu": "another"})
+    after = _keys()
+    changed = {t for t in before if before[t] != after[t]}
+    assert {t.split(":")[0] for t in changed} == {"engine", "benchmark", "report"}
+
+
+def test_with_ancestors_selects_what_a_stage_needs():
+    plan = build_plan(load_profile(QUICK))
+    picked = with_ancestors(plan, [t for t in plan if t.id == "export:kd"])
+    assert [t.id for t in picked] == ["teacher:teacher", "distill:kd", "export:kd"]

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ProfileError
+from pipeline.profiles import load_profile
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_profiles_validate(profile):
+    assert load_profile(profile).name
+
+
+def test_defaults_and_name_from_file(tmp_path):
+    profile = load_profile(_write(tmp_path, "seed: 3\n", "mine.yaml"))
+    assert profile.name == "mine" and profile.seed == 3 and profile.teacher.p_last == 0.5
+
+
+def test_extends_merges_sections(tmp_path):
+    _write(tmp_path, "teacher:\n  arch: resnet32\n  p_last: 0.7\nstudent:\n  arch: resnet14\n", "base.yaml")
+    child = _write(tmp_path, "extends: base.yaml\nteacher:\n  p_last: 0.9\n", "child.yaml")
+    profile = load_profile(child)
+    assert profile.teacher.arch == "resnet32" and profile.teacher.p_last == 0.9
+    assert profile.student.arch == "resnet14"
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    path = _write(tmp_path, "distill:\n  temperature: 4\n")
+    profile = load_profile(path, ["distill.temperature=2", "benchmark.batch_sizes=[8, 1]",
+                                  "distill.p_last=null"])
+    assert profile.distill.temperature == 2 and profile.benchmark.batch_sizes == (1, 8)
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("teacher:\n  p_lst: 0.5\n", [], "unknown key 'teacher.p_lst' \\(did you mean 'p_last'\\?\\); allowed here: arch, p_last"),
+    ("teacher:\n  p_last: 1.5\n", [], "teacher.p_last = 1.5: Input should be less than or equal to 1"),
+    ("teacher:\n  p_last: 0\n", [], "teacher.p_last = 0: Input should be greater than 0"),
+    ("student:\n  arch: resnet21\n", [], "student.arch = 'resnet21': unknown network 'resnet21'; allowed: resnet8"),
+    ("teacher:\n  training:\n    epochs: many\n", [], "teacher.training.epochs = 'many': Input should be a valid integer"),
+    ("distill:\n  drop_mode: layer\n", [], "distill.drop_mode = 'layer': Input should be 'batch' or 'sample'"),
+    ("seed: 1\n", ["distill.temprature=2"], "\\(with --set\\): unknown key 'distill.temprature' \\(did you mean 'temperature'\\?\\)"),
+    ("data:\n  dataset: npz\n", [], "dataset 'npz' needs data.root pointing at an .npz file"),
+    ("teacher: [1, 2\n", [], "YAML syntax error at line 2, column 1"),
+    ("- a\n- b\n", [], "a profile must be a mapping"),
+    ("seed: 1\n", ["novalue"], "expected key.path=value"),
+])
+def test_bad_profiles_get_one_line_naming_file_key_and_value(tmp_path, text, overrides, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(path, overrides)
+    assert str(path) in str(info.value) or "--set" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_profile_and_missing_parent(tmp_path):
+    with pytest.raises(ProfileError, match="profile not found"):
+        load_profile(tmp_path / "absent.yaml")
+    child = _write(tmp_path, "extends: gone.yaml\n")
+    with pytest.raises(ProfileError, match="'extends' names 'gone.yaml'"):
+        load_profile(child)
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    _write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    _write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(ProfileError, match="cycle"):
+        load_profile(tmp_path / "a.yaml")
+
+
+def test_profiles_are_frozen(tmp_path):
+    profile = load_profile(_write(tmp_path, "seed: 1\n"))
+    with pytest.raises(Exception):
+        profile.seed = 2

@@ -1,0 +1,37 @@
+import torch
+
+from stages.augment import normalize, random_crop, random_flip
+
+
+def test_random_crop_shifts_each_image_within_the_padding():
+    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(32, 1, 1, 1)
+    out = random_crop(images, 1, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    shifted = 0
+    for img in out[:, 0]:
+        # Every crop is the original shifted by at most one pixel, zeros filling the gap.
+        found = any(torch.equal(img[max(0, -dy):4 - max(0, dy), max(0, -dx):4 - max(0, dx)],
+                                images[0, 0, max(0, dy):4 - max(0, -dy), max(0, dx):4 - max(0, -dx)])
+                    for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+        assert found
+        shifted += not torch.equal(img, images[0, 0])
+    assert shifted > 0
+
+
+def test_zero_padding_leaves_images_unchanged():
+    images = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(random_crop(images, 0), images)
+
+
+def test_random_flip_mirrors_about_half():
+    images = torch.arange(4, dtype=torch.uint8).view(1, 1, 1, 4).repeat(400, 1, 1, 1)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == 3).float().mean().item()
+    assert 0.4 < flipped < 0.6
+    assert all(torch.equal(o, images[0]) or torch.equal(o, images[0].flip(2)) for o in out)
+
+
+def test_normalize_per_channel():
+    images = torch.full((1, 2, 1, 1), 255, dtype=torch.uint8)
+    out = normalize(images, torch.tensor([0.5, 0.0]), torch.tensor([0.5, 2.0]))
+    assert torch.allclose(out.flatten(), torch.tensor([1.0, 0.5]))

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from pipeline.config import DataConfig
+from pipeline.errors import DataError
+from stages.data import balanced_subset, load_dataset
+
+
+def _write_npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (20, 6, 6, 3), dtype=np.uint8), "y_train": np.arange(20) % 4,
+              "x_test": rng.integers(0, 255, (8, 6, 6, 3), dtype=np.uint8), "y_test": np.arange(8) % 4,
+              "class_names": np.array(["a", "b", "c", "d"])}
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+def test_digits_are_real_and_split_stratified():
+    data = load_dataset(DataConfig(dataset="digits"))
+    assert data.x_train.shape == (1437, 8, 8, 1) and data.x_test.shape == (360, 8, 8, 1)
+    assert data.x_train.dtype == np.uint8 and data.num_classes == 10
+    assert np.bincount(data.y_test).min() >= 35
+
+
+def test_npz_loads_and_normalizes(tmp_path):
+    data = load_dataset(DataConfig(dataset="npz", root=str(_write_npz(tmp_path / "d.npz"))))
+    assert data.in_channels == 3 and data.num_classes == 4
+    x = data.normalized(data.x_train)
+    assert x.shape == (20, 3, 6, 6)
+    assert np.allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-5) and np.allclose(x.std(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"y_test": None}, "lacks array\\(s\\) y_test"),
+    ({"y_train": np.arange(20) % 7}, "y_train has labels in \\[0, 6\\] but class_names lists 4 classes"),
+    ({"x_test": np.zeros((8, 6, 6, 3), np.float32)}, "x_test must be uint8 images"),
+    ({"x_test": np.zeros((8, 5, 5, 3), np.uint8)}, "x_train images are"),
+    ({"y_train": np.arange(19) % 4}, "y_train must hold one integer label per image"),
+])
+def test_malformed_npz_names_the_problem(tmp_path, overrides, message):
+    path = _write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(DataConfig(dataset="npz", root=str(path)))
+    assert str(path) in str(info.value)
+
+
+def test_missing_dataset_path_says_where(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path / "nowhere.npz")))
+
+
+def test_torchvision_folder_without_data_suggests_download(tmp_path):
+    with pytest.raises(DataError, match="data.download=true"):
+        load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)))
+
+
+def test_balanced_subset_spreads_over_classes():
+    labels = np.arange(1000) % 10
+    chosen = balanced_subset(labels, 105, 10)
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert len(chosen) == 105 and counts.min() == 10 and counts.max() == 11
+    assert np.array_equal(chosen, balanced_subset(labels, 105, 10))
+
+
+def test_cifar100_npz_on_disk(cifar100_npz):
+    data = load_dataset(DataConfig(dataset="cifar100", root=str(cifar100_npz), test_images=1000))
+    assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (1000, 32, 32, 3)
+    assert data.num_classes == 100 and data.class_names[0] == "apple"
+    # The published CIFAR-100 training statistics.
+    assert data.mean == pytest.approx((0.5071, 0.4865, 0.4409), abs=1e-4)
+    assert data.std == pytest.approx((0.2673, 0.2564, 0.2762), abs=1e-4)

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from stages.losses import kd_loss, kd_term
+
+
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def _softmax(logits, t):
+    exps = [math.exp(v / t) for v in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def test_kd_term_matches_hand_computation():
+    student, teacher, t = [1.0, 2.0, 0.5], [0.2, 3.0, -1.0], 2.0
+    expected = t * t * _kl(_softmax(teacher, t), _softmax(student, t))
+    value = kd_term(torch.tensor([student]), torch.tensor([teacher]), t)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_individual_averages_the_kl_of_each_sample():
+    student, t = [0.0, 1.0, 2.0], 3.0
+    teachers = [[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
+    expected = t * t * sum(_kl(_softmax(th, t), _softmax(student, t)) for th in teachers) / 2
+    value = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "individual")
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ensemble_averages_distributions_first():
+    student, t = [0.0, 1.0, 2.0], 3.0
+    teachers = [[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
+    mean = [(a + b) / 2 for a, b in zip(_softmax(teachers[0], t), _softmax(teachers[1], t))]
+    expected = t * t * _kl(mean, _softmax(student, t))
+    value = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "ensemble")
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    # Jensen: the KL to the averaged teacher never exceeds the average KL.
+    individual = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "individual")
+    assert value.item() <= individual.item()
+
+
+def test_kd_loss_weights_cross_entropy_and_kd():
+    student = torch.tensor([[1.0, 0.0, -1.0]])
+    teacher = torch.tensor([[0.5, 0.5, 0.0]])
+    label = torch.tensor([2])
+    ce = -math.log(_softmax([1.0, 0.0, -1.0], 1)[2])
+    kd = 16 * _kl(_softmax([0.5, 0.5, 0.0], 4), _softmax([1.0, 0.0, -1.0], 4))
+    assert kd_loss(student, teacher, label, 4.0, 0.9).item() == pytest.approx(0.1 * ce + 0.9 * kd, rel=1e-5)
+
+
+def test_kd_term_is_zero_when_student_matches_teacher():
+    logits = torch.randn(5, 7)
+    assert kd_term(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_aggregate_is_refused():
+    with pytest.raises(ValueError, match="aggregate"):
+        kd_term(torch.zeros(1, 2), torch.zeros(1, 2), 1.0, "median")

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from stages.architectures import ARCHITECTURES, build_model, register
+from stages.measure import count_macs, count_parameters
+
+
+@pytest.mark.parametrize("name, params_m, macs_m", [
+    ("resnet20", 0.27, 41), ("resnet32", 0.47, 69), ("resnet56", 0.86, 126), ("resnet110", 1.7, 253)])
+def test_cifar100_resnets_match_published_sizes(name, params_m, macs_m):
+    model = build_model(name, num_classes=100, in_channels=3)
+    assert count_parameters(model) / 1e6 == pytest.approx(params_m, rel=0.03)
+    assert count_macs(model, (3, 32, 32)) / 1e6 == pytest.approx(macs_m, rel=0.02)
+
+
+def test_registry_refuses_duplicates_and_unknown_names():
+    with pytest.raises(ValueError, match="already registered"):
+        register("resnet20", "stages.models.resnet:cifar_resnet", depth=20)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet21'"):
+        build_model("resnet21", 10, 3)
+    assert "resnet8" in ARCHITECTURES
+
+
+def test_grayscale_small_images_work():
+    model = build_model("resnet8", num_classes=10, in_channels=1).eval()
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_depth_must_be_6n_plus_2():
+    from stages.models.resnet import CifarResNet
+
+    with pytest.raises(ValueError, match="6n\\+2"):
+        CifarResNet(21, 10)

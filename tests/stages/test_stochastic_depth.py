@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from stages.models.resnet import BasicBlock, CifarResNet
+from stages.stochastic_depth import (DropPath, draw_subnetwork, drop_paths, fixed_subnetwork, keep_scale,
+                                     sample_logits, sampling, survival_probabilities)
+
+
+def test_survival_probabilities_follow_eq_2():
+    # p_i = 1 - (i-1)/(n-1) * (1 - p_n), computed by hand for n = 5, p_n = 0.5
+    assert survival_probabilities(5, 0.5) == pytest.approx([1.0, 0.875, 0.75, 0.625, 0.5])
+    assert survival_probabilities(3, 1.0) == [1.0, 1.0, 1.0]
+    assert survival_probabilities(1, 0.5) == [1.0]
+
+
+@pytest.mark.parametrize("p_last", [0.0, -0.1, 1.5])
+def test_survival_outside_unit_interval_is_refused(p_last):
+    with pytest.raises(ValueError, match="p_last must be in"):
+        survival_probabilities(4, p_last)
+
+
+def test_network_blocks_get_eq_2_survivals_and_no_dropper_when_certain():
+    net = CifarResNet(20, 10, p_last=0.5)
+    expected = survival_probabilities(9, 0.5)
+    assert net.blocks[0].drop is None  # p_1 = 1: no dropper at all
+    assert [d.survival for d in drop_paths(net)] == pytest.approx(expected[1:])
+    assert drop_paths(CifarResNet(20, 10, p_last=1.0)) == []
+
+
+def test_a_dropped_block_is_the_identity():
+    torch.manual_seed(0)
+    block = BasicBlock(16, 16, stride=1, survival=0.5)
+    x = torch.relu(torch.randn(4, 16, 8, 8))  # blocks receive the output of a ReLU
+    with fixed_subnetwork(torch.nn.Sequential(block), [False]):
+        assert torch.equal(block(x), x)
+
+
+def test_a_dropped_downsampling_block_is_its_zero_padding_shortcut():
+    block = BasicBlock(16, 32, stride=2, survival=0.5)
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    with fixed_subnetwork(torch.nn.Sequential(block), [False]):
+        out = block(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
+    assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0
+
+
+def test_expected_sampled_block_output_equals_its_evaluation_output():
+    """Inverted scaling: E[keep / p * f(x) + x] = f(x) + x before the final ReLU."""
+    torch.manual_seed(0)
+    block = BasicBlock(8, 8, stride=1, survival=0.6).eval()
+    x = torch.relu(torch.randn(1, 8, 4, 4))
+    with torch.no_grad():
+        residual = block.residual(x)  # deterministic in eval mode: only the keep decision varies
+        block.drop.sampling = True
+        draws = torch.stack([residual * block.drop.scale(1, x.device) + x for _ in range(20000)])
+    assert torch.allclose(draws.mean(0), residual + x, atol=0.03 * residual.abs().max().item())
+    # A single draw is either the identity or the residual scaled by 1/p.
+    assert torch.allclose(draws[0], x) or torch.allclose(draws[0], residual / 0.6 + x)
+
+
+def test_sampling_freezes_batchnorm_and_records_no_gradients():
+    torch.manual_seed(0)
+    net = CifarResNet(14, 10, p_last=0.5).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with sampling(net):
+        out = net(torch.randn(8, 3, 16, 16) * 3 + 1)
+        assert not net.training  # BatchNorm uses running statistics while sampling
+    assert not out.requires_grad
+    assert net.training  # the mode is restored afterwards
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(d.sampling for d in drop_paths(net))
+
+
+def test_evaluation_mode_does_not_drop():
+    net = CifarResNet(14, 10, p_last=0.3).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+
+
+def test_k_samples_are_different_whole_sub_networks_from_one_forward():
+    torch.manual_seed(1)
+    net = CifarResNet(14, 10, p_last=0.5)  # 5 stochastic blocks: 32 possible sub-networks
+    x = torch.randn(3, 3, 16, 16)
+    logits = sample_logits(net, x, k=6)
+    assert logits.shape == (6, 3, 10)
+    assert len({tuple(logits[i].flatten().round(decimals=4).tolist()) for i in range(6)}) > 1
+    # Every group of the batched forward is one whole sub-network applied to the whole batch.
+    subnetworks = {}
+    for code in range(2 ** 5):
+        keep = [bool(code >> b & 1) for b in range(5)]
+        with fixed_subnetwork(net, keep):
+            subnetworks[code] = net(x)
+    for sample in logits:
+        assert any(torch.allclose(sample, out, atol=1e-5) for out in subnetworks.values())
+
+
+def test_batch_mode_groups_draw_one_decision_per_group():
+    torch.manual_seed(0)
+    scales = [keep_scale(6, 0.5, "batch", 3, torch.device("cpu")) for _ in range(50)]
+    for scale in scales:
+        if isinstance(scale, torch.Tensor):
+            rows = scale.flatten()
+            assert torch.equal(rows[0::2], rows[1::2])  # rows of a group share the decision
+    assert any(isinstance(s, torch.Tensor) for s in scales)
+
+
+def test_sample_mode_draws_per_example():
+    torch.manual_seed(0)
+    scale = keep_scale(1000, 0.7, "sample", 1, torch.device("cpu"))
+    kept = (scale.flatten() > 0).float().mean().item()
+    assert 0.65 < kept < 0.75
+    assert torch.allclose(scale.flatten()[scale.flatten() > 0], torch.tensor(1 / 0.7))
+
+
+def test_drop_path_rejects_a_bad_survival():
+    with pytest.raises(ValueError, match="survival must be in"):
+        DropPath(1.2)
+
+
+def test_draw_subnetwork_is_seeded():
+    net = CifarResNet(32, 10, p_last=0.5)
+    a = draw_subnetwork(net, torch.Generator().manual_seed(3))
+    b = draw_subnetwork(net, torch.Generator().manual_seed(3))
+    assert a == b and len(a) == len(drop_paths(net))

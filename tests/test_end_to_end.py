@@ -1,0 +1,91 @@
+"""The real pipeline through the real command line, on a tiny profile."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, artifacts):
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(artifacts)],
+                          capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ})
+    return done
+
+
+def ran_tasks(output: str) -> set[str]:
+    return set(re.findall(r"^✓ (\S+)", output, flags=re.M))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    done = cli("run", str(TINY), artifacts=artifacts)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return artifacts, done
+
+
+def test_all_seven_stages_run_and_report(first_run):
+    artifacts, done = first_run
+    assert len(ran_tasks(done.stdout)) == 21
+    report = json.loads((artifacts / "tiny" / "report.json").read_text())
+    assert (artifacts / "tiny" / "report.md").read_text().startswith("# stochkd-pipeline report: tiny")
+    assert (artifacts / "tiny" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(report["comparison"]["test_accuracy"]) == {"teacher", "student", "kd", "stochastic_kd"}
+    artifacts_seen = {(r["model"], r["runtime"], r["precision"]) for r in report["rows"]}
+    for model in ("teacher", "student", "kd", "stochastic_kd"):
+        for runtime, precision in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                   ("onnxruntime", "fp16")):
+            assert (model, runtime, precision) in artifacts_seen
+    for row in report["rows"]:
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"]
+        assert row["throughput_images_per_s"] > 0 and row["file_size_bytes"] > 0
+    int8 = [r for r in report["rows"] if r["precision"] == "int8"]
+    assert all(r["compute_precision"] == "int8" for r in int8)
+    assert "stochastic KD" in done.stdout  # the terminal table
+
+
+def test_manifests_record_what_made_each_artifact(first_run):
+    artifacts, _ = first_run
+    manifest = json.loads(next((artifacts / "store" / "teacher").glob("*/manifest.json")).read_text())
+    for field in ("key", "config", "metrics", "timings", "versions", "machine", "seed", "files"):
+        assert field in manifest
+    assert manifest["config"]["teacher"]["p_last"] == 0.5
+    assert "model.pt" in manifest["files"]
+
+
+def test_second_run_is_served_from_the_cache(first_run):
+    artifacts, _ = first_run
+    done = cli("run", str(TINY), artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    assert ran_tasks(done.stdout) == set()
+    assert "0 ran, 21 from the cache" in done.stdout
+
+
+def test_status_lists_every_task_as_cached(first_run):
+    artifacts, _ = first_run
+    done = cli("status", str(TINY), artifacts=artifacts)
+    assert done.returncode == 0
+    assert done.stdout.count("cached") == 21
+
+
+def test_changing_the_temperature_reruns_distill_and_what_follows_only(first_run):
+    artifacts, _ = first_run
+    done = cli("run", str(TINY), "--set", "distill.temperature=2", artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    expected = {f"{stage}:{m}" for stage in ("distill", "export", "quantize", "engine", "benchmark")
+                for m in ("kd", "stochastic_kd")} | {"report"}
+    assert ran_tasks(done.stdout) == expected
+
+
+def test_single_stage_command_runs_only_what_it_needs(first_run):
+    artifacts, _ = first_run
+    done = cli("export", str(TINY), "--set", "export.tolerance=0.01", artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    assert ran_tasks(done.stdout) == {"export:teacher", "export:student", "export:kd", "export:stochastic_kd"}
