@@ -3,6 +3,7 @@ the command that needs it, so ``--help`` and ``status`` answer at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,8 +63,6 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     ran = sum(o.ran for o in outcomes)
     ui.console.print(f"{ran} ran, {len(outcomes) - ran} from the cache.")
     if published is not None:
-        import json
-
         ui.console.print(ui.report_table(json.loads((published / "report.json").read_text())))
         ui.console.print(f"report: {published / 'report.md'}")
     elif only is not None and ran == 0:

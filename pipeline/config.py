@@ -91,7 +91,8 @@ class DistillConfig(Section):
     p_last: Probability | None = Field(
         None, description="Survival p_n while the teacher teaches; null: the teacher's own p_last.")
     drop_mode: Literal["batch", "sample"] = Field(
-        "batch", description="batch: one sub-network per sample for the whole batch; sample: a mask per image.")
+        "batch", description="batch: each of the K samples is one sub-network for the whole batch; "
+        "sample: an independent mask per image.")
     aggregate: Literal["individual", "ensemble"] = Field(
         "individual", description="individual: average the K per-sample KD terms; ensemble: "
         "average the K distributions first.")

@@ -37,8 +37,16 @@ def machine() -> dict[str, object]:
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}
 
 
-def fingerprint(backend: str) -> dict[str, object]:
-    """What an engine or a benchmark depends on beyond its config: this machine and its runtimes."""
+def fingerprint(backend: str, scope: str) -> dict[str, object]:
+    """What an artifact depends on beyond its config.
+
+    ``platform``: the processor and runtime versions an engine was built for (an ONNX Runtime graph
+    optimized at the highest level is laid out for this CPU's kernels). ``machine``: the platform and
+    the host itself, for measurements, which belong to the machine they ran on.
+    """
     versions = package_versions()
-    runtime = {name: versions.get(name) for name in ("onnxruntime", "onnxruntime-gpu", "tensorrt")}
-    return {"backend": backend, **machine(), "runtimes": runtime}
+    platform_identity = {"backend": backend, "cpu": cpu_model(), "arch": platform.machine(),
+                         "runtimes": {name: versions.get(name) for name in ("onnxruntime", "onnxruntime-gpu", "tensorrt")}}
+    if scope == "platform":
+        return platform_identity
+    return {**platform_identity, "host": platform.node(), "cores": os.cpu_count()}

@@ -32,8 +32,8 @@ class Task:
         decl = STAGES[self.stage]
         material = {"stage": self.stage, "version": decl.version, "params": key_form(self.params),
                     "inputs": {role: task.key for role, task in sorted(self.needs.items())}}
-        if decl.hardware_bound:
-            material["hardware"] = fingerprint(self.params["target"].backend)
+        if decl.hardware:
+            material["hardware"] = fingerprint(self.params["target"].backend, decl.hardware)
         return material
 
     @cached_property

@@ -46,25 +46,25 @@ class StageDecl:
     name: str
     function: str  # "module:function", imported only when the stage runs
     version: int  # bump when a change to the code changes what the stage produces
-    hardware_bound: bool
+    hardware: str | None  # None, "platform" (engines) or "machine" (measurements): see hardware.fingerprint
     help: str
     headline: Callable[[dict[str, Any]], str]
 
 
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
-    StageDecl("teacher", "stages.teacher:train_teacher", 1, False,
+    StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
               "Train the stochastic-depth teacher.", _accuracy),
-    StageDecl("distill", "stages.distill:train_student", 1, False,
+    StageDecl("distill", "stages.distill:train_student", 1, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
-    StageDecl("export", "stages.export:export_model", 1, False,
+    StageDecl("export", "stages.export:export_model", 1, None,
               "Export each network to ONNX and check it against PyTorch.", _export),
-    StageDecl("quantize", "stages.quantize:quantize_model", 1, False,
+    StageDecl("quantize", "stages.quantize:quantize_model", 1, None,
               "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),
-    StageDecl("engine", "stages.engine:build_engines", 1, True,
+    StageDecl("engine", "stages.engine:build_engines", 1, "platform",
               "Build the deployable engines for the target.", _engine),
-    StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, True,
+    StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 1, False,
+    StageDecl("report", "stages.report:write_report", 1, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

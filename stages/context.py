@@ -4,16 +4,13 @@ report progress. A stage reads nothing else; the runner alone decides where arti
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 
 class Advance(Protocol):
     def __call__(self, steps: int = 1, description: str | None = None) -> None: ...
-
-
-ProgressFactory = Callable[[str, int], "contextmanager[Advance]"]
 
 
 @contextmanager
@@ -43,5 +40,5 @@ class StageContext:
     output: Path
     variant: str | None = None
     device: str = "cpu"
+    # progress(description, total) is a context manager yielding an Advance
     progress: Callable[..., Any] = no_progress
-    log: Callable[[str], None] = field(default=lambda message: None)

@@ -15,6 +15,7 @@ from torch import nn
 from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
 from stages.augment import normalize, random_crop, random_flip
+from stages.context import no_progress
 from stages.data import ImageDataset
 
 # loss(student_logits, normalized_images, labels) -> scalar
@@ -65,7 +66,8 @@ class DeviceData:
 
 
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
-          loss_fn: LossFunction = cross_entropy_loss, progress=None, label: str = "training") -> TrainResult:
+          loss_fn: LossFunction = cross_entropy_loss, progress=no_progress,
+          label: str = "training") -> TrainResult:
     """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory."""
     device = data.device
     model.to(device=device, memory_format=torch.channels_last).train()

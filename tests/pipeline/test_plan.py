@@ -75,7 +75,7 @@ def test_hardware_enters_only_hardware_bound_keys(monkeypatch):
     import pipeline.plan as plan_module
 
     before = _keys()
-    monkeypatch.setattr(plan_module, "fingerprint", lambda backend: {"cpu": "another"})
+    monkeypatch.setattr(plan_module, "fingerprint", lambda backend, scope: {"cpu": "another", "scope": scope})
     after = _keys()
     changed = {t for t in before if before[t] != after[t]}
     assert {t.split(":")[0] for t in changed} == {"engine", "benchmark", "report"}
@@ -85,3 +85,11 @@ def test_with_ancestors_selects_what_a_stage_needs():
     plan = build_plan(load_profile(QUICK))
     picked = with_ancestors(plan, [t for t in plan if t.id == "export:kd"])
     assert [t.id for t in picked] == ["teacher:teacher", "distill:kd", "export:kd"]
+
+
+def test_a_copied_cache_keeps_engines_on_the_same_platform_but_measures_anew(monkeypatch):
+    before = _keys()
+    monkeypatch.setattr("platform.node", lambda: "another-host")
+    after = _keys()
+    changed = {t for t in before if before[t] != after[t]}
+    assert {t.split(":")[0] for t in changed} == {"benchmark", "report"}
