@@ -17,13 +17,17 @@ from pipeline.registry import STAGE_ORDER, STAGES, stage_index
 app = typer.Typer(
     help="Stochastic-depth knowledge distillation, from teacher training to a quantized, benchmarked "
          "deployment artifact. Every stage is cached by the hash of what it reads.",
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    rich_markup_mode=None)  # plain help text: it prints without importing rich's formatter
 
-ProfileArg = typer.Argument(None, help="Profile YAML (default: profiles/quickstart.yaml).", show_default=False)
-SetOpt = typer.Option(None, "--set", help="Override a profile key, e.g. --set distill.temperature=2 (repeatable).")
-DeviceOpt = typer.Option("auto", "--device", help="Training device: auto (CUDA when present), cpu or cuda.")
-ArtifactsOpt = typer.Option(None, "--artifacts", help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).",
-                            show_default=False)
+ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
+                            help="Profile YAML (default: profiles/quickstart.yaml).")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
+                      help="Override a profile key, e.g. --set distill.temperature=2 (repeatable).")
+DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda",
+                         help="Training device: auto (CUDA when present), cpu or cuda.")
+ArtifactsOpt = typer.Option(None, "--artifacts", metavar="DIR", show_default=False,
+                            help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).")
 
 
 def _artifacts_root(option: Optional[Path]) -> Path:
@@ -36,6 +40,12 @@ def _check_stage(option: str, value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _check_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise PipelineError(f"--device {device!r}: allowed: auto, cpu, cuda or cuda:N")
+    return device
+
+
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
              device: str = "auto", artifacts: Optional[Path] = None) -> None:
@@ -45,6 +55,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     from pipeline.runner import Runner, publish_report
     from pipeline.store import ArtifactStore
 
+    _check_device(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
     if only is not None:
@@ -71,9 +82,11 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
 
 @app.command()
 def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
-        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
-        start: Optional[str] = typer.Option(None, "--from", help="Recompute this stage and every later one."),
-        force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage even if cached."),
+        until: Optional[str] = typer.Option(None, "--until", metavar="STAGE", help="Stop after this stage."),
+        start: Optional[str] = typer.Option(None, "--from", metavar="STAGE",
+                                            help="Recompute this stage and every later one."),
+        force: Optional[str] = typer.Option(None, "--force", metavar="STAGE",
+                                            help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     for option, value in (("--until", until), ("--from", start), ("--force", force)):

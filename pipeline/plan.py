@@ -65,7 +65,7 @@ def build_plan(profile: Profile) -> list[Task]:
                                             "int8_flavour": INT8_FLAVOUR[profile.target.backend]},
                         {"onnx": export})
         engine = Task("engine", model, {"target": profile.target, "precisions": precisions},
-                      {"quantized": quantize})
+                      {"onnx": export, "quantized": quantize})
         benchmarks[model] = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
                                                       "data": data}, {"model": training, "engines": engine})
         tasks += [export, quantize, engine, benchmarks[model]]

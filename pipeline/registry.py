@@ -58,7 +58,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
     StageDecl("export", "stages.export:export_model", 1, None,
               "Export each network to ONNX and check it against PyTorch.", _export),
-    StageDecl("quantize", "stages.quantize:quantize_model", 1, None,
+    StageDecl("quantize", "stages.quantize:quantize_model", 2, None,
               "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),
     StageDecl("engine", "stages.engine:build_engines", 1, "platform",
               "Build the deployable engines for the target.", _engine),

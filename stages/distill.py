@@ -8,16 +8,14 @@ One function serves the method and both baselines, so they share the recipe by c
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from stages.checkpoint import ModelSpec, load_model, read_spec, save_model
+from stages.checkpoint import ModelSpec, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
 from stages.losses import kd_loss
 from stages.stochastic_depth import sample_logits
-from stages.training import DeviceData, accuracy, cross_entropy_loss, predict, select_device, train
+from stages.training import LossFunction, cross_entropy_loss, fit_and_save, select_device
 
 
 def teaching_teacher(folder, distill, device) -> torch.nn.Module:
@@ -28,6 +26,16 @@ def teaching_teacher(folder, distill, device) -> torch.nn.Module:
     return teacher.to(device=device, memory_format=torch.channels_last)
 
 
+def distillation_loss(teacher: torch.nn.Module, distill) -> LossFunction:
+    """CE plus KD from ``teacher_samples`` sub-networks, drawn afresh for every batch."""
+
+    def loss(logits, images, labels):
+        teacher_logits = sample_logits(teacher, images, distill.teacher_samples)
+        return kd_loss(logits, teacher_logits, labels, distill.temperature, distill.kd_weight, distill.aggregate)
+
+    return loss
+
+
 def train_student(ctx: StageContext) -> dict:
     params = ctx.params
     cfg, data_cfg, seed = params["student"], params["data"], params["seed"]
@@ -36,31 +44,10 @@ def train_student(ctx: StageContext) -> dict:
     device = select_device(ctx.device)
     loss_fn, teacher_metrics = cross_entropy_loss, {}
     if distill is not None:
-        teacher = teaching_teacher(ctx.inputs["teacher"].path, distill, device)
-
-        def loss_fn(logits, images, labels):
-            teacher_logits = sample_logits(teacher, images, distill.teacher_samples)
-            return kd_loss(logits, teacher_logits, labels, distill.temperature, distill.kd_weight,
-                           distill.aggregate)
-
+        loss_fn = distillation_loss(teaching_teacher(ctx.inputs["teacher"].path, distill, device), distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
-    torch.manual_seed(seed)
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",
                      data.mean, data.std)
-    model = spec.build()
-    result = train(model, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
-                   seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=f"{ctx.variant} {cfg.arch}")
-    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
-    save_model(model, spec, ctx.output)
-    (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
-    return {
-        "test_accuracy": test_accuracy,
-        "final_train_loss": result.final_train_loss,
-        "train_wall_s": result.wall_s,
-        "train_images_per_second": result.images_per_second,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "arch": cfg.arch,
-        "device": str(device),
-        **teacher_metrics,
-    }
-
+    _, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation, seed=seed,
+                              device=device, loss_fn=loss_fn, label=f"{ctx.variant} {cfg.arch}")
+    return {**metrics, **teacher_metrics}

@@ -6,13 +6,11 @@ int8 weights (``u8s8``), while TensorRT takes symmetric int8 Q/DQ for both (``s8
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from stages.checkpoint import SPEC
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
@@ -24,7 +22,7 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 
 
 def precision_file(precision: str) -> str:
-    return ONNX_FILE if precision == "fp32" else f"model.{precision}.onnx"
+    return f"model.{precision}.onnx"
 
 
 class ArrayReader:
@@ -66,8 +64,6 @@ def convert_fp16(source: Path, target: Path) -> None:
 def quantize_model(ctx: StageContext) -> dict:
     cfg, data_cfg, flavour = ctx.params["quantize"], ctx.params["data"], ctx.params["int8_flavour"]
     source = ctx.inputs["onnx"].file(ONNX_FILE)
-    shutil.copy(source, ctx.output / ONNX_FILE)
-    shutil.copy(ctx.inputs["onnx"].file(SPEC), ctx.output / SPEC)
     data = load_dataset(data_cfg)
     test_images = data.normalized(data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],

@@ -65,25 +65,33 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path) -> None:
+    """Accuracy against p50 latency at the largest batch: colour is the model, marker the artifact."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     batch = report["plot_batch_size"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = {"fp32": "o", "int8": "s", "fp16": "^"}
+    artifacts = sorted({(r["runtime"], r["precision"]) for r in report["rows"]})
+    markers = dict(zip(artifacts, "osD^vP*X"))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, model in enumerate(report["models"]):
-        rows = [r for r in report["rows"] if r["model"] == model and r["batch_size"] == batch]
-        for r in rows:
-            ax.scatter(r["latency_p50_ms"], 100 * r["test_accuracy"], color=f"C{i}",
-                       marker=markers.get(r["precision"], "x"), edgecolors="black" if r["runtime"] == "pytorch" else None,
-                       s=60, label=f"{MODEL_LABELS.get(model, model)} · {r['runtime']} {r['precision']}")
-    ax.set_xlabel(f"p50 latency per batch of {batch} (ms), {report['machine']['cpu']}")
+        for r in (r for r in report["rows"] if r["model"] == model and r["batch_size"] == batch):
+            ax.scatter(r["latency_p50_ms"], 100 * r["test_accuracy"], color=f"C{i}", s=60,
+                       marker=markers[(r["runtime"], r["precision"])], edgecolors="black", linewidths=0.5)
+    model_handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=MODEL_LABELS.get(m, m))
+                     for i, m in enumerate(report["models"])]
+    artifact_handles = [Line2D([], [], color="grey", marker=markers[a], linestyle="", label=f"{a[0]} {a[1]}")
+                        for a in artifacts]
+    first = ax.legend(handles=model_handles, title="model", fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))
+    ax.add_artist(first)
+    ax.legend(handles=artifact_handles, title="artifact", fontsize=8, loc="lower left", bbox_to_anchor=(1.01, 0.0))
+    ax.set_xlabel(f"p50 latency per batch of {batch} (ms) on {report['machine']['cpu']}")
     ax.set_ylabel("top-1 accuracy on the test split (%)")
     ax.set_title(f"{report['profile']}: accuracy versus latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
-from stages.checkpoint import ModelSpec, save_model
+from stages.checkpoint import ModelSpec
 from stages.context import StageContext
 from stages.data import load_dataset
 from stages.stochastic_depth import draw_subnetwork, fixed_subnetwork
-from stages.training import DeviceData, accuracy, predict, select_device, train
+from stages.training import accuracy, fit_and_save, predict, select_device
 
 SAMPLED_NETWORKS = 8  # sub-networks whose accuracies describe the teacher in sampling mode
 
@@ -31,24 +29,13 @@ def train_teacher(ctx: StageContext) -> dict:
     cfg, data_cfg, seed = ctx.params["teacher"], ctx.params["data"], ctx.params["seed"]
     data = load_dataset(data_cfg)
     device = select_device(ctx.device)
-    torch.manual_seed(seed)
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
                      cfg.drop_mode, data.mean, data.std)
-    model = spec.build()
-    result = train(model, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
-                   seed=seed, progress=ctx.progress, label=f"teacher {cfg.arch}")
-    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
+                                  seed=seed, device=device, label=f"teacher {cfg.arch}")
     sampled = sampled_accuracies(model, data, device, SAMPLED_NETWORKS, seed) if cfg.p_last < 1 else []
-    save_model(model, spec, ctx.output)
-    (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
     return {
-        "test_accuracy": test_accuracy,
-        "sampled_subnetwork_accuracy_mean": float(np.mean(sampled)) if sampled else test_accuracy,
+        **metrics,
+        "sampled_subnetwork_accuracy_mean": float(np.mean(sampled)) if sampled else metrics["test_accuracy"],
         "sampled_subnetwork_accuracy_std": float(np.std(sampled)) if sampled else 0.0,
-        "final_train_loss": result.final_train_loss,
-        "train_wall_s": result.wall_s,
-        "train_images_per_second": result.images_per_second,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "arch": cfg.arch,
-        "device": str(device),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from torch import nn
 from pipeline.config import TrainingConfig
 from pipeline.errors import PipelineError
 from stages.augment import normalize, random_crop, random_flip
+from stages.checkpoint import save_model
 from stages.context import no_progress
 from stages.data import ImageDataset
 
@@ -111,6 +113,28 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     wall = time.perf_counter() - start
     return TrainResult(recipe.epochs, wall, recipe.epochs * n / wall, history[-1]["loss"],
                        history[-1]["train_accuracy"], history)
+
+
+def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augmentation, seed: int,
+                 device: torch.device, loss_fn: LossFunction = cross_entropy_loss,
+                 label: str) -> tuple[nn.Module, dict]:
+    """Build ``spec``, train it, evaluate it on the test split and save it into ``ctx.output``."""
+    torch.manual_seed(seed)
+    model = spec.build()
+    result = train(model, DeviceData(data, device), recipe, augmentation=augmentation, seed=seed,
+                   loss_fn=loss_fn, progress=ctx.progress, label=label)
+    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    save_model(model, spec, ctx.output)
+    (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
+    return model, {
+        "test_accuracy": test_accuracy,
+        "final_train_loss": result.final_train_loss,
+        "train_wall_s": result.wall_s,
+        "train_images_per_second": result.images_per_second,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "arch": spec.arch,
+        "device": str(device),
+    }
 
 
 def predict(model: nn.Module, images: np.ndarray, mean, std, device: torch.device,

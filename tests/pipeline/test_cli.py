@@ -35,6 +35,7 @@ def test_status_imports_no_framework(tmp_path):
     (["run", "--until", "deploy"], "--until 'deploy': unknown stage; allowed: teacher, distill, export"),
     (["run", "--set", "teacher.p_last=2"], "teacher.p_last = 2: Input should be less than or equal to 1"),
     (["run", "missing.yaml"], "missing.yaml: profile not found"),
+    (["teacher", "--device", "gpu"], "--device 'gpu': allowed: auto, cpu, cuda or cuda:N"),
     (["status", "--set", "data.dataset=cifar100", "--set", "data.root=/nowhere/c.npz"],
      "data.root=/nowhere/c.npz: no such file"),
 ])

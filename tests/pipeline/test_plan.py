@@ -65,10 +65,10 @@ def test_data_enters_keys_by_content_not_path(tmp_path):
     for path in (first, second):
         path.parent.mkdir()
         np.savez(path, **arrays)
-    keys = [_keys([f"data.dataset=npz", f"data.root={p}"])["teacher:teacher"] for p in (first, second)]
+    keys = [_keys(["data.dataset=npz", f"data.root={p}"])["teacher:teacher"] for p in (first, second)]
     assert keys[0] == keys[1]
     np.savez(second, **{**arrays, "y_train": np.array([1, 0, 1, 0])})
-    assert _keys([f"data.dataset=npz", f"data.root={second}"])["teacher:teacher"] != keys[0]
+    assert _keys(["data.dataset=npz", f"data.root={second}"])["teacher:teacher"] != keys[0]
 
 
 def test_hardware_enters_only_hardware_bound_keys(monkeypatch):
