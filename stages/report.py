@@ -39,6 +39,12 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| model | network | top-1 % |", "| --- | --- | --- |"]
     for model, acc in report["comparison"]["test_accuracy"].items():
         lines.append(f"| {MODEL_LABELS.get(model, model)} | {report['archs'][model]} | {_pct(acc)} |")
+    teacher = report["training"].get("teacher", {})
+    if "sampled_subnetwork_accuracy_mean" in teacher:
+        lines += ["", f"The teacher's sub-networks, each drawn once as it is sampled while teaching, score "
+                  f"{_pct(teacher['sampled_subnetwork_accuracy_mean'])} ± "
+                  f"{_pct(teacher['sampled_subnetwork_accuracy_std'])} % on the test split "
+                  f"(mean ± std over independently drawn sub-networks)."]
     comparison = report["comparison"]
     if "gain_over_kd" in comparison:
         lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
