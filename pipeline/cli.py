@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -38,6 +39,20 @@ def _check_stage(option: str, value: Optional[str]) -> Optional[str]:
     if value is not None and value not in STAGES:
         raise PipelineError(f"{option} {value!r}: unknown stage; allowed: {', '.join(STAGE_ORDER)}")
     return value
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input ends in one line and exit code 2; Ctrl-C says how to go on."""
+    try:
+        yield
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are cached and the unfinished one left nothing behind; "
+              "rerun the same command to continue", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _check_device(device: str) -> str:
@@ -89,17 +104,20 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                                             help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
-    for option, value in (("--until", until), ("--from", start), ("--force", force)):
-        _check_stage(option, value)
-    _execute(profile, set_ or [], until=until, start=start, force=force, device=device, artifacts=artifacts)
+    with user_errors():
+        for option, value in (("--until", until), ("--from", start), ("--force", force)):
+            _check_stage(option, value)
+        _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
+                 artifacts=artifacts)
 
 
 def _stage_command(name: str):
     def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
                 device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
-        _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                 artifacts=artifacts)
+        with user_errors():
+            _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
+                     artifacts=artifacts)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -121,17 +139,19 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     from pipeline.runner import Outcome
     from pipeline.store import ArtifactStore
 
-    loaded = load_profile(profile, set_ or [])
-    store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
-    table = Table(title=f"{loaded.name} · {store.root}")
-    for column in ("task", "state", "key", "result"):
-        table.add_column(column)
-    for task in build_plan(loaded):
-        artifact = store.lookup(task.stage, task.key)
-        if artifact is None:
-            table.add_row(task.id, "[yellow]to run[/]", task.key[:12], "")
-        else:
-            table.add_row(task.id, "[green]cached[/]", task.key[:12], Outcome(task, artifact, False, 0).headline)
+    with user_errors():
+        loaded = load_profile(profile, set_ or [])
+        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
+        table = Table(title=f"{loaded.name} · {store.root}")
+        for column in ("task", "state", "key", "result"):
+            table.add_column(column)
+        for task in build_plan(loaded):
+            artifact = store.lookup(task.stage, task.key)
+            if artifact is None:
+                table.add_row(task.id, "[yellow]to run[/]", task.key[:12], "")
+            else:
+                table.add_row(task.id, "[green]cached[/]", task.key[:12],
+                              Outcome(task, artifact, False, 0).headline)
     ui.console.print(table)
 
 
@@ -144,19 +164,4 @@ def schema() -> None:
 
 
 def main() -> None:
-    import click
-
-    try:
-        app(standalone_mode=False)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print("interrupted: finished stages are cached and the unfinished one left nothing behind; "
-              "rerun the same command to continue", file=sys.stderr)
-        sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    app()

@@ -89,3 +89,23 @@ def test_single_stage_command_runs_only_what_it_needs(first_run):
     done = cli("export", str(TINY), "--set", "export.tolerance=0.01", artifacts=artifacts)
     assert done.returncode == 0, done.stderr
     assert ran_tasks(done.stdout) == {"export:teacher", "export:student", "export:kd", "export:stochastic_kd"}
+
+
+def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_go_on(tmp_path):
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--set", "teacher.training.epochs=200",
+         "--artifacts", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("▶ teacher:teacher"):
+            break
+    time.sleep(3)  # inside the training loop
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "rerun the same command to continue" in stderr and "Traceback" not in stderr
+    assert list((tmp_path / "store" / "teacher").iterdir()) == []
