@@ -9,9 +9,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stages.architectures import ARCHITECTURES
+from stages.architectures import ARCHITECTURES, resolve_skips
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+SKIPS_HELP = ("Identity skips around the shape-preserving blocks of a plain network (vgg13, mobilenet); "
+              "null: exactly when its blocks are stochastic. Residual networks always have them.")
 
 
 class Section(BaseModel):
@@ -70,18 +72,30 @@ class TeacherConfig(Section):
         0.5, description="Survival probability p_n of the deepest block (eq. 2); 1 disables dropping.")
     drop_mode: Literal["batch", "sample"] = Field(
         "batch", description="While training: drop a block for the whole batch, or per image.")
+    skips: bool | None = Field(None, description=SKIPS_HELP)
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Teacher recipe.")
 
     _arch = field_validator("arch")(_known_architecture)
 
+    @model_validator(mode="after")
+    def _skips_fit(self) -> "TeacherConfig":
+        resolve_skips(self.arch, self.p_last, self.skips)
+        return self
+
 
 class StudentConfig(Section):
     arch: str = Field("resnet8", description=f"Student network: {', '.join(ARCHITECTURES)}.")
+    skips: bool | None = Field(None, description=SKIPS_HELP)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="One recipe for every student: alone, KD and stochastic KD.")
 
     _arch = field_validator("arch")(_known_architecture)
+
+    @model_validator(mode="after")
+    def _skips_fit(self) -> "StudentConfig":
+        resolve_skips(self.arch, 1.0, self.skips)
+        return self
 
 
 class DistillConfig(Section):
@@ -147,3 +161,12 @@ class Profile(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
+
+    @model_validator(mode="after")
+    def _teacher_can_be_sampled(self) -> "Profile":
+        teaching = self.distill.p_last
+        if teaching is not None and teaching < 1.0 and not resolve_skips(
+                self.teacher.arch, self.teacher.p_last, self.teacher.skips):
+            raise ValueError(f"distill.p_last = {teaching} drops teacher blocks, but teacher {self.teacher.arch} "
+                             f"has no identity skips: set teacher.skips to true")
+        return self

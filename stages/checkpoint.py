@@ -28,9 +28,11 @@ class ModelSpec:
     drop_mode: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    skips: bool | None = None  # see architectures.resolve_skips
 
     def build(self) -> nn.Module:
-        return build_model(self.arch, self.num_classes, self.in_channels, self.p_last, self.drop_mode)
+        return build_model(self.arch, self.num_classes, self.in_channels, self.p_last, self.drop_mode,
+                           self.skips)
 
     def with_survival(self, p_last: float, drop_mode: str) -> "ModelSpec":
         return replace(self, p_last=p_last, drop_mode=drop_mode)

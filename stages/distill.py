@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from stages.architectures import resolve_skips
 from stages.checkpoint import ModelSpec, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
@@ -47,7 +48,7 @@ def train_student(ctx: StageContext) -> dict:
         loss_fn = distillation_loss(teaching_teacher(ctx.inputs["teacher"].path, distill, device), distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",
-                     data.mean, data.std)
+                     data.mean, data.std, resolve_skips(cfg.arch, 1.0, cfg.skips))
     _, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation, seed=seed,
                               device=device, loss_fn=loss_fn, label=f"{ctx.variant} {cfg.arch}")
     return {**metrics, **teacher_metrics}

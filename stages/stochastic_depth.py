@@ -9,7 +9,7 @@ evaluation output, and exported graphs (evaluation mode) contain no random opera
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -83,6 +83,25 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"survival={self.survival:.3f}, mode={self.mode}"
+
+
+def make_drop(survival: float, mode: DropMode) -> DropPath | None:
+    """A dropper for a block, or None for one that always survives (it then costs nothing)."""
+    return DropPath(survival, mode) if survival < 1.0 else None
+
+
+def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   shortcut: torch.Tensor, drop: DropPath | None) -> torch.Tensor:
+    """``shortcut + residual(x)`` with the residual kept, scaled or dropped as ``drop`` decides.
+
+    A residual branch dropped for the whole batch is never computed.
+    """
+    if drop is None or not drop.active:
+        return residual(x) + shortcut
+    scale = drop.scale(x.shape[0], x.device)
+    if isinstance(scale, float) and scale == 0.0:
+        return shortcut
+    return residual(x) * scale + shortcut
 
 
 def drop_paths(model: nn.Module) -> list[DropPath]:

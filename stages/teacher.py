@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stages.architectures import resolve_skips
 from stages.checkpoint import ModelSpec
 from stages.context import StageContext
 from stages.data import load_dataset
@@ -30,7 +31,7 @@ def train_teacher(ctx: StageContext) -> dict:
     data = load_dataset(data_cfg)
     device = select_device(ctx.device)
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
-                     cfg.drop_mode, data.mean, data.std)
+                     cfg.drop_mode, data.mean, data.std, resolve_skips(cfg.arch, cfg.p_last, cfg.skips))
     model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
                                   seed=seed, device=device, label=f"teacher {cfg.arch}")
     sampled = sampled_accuracies(model, data, device, SAMPLED_NETWORKS, seed) if cfg.p_last < 1 else []

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.stochastic_depth import DropMode, DropPath, survival_probabilities
+from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
 
 
 class ZeroPadShortcut(nn.Module):
@@ -33,8 +33,8 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """``o_i = relu(f_i(o_{i-1}) + shortcut(o_{i-1}))``; a dropped block gives ``shortcut(o_{i-1})``.
 
-    Inputs come out of a ReLU, so they are non-negative and the final ReLU of a dropped block is
-    the identity: skipping it keeps the exact identity while costing nothing.
+    Inputs come out of a ReLU, so they are non-negative and the final ReLU leaves a dropped
+    block's output unchanged: a dropped block is exactly its shortcut.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int,
@@ -45,20 +45,13 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = ZeroPadShortcut(in_channels, out_channels, stride)
-        # A block that always survives gets no dropper at all.
-        self.drop = DropPath(survival, drop_mode) if survival < 1.0 else None
+        self.drop = make_drop(survival, drop_mode)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
-        if self.drop is None or not self.drop.active:
-            return F.relu(self.residual(x) + shortcut)
-        scale = self.drop.scale(x.shape[0], x.device)
-        if isinstance(scale, float) and scale == 0.0:
-            return shortcut
-        return F.relu(self.residual(x) * scale + shortcut)
+        return F.relu(stochastic_sum(self.residual, x, self.shortcut(x), self.drop))
 
 
 class CifarResNet(nn.Module):

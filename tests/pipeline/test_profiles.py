@@ -51,6 +51,9 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("teacher: [1, 2\n", [], "YAML syntax error at line 2, column 1"),
     ("- a\n- b\n", [], "a profile must be a mapping"),
     ("seed: 1\n", ["novalue"], "expected key.path=value"),
+    ("teacher:\n  arch: vgg13\n  p_last: 0.5\n  skips: false\n", [], "vgg13 needs identity skips for stochastic blocks"),
+    ("student:\n  arch: resnet8\n  skips: false\n", [], "resnet8 is a residual network"),
+    ("teacher:\n  arch: vgg13\n  p_last: 1\ndistill:\n  p_last: 0.5\n", [], "teacher vgg13 has no identity skips"),
 ])
 def test_bad_profiles_get_one_line_naming_file_key_and_value(tmp_path, text, overrides, message):
     path = _write(tmp_path, text)

@@ -13,9 +13,17 @@ def test_cifar100_resnets_match_published_sizes(name, params_m, macs_m):
     assert count_macs(model, (3, 32, 32)) / 1e6 == pytest.approx(macs_m, rel=0.02)
 
 
+@pytest.mark.parametrize("name, params_m", [
+    # WRN paper (28-10: 36.5M), RepDistiller (40-2: 2.26M, 16-2: 0.70M, vgg13: 9.46M), WRN-40-4: 8.9M,
+    # Deep Mutual Learning (MobileNet: 3.3M); all with a 100-class head.
+    ("wrn28_10", 36.5), ("wrn40_4", 8.9), ("wrn40_2", 2.26), ("wrn16_2", 0.70), ("vgg13", 9.46), ("mobilenet", 3.3)])
+def test_other_networks_match_published_parameter_counts(name, params_m):
+    assert count_parameters(build_model(name, num_classes=100, in_channels=3)) / 1e6 == pytest.approx(params_m, rel=0.02)
+
+
 def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
-        register("resnet20", "stages.models.resnet:cifar_resnet", depth=20)
+        register("resnet20", "stages.models.resnet:cifar_resnet", True, depth=20)
     with pytest.raises(ValueError, match="unknown architecture 'resnet21'"):
         build_model("resnet21", 10, 3)
     assert "resnet8" in ARCHITECTURES

@@ -1,0 +1,118 @@
+"""Networks without residual blocks, VGG and MobileNet v1 for CIFAR, with the method's additions:
+an identity skip around every block whose input and output shapes match (``skips=True``), and
+stochastic survival (eq. 2 by depth) on those skip blocks. A block that changes shape has no skip
+and is never dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
+
+
+class SkipBlock(nn.Module):
+    """``x + f(x)`` with ``f`` droppable, when ``skip``; otherwise plain ``f(x)``."""
+
+    def __init__(self, body: nn.Module, skip: bool, survival: float = 1.0, drop_mode: DropMode = "batch") -> None:
+        super().__init__()
+        self.body = body
+        self.skip = skip
+        self.drop = make_drop(survival, drop_mode) if skip else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.skip:
+            return self.body(x)
+        return stochastic_sum(self.body, x, x, self.drop)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
+                  kernel: int = 3, bias: bool = False) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=bias),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+def _skip_blocks(shapes: list[tuple[int, int, int]], bodies: list[nn.Module], skips: bool, p_last: float,
+                 drop_mode: DropMode) -> list[SkipBlock]:
+    """Wrap each body; survival runs over all blocks by depth, shape-changing ones never drop."""
+    if p_last < 1.0 and not skips:
+        raise ValueError("stochastic blocks need identity skips: set skips on, or p_last to 1")
+    survivals = survival_probabilities(len(bodies), p_last)
+    blocks = []
+    for (in_channels, out_channels, stride), body, survival in zip(shapes, bodies, survivals):
+        keeps_shape = in_channels == out_channels and stride == 1
+        blocks.append(SkipBlock(body, skips and keeps_shape, survival, drop_mode))
+    return blocks
+
+
+VGG_CONFIGS = {13: [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]}
+
+
+class VGG(nn.Module):
+    """VGG with BatchNorm for 32x32 inputs: conv stages separated by max-pooling, one linear head."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, p_last: float = 1.0,
+                 drop_mode: DropMode = "batch", skips: bool = False) -> None:
+        super().__init__()
+        shapes, bodies, layout = [], [], []
+        channels = in_channels
+        for stage in VGG_CONFIGS[depth]:
+            for width in stage:
+                shapes.append((channels, width, 1))
+                bodies.append(nn.Sequential(*_conv_bn_relu(channels, width, bias=True)))
+                channels = width
+            layout.append(len(stage))
+        blocks = iter(_skip_blocks(shapes, bodies, skips, p_last, drop_mode))
+        stages: list[nn.Module] = []
+        for count in layout:
+            stages += [next(blocks) for _ in range(count)] + [nn.MaxPool2d(2)]
+        # The last pooling is global, so any input size at least 16x16 works.
+        self.features_ = nn.Sequential(*stages[:-1])
+        self.fc = nn.Linear(channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+# (out_channels, stride) of each depthwise-separable block; the CIFAR variant keeps the stem at stride 1.
+MOBILENET_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+                    (512, 1), (512, 1), (1024, 2), (1024, 1)]
+
+
+class MobileNet(nn.Module):
+    """MobileNet v1 for 32x32 inputs (as used for CIFAR in Deep Mutual Learning)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, p_last: float = 1.0,
+                 drop_mode: DropMode = "batch", skips: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, 32))
+        shapes, bodies = [], []
+        channels = 32
+        for width, stride in MOBILENET_BLOCKS:
+            shapes.append((channels, width, stride))
+            bodies.append(nn.Sequential(*_conv_bn_relu(channels, channels, stride, groups=channels),
+                                        *_conv_bn_relu(channels, width, kernel=1)))
+            channels = width
+        self.blocks = nn.Sequential(*_skip_blocks(shapes, bodies, skips, p_last, drop_mode))
+        self.fc = nn.Linear(channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def vgg(depth: int, num_classes: int, in_channels: int = 3, p_last: float = 1.0,
+        drop_mode: DropMode = "batch", skips: bool = False) -> VGG:
+    return VGG(depth, num_classes, in_channels, p_last, drop_mode, skips)
+
+
+def mobilenet(num_classes: int, in_channels: int = 3, p_last: float = 1.0,
+              drop_mode: DropMode = "batch", skips: bool = False) -> MobileNet:
+    return MobileNet(num_classes, in_channels, p_last, drop_mode, skips)
