@@ -155,6 +155,31 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     ui.console.print(table)
 
 
+@app.command("pack-dataset")
+def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
+                 root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),
+                 destination: Path = typer.Argument(..., metavar="OUT.npz", help="The .npz to write."),
+                 image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N",
+                                                          help="Resize every image to N x N.")) -> None:
+    """Decode an image-folder dataset once into an .npz that data.root can name."""
+    with user_errors():
+        from pipeline.config import FOLDER_DATASETS
+
+        if dataset not in FOLDER_DATASETS:
+            raise PipelineError(f"pack-dataset {dataset!r}: allowed: {', '.join(FOLDER_DATASETS)}")
+        if destination.suffix != ".npz":
+            raise PipelineError(f"{destination}: the output must be an .npz file")
+        if not root.is_dir():
+            raise PipelineError(f"{root}: no such folder")
+        from stages.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
+
+        loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders
+        arrays = loader(root, image_size)
+        pack_npz(arrays, destination)
+        print(f"{destination}: {len(arrays[0])} training and {len(arrays[2])} test images of "
+              f"{arrays[0].shape[1]}x{arrays[0].shape[2]}, {len(arrays[4])} classes")
+
+
 @app.command()
 def schema() -> None:
     """Print every profile key with its type, default and description."""

@@ -31,14 +31,20 @@ class Augmentation(Section):
     horizontal_flip: bool = Field(True, description="Random horizontal flips.")
 
 
+FOLDER_DATASETS = ("tiny_imagenet", "folder")
+
+
 class DataConfig(Section):
-    dataset: Literal["digits", "cifar10", "cifar100", "npz"] = Field(
-        "digits", description="digits (scikit-learn's bundled 8x8 digits, no download), cifar10, "
-        "cifar100, or npz (any .npz of x_train, y_train, x_test, y_test, class_names at data.root).")
+    dataset: Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "folder", "npz"] = Field(
+        "digits", description="digits (scikit-learn's bundled 8x8 digits, no download); cifar10 or cifar100 "
+        "(an .npz or a torchvision folder); tiny_imagenet (its official folder, or an .npz packed from it); "
+        "folder (root/train/<class>/*, root/test/<class>/*); npz (x_train, y_train, x_test, y_test, class_names).")
     root: str | None = Field(
-        None, description="An .npz file, or for cifar10/cifar100 a torchvision dataset folder. "
+        None, description="Where the data is: an .npz file, or the dataset's folder. "
         "Relative paths resolve from the current directory.")
     download: bool = Field(False, description="Let torchvision download cifar10/cifar100 into data.root.")
+    image_size: int | None = Field(
+        None, ge=8, description="Resize images read from files to this square size (null: keep their size).")
     train_images: int | None = Field(
         None, ge=1, description="Use a class-balanced subset of this many training images (null: all).")
     test_images: int | None = Field(
@@ -51,6 +57,9 @@ class DataConfig(Section):
             raise ValueError("data.root must be null for dataset 'digits' (it ships with scikit-learn)")
         if self.dataset == "npz" and (self.root is None or not self.root.endswith(".npz")):
             raise ValueError(f"dataset 'npz' needs data.root pointing at an .npz file, got {self.root!r}")
+        if self.dataset in FOLDER_DATASETS and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data.root: its folder, or an .npz packed "
+                             f"from it with `stochkd-pipeline pack-dataset`")
         return self
 
 

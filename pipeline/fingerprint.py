@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DataConfig, Section
+from pipeline.config import FOLDER_DATASETS, DataConfig, Section
 from pipeline.errors import DataError
 
 SAMPLE_BYTES = 1 << 20
@@ -57,10 +57,24 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
             raise DataError(f"data.root={cfg.root}: no such file ({root.resolve()}); point data.root at "
                             f"the .npz (relative paths resolve from the current directory)")
         identity["content"] = f"npz:{file_fingerprint(root)}"
+    elif cfg.dataset in FOLDER_DATASETS:
+        identity["content"] = f"files:{folder_fingerprint(root)}"
     else:
         # torchvision checks its files against published MD5s, so the name identifies the content.
         identity["content"] = f"torchvision:{TORCHVISION_FOLDERS.get(cfg.dataset, cfg.dataset)}"
     return identity
+
+
+def folder_fingerprint(root: Path) -> str:
+    """sha256 of every file's relative path and size: a copy elsewhere matches, an added, removed
+    or re-encoded image does not."""
+    if not root.is_dir():
+        raise DataError(f"data.root={root}: no such folder ({root.resolve()}); point data.root at the "
+                        f"dataset's folder (relative paths resolve from the current directory)")
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
 def key_form(value: Any) -> Any:

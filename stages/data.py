@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
+from stages.image_folders import load_class_folders, load_tiny_imagenet
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
@@ -144,6 +145,10 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         arrays = _load_digits()
     elif root is not None and root.suffix == ".npz":
         arrays = _load_npz(root)
+    elif cfg.dataset == "tiny_imagenet":
+        arrays = load_tiny_imagenet(root, cfg.image_size)
+    elif cfg.dataset == "folder":
+        arrays = load_class_folders(root, cfg.image_size)
     elif cfg.dataset in ("cifar10", "cifar100"):
         if root is None:
             raise DataError(f"data.root is not set for dataset {cfg.dataset!r}; point it at an .npz "

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.errors import DataError
+from stages.data import load_dataset
+
+
+def _image(path, color, size=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n")
+    lines = []
+    for i, wnid in enumerate(wnids):
+        for j in range(4):
+            _image(root / "train" / wnid / "images" / f"{wnid}_{j}.JPEG", (40 * i, 10 * j, 0))
+        _image(root / "val" / "images" / f"val_{i}.JPEG", (40 * i, 0, 0))
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t7\t7")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_tiny_imagenet_official_layout(tiny_imagenet):
+    data = load_dataset(DataConfig(dataset="tiny_imagenet", root=str(tiny_imagenet)))
+    assert data.x_train.shape == (12, 8, 8, 3) and data.x_test.shape == (3, 8, 8, 3)
+    assert list(data.y_test) == [0, 1, 2]
+    assert data.class_names == ("goldfish", "European fire salamander", "n01641577")
+    assert data.x_test[1, 0, 0, 0] == 40  # the validation image of the second class
+
+
+def test_tiny_imagenet_bad_annotation_names_the_line(tiny_imagenet):
+    path = tiny_imagenet / "val" / "val_annotations.txt"
+    path.write_text(path.read_text() + "val_9.JPEG\tn99999999\t0\t0\t1\t1\n")
+    with pytest.raises(DataError, match="val_annotations.txt:4: expected"):
+        load_dataset(DataConfig(dataset="tiny_imagenet", root=str(tiny_imagenet)))
+
+
+def test_class_folders_with_resizing(tmp_path):
+    for split, count in (("train", 3), ("test", 1)):
+        for name, color in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+            for j in range(count):
+                _image(tmp_path / split / name / f"{j}.png", color, size=10 + j)
+    with pytest.raises(DataError, match="set data.image_size"):
+        load_dataset(DataConfig(dataset="folder", root=str(tmp_path)))
+    data = load_dataset(DataConfig(dataset="folder", root=str(tmp_path), image_size=8))
+    assert data.x_train.shape == (6, 8, 8, 3) and data.class_names == ("cat", "dog")
+    assert np.all(data.x_test[data.y_test == 1][..., 1] == 255)
+
+
+def test_missing_layout_is_explained(tmp_path):
+    with pytest.raises(DataError, match="wnids.txt is missing"):
+        load_dataset(DataConfig(dataset="tiny_imagenet", root=str(tmp_path)))
+    with pytest.raises(DataError, match="expected class folders"):
+        load_dataset(DataConfig(dataset="folder", root=str(tmp_path)))
+
+
+def test_pack_dataset_writes_an_npz_the_pipeline_reads(tiny_imagenet, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny.npz"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "pack-dataset", "tiny_imagenet", str(tiny_imagenet),
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "12 training and 3 test images of 8x8, 3 classes" in done.stdout
+    packed = load_dataset(DataConfig(dataset="tiny_imagenet", root=str(out)))
+    direct = load_dataset(DataConfig(dataset="tiny_imagenet", root=str(tiny_imagenet)))
+    assert np.array_equal(packed.x_train, direct.x_train) and packed.class_names == direct.class_names
+
+
+def test_folder_datasets_enter_keys_by_their_files(tiny_imagenet):
+    from pipeline.fingerprint import data_identity
+
+    cfg = DataConfig(dataset="tiny_imagenet", root=str(tiny_imagenet))
+    before = data_identity(cfg)["content"]
+    _image(tiny_imagenet / "train" / "n01443537" / "images" / "extra.JPEG", (1, 2, 3))
+    assert data_identity(cfg)["content"] != before
