@@ -121,6 +121,11 @@ class DistillConfig(Section):
         "average the K distributions first.")
 
 
+class AnalysisConfig(Section):
+    images: int = Field(2000, ge=1, description="Test images (class-balanced) for the teacher analysis.")
+    samples: int = Field(8, ge=1, description="Sub-networks sampled to compare with the deterministic teacher.")
+
+
 class ExportConfig(Section):
     opset: int = Field(18, ge=13, description="ONNX opset.")
     tolerance: float = Field(1e-3, gt=0, description="Max abs logit difference ONNX Runtime vs PyTorch accepted.")
@@ -166,6 +171,8 @@ class Profile(Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Stochastic-depth teacher.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="Student network and recipe.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge transfer.")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig,
+                                     description="The teacher's entropy with blocks dropped (Fig. 3).")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")

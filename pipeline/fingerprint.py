@@ -47,7 +47,7 @@ def file_fingerprint(path: Path) -> str:
 
 def data_identity(cfg: DataConfig) -> dict[str, Any]:
     """The data config as it enters a key: contents instead of paths."""
-    identity = cfg.model_dump(mode="json", exclude={"root", "download"})
+    identity = cfg.model_dump(mode="json", exclude={"root", "download"}, exclude_none=True)
     if cfg.dataset == "digits":
         identity["content"] = "scikit-learn digits"
         return identity
@@ -78,11 +78,15 @@ def folder_fingerprint(root: Path) -> str:
 
 
 def key_form(value: Any) -> Any:
-    """A stage parameter as it enters the cache key."""
+    """A stage parameter as it enters the cache key.
+
+    Unset (null) settings are left out, so adding an optional setting to the schema leaves every
+    existing key, and so every cached artifact, valid.
+    """
     if isinstance(value, DataConfig):
         return data_identity(value)
     if isinstance(value, Section):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, dict):
         return {k: key_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

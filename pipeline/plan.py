@@ -56,7 +56,9 @@ def build_plan(profile: Profile) -> list[Task]:
         "stochastic_kd": Task("distill", "stochastic_kd", {**student_params, "distill": profile.distill},
                               {"teacher": teacher}),
     }
-    tasks = list(trained.values())
+    analysis = Task("analyze", None, {"seed": seed, "data": data, "images": profile.analysis.images,
+                                      "samples": profile.analysis.samples}, {"teacher": teacher})
+    tasks = [*trained.values(), analysis]
     benchmarks = {}
     precisions = list(profile.quantize.precisions)
     for model, training in trained.items():
@@ -71,6 +73,7 @@ def build_plan(profile: Profile) -> list[Task]:
         tasks += [export, quantize, engine, benchmarks[model]]
     report_needs = {f"benchmark:{m}": t for m, t in benchmarks.items()}
     report_needs.update({f"train:{m}": t for m, t in trained.items()})
+    report_needs["analysis"] = analysis
     tasks.append(Task("report", None, {"profile": profile.name, "models": list(MODELS)}, report_needs))
     return sorted(tasks, key=lambda t: list(STAGES).index(t.stage))
 

@@ -12,6 +12,13 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return f"top-1 {100 * metrics['test_accuracy']:.2f}%"
 
 
+def _analysis(metrics: dict[str, Any]) -> str:
+    text = f"entropy {metrics['deterministic']['entropy']:.2f} nats"
+    if "samples" in metrics:
+        text += f", {metrics['samples']['entropy_per_sample']:.2f} per sampled sub-network"
+    return text
+
+
 def _export(metrics: dict[str, Any]) -> str:
     return f"max diff {metrics['max_abs_diff']:.1e}, top-1 agreement {100 * metrics['top1_agreement']:.2f}%"
 
@@ -54,6 +61,8 @@ class StageDecl:
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
     StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
               "Train the stochastic-depth teacher.", _accuracy),
+    StageDecl("analyze", "stages.analyze:analyze_teacher", 1, None,
+              "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
     StageDecl("distill", "stages.distill:train_student", 1, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
     StageDecl("export", "stages.export:export_model", 1, None,
@@ -64,7 +73,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Build the deployable engines for the target.", _engine),
     StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 2, None,
+    StageDecl("report", "stages.report:write_report", 3, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

@@ -21,8 +21,6 @@ from pipeline.registry import STAGES
 from pipeline.store import ArtifactStore
 from stages.context import StageContext, StageInput, no_progress
 
-REPORT_FILES = ("report.md", "report.json", "report.png")
-
 
 @dataclass
 class Outcome:
@@ -99,6 +97,6 @@ def publish_report(outcomes: list[Outcome], destination: Path) -> Path | None:
     if report is None:
         return None
     destination.mkdir(parents=True, exist_ok=True)
-    for name in REPORT_FILES:
+    for name in report.artifact.manifest["files"]:
         shutil.copy(report.artifact.file(name), destination / name)
     return destination

@@ -50,6 +50,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
                   f"the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} over "
                   f"the student trained alone (one seed; same recipe and budget for all three)."]
+    analysis = report["analysis"]
+    lines += ["", "## What the stochastic teacher teaches with", "",
+              f"On {analysis['images']} test images, the deterministic teacher's outputs have a mean "
+              f"entropy of {analysis['deterministic']['entropy']:.3f} nats "
+              f"(top-1 {_pct(analysis['deterministic']['accuracy'])} %)."]
+    samples = analysis.get("samples")
+    if samples:
+        lines += [f"Its {samples['k']} sampled sub-networks average {samples['entropy_per_sample']:.3f} nats "
+                  f"(top-1 {_pct(samples['accuracy_per_sample'])} %); the average of their distributions "
+                  f"has {samples['entropy_of_average']:.3f} nats (top-1 {_pct(samples['accuracy_of_average'])} %)."]
+    if analysis["single_block_dropped"]:
+        lines += ["", "| stochastic block (by depth) | survival p_i | entropy with only it dropped | top-1 % |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {b['stochastic_block']} | {b['survival']:.3f} | {b['entropy']:.3f} | {_pct(b['accuracy'])} |"
+                  for b in analysis["single_block_dropped"]]
+        lines += ["", "![teacher entropy with one block dropped](teacher_entropy.png)"]
     lines += ["", "## Deployed artifacts", "",
               "| model | runtime | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
               "| images/s | peak MB | file KB | params | MMACs |",
@@ -103,6 +119,33 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
+def plot_teacher_entropy(analysis: dict[str, Any], path) -> None:
+    """The paper's Fig. 3: the teacher's output entropy (and accuracy) with each single block dropped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = analysis["single_block_dropped"]
+    x = [b["stochastic_block"] for b in blocks]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x, [b["entropy"] for b in blocks], color="C0", alpha=0.8, label="one block dropped")
+    ax.axhline(analysis["deterministic"]["entropy"], color="black", linestyle="--", label="no block dropped")
+    if "samples" in analysis:
+        ax.axhline(analysis["samples"]["entropy_per_sample"], color="C3", linestyle=":",
+                   label=f"sampled sub-networks (mean of {analysis['samples']['k']})")
+    ax.set_xlabel("stochastic block, by depth")
+    ax.set_ylabel("mean entropy of the teacher's outputs (nats)")
+    accuracy_axis = ax.twinx()
+    accuracy_axis.plot(x, [100 * b["accuracy"] for b in blocks], color="C1", marker="o", label="top-1 %")
+    accuracy_axis.set_ylabel("top-1 accuracy (%)", color="C1")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Teacher output entropy with a single block dropped")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(ctx: StageContext) -> dict:
     models = ctx.params["models"]
     # Rows are labelled by the role they fill here: two models with identical settings share one artifact.
@@ -121,10 +164,13 @@ def write_report(ctx: StageContext) -> dict:
         "archs": {m: training[m]["arch"] for m in models},
         "comparison": method_comparison(training),
         "training": training,
+        "analysis": ctx.inputs["analysis"].metrics,
         "plot_batch_size": batch,
         "rows": rows,
     }
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))
     plot(report, ctx.output / "report.png")
-    return {"comparison": report["comparison"], "files": ["report.md", "report.json", "report.png"]}
+    if report["analysis"]["single_block_dropped"]:
+        plot_teacher_entropy(report["analysis"], ctx.output / "teacher_entropy.png")
+    return {"comparison": report["comparison"]}

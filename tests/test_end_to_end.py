@@ -32,7 +32,7 @@ def first_run(tmp_path_factory):
 
 def test_all_seven_stages_run_and_report(first_run):
     artifacts, done = first_run
-    assert len(ran_tasks(done.stdout)) == 21
+    assert len(ran_tasks(done.stdout)) == 22
     report = json.loads((artifacts / "tiny" / "report.json").read_text())
     assert (artifacts / "tiny" / "report.md").read_text().startswith("# stochkd-pipeline report: tiny")
     assert (artifacts / "tiny" / "report.png").read_bytes()[:4] == b"\x89PNG"
@@ -65,14 +65,14 @@ def test_second_run_is_served_from_the_cache(first_run):
     done = cli("run", str(TINY), artifacts=artifacts)
     assert done.returncode == 0, done.stderr
     assert ran_tasks(done.stdout) == set()
-    assert "0 ran, 21 from the cache" in done.stdout
+    assert "0 ran, 22 from the cache" in done.stdout
 
 
 def test_status_lists_every_task_as_cached(first_run):
     artifacts, _ = first_run
     done = cli("status", str(TINY), artifacts=artifacts)
     assert done.returncode == 0
-    assert done.stdout.count("cached") == 21
+    assert done.stdout.count("cached") == 22
 
 
 def test_changing_the_temperature_reruns_distill_and_what_follows_only(first_run):

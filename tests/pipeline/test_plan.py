@@ -19,7 +19,7 @@ def test_same_profile_same_keys():
 def test_every_task_is_planned_once_after_what_it_needs():
     plan = build_plan(load_profile(QUICK))
     ids = [t.id for t in plan]
-    assert len(ids) == len(set(ids)) == 1 + 3 + 4 * 4 + 1
+    assert len(ids) == len(set(ids)) == 1 + 1 + 3 + 4 * 4 + 1
     position = {id(t): i for i, t in enumerate(plan)}
     assert all(position[id(dep)] < position[id(t)] for t in plan for dep in t.needs.values())
 
@@ -93,3 +93,9 @@ def test_a_copied_cache_keeps_engines_on_the_same_platform_but_measures_anew(mon
     after = _keys()
     changed = {t for t in before if before[t] != after[t]}
     assert {t.split(":")[0] for t in changed} == {"benchmark", "report"}
+
+
+def test_an_unset_optional_setting_does_not_enter_keys():
+    # Adding an optional setting to the schema must not invalidate every cached artifact.
+    assert _keys(["teacher.skips=null", "data.image_size=null"]) == _keys()
+    assert _keys(["teacher.skips=true"]) != _keys()

@@ -1,0 +1,73 @@
+"""Stage: what the stochastic teacher teaches with (the paper's Fig. 3).
+
+For each stochastic block, the teacher with only that block dropped: the mean entropy of its
+softmax outputs and its accuracy. Then K sampled sub-networks against the deterministic teacher:
+the mean entropy of each sample's outputs, and the entropy of their average (what an ensemble of
+the K samples would teach).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stages.checkpoint import load_model
+from stages.context import StageContext
+from stages.data import balanced_subset, load_dataset
+from stages.stochastic_depth import drop_paths, fixed_subnetwork, sample_logits
+from stages.training import select_device
+
+
+def mean_entropy(logits: torch.Tensor) -> float:
+    """Mean over images of the softmax entropy (nats) of (..., classes) logits."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return float(-(log_p.exp() * log_p).sum(-1).mean())
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def analyze_teacher(ctx: StageContext) -> dict:
+    params = ctx.params
+    data = load_dataset(params["data"])
+    device = select_device(ctx.device)
+    chosen = balanced_subset(data.y_test, params["images"], data.num_classes)
+    images = torch.from_numpy(data.normalized(data.x_test[chosen])).to(device)
+    labels = torch.from_numpy(data.y_test[chosen]).to(device)
+    model = load_model(ctx.inputs["teacher"].path).to(device)
+    batches = images.split(500)
+
+    def evaluate() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([model(batch) for batch in batches])
+
+    deterministic = evaluate()
+    drops = drop_paths(model)  # in depth order
+    per_block = []
+    with ctx.progress("teacher analysis", len(drops) + 1) as advance:
+        for i, drop in enumerate(drops):
+            keep = [j != i for j in range(len(drops))]
+            with fixed_subnetwork(model, keep):
+                logits = evaluate()
+            per_block.append({"stochastic_block": i + 1, "survival": drop.survival, "entropy": mean_entropy(logits),
+                              "accuracy": top1(logits, labels)})
+            advance(1)
+        torch.manual_seed(params["seed"])
+        k = params["samples"]
+        sampled = torch.cat([sample_logits(model, batch, k) for batch in batches], dim=1) if drops else None
+        advance(1)
+    result = {
+        "images": len(chosen),
+        "deterministic": {"entropy": mean_entropy(deterministic), "accuracy": top1(deterministic, labels)},
+        "single_block_dropped": per_block,
+    }
+    if sampled is not None:
+        ensemble = sampled.softmax(-1).mean(0).log()
+        result["samples"] = {
+            "k": k,
+            "entropy_per_sample": mean_entropy(sampled),
+            "accuracy_per_sample": float(sum(top1(s, labels) for s in sampled) / k),
+            "entropy_of_average": mean_entropy(ensemble),
+            "accuracy_of_average": top1(ensemble, labels),
+        }
+    return result
