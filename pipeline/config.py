@@ -73,6 +73,9 @@ class TrainingConfig(Section):
         "step", description="step: multiply by lr_gamma at each of lr_milestones; cosine: anneal to 0.")
     lr_milestones: tuple[int, ...] = Field((), description="Epochs at which a step schedule decays the LR.")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of the step schedule.")
+    warmup_epochs: float | None = Field(
+        None, gt=0, description="Ramp the LR up linearly over this many epochs (null: no warm-up). "
+        "Very deep ResNets (110 layers) need it to start training at LR 0.1 (He et al. 2016).")
 
 
 class TeacherConfig(Section):

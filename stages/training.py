@@ -36,11 +36,16 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-def lr_factor(recipe: TrainingConfig, epoch: int) -> float:
-    """LR multiplier for a (0-based) epoch."""
+def lr_factor(recipe: TrainingConfig, epoch: float) -> float:
+    """LR multiplier at a (0-based, fractional) point of training: the schedule, times a linear
+    warm-up over the first ``warmup_epochs``."""
     if recipe.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
-    return recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
+        factor = 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
+    else:
+        factor = recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
+    if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
+        factor *= epoch / recipe.warmup_epochs
+    return factor
 
 
 @dataclass
@@ -82,12 +87,16 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     start = time.perf_counter()
     with progress(label, recipe.epochs * steps_per_epoch) as advance:
         for epoch in range(recipe.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_factor(recipe, epoch)
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             for step in range(steps_per_epoch):
+                warming = epoch < (recipe.warmup_epochs or 0)
+                if step == 0 or warming:
+                    # The LR changes once an epoch, and at every step while warming up.
+                    point = epoch + (step + 1) / steps_per_epoch if warming else epoch
+                    for group in optimizer.param_groups:
+                        group["lr"] = recipe.lr * lr_factor(recipe, point)
                 index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 images = data.x_train[index]
                 if augmentation.crop_padding:

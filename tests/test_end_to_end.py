@@ -109,3 +109,19 @@ def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_go_on(tmp_path):
     assert process.returncode == 130
     assert "rerun the same command to continue" in stderr and "Traceback" not in stderr
     assert list((tmp_path / "store" / "teacher").iterdir()) == []
+
+
+def test_sweep_shares_cached_stages_and_reports_mean_and_std(tmp_path):
+    done = cli("sweep", str(TINY), "--over", "distill.temperature=2,4", "--over", "seed=0,1",
+               artifacts=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The teacher reads no distillation setting: one per seed, shared by both temperatures.
+    assert done.stdout.count("✓ teacher:teacher") == 2
+    assert done.stdout.count("✓ distill:student") == 2  # nor does the student trained alone
+    sweep = tmp_path / "tiny" / "sweep-distill.temperature+seed"
+    table = (sweep / "sweep.md").read_text()
+    assert "mean ± std over seeds 0, 1" in table and table.count("±") >= 8
+    assert (sweep / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((sweep / "sweep.json").read_text())["summary"]
+    assert [row["point"]["distill.temperature"] for row in summary] == [2, 4]
+    assert all(row["runs"] == 2 for row in summary)

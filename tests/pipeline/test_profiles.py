@@ -14,7 +14,7 @@ def _write(tmp_path, text, name="p.yaml"):
     return path
 
 
-@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_profiles_validate(profile):
     assert load_profile(profile).name
 

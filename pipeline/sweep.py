@@ -1,0 +1,135 @@
+"""Sweeps: one profile run at every point of a grid of settings, sharing every cached stage that
+the points have in common (a teacher is trained once for all values of a distillation setting),
+then one table and one plot of the models' accuracies across the grid. A ``seed`` axis becomes
+mean ± std over seeds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.profiles import parse_override
+
+
+def split_values(text: str) -> list[str]:
+    """``"0.5,0.6"`` -> ["0.5", "0.6"]; commas inside brackets stay (``"[1,8],[64]"``)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if any(not v for v in values):
+        raise PipelineError(f"--over values {text!r}: an empty value; separate values with commas")
+    return values
+
+
+def parse_axes(overs: list[str]) -> list[tuple[str, list[str]]]:
+    axes = []
+    for text in overs:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise PipelineError(f"--over {text!r}: expected key.path=value1,value2,... "
+                                f"e.g. --over distill.p_last=0.5,0.7,0.9")
+        axes.append((key.strip(), split_values(values)))
+    keys = [k for k, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise PipelineError(f"--over names a key twice: {', '.join(keys)}")
+    return axes
+
+
+def grid(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    keys = [k for k, _ in axes]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in axes))]
+
+
+def point_values(point: dict[str, str]) -> dict[str, Any]:
+    """The point's settings parsed as the profile reads them (YAML scalars)."""
+    return {key: parse_override(f"{key}={value}")[1] for key, value in point.items()}
+
+
+def summarize(results: list[dict[str, Any]], axes: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
+    """One row per point of the non-seed axes: each model's accuracy, as mean ± std when seeded."""
+    other = [k for k, _ in axes if k != "seed"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(tuple(result["point"][k] for k in other), []).append(result)
+    rows = []
+    for values, members in groups.items():
+        row: dict[str, Any] = {"point": dict(zip(other, values)), "runs": len(members), "accuracy": {}}
+        for model in members[0]["accuracy"]:
+            accuracies = [m["accuracy"][model] for m in members]
+            row["accuracy"][model] = {"mean": statistics.fmean(accuracies),
+                                      "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                                      "values": accuracies}
+        rows.append(row)
+    return rows
+
+
+def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels) -> str:
+    other = [k for k, _ in axes if k != "seed"]
+    seeds = next((values for k, values in axes if k == "seed"), None)
+    lines = [f"# Sweep of {profile} over {', '.join(k for k, _ in axes)}", ""]
+    if seeds:
+        lines += [f"Top-1 % on the test split, mean ± std over seeds {', '.join(seeds)}.", ""]
+    else:
+        lines += ["Top-1 % on the test split, one run per point.", ""]
+    lines.append("| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |")
+    lines.append("|" + " --- |" * (len(other) + len(models)))
+    for row in summary:
+        cells = [str(row["point"][k]) for k in other]
+        for model in models:
+            acc = row["accuracy"][model]
+            cells.append(f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" if seeds else f"{100 * acc['mean']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict[str, Any]], axes, models: list[str], labels, path: Path) -> bool:
+    """Accuracy against the one non-seed axis, if there is exactly one and it is numeric."""
+    other = [k for k, _ in axes if k != "seed"]
+    if len(other) != 1:
+        return False
+    xs = [row["point"][other[0]] for row in summary]
+    if not all(isinstance(x, (int, float)) for x in xs):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, model in enumerate(models):
+        means = [100 * summary[j]["accuracy"][model]["mean"] for j in order]
+        stds = [100 * summary[j]["accuracy"][model]["std"] for j in order]
+        ax.errorbar([xs[j] for j in order], means, yerr=stds, color=f"C{i}", marker="o", capsize=3,
+                    label=labels.get(model, model))
+    ax.set_xlabel(other[0])
+    ax.set_ylabel("top-1 accuracy on the test split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_sweep(destination: Path, results, axes, profile: str, models: list[str], labels) -> list[Path]:
+    destination.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, axes)
+    written = [destination / "sweep.json", destination / "sweep.md"]
+    written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results,
+                                      "summary": summary}, indent=1))
+    written[1].write_text(render_markdown(summary, axes, profile, models, labels))
+    if plot(summary, axes, models, labels, destination / "sweep.png"):
+        written.append(destination / "sweep.png")
+    return written

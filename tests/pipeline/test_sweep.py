@@ -1,0 +1,40 @@
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.sweep import grid, parse_axes, point_values, render_markdown, split_values, summarize
+
+
+def test_values_split_on_commas_outside_brackets():
+    assert split_values("0.5,0.6, 0.7") == ["0.5", "0.6", "0.7"]
+    assert split_values("[1,8],[64]") == ["[1,8]", "[64]"]
+    with pytest.raises(PipelineError, match="an empty value"):
+        split_values("0.5,,0.6")
+
+
+def test_axes_and_grid():
+    axes = parse_axes(["distill.p_last=0.5,0.9", "seed=0,1,2"])
+    points = grid(axes)
+    assert len(points) == 6 and points[0] == {"distill.p_last": "0.5", "seed": "0"}
+    assert point_values(points[-1]) == {"distill.p_last": 0.9, "seed": 2}
+
+
+@pytest.mark.parametrize("overs, message", [
+    (["distill.p_last"], "expected key.path=value1,value2"),
+    (["seed=1,2", "seed=3"], "names a key twice"),
+])
+def test_bad_axes_are_explained(overs, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_axes(overs)
+
+
+def test_seeds_become_mean_and_std():
+    axes = [("distill.p_last", ["0.5", "0.9"]), ("seed", ["0", "1"])]
+    results = [{"point": {"distill.p_last": p, "seed": s}, "accuracy": {"kd": acc}}
+               for (p, s), acc in zip([(0.5, 0), (0.5, 1), (0.9, 0), (0.9, 1)], [0.60, 0.62, 0.70, 0.70])]
+    summary = summarize(results, axes)
+    assert [row["point"] for row in summary] == [{"distill.p_last": 0.5}, {"distill.p_last": 0.9}]
+    assert summary[0]["accuracy"]["kd"]["mean"] == pytest.approx(0.61)
+    assert summary[0]["accuracy"]["kd"]["std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert summary[1]["accuracy"]["kd"]["std"] == 0.0
+    table = render_markdown(summary, axes, "p", ["kd"], {"kd": "KD"})
+    assert "| distill.p_last | KD |" in table and "| 0.5 | 61.00 ± 1.41 |" in table
