@@ -161,42 +161,46 @@ def sweep(profile: Optional[Path] = ProfileArg,
                                          help="An axis of the grid, e.g. --over distill.p_last=0.5,0.7,0.9 "
                                               "or --over seed=0,1,2 (repeatable)."),
           set_: List[str] = SetOpt,
-          until: str = typer.Option("distill", "--until", metavar="STAGE",
-                                    help="Last stage to run at each point."),
+          until: str = typer.Option("mutual", "--until", metavar="STAGE",
+                                    help="Last stage to run at each point (default: the last training stage)."),
           device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
-        from pipeline.plan import MODELS, build_plan
+        from pipeline.plan import build_plan, training_tasks
         from pipeline.profiles import load_profile
         from pipeline.runner import Runner
         from pipeline.store import ArtifactStore
         from pipeline.sweep import grid, parse_axes, point_values, write_sweep
-        from stages.report import MODEL_LABELS
+        from stages.context import member_metrics
+        from stages.report import model_label
 
         _check_stage("--until", until)
         _check_device(device)
-        if stage_index(until) < stage_index("distill"):
-            raise PipelineError(f"--until {until!r}: a sweep compares trained models; use distill or a later stage")
+        if stage_index(until) < stage_index("mutual"):
+            raise PipelineError(f"--until {until!r}: a sweep compares trained models; use mutual (the last "
+                                f"training stage) or a later one")
         axes = parse_axes(over)
         points = grid(axes)
         profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
                     for point in points]  # every point validated before anything runs
         root = _artifacts_root(artifacts)
-        runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
-                        on_start=ui.stage_started, on_done=ui.stage_finished)
+        store = ArtifactStore(root, warn=ui.warn)
+        runner = Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
+                        on_done=ui.stage_finished)
         results = []
         for number, (point, loaded) in enumerate(zip(points, profiles), 1):
             ui.console.print(f"[bold]point {number}/{len(points)}[/]: "
                              + " ".join(f"{k}={v}" for k, v in point.items()))
-            tasks = [t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)]
-            outcomes = runner.run(tasks)
-            accuracy = {o.task.variant: o.artifact.metrics["test_accuracy"] for o in outcomes
-                        if o.task.stage in ("teacher", "distill")}
-            results.append({"point": point_values(point), "accuracy": {m: accuracy[m] for m in MODELS}})
+            runner.run([t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)])
+            trained, _ = training_tasks(loaded)
+            accuracy = {model: member_metrics(store.lookup(task.stage, task.key).metrics, member)["test_accuracy"]
+                        for model, (task, member) in trained.items()}
+            results.append({"point": point_values(point), "accuracy": accuracy})
+        models = list(results[0]["accuracy"])
         slug = "+".join(k for k, _ in axes)
         written = write_sweep(root / profiles[0].name / f"sweep-{slug}", results, axes, profiles[0].name,
-                              list(MODELS), MODEL_LABELS)
+                              models, {m: model_label(m) for m in models})
         print(written[1].read_text())
         for path in written:
             ui.console.print(f"wrote {path}")

@@ -124,6 +124,26 @@ class DistillConfig(Section):
         "average the K distributions first.")
 
 
+class MutualConfig(Section):
+    peers: tuple[str, ...] = Field(
+        ("resnet32", "resnet32"), min_length=2,
+        description="Deep Mutual Learning: networks trained together from scratch, each learning from the others.")
+    p_last: Probability = Field(
+        0.5, description="Survival p_n of the deepest block of every proposed peer (eq. 2); conventional "
+        "peers never drop.")
+    drop_mode: Literal["batch", "sample"] = Field("batch", description="How proposed peers drop blocks.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the mimicry term (DML uses 1).")
+    mimicry_weight: float = Field(1.0, ge=0, description="Weight of the mean KL to the other peers (CE weighs 1).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="One recipe for every peer.")
+
+    @field_validator("peers")
+    @classmethod
+    def _known_peers(cls, peers: tuple[str, ...]) -> tuple[str, ...]:
+        for name in peers:
+            _known_architecture(name)
+        return peers
+
+
 class AnalysisConfig(Section):
     images: int = Field(2000, ge=1, description="Test images (class-balanced) for the teacher analysis.")
     samples: int = Field(8, ge=1, description="Sub-networks sampled to compare with the deterministic teacher.")
@@ -170,16 +190,27 @@ class BenchmarkConfig(Section):
 class Profile(Section):
     name: str = Field("", description="Report folder name under artifacts/ (default: the profile's file name).")
     seed: int = Field(0, description="Seed of every random choice in training.")
+    methods: tuple[Literal["kd", "dml"], ...] = Field(
+        ("kd",), min_length=1, description="kd: teacher, then the student alone, KD and stochastic KD; "
+        "dml: Deep Mutual Learning, conventional peers against stochastic ones.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Stochastic-depth teacher.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="Student network and recipe.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge transfer.")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig,
                                      description="The teacher's entropy with blocks dropped (Fig. 3).")
+    mutual: MutualConfig = Field(default_factory=MutualConfig, description="Deep Mutual Learning (methods: dml).")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"each method at most once, got {list(methods)}")
+        return methods
 
     @model_validator(mode="after")
     def _teacher_can_be_sampled(self) -> "Profile":

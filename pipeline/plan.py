@@ -11,8 +11,8 @@ from pipeline.config import Profile
 from pipeline.fingerprint import digest, key_form
 from pipeline.hardware import fingerprint
 from pipeline.registry import STAGES
+from stages.context import peer_folder
 
-MODELS = ("teacher", "student", "kd", "stochastic_kd")
 INT8_FLAVOUR = {"onnxruntime": "u8s8", "tensorrt": "s8s8"}
 
 
@@ -41,8 +41,8 @@ class Task:
         return digest(self.key_material)[:24]
 
 
-def build_plan(profile: Profile) -> list[Task]:
-    """Every task of the profile, in an order where each task follows the tasks it needs."""
+def kd_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], Task]:
+    """The teacher, the three students and the teacher analysis."""
     data, seed = profile.data, profile.seed
     teacher = Task("teacher", "teacher", {"seed": seed, "data": data, "teacher": profile.teacher})
     student_params = {"seed": seed, "data": data, "student": profile.student}
@@ -58,23 +58,63 @@ def build_plan(profile: Profile) -> list[Task]:
     }
     analysis = Task("analyze", None, {"seed": seed, "data": data, "images": profile.analysis.images,
                                       "samples": profile.analysis.samples}, {"teacher": teacher})
-    tasks = [*trained.values(), analysis]
-    benchmarks = {}
+    return {model: (task, None) for model, task in trained.items()}, analysis
+
+
+def dml_tasks(profile: Profile) -> dict[str, tuple[Task, str | None]]:
+    """Conventional and proposed mutual learning; every peer becomes a model of its own."""
+    trained = {}
+    # Conventional peers never drop, so their key ignores the survival settings.
+    conventional = profile.mutual.model_copy(update={"p_last": 1.0, "drop_mode": "batch"})
+    for kind, cfg in (("conventional", conventional), ("proposed", profile.mutual)):
+        task = Task("mutual", kind, {"seed": profile.seed, "data": profile.data, "mutual": cfg})
+        for index in range(len(cfg.peers)):
+            trained[f"dml_{kind}_{index + 1}"] = (task, peer_folder(index))
+    return trained
+
+
+def training_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], Task | None]:
+    """Each trained model of the profile's methods: (its training task, its member folder or None),
+    and the teacher analysis when there is a teacher."""
+    trained: dict[str, tuple[Task, str | None]] = {}
+    analysis = None
+    if "kd" in profile.methods:
+        kd_models, analysis = kd_tasks(profile)
+        trained.update(kd_models)
+    if "dml" in profile.methods:
+        trained.update(dml_tasks(profile))
+    return trained, analysis
+
+
+def build_plan(profile: Profile) -> list[Task]:
+    """Every task of the profile, in an order where each task follows the tasks it needs."""
+    trained, analysis = training_tasks(profile)
+    tasks: list[Task] = []
+    report_needs: dict[str, Task] = {}
+    if analysis is not None:
+        tasks.append(analysis)
+        report_needs["analysis"] = analysis
+    data = profile.data
     precisions = list(profile.quantize.precisions)
-    for model, training in trained.items():
-        export = Task("export", model, {"export": profile.export, "data": data}, {"model": training})
+    for model, (training, member) in trained.items():
+        if training not in tasks:
+            tasks.append(training)
+        # A model inside a multi-model artifact (a DML peer) is named by its folder there.
+        which = {"member": member} if member else {}
+        export = Task("export", model, {"export": profile.export, "data": data, **which}, {"model": training})
         quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
                                             "int8_flavour": INT8_FLAVOUR[profile.target.backend]},
                         {"onnx": export})
         engine = Task("engine", model, {"target": profile.target, "precisions": precisions},
                       {"onnx": export, "quantized": quantize})
-        benchmarks[model] = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
-                                                      "data": data}, {"model": training, "engines": engine})
-        tasks += [export, quantize, engine, benchmarks[model]]
-    report_needs = {f"benchmark:{m}": t for m, t in benchmarks.items()}
-    report_needs.update({f"train:{m}": t for m, t in trained.items()})
-    report_needs["analysis"] = analysis
-    tasks.append(Task("report", None, {"profile": profile.name, "models": list(MODELS)}, report_needs))
+        benchmark = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
+                                              "data": data, **which}, {"model": training, "engines": engine})
+        tasks += [export, quantize, engine, benchmark]
+        report_needs[f"benchmark:{model}"] = benchmark
+        report_needs[f"train:{model}"] = training
+    members = {model: member for model, (_, member) in trained.items() if member}
+    tasks.append(Task("report", None, {"profile": profile.name, "models": list(trained),
+                                       **({"members": members} if members else {})}, report_needs))
     return sorted(tasks, key=lambda t: list(STAGES).index(t.stage))
 
 

@@ -12,6 +12,10 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return f"top-1 {100 * metrics['test_accuracy']:.2f}%"
 
 
+def _mutual(metrics: dict[str, Any]) -> str:
+    return "top-1 " + ", ".join(f"{name} {100 * m['test_accuracy']:.2f}%" for name, m in metrics["members"].items())
+
+
 def _analysis(metrics: dict[str, Any]) -> str:
     text = f"entropy {metrics['deterministic']['entropy']:.2f} nats"
     if "samples" in metrics:
@@ -65,6 +69,8 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
     StageDecl("distill", "stages.distill:train_student", 1, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
+    StageDecl("mutual", "stages.mutual:train_peers", 1, None,
+              "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),
     StageDecl("export", "stages.export:export_model", 1, None,
               "Export each network to ONNX and check it against PyTorch.", _export),
     StageDecl("quantize", "stages.quantize:quantize_model", 2, None,

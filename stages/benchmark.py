@@ -40,7 +40,8 @@ def run_worker(spec: dict, scratch: Path, label: str) -> dict:
 
 def benchmark_model(ctx: StageContext) -> dict:
     cfg, target, data_cfg = ctx.params["benchmark"], ctx.params["target"], ctx.params["data"]
-    model_folder, engines_input = ctx.inputs["model"].path, ctx.inputs["engines"]
+    model_folder = ctx.inputs["model"].model_folder(ctx.params.get("member"))
+    engines_input = ctx.inputs["engines"]
     data = load_dataset(data_cfg)
     spec = read_spec(model_folder)
     model = load_model(model_folder, spec)

@@ -18,6 +18,16 @@ def no_progress(description: str, total: int) -> Iterator[Advance]:
     yield lambda steps=1, description=None: None
 
 
+def peer_folder(index: int) -> str:
+    """Where the ``index``-th of several models trained together lies inside their artifact."""
+    return f"peer{index + 1}"
+
+
+def member_metrics(metrics: dict[str, Any], member: str | None) -> dict[str, Any]:
+    """A trained model's metrics: the artifact's own, or those of one member of it."""
+    return metrics["members"][member] if member else metrics
+
+
 @dataclass(frozen=True)
 class StageInput:
     """A finished upstream artifact: its folder (read-only by convention) and its manifest."""
@@ -31,6 +41,10 @@ class StageInput:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def model_folder(self, member: str | None = None) -> Path:
+        """The folder of a trained model: the artifact itself, or one member of it."""
+        return self.path / member if member else self.path
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def export_model(ctx: StageContext) -> dict:
     import onnx
 
     cfg, data_cfg = ctx.params["export"], ctx.params["data"]
-    source = ctx.inputs["model"].path
+    source = ctx.inputs["model"].model_folder(ctx.params.get("member"))
     spec = read_spec(source)
     model = load_model(source, spec)
     data = load_dataset(data_cfg)

@@ -1,11 +1,11 @@
-"""Stage 7: the accuracy-versus-latency report: report.md, report.json and report.png."""
+"""Stage: the accuracy-versus-latency report: report.md, report.json and the plots."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from stages.context import StageContext
+from stages.context import StageContext, member_metrics
 
 MODEL_LABELS = {
     "teacher": "teacher",
@@ -15,12 +15,27 @@ MODEL_LABELS = {
 }
 
 
+def model_label(model: str) -> str:
+    """"dml_proposed_2" -> "DML proposed, peer 2"; the KD models by their table names."""
+    if model.startswith("dml_"):
+        _, kind, peer = model.split("_")
+        return f"DML {kind}, peer {peer}"
+    return MODEL_LABELS.get(model, model)
+
+
 def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
     accuracy = {m: training[m]["test_accuracy"] for m in training}
     comparison: dict[str, Any] = {"test_accuracy": accuracy}
     if {"stochastic_kd", "kd", "student"} <= accuracy.keys():
         comparison["gain_over_kd"] = accuracy["stochastic_kd"] - accuracy["kd"]
         comparison["gain_over_student_alone"] = accuracy["stochastic_kd"] - accuracy["student"]
+    peers = {kind: [a for m, a in accuracy.items() if m.startswith(f"dml_{kind}_")]
+             for kind in ("conventional", "proposed")}
+    if peers["conventional"] and peers["proposed"]:
+        means = {kind: sum(values) / len(values) for kind, values in peers.items()}
+        comparison["dml_mean_conventional"] = means["conventional"]
+        comparison["dml_mean_proposed"] = means["proposed"]
+        comparison["dml_gain"] = means["proposed"] - means["conventional"]
     return comparison
 
 
@@ -28,33 +43,11 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    machine = report["machine"]
-    lines = [f"# stochkd-pipeline report: {report['profile']}", "",
-             f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
-             f"{report['threads']} threads; target profile `{report['target']}`.", "",
-             "## Knowledge transfer (PyTorch fp32, test split)", "",
-             "Student alone: labels only. KD: the same teacher with dropping off. Stochastic KD: the "
-             "teacher keeps dropping blocks while it teaches.", "",
-             "| model | network | top-1 % |", "| --- | --- | --- |"]
-    for model, acc in report["comparison"]["test_accuracy"].items():
-        lines.append(f"| {MODEL_LABELS.get(model, model)} | {report['archs'][model]} | {_pct(acc)} |")
-    teacher = report["training"].get("teacher", {})
-    if "sampled_subnetwork_accuracy_mean" in teacher:
-        lines += ["", f"The teacher's sub-networks, each drawn once as it is sampled while teaching, score "
-                  f"{_pct(teacher['sampled_subnetwork_accuracy_mean'])} ± "
-                  f"{_pct(teacher['sampled_subnetwork_accuracy_std'])} % on the test split "
-                  f"(mean ± std over independently drawn sub-networks)."]
-    comparison = report["comparison"]
-    if "gain_over_kd" in comparison:
-        lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
-                  f"the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} over "
-                  f"the student trained alone (one seed; same recipe and budget for all three)."]
-    analysis = report["analysis"]
-    lines += ["", "## What the stochastic teacher teaches with", "",
-              f"On {analysis['images']} test images, the deterministic teacher's outputs have a mean "
-              f"entropy of {analysis['deterministic']['entropy']:.3f} nats "
-              f"(top-1 {_pct(analysis['deterministic']['accuracy'])} %)."]
+def render_analysis(analysis: dict[str, Any]) -> list[str]:
+    lines = ["", "## What the stochastic teacher teaches with", "",
+             f"On {analysis['images']} test images, the deterministic teacher's outputs have a mean "
+             f"entropy of {analysis['deterministic']['entropy']:.3f} nats "
+             f"(top-1 {_pct(analysis['deterministic']['accuracy'])} %)."]
     samples = analysis.get("samples")
     if samples:
         lines += [f"Its {samples['k']} sampled sub-networks average {samples['entropy_per_sample']:.3f} nats "
@@ -66,13 +59,45 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {b['stochastic_block']} | {b['survival']:.3f} | {b['entropy']:.3f} | {_pct(b['accuracy'])} |"
                   for b in analysis["single_block_dropped"]]
         lines += ["", "![teacher entropy with one block dropped](teacher_entropy.png)"]
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [f"# stochkd-pipeline report: {report['profile']}", "",
+             f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
+             f"{report['threads']} threads; target profile `{report['target']}`.", "",
+             "## Knowledge transfer (PyTorch fp32, test split)", "",
+             "Student alone: labels only. KD: the same teacher with dropping off. Stochastic KD: the "
+             "teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
+             "other; DML proposed: the same with skips and stochastic blocks in every peer.", "",
+             "| model | network | top-1 % |", "| --- | --- | --- |"]
+    for model, acc in report["comparison"]["test_accuracy"].items():
+        lines.append(f"| {model_label(model)} | {report['archs'][model]} | {_pct(acc)} |")
+    teacher = report["training"].get("teacher", {})
+    if "sampled_subnetwork_accuracy_mean" in teacher:
+        lines += ["", f"The teacher's sub-networks, each drawn once as it is sampled while teaching, score "
+                  f"{_pct(teacher['sampled_subnetwork_accuracy_mean'])} ± "
+                  f"{_pct(teacher['sampled_subnetwork_accuracy_std'])} % on the test split "
+                  f"(mean ± std over independently drawn sub-networks)."]
+    comparison = report["comparison"]
+    if "gain_over_kd" in comparison:
+        lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
+                  f"the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} over "
+                  f"the student trained alone (one seed; same recipe and budget for all three)."]
+    if "dml_gain" in comparison:
+        lines += ["", f"Proposed DML peers average {_pct(comparison['dml_mean_proposed'])} %, conventional ones "
+                  f"{_pct(comparison['dml_mean_conventional'])} % ({100 * comparison['dml_gain']:+.2f} points; "
+                  f"one seed, same recipe)."]
+    if report["analysis"]:
+        lines += render_analysis(report["analysis"])
     lines += ["", "## Deployed artifacts", "",
               "| model | runtime | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
               "| images/s | peak MB | file KB | params | MMACs |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
         lines.append(
-            f"| {MODEL_LABELS.get(r['model'], r['model'])} | {r['runtime']} | {r['precision']} | "
+            f"| {model_label(r['model'])} | {r['runtime']} | {r['precision']} | "
             f"{r['compute_precision']} | "
             f"{r['batch_size']} | {_pct(r['test_accuracy'])} | {r['latency_p50_ms']:.3f} | "
             f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | {r['throughput_images_per_s']:.0f} | "
@@ -102,7 +127,7 @@ def plot(report: dict[str, Any], path) -> None:
         for r in (r for r in report["rows"] if r["model"] == model and r["batch_size"] == batch):
             ax.scatter(r["latency_p50_ms"], 100 * r["test_accuracy"], color=f"C{i}", s=60,
                        marker=markers[(r["runtime"], r["precision"])], edgecolors="black", linewidths=0.5)
-    model_handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=MODEL_LABELS.get(m, m))
+    model_handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=model_label(m))
                      for i, m in enumerate(report["models"])]
     artifact_handles = [Line2D([], [], color="grey", marker=markers[a], linestyle="", label=f"{a[0]} {a[1]}")
                         for a in artifacts]
@@ -150,7 +175,8 @@ def write_report(ctx: StageContext) -> dict:
     models = ctx.params["models"]
     # Rows are labelled by the role they fill here: two models with identical settings share one artifact.
     rows = [{**row, "model": m} for m in models for row in ctx.inputs[f"benchmark:{m}"].metrics["rows"]]
-    training = {m: ctx.inputs[f"train:{m}"].metrics for m in models}
+    members = ctx.params.get("members", {})
+    training = {m: member_metrics(ctx.inputs[f"train:{m}"].metrics, members.get(m)) for m in models}
     first = ctx.inputs[f"benchmark:{models[0]}"].metrics
     batch = max(r["batch_size"] for r in rows)
     report = {
@@ -160,17 +186,18 @@ def write_report(ctx: StageContext) -> dict:
         "threads": first["threads"],
         "versions": first["versions"],
         "models": models,
-        "labels": {m: MODEL_LABELS.get(m, m) for m in models},
+        "labels": {m: model_label(m) for m in models},
         "archs": {m: training[m]["arch"] for m in models},
         "comparison": method_comparison(training),
         "training": training,
-        "analysis": ctx.inputs["analysis"].metrics,
+        # Only knowledge distillation has a teacher to analyse; a DML-only profile has none.
+        "analysis": ctx.inputs["analysis"].metrics if "analysis" in ctx.inputs else None,
         "plot_batch_size": batch,
         "rows": rows,
     }
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))
     plot(report, ctx.output / "report.png")
-    if report["analysis"]["single_block_dropped"]:
+    if report["analysis"] and report["analysis"]["single_block_dropped"]:
         plot_teacher_entropy(report["analysis"], ctx.output / "teacher_entropy.png")
     return {"comparison": report["comparison"]}

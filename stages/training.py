@@ -89,7 +89,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         for epoch in range(recipe.epochs):
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
+            correct = torch.zeros((), device=device)
             for step in range(steps_per_epoch):
                 warming = epoch < (recipe.warmup_epochs or 0)
                 if step == 0 or warming:
@@ -110,7 +110,9 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * len(index)
-                correct += (logits.detach().argmax(1) == labels).sum()
+                # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
+                hits = logits.detach().argmax(-1) == labels
+                correct += hits.view(-1, len(labels)).float().mean(0).sum()
                 advance(1)
             epoch_loss = float(loss_sum) / n
             if not math.isfinite(epoch_loss):

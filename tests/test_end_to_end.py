@@ -125,3 +125,17 @@ def test_sweep_shares_cached_stages_and_reports_mean_and_std(tmp_path):
     summary = json.loads((sweep / "sweep.json").read_text())["summary"]
     assert [row["point"]["distill.temperature"] for row in summary] == [2, 4]
     assert all(row["runs"] == 2 for row in summary)
+
+
+def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
+    done = cli("run", str(TINY), "--set", "methods=[dml]", "--set", "mutual.peers=[resnet8, resnet8]",
+               "--set", "mutual.training.epochs=1", artifacts=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ran_tasks(done.stdout) >= {"mutual:conventional", "mutual:proposed", "benchmark:dml_proposed_2"}
+    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    assert set(report["comparison"]["test_accuracy"]) == {"dml_conventional_1", "dml_conventional_2",
+                                                         "dml_proposed_1", "dml_proposed_2"}
+    assert "dml_gain" in report["comparison"] and report["analysis"] is None
+    assert ("dml_proposed_1", "onnxruntime", "int8") in {(r["model"], r["runtime"], r["precision"])
+                                                        for r in report["rows"]}
+    assert "DML proposed, peer 1" in (tmp_path / "tiny" / "report.md").read_text()

@@ -32,7 +32,7 @@ def test_status_imports_no_framework(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--until", "deploy"], "--until 'deploy': unknown stage; allowed: teacher, analyze, distill, export"),
+    (["run", "--until", "deploy"], "--until 'deploy': unknown stage; allowed: teacher, analyze, distill, mutual, export"),
     (["run", "--set", "teacher.p_last=2"], "teacher.p_last = 2: Input should be less than or equal to 1"),
     (["run", "missing.yaml"], "missing.yaml: profile not found"),
     (["teacher", "--device", "gpu"], "--device 'gpu': allowed: auto, cpu, cuda or cuda:N"),

@@ -99,3 +99,31 @@ def test_an_unset_optional_setting_does_not_enter_keys():
     # Adding an optional setting to the schema must not invalidate every cached artifact.
     assert _keys(["teacher.skips=null", "data.image_size=null"]) == _keys()
     assert _keys(["teacher.skips=true"]) != _keys()
+
+
+def test_dml_adds_conventional_and_proposed_peers_each_deployed():
+    plan = build_plan(load_profile(QUICK, ["methods=[kd, dml]", "mutual.peers=[resnet8, resnet8, resnet8]"]))
+    ids = {t.id for t in plan}
+    assert {"mutual:conventional", "mutual:proposed"} <= ids
+    for kind in ("conventional", "proposed"):
+        for peer in (1, 2, 3):
+            assert f"benchmark:dml_{kind}_{peer}" in ids
+    export = next(t for t in plan if t.id == "export:dml_proposed_2")
+    assert export.params["member"] == "peer2" and export.needs["model"].id == "mutual:proposed"
+
+
+def test_survival_settings_reach_only_the_proposed_peers():
+    def mutual_keys(overrides):
+        plan = build_plan(load_profile(QUICK, ["methods=[dml]", *overrides]))
+        return {t.id: t.key for t in plan if t.stage == "mutual"}
+
+    before, after = mutual_keys([]), mutual_keys(["mutual.p_last=0.7"])
+    assert before["mutual:conventional"] == after["mutual:conventional"]
+    assert before["mutual:proposed"] != after["mutual:proposed"]
+
+
+def test_a_dml_only_profile_has_no_teacher():
+    plan = build_plan(load_profile(QUICK, ["methods=[dml]"]))
+    assert not any(t.stage in ("teacher", "analyze", "distill") for t in plan)
+    report = next(t for t in plan if t.stage == "report")
+    assert "analysis" not in report.needs

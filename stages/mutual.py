@@ -1,0 +1,79 @@
+"""Stage: Deep Mutual Learning (Zhang et al. 2018), conventional and proposed.
+
+Peers train together from scratch on the same batches; each minimizes its cross-entropy plus the
+mean KL divergence from the other peers' (detached) predictions to its own. In the proposed variant
+every peer has identity skips and stochastic blocks (eq. 2), so each forward pass of a peer is a
+sampled sub-network and every peer learns from many sub-networks of the others.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.architectures import resolve_skips
+from stages.checkpoint import ModelSpec, save_model
+from stages.context import StageContext, peer_folder
+from stages.data import load_dataset
+from stages.losses import kd_term
+from stages.training import DeviceData, accuracy, predict, select_device, train
+
+
+class Peers(nn.Module):
+    """Networks run side by side: logits stacked as (peers, batch, classes)."""
+
+    def __init__(self, peers: list[nn.Module]) -> None:
+        super().__init__()
+        self.peers = nn.ModuleList(peers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([peer(x) for peer in self.peers])
+
+
+def mutual_loss(logits: torch.Tensor, labels: torch.Tensor, temperature: float, weight: float) -> torch.Tensor:
+    """Sum over peers of ``CE + weight * mean_j KL(p_j || p_i)``, the other peers' outputs detached.
+
+    Each peer's term depends on its own parameters only, so one backward pass of the sum gives every
+    peer exactly the gradient of its own DML loss.
+    """
+    total = logits.new_zeros(())
+    for i in range(len(logits)):
+        others = torch.cat([logits[:i], logits[i + 1:]]).detach()
+        total = total + F.cross_entropy(logits[i], labels) + weight * kd_term(logits[i], others, temperature)
+    return total
+
+
+def train_peers(ctx: StageContext) -> dict:
+    cfg, data_cfg, seed = ctx.params["mutual"], ctx.params["data"], ctx.params["seed"]
+    p_last = cfg.p_last
+    data = load_dataset(data_cfg)
+    device = select_device(ctx.device)
+    torch.manual_seed(seed)
+    specs = [ModelSpec(arch, data.num_classes, data.in_channels, data.image_size, p_last, cfg.drop_mode,
+                       data.mean, data.std, resolve_skips(arch, p_last, None)) for arch in cfg.peers]
+    peers = Peers([spec.build() for spec in specs])
+    result = train(peers, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation, seed=seed,
+                   loss_fn=lambda logits, images, labels: mutual_loss(logits, labels, cfg.temperature,
+                                                                       cfg.mimicry_weight),
+                   progress=ctx.progress, label=f"{ctx.variant} DML ({' + '.join(cfg.peers)})")
+    members = {}
+    for index, (peer, spec) in enumerate(zip(peers.peers, specs)):
+        folder = ctx.output / peer_folder(index)
+        folder.mkdir()
+        save_model(peer, spec, folder)
+        members[peer_folder(index)] = {
+            "test_accuracy": accuracy(predict(peer, data.x_test, data.mean, data.std, device), data.y_test),
+            "arch": spec.arch,
+            "parameters": sum(p.numel() for p in peer.parameters()),
+        }
+    (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
+    return {
+        "members": members,
+        "test_accuracy": sum(m["test_accuracy"] for m in members.values()) / len(members),
+        "train_wall_s": result.wall_s,
+        "train_images_per_second": result.images_per_second,
+        "device": str(device),
+    }
