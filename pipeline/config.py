@@ -111,8 +111,13 @@ class StudentConfig(Section):
 
 
 class DistillConfig(Section):
+    transfer: Literal["kd", "at"] = Field(
+        "kd", description="kd: match the teacher's softened outputs (Hinton et al.); at: match its attention "
+        "maps at every group boundary (Zagoruyko & Komodakis), teacher and student groups at equal resolutions.")
     temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
     kd_weight: float = Field(0.9, ge=0, le=1, description="Weight of the KD term; the label CE gets 1 - kd_weight.")
+    at_weight: float = Field(1000.0, ge=0, description="beta of attention transfer: the loss adds beta/2 times "
+                             "the attention distance (Zagoruyko & Komodakis use 1000).")
     teacher_samples: int = Field(4, ge=1, description="K: teacher sub-networks sampled per batch (stochastic KD).")
     p_last: Probability | None = Field(
         None, description="Survival p_n while the teacher teaches; null: the teacher's own p_last.")
@@ -122,6 +127,11 @@ class DistillConfig(Section):
     aggregate: Literal["individual", "ensemble"] = Field(
         "individual", description="individual: average the K per-sample KD terms; ensemble: "
         "average the K distributions first.")
+
+    def cache_form(self) -> dict:
+        """The settings that the chosen transfer reads, and no others."""
+        unused = {"at_weight"} if self.transfer == "kd" else {"temperature", "kd_weight"}
+        return self.model_dump(mode="json", exclude=unused, exclude_none=True)
 
 
 class MutualConfig(Section):
@@ -211,6 +221,16 @@ class Profile(Section):
         if len(set(methods)) != len(methods):
             raise ValueError(f"each method at most once, got {list(methods)}")
         return methods
+
+    @model_validator(mode="after")
+    def _attention_groups_pair_up(self) -> "Profile":
+        if self.distill.transfer == "at":
+            teacher, student = ARCHITECTURES[self.teacher.arch], ARCHITECTURES[self.student.arch]
+            if teacher.groups != student.groups:
+                raise ValueError(f"distill.transfer = 'at' pairs group outputs one to one, but teacher "
+                                 f"{teacher.name} has {teacher.groups} groups and student {student.name} "
+                                 f"{student.groups}; choose networks with as many groups, or transfer 'kd'")
+        return self
 
     @model_validator(mode="after")
     def _teacher_can_be_sampled(self) -> "Profile":

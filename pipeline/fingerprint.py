@@ -85,6 +85,8 @@ def key_form(value: Any) -> Any:
     """
     if isinstance(value, DataConfig):
         return data_identity(value)
+    if hasattr(value, "cache_form"):
+        return value.cache_form()
     if isinstance(value, Section):
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, dict):

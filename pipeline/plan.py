@@ -49,12 +49,13 @@ def kd_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], Task
     # KD with dropping off is stochastic KD with one sample and every block kept.
     deterministic = profile.distill.model_copy(update={
         "teacher_samples": 1, "p_last": 1.0, "drop_mode": "batch", "aggregate": "individual"})
+    transfer = profile.distill.transfer  # names the two transfer models: kd / stochastic_kd, at / stochastic_at
     trained = {
         "teacher": teacher,
         "student": Task("distill", "student", student_params),
-        "kd": Task("distill", "kd", {**student_params, "distill": deterministic}, {"teacher": teacher}),
-        "stochastic_kd": Task("distill", "stochastic_kd", {**student_params, "distill": profile.distill},
-                              {"teacher": teacher}),
+        transfer: Task("distill", transfer, {**student_params, "distill": deterministic}, {"teacher": teacher}),
+        f"stochastic_{transfer}": Task("distill", f"stochastic_{transfer}",
+                                       {**student_params, "distill": profile.distill}, {"teacher": teacher}),
     }
     analysis = Task("analyze", None, {"seed": seed, "data": data, "images": profile.analysis.images,
                                       "samples": profile.analysis.samples}, {"teacher": teacher})

@@ -46,9 +46,10 @@ def _benchmark(metrics: dict[str, Any]) -> str:
 
 def _report(metrics: dict[str, Any]) -> str:
     comparison = metrics["comparison"]
-    if "gain_over_kd" not in comparison:
+    if "gain_over_deterministic" not in comparison:
         return "written"
-    return (f"stochastic KD {100 * comparison['gain_over_kd']:+.2f} pts vs KD, "
+    name = comparison["transfer"].upper()
+    return (f"stochastic {name} {100 * comparison['gain_over_deterministic']:+.2f} pts vs {name}, "
             f"{100 * comparison['gain_over_student_alone']:+.2f} vs student alone")
 
 
@@ -79,7 +80,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Build the deployable engines for the target.", _engine),
     StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 3, None,
+    StageDecl("report", "stages.report:write_report", 4, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

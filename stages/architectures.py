@@ -13,6 +13,7 @@ class Architecture:
     name: str
     builder: str  # "module:function"
     residual: bool  # skip connections are part of the network; plain networks get them on request
+    groups: int  # resolution groups, whose outputs attention transfer compares
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -20,20 +21,20 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {}
 
 
-def register(name: str, builder: str, residual: bool, description: str = "", **kwargs: Any) -> None:
+def register(name: str, builder: str, residual: bool, groups: int, description: str = "", **kwargs: Any) -> None:
     if name in ARCHITECTURES:
         raise ValueError(f"an architecture named {name!r} is already registered")
-    ARCHITECTURES[name] = Architecture(name, builder, residual, kwargs, description)
+    ARCHITECTURES[name] = Architecture(name, builder, residual, groups, kwargs, description)
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    register(f"resnet{_depth}", "stages.models.resnet:cifar_resnet", True, depth=_depth,
+    register(f"resnet{_depth}", "stages.models.resnet:cifar_resnet", True, 3, depth=_depth,
              description=f"CIFAR ResNet-{_depth} (6n+2, widths 16/32/64, zero-padding shortcuts)")
 for _depth, _width in ((16, 2), (40, 2), (40, 4), (28, 10)):
-    register(f"wrn{_depth}_{_width}", "stages.models.wide_resnet:wide_resnet", True, depth=_depth,
+    register(f"wrn{_depth}_{_width}", "stages.models.wide_resnet:wide_resnet", True, 3, depth=_depth,
              width=_width, description=f"Wide ResNet WRN-{_depth}-{_width} (pre-activation)")
-register("vgg13", "stages.models.plain:vgg", False, depth=13, description="VGG-13 with BatchNorm, CIFAR head")
-register("mobilenet", "stages.models.plain:mobilenet", False,
+register("vgg13", "stages.models.plain:vgg", False, 5, depth=13, description="VGG-13 with BatchNorm, CIFAR head")
+register("mobilenet", "stages.models.plain:mobilenet", False, 5,
          description="MobileNet v1, CIFAR variant (stride-1 stem), as in Deep Mutual Learning")
 
 

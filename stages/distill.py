@@ -1,21 +1,22 @@
-"""Stage 2: train a student alone, or by KD from the teacher.
+"""Stage: train a student alone, or by knowledge transfer from the teacher (KD or attention transfer).
 
 One function serves the method and both baselines, so they share the recipe by construction:
 - no ``distill`` parameters: the student trained alone on the labels;
-- ``distill.p_last == 1`` and one sample: KD from the deterministic teacher;
-- otherwise: KD from the stochastic teacher, ``teacher_samples`` sub-networks per batch.
+- ``distill.p_last == 1`` and one sample: transfer from the deterministic teacher;
+- otherwise: transfer from the stochastic teacher, ``teacher_samples`` sub-networks per batch.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from stages.architectures import resolve_skips
 from stages.checkpoint import ModelSpec, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
-from stages.losses import kd_loss
-from stages.stochastic_depth import sample_logits
+from stages.losses import attention_term, kd_loss
+from stages.stochastic_depth import sample_logits, sample_with_groups
 from stages.training import LossFunction, cross_entropy_loss, fit_and_save, select_device
 
 
@@ -37,6 +38,19 @@ def distillation_loss(teacher: torch.nn.Module, distill) -> LossFunction:
     return loss
 
 
+def attention_transfer_loss(teacher: torch.nn.Module, distill) -> LossFunction:
+    """CE plus ``at_weight / 2`` times the attention-map distance at every group boundary
+    (Zagoruyko & Komodakis), to ``teacher_samples`` sub-networks drawn afresh for every batch."""
+
+    def loss(output, images, labels):
+        logits, student_groups = output
+        _, teacher_groups = sample_with_groups(teacher, images, distill.teacher_samples)
+        return (F.cross_entropy(logits, labels)
+                + distill.at_weight / 2 * attention_term(student_groups, teacher_groups, distill.aggregate))
+
+    return loss
+
+
 def train_student(ctx: StageContext) -> dict:
     params = ctx.params
     cfg, data_cfg, seed = params["student"], params["data"], params["seed"]
@@ -44,11 +58,14 @@ def train_student(ctx: StageContext) -> dict:
     data = load_dataset(data_cfg)
     device = select_device(ctx.device)
     loss_fn, teacher_metrics = cross_entropy_loss, {}
+    attention = distill is not None and distill.transfer == "at"
     if distill is not None:
-        loss_fn = distillation_loss(teaching_teacher(ctx.inputs["teacher"].path, distill, device), distill)
+        teacher = teaching_teacher(ctx.inputs["teacher"].path, distill, device)
+        loss_fn = attention_transfer_loss(teacher, distill) if attention else distillation_loss(teacher, distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",
                      data.mean, data.std, resolve_skips(cfg.arch, 1.0, cfg.skips))
     _, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation, seed=seed,
-                              device=device, loss_fn=loss_fn, label=f"{ctx.variant} {cfg.arch}")
+                              device=device, loss_fn=loss_fn, with_groups=attention,
+                              label=f"{ctx.variant} {cfg.arch}")
     return {**metrics, **teacher_metrics}

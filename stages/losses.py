@@ -36,3 +36,33 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     """``(1 - kd_weight) * CE(student, labels) + kd_weight * kd_term``."""
     ce = F.cross_entropy(student_logits, labels)
     return (1.0 - kd_weight) * ce + kd_weight * kd_term(student_logits, teacher_logits, temperature, aggregate)
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis (2017): the channel mean of squared activations, flattened and
+    L2-normalized; (..., C, H, W) -> (..., H*W)."""
+    return F.normalize(features.float().pow(2).mean(-3).flatten(-2), dim=-1)
+
+
+def attention_term(student_groups: list[torch.Tensor], teacher_groups: list[torch.Tensor],
+                   aggregate: Literal["individual", "ensemble"] = "individual") -> torch.Tensor:
+    """Sum over groups of the mean squared difference of attention maps.
+
+    Teacher groups are (K, B, C, H, W) for K sampled sub-networks (or (B, C, H, W) for one);
+    ``individual`` averages the K per-sample terms, ``ensemble`` compares with their mean map.
+    """
+    if len(student_groups) != len(teacher_groups):
+        raise ValueError(f"attention transfer pairs groups one to one: the student has {len(student_groups)}, "
+                         f"the teacher {len(teacher_groups)}")
+    total = student_groups[0].new_zeros((), dtype=torch.float32)
+    for student, teacher in zip(student_groups, teacher_groups):
+        if teacher.dim() == student.dim():
+            teacher = teacher.unsqueeze(0)
+        if student.shape[-2:] != teacher.shape[-2:]:
+            raise ValueError(f"attention transfer needs groups at the same resolution: student "
+                             f"{tuple(student.shape[-2:])}, teacher {tuple(teacher.shape[-2:])}")
+        target = attention_map(teacher)
+        if aggregate == "ensemble":
+            target = target.mean(0, keepdim=True)
+        total = total + (attention_map(student).unsqueeze(0) - target).pow(2).mean()
+    return total

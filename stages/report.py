@@ -12,6 +12,8 @@ MODEL_LABELS = {
     "student": "student alone",
     "kd": "KD",
     "stochastic_kd": "stochastic KD",
+    "at": "AT",
+    "stochastic_at": "stochastic AT",
 }
 
 
@@ -26,9 +28,11 @@ def model_label(model: str) -> str:
 def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
     accuracy = {m: training[m]["test_accuracy"] for m in training}
     comparison: dict[str, Any] = {"test_accuracy": accuracy}
-    if {"stochastic_kd", "kd", "student"} <= accuracy.keys():
-        comparison["gain_over_kd"] = accuracy["stochastic_kd"] - accuracy["kd"]
-        comparison["gain_over_student_alone"] = accuracy["stochastic_kd"] - accuracy["student"]
+    for transfer in ("kd", "at"):
+        if {f"stochastic_{transfer}", transfer, "student"} <= accuracy.keys():
+            comparison["transfer"] = transfer
+            comparison["gain_over_deterministic"] = accuracy[f"stochastic_{transfer}"] - accuracy[transfer]
+            comparison["gain_over_student_alone"] = accuracy[f"stochastic_{transfer}"] - accuracy["student"]
     peers = {kind: [a for m, a in accuracy.items() if m.startswith(f"dml_{kind}_")]
              for kind in ("conventional", "proposed")}
     if peers["conventional"] and peers["proposed"]:
@@ -68,8 +72,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
              f"{report['threads']} threads; target profile `{report['target']}`.", "",
              "## Knowledge transfer (PyTorch fp32, test split)", "",
-             "Student alone: labels only. KD: the same teacher with dropping off. Stochastic KD: the "
-             "teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
+             "Student alone: labels only. KD (or AT): the same teacher with dropping off. Stochastic KD "
+             "(or AT): the teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
              "other; DML proposed: the same with skips and stochastic blocks in every peer.", "",
              "| model | network | top-1 % |", "| --- | --- | --- |"]
     for model, acc in report["comparison"]["test_accuracy"].items():
@@ -81,10 +85,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{_pct(teacher['sampled_subnetwork_accuracy_std'])} % on the test split "
                   f"(mean ± std over independently drawn sub-networks)."]
     comparison = report["comparison"]
-    if "gain_over_kd" in comparison:
-        lines += ["", f"Stochastic KD gains {100 * comparison['gain_over_kd']:+.2f} points over KD with "
-                  f"the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} over "
-                  f"the student trained alone (one seed; same recipe and budget for all three)."]
+    if "gain_over_deterministic" in comparison:
+        name = comparison["transfer"].upper()
+        lines += ["", f"Stochastic {name} gains {100 * comparison['gain_over_deterministic']:+.2f} points over "
+                  f"{name} with the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} "
+                  f"over the student trained alone (one seed; same recipe and budget for all three)."]
     if "dml_gain" in comparison:
         lines += ["", f"Proposed DML peers average {_pct(comparison['dml_mean_proposed'])} %, conventional ones "
                   f"{_pct(comparison['dml_mean_conventional'])} % ({100 * comparison['dml_gain']:+.2f} points; "

@@ -152,8 +152,18 @@ def fixed_subnetwork(model: nn.Module, keep: list[bool]) -> Iterator[nn.Module]:
 
 def sample_logits(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
     """K sub-network outputs for a batch, shape (K, B, classes), from one batched forward pass."""
+    return sample_with_groups(model, x, k, groups=False)[0]
+
+
+def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int,
+                       groups: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """K sub-networks in one batched forward pass: logits (K, B, classes) and, with ``groups``, the
+    feature maps at the end of each resolution group, each (K, B, C, H, W)."""
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+    if batch.dim() == 4:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     with sampling(model, groups=k):
-        logits = model(batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch)
-    # A clone outside inference mode is an ordinary tensor that a loss may save for backward.
-    return logits.view(k, x.shape[0], -1).clone()
+        logits, features = model.forward_with_groups(batch) if groups else (model(batch), [])
+    # Clones outside inference mode are ordinary tensors that a loss may save for backward.
+    return (logits.view(k, x.shape[0], -1).clone(),
+            [f.view(k, x.shape[0], *f.shape[1:]).clone() for f in features])

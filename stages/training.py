@@ -20,7 +20,8 @@ from stages.checkpoint import save_model
 from stages.context import no_progress
 from stages.data import ImageDataset
 
-# loss(student_logits, normalized_images, labels) -> scalar
+# loss(model output, normalized images, labels) -> scalar. The output is the logits, or for a model
+# that returns more (see WithGroups) a tuple whose first element is the logits.
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -104,8 +105,9 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 if augmentation.horizontal_flip:
                     images = random_flip(images, generator)
                 images, labels = data.prepare(images), data.y_train[index]
-                logits = model(images)
-                loss = loss_fn(logits, images, labels)
+                output = model(images)
+                loss = loss_fn(output, images, labels)
+                logits = output[0] if isinstance(output, tuple) else output
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -126,13 +128,25 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                        history[-1]["train_accuracy"], history)
 
 
+class WithGroups(nn.Module):
+    """A network whose forward pass returns (logits, group feature maps), for attention transfer."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.network.forward_with_groups(x)
+
+
 def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augmentation, seed: int,
-                 device: torch.device, loss_fn: LossFunction = cross_entropy_loss,
+                 device: torch.device, loss_fn: LossFunction = cross_entropy_loss, with_groups: bool = False,
                  label: str) -> tuple[nn.Module, dict]:
-    """Build ``spec``, train it, evaluate it on the test split and save it into ``ctx.output``."""
+    """Build ``spec``, train it, evaluate it on the test split and save it into ``ctx.output``.
+    ``with_groups`` trains it with a forward pass that also returns its group feature maps."""
     torch.manual_seed(seed)
     model = spec.build()
-    result = train(model, DeviceData(data, device), recipe, augmentation=augmentation, seed=seed,
+    result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe, augmentation=augmentation, seed=seed,
                    loss_fn=loss_fn, progress=ctx.progress, label=label)
     test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
     save_model(model, spec, ctx.output)

@@ -139,3 +139,11 @@ def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
     assert ("dml_proposed_1", "onnxruntime", "int8") in {(r["model"], r["runtime"], r["precision"])
                                                         for r in report["rows"]}
     assert "DML proposed, peer 1" in (tmp_path / "tiny" / "report.md").read_text()
+
+
+def test_attention_transfer_trains_from_the_deterministic_and_the_sampled_teacher(tmp_path):
+    done = cli("distill", str(TINY), "--set", "distill.transfer=at", artifacts=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {"distill:at", "distill:stochastic_at"} <= ran_tasks(done.stdout)
+    for manifest in (tmp_path / "store" / "distill").glob("*/manifest.json"):
+        assert 0.0 <= json.loads(manifest.read_text())["metrics"]["test_accuracy"] <= 1.0

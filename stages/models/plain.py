@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.models.base import StagedNetwork
 from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
 
 
@@ -50,7 +51,7 @@ def _skip_blocks(shapes: list[tuple[int, int, int]], bodies: list[nn.Module], sk
 VGG_CONFIGS = {13: [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]}
 
 
-class VGG(nn.Module):
+class VGG(StagedNetwork):
     """VGG with BatchNorm for 32x32 inputs: conv stages separated by max-pooling, one linear head."""
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, p_last: float = 1.0,
@@ -65,18 +66,20 @@ class VGG(nn.Module):
                 channels = width
             layout.append(len(stage))
         blocks = iter(_skip_blocks(shapes, bodies, skips, p_last, drop_mode))
-        stages: list[nn.Module] = []
+        layers: list[nn.Module] = []
+        group_ends = []
         for count in layout:
-            stages += [next(blocks) for _ in range(count)] + [nn.MaxPool2d(2)]
-        # The last pooling is global, so any input size at least 16x16 works.
-        self.features_ = nn.Sequential(*stages[:-1])
+            layers += [next(blocks) for _ in range(count)]
+            group_ends.append(len(layers) - 1)
+            layers.append(nn.MaxPool2d(2))
+        # The last pooling is global (in the head), so any input size of at least 16x16 works.
+        self.stem = nn.Identity()
+        self.blocks = nn.Sequential(*layers[:-1])
+        self.group_ends = tuple(group_ends)
         self.fc = nn.Linear(channels, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 # (out_channels, stride) of each depthwise-separable block; the CIFAR variant keeps the stem at stride 1.
@@ -84,7 +87,7 @@ MOBILENET_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (
                     (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
 
-class MobileNet(nn.Module):
+class MobileNet(StagedNetwork):
     """MobileNet v1 for 32x32 inputs (as used for CIFAR in Deep Mutual Learning)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, p_last: float = 1.0,
@@ -99,13 +102,13 @@ class MobileNet(nn.Module):
                                         *_conv_bn_relu(channels, width, kernel=1)))
             channels = width
         self.blocks = nn.Sequential(*_skip_blocks(shapes, bodies, skips, p_last, drop_mode))
+        # A group ends before each block that halves the resolution, and at the last block.
+        strides = [stride for _, stride in MOBILENET_BLOCKS]
+        self.group_ends = tuple(i for i in range(len(strides)) if i + 1 == len(strides) or strides[i + 1] == 2)
         self.fc = nn.Linear(channels, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def vgg(depth: int, num_classes: int, in_channels: int = 3, p_last: float = 1.0,

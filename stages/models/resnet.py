@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.models.base import StagedNetwork
 from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
 
 
@@ -54,7 +55,7 @@ class BasicBlock(nn.Module):
         return F.relu(stochastic_sum(self.residual, x, self.shortcut(x), self.drop))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNetwork):
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3,
                  p_last: float = 1.0, drop_mode: DropMode = "batch") -> None:
         super().__init__()
@@ -72,6 +73,7 @@ class CifarResNet(nn.Module):
                 blocks.append(BasicBlock(channels, width, stride, next(survivals), drop_mode))
                 channels = width
         self.blocks = nn.Sequential(*blocks)
+        self.group_ends = tuple(per_stage * (g + 1) - 1 for g in range(3))
         self.fc = nn.Linear(64, num_classes)
         self._init_weights()
 
@@ -83,11 +85,8 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def cifar_resnet(depth: int, num_classes: int, in_channels: int = 3,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.models.base import StagedNetwork
 from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
 
 
@@ -39,7 +40,7 @@ class WideBlock(nn.Module):
         return stochastic_sum(residual, x, x, self.drop)
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNetwork):
     def __init__(self, depth: int, width: int, num_classes: int, in_channels: int = 3,
                  p_last: float = 1.0, drop_mode: DropMode = "batch") -> None:
         super().__init__()
@@ -57,6 +58,7 @@ class WideResNet(nn.Module):
                 blocks.append(WideBlock(channels, out_channels, stride, next(survivals), drop_mode))
                 channels = out_channels
         self.blocks = nn.Sequential(*blocks)
+        self.group_ends = tuple(per_group * (g + 1) - 1 for g in range(3))
         self.bn = nn.BatchNorm2d(channels)
         self.fc = nn.Linear(channels, num_classes)
         for m in self.modules():
@@ -68,11 +70,8 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.blocks(self.stem(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1), 1))
 
 
 def wide_resnet(depth: int, width: int, num_classes: int, in_channels: int = 3,

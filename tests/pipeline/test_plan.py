@@ -127,3 +127,17 @@ def test_a_dml_only_profile_has_no_teacher():
     assert not any(t.stage in ("teacher", "analyze", "distill") for t in plan)
     report = next(t for t in plan if t.stage == "report")
     assert "analysis" not in report.needs
+
+
+def test_attention_transfer_names_its_models_and_keys_only_what_it_reads():
+    plan = build_plan(load_profile(QUICK, ["distill.transfer=at"]))
+    ids = {t.id for t in plan}
+    assert {"distill:at", "distill:stochastic_at", "benchmark:stochastic_at"} <= ids
+    assert not any(i.endswith(":kd") for i in ids)
+
+    def at_keys(overrides):
+        return {t.id: t.key for t in build_plan(load_profile(QUICK, ["distill.transfer=at", *overrides]))}
+
+    assert at_keys(["distill.temperature=9"]) == at_keys([])  # AT reads no temperature
+    assert at_keys(["distill.at_weight=10"])["distill:at"] != at_keys([])["distill:at"]
+    assert _keys(["distill.at_weight=10"]) == _keys()  # nor does KD read the AT weight

@@ -54,6 +54,8 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("teacher:\n  arch: vgg13\n  p_last: 0.5\n  skips: false\n", [], "vgg13 needs identity skips for stochastic blocks"),
     ("student:\n  arch: resnet8\n  skips: false\n", [], "resnet8 is a residual network"),
     ("teacher:\n  arch: vgg13\n  p_last: 1\ndistill:\n  p_last: 0.5\n", [], "teacher vgg13 has no identity skips"),
+    ("teacher:\n  arch: resnet20\nstudent:\n  arch: vgg13\ndistill:\n  transfer: at\n", [],
+     "teacher resnet20 has 3 groups and student vgg13 5"),
 ])
 def test_bad_profiles_get_one_line_naming_file_key_and_value(tmp_path, text, overrides, message):
     path = _write(tmp_path, text)

@@ -23,7 +23,7 @@ def test_other_networks_match_published_parameter_counts(name, params_m):
 
 def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
-        register("resnet20", "stages.models.resnet:cifar_resnet", True, depth=20)
+        register("resnet20", "stages.models.resnet:cifar_resnet", True, 3, depth=20)
     with pytest.raises(ValueError, match="unknown architecture 'resnet21'"):
         build_model("resnet21", 10, 3)
     assert "resnet8" in ARCHITECTURES

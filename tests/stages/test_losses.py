@@ -59,3 +59,29 @@ def test_kd_term_is_zero_when_student_matches_teacher():
 def test_unknown_aggregate_is_refused():
     with pytest.raises(ValueError, match="aggregate"):
         kd_term(torch.zeros(1, 2), torch.zeros(1, 2), 1.0, "median")
+
+
+def test_attention_map_is_the_normalized_channel_mean_of_squares():
+    from stages.losses import attention_map
+
+    features = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])  # (B=1, C=2, H=1, W=2)
+    squares = [(1 + 9) / 2, (4 + 0) / 2]
+    norm = math.sqrt(sum(v * v for v in squares))
+    assert attention_map(features).flatten().tolist() == pytest.approx([v / norm for v in squares])
+
+
+def test_attention_term_sums_groups_and_averages_samples():
+    from stages.losses import attention_map, attention_term
+
+    torch.manual_seed(0)
+    student = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    teachers = [torch.randn(3, 2, 6, 4, 4), torch.randn(3, 2, 7, 2, 2)]  # K = 3 samples
+    expected = sum(
+        sum(((attention_map(s) - attention_map(t[k])) ** 2).mean() for k in range(3)) / 3
+        for s, t in zip(student, teachers))
+    assert attention_term(student, teachers).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert attention_term(student, [t[0] for t in teachers]).item() >= 0
+    with pytest.raises(ValueError, match="same resolution"):
+        attention_term(student, [teachers[1], teachers[0]])
+    with pytest.raises(ValueError, match="one to one"):
+        attention_term(student, teachers[:1])

@@ -71,3 +71,32 @@ def test_sampling_draws_different_sub_networks(name):
     assert logits.shape == (6, 2, 10)
     # Untrained bodies add little beside the skips, so compare exactly rather than rounded.
     assert len({tuple(sample.flatten().tolist()) for sample in logits}) > 1
+
+
+@pytest.mark.parametrize("name, resolutions", [
+    ("resnet20", [32, 16, 8]), ("wrn16_2", [32, 16, 8]), ("vgg13", [32, 16, 8, 4, 2]),
+    ("mobilenet", [32, 16, 8, 4, 2])])
+def test_group_outputs_end_each_resolution(name, resolutions):
+    from stages.architectures import ARCHITECTURES
+
+    net = build_model(name, 10, 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, groups = net.forward_with_groups(x)
+        assert torch.allclose(logits, net(x), atol=1e-6)
+    assert [g.shape[-1] for g in groups] == resolutions
+    assert len(groups) == ARCHITECTURES[name].groups
+
+
+def test_sampled_groups_come_from_the_same_sub_networks_as_the_logits():
+    from stages.stochastic_depth import sample_with_groups
+
+    torch.manual_seed(0)
+    net = build_model("resnet14", 10, 3, p_last=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(1)
+    logits, groups = sample_with_groups(net, x, k=4)
+    assert logits.shape == (4, 2, 10) and groups[-1].shape == (4, 2, 64, 4, 4)
+    # The last group's output, pooled and classified, gives back each sample's logits.
+    head = torch.stack([net.head(g) for g in groups[-1]])
+    assert torch.allclose(head, logits, atol=1e-5)
