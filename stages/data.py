@@ -41,7 +41,9 @@ class ImageDataset:
         x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
-        return (x - mean) / std
+        # NumPy keeps the transposed (channels-last) strides; a strided example makes the ONNX
+        # exporter add index arithmetic (Shape, Range, Gather) that some quantizers cannot follow.
+        return np.ascontiguousarray((x - mean) / std)
 
 
 def balanced_subset(labels: np.ndarray, count: int, num_classes: int) -> np.ndarray:

@@ -35,14 +35,30 @@ class ArrayReader:
         return next(self.batches, None)
 
 
-def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str) -> None:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+def prepare_for_quantization(source: Path, prepared: Path) -> str:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimization); returns
+    which shape inference it used."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(prepared))
+        return "symbolic"
+    except Exception as error:  # noqa: BLE001
+        # ORT's symbolic shape inference asserts on some exporters' shape arithmetic (a Range whose
+        # limit it cannot fold, from torch 2.11); the convolutions' shapes are static, so ONNX's own
+        # shape inference gives the quantizer all it needs.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        return f"onnx (symbolic inference failed: {type(error).__name__} {error}".rstrip() + ")"
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str) -> str:
+    """Writes the INT8 model; returns the shape inference its pre-processing used."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     activation, weight = (getattr(QuantType, name) for name in INT8_FLAVOURS[flavour])
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
+        shape_inference = prepare_for_quantization(source, prepared)
         input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
         quantize_static(
             str(prepared), str(target), ArrayReader(input_name, calibration),
@@ -50,6 +66,7 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flav
             weight_type=weight, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[cfg.calibration_method]),
             # Symmetric activations are what TensorRT's explicit-precision path expects.
             extra_options={"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True})
+    return shape_inference
 
 
 def convert_fp16(source: Path, target: Path) -> None:
@@ -72,9 +89,9 @@ def quantize_model(ctx: StageContext) -> dict:
         path = ctx.output / precision_file(precision)
         if precision == "int8":
             chosen = balanced_subset(data.y_train, cfg.calibration_images, data.num_classes)
-            quantize_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour)
+            shape_inference = quantize_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour)
             details = {"calibration_images": len(chosen), "calibration_method": cfg.calibration_method,
-                       "flavour": flavour, "per_channel": cfg.per_channel}
+                       "flavour": flavour, "per_channel": cfg.per_channel, "shape_inference": shape_inference}
         else:
             convert_fp16(source, path)
             details = {}

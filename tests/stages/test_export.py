@@ -1,0 +1,24 @@
+import numpy as np
+import onnx
+import torch
+
+from pipeline.config import DataConfig
+from stages.architectures import build_model
+from stages.data import load_dataset
+from stages.export import export_onnx
+
+
+def test_normalized_images_export_to_a_graph_of_network_operators_only(tmp_path):
+    # Colour images are stored channels-last; a strided example used to put index arithmetic
+    # (Shape, Range, Gather) into the exported graph.
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 255, (8, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(8) % 2, x_test=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8),
+             y_test=np.arange(4) % 2, class_names=np.array(["a", "b"]))
+    data = load_dataset(DataConfig(dataset="npz", root=str(tmp_path / "d.npz")))
+    example = data.normalized(data.x_test[:2])
+    assert example.flags["C_CONTIGUOUS"]
+    path = tmp_path / "model.onnx"
+    export_onnx(build_model("resnet8", 2, 3, 0.5), torch.from_numpy(example), path, opset=18)
+    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert operators == {"Conv", "Relu", "Add", "Slice", "Pad", "ReduceMean", "Reshape", "Gemm"}

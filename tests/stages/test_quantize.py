@@ -1,0 +1,58 @@
+import numpy as np
+import onnx
+import onnxruntime.quantization as ort_quantization
+import pytest
+import torch
+
+from pipeline.config import QuantizeConfig
+from stages.architectures import build_model
+from stages.export import export_onnx
+from stages.onnx_runtime import make_session, run_batched
+from stages.quantize import quantize_int8
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=10, in_channels=3)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, torch.randn(2, 3, 16, 16), path, opset=18)
+    return path
+
+
+def calibration_images() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+
+
+def quantized_ops(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_int8_model_holds_quantize_nodes_and_follows_fp32(exported, tmp_path):
+    target = tmp_path / "int8.onnx"
+    used = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "u8s8")
+    assert used == "symbolic"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(target)
+    images = calibration_images()
+    fp32 = run_batched(make_session(exported), images)
+    int8 = run_batched(make_session(target), images)
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
+
+
+def test_symbolic_shape_failure_falls_back_to_onnx_shape_inference(exported, tmp_path, monkeypatch):
+    real = ort_quantization.quant_pre_process
+    calls = []
+
+    def symbolic_inference_asserts(source, target, skip_symbolic_shape=False, **kwargs):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise AssertionError("as_scalar: len(x) == 1")
+        real(source, target, skip_symbolic_shape=True, **kwargs)
+
+    monkeypatch.setattr(ort_quantization, "quant_pre_process", symbolic_inference_asserts)
+    target = tmp_path / "int8.onnx"
+    used = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "s8s8")
+    assert calls == [False, True]
+    assert used.startswith("onnx (symbolic inference failed: AssertionError")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(target)
+    assert run_batched(make_session(target), calibration_images()).shape == (32, 10)
