@@ -37,16 +37,43 @@ def machine() -> dict[str, object]:
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}
 
 
-def fingerprint(backend: str, scope: str) -> dict[str, object]:
+@lru_cache(maxsize=1)
+def gpu_identity() -> dict[str, str] | None:
+    """The GPU an engine is built for: name and compute capability (nvidia-smi), or the Jetson board
+    and its L4T release (Jetsons have no nvidia-smi). None where no NVIDIA GPU is visible."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            done = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if done is not None and done.returncode == 0 and done.stdout.strip():
+            name, _, capability = done.stdout.strip().splitlines()[0].rpartition(",")
+            return {"gpu": name.strip(), "compute_capability": capability.strip()}
+    try:
+        board = open("/proc/device-tree/model").read().strip("\x00\n ")
+        release = open("/etc/nv_tegra_release").readline().strip()
+    except OSError:
+        return None
+    return {"gpu": board, "l4t": release}
+
+
+def fingerprint(target, scope: str) -> dict[str, object]:
     """What an artifact depends on beyond its config.
 
-    ``platform``: the processor and runtime versions an engine was built for (an ONNX Runtime graph
+    ``platform``: the processor, the GPU (for GPU targets) and runtime versions an engine was built for (an ONNX Runtime graph
     optimized at the highest level is laid out for this CPU's kernels). ``machine``: the platform and
     the host itself, for measurements, which belong to the machine they ran on.
     """
     versions = package_versions()
-    platform_identity = {"backend": backend, "cpu": cpu_model(), "arch": platform.machine(),
+    platform_identity = {"backend": target.backend, "cpu": cpu_model(), "arch": platform.machine(),
                          "runtimes": {name: versions.get(name) for name in ("onnxruntime", "onnxruntime-gpu", "tensorrt")}}
+    if target.on_gpu:
+        # An engine built for one GPU (or TensorRT version) is never reused on another.
+        platform_identity["gpu"] = gpu_identity()
     if scope == "platform":
         return platform_identity
     return {**platform_identity, "host": platform.node(), "cores": os.cpu_count()}

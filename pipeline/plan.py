@@ -33,7 +33,7 @@ class Task:
         material = {"stage": self.stage, "version": decl.version, "params": key_form(self.params),
                     "inputs": {role: task.key for role, task in sorted(self.needs.items())}}
         if decl.hardware:
-            material["hardware"] = fingerprint(self.params["target"].backend, decl.hardware)
+            material["hardware"] = fingerprint(self.params["target"], decl.hardware)
         return material
 
     @cached_property
@@ -97,6 +97,10 @@ def build_plan(profile: Profile) -> list[Task]:
         report_needs["analysis"] = analysis
     data = profile.data
     precisions = list(profile.quantize.precisions)
+    # Set only where they matter, so that other profiles' keys stay as they were.
+    drop = profile.target.budgets.max_accuracy_drop
+    gate = {"max_accuracy_drop": drop} if drop is not None else {}
+    shapes = {"batch_sizes": list(profile.benchmark.batch_sizes)} if profile.target.backend == "tensorrt" else {}
     for model, (training, member) in trained.items():
         if training not in tasks:
             tasks.append(training)
@@ -104,9 +108,9 @@ def build_plan(profile: Profile) -> list[Task]:
         which = {"member": member} if member else {}
         export = Task("export", model, {"export": profile.export, "data": data, **which}, {"model": training})
         quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
-                                            "int8_flavour": INT8_FLAVOUR[profile.target.backend]},
+                                            "int8_flavour": INT8_FLAVOUR[profile.target.backend], **gate},
                         {"onnx": export})
-        engine = Task("engine", model, {"target": profile.target, "precisions": precisions},
+        engine = Task("engine", model, {"target": profile.target, "precisions": precisions, **shapes},
                       {"onnx": export, "quantized": quantize})
         benchmark = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
                                               "data": data, **which}, {"model": training, "engines": engine})
@@ -114,7 +118,9 @@ def build_plan(profile: Profile) -> list[Task]:
         report_needs[f"benchmark:{model}"] = benchmark
         report_needs[f"train:{model}"] = training
     members = {model: member for model, (_, member) in trained.items() if member}
-    tasks.append(Task("report", None, {"profile": profile.name, "models": list(trained),
+    deployment = {"target": profile.target.name, "budgets": profile.target.budgets,
+                  **({"hardware": profile.target.hardware} if profile.target.hardware else {})}
+    tasks.append(Task("report", None, {"profile": profile.name, "models": list(trained), "deployment": deployment,
                                        **({"members": members} if members else {})}, report_needs))
     return sorted(tasks, key=lambda t: list(STAGES).index(t.stage))
 

@@ -32,7 +32,11 @@ def _quantize(metrics: dict[str, Any]) -> str:
 
 
 def _engine(metrics: dict[str, Any]) -> str:
-    return f"{metrics['backend']}: {', '.join(metrics['engines'])}"
+    built = f"{metrics['backend']}: {', '.join(metrics['engines'])}"
+    if "missing" in metrics:
+        return (f"missing {metrics['missing']}; measuring {metrics['stand_in']} instead ({built}). On the target, "
+                f"copy artifacts/ there and run the same profile: only engine, benchmark and report run")
+    return built
 
 
 def _benchmark(metrics: dict[str, Any]) -> str:
@@ -76,11 +80,11 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Export each network to ONNX and check it against PyTorch.", _export),
     StageDecl("quantize", "stages.quantize:quantize_model", 2, None,
               "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),
-    StageDecl("engine", "stages.engine:build_engines", 1, "platform",
+    StageDecl("engine", "stages.engine:build_engines", 2, "platform",
               "Build the deployable engines for the target.", _engine),
-    StageDecl("benchmark", "stages.benchmark:benchmark_model", 1, "machine",
+    StageDecl("benchmark", "stages.benchmark:benchmark_model", 2, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 4, None,
+    StageDecl("report", "stages.report:write_report", 5, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

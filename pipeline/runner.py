@@ -75,7 +75,7 @@ class Runner:
         try:
             metrics = stage_function(StageContext(
                 params=task.params, inputs=inputs, output=scratch, variant=task.variant,
-                device=self.device, progress=self.progress))
+                device=self.device, progress=self.progress, shared=self.store.shared_folder(task.stage)))
             wall = time.perf_counter() - clock
             manifest = {
                 "stage": task.stage, "variant": task.variant, "version": decl.version,

@@ -39,6 +39,10 @@ class ArtifactStore:
     def folder(self, stage: str, key: str) -> Path:
         return self.root / "store" / stage / key
 
+    def shared_folder(self, stage: str) -> Path:
+        """``<root>/store/shared/<stage>/``: kept across runs, created when first used."""
+        return self.root / "store" / "shared" / stage
+
     def lookup(self, stage: str, key: str) -> StageInput | None:
         """The finished artifact under ``key``, or None if absent or not intact."""
         folder = self.folder(stage, key)

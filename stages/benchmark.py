@@ -22,7 +22,8 @@ from stages.checkpoint import WEIGHTS, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
 from stages.engine import ENGINES_FILE
-from stages.measure import count_macs, count_parameters
+from stages.measure import count_parameters, layer_costs
+from stages.power import power_state
 
 RESULTS_FILE = "results.json"
 
@@ -46,17 +47,21 @@ def benchmark_model(ctx: StageContext) -> dict:
     spec = read_spec(model_folder)
     model = load_model(model_folder, spec)
     parameters = count_parameters(model)
-    macs = count_macs(model, (spec.in_channels, spec.image_size, spec.image_size))
+    costs = layer_costs(model, (spec.in_channels, spec.image_size, spec.image_size))
+    macs = sum(layer["macs"] for layer in costs)
     threads = target.threads or os.cpu_count() or 1
-    engines = json.loads(engines_input.file(ENGINES_FILE).read_text())
+    built = json.loads(engines_input.file(ENGINES_FILE).read_text())
+    stand_in = engines_input.metrics.get("missing")
     common = {"batch_sizes": list(cfg.batch_sizes), "warmup": cfg.warmup, "iterations": cfg.iterations,
-              "eval_batch_size": cfg.eval_batch_size, "threads": threads}
-    candidates = [("pytorch", "fp32", "fp32", {"kind": "pytorch", "model_folder": str(model_folder)},
-                   model_folder / WEIGHTS)]
-    for precision, engine in engines.items():
-        candidates.append((target.backend, precision, engine["compute_precision"], {
-            "kind": "engine", "backend": target.backend, "engine_path": str(engines_input.file(engine["file"])),
-            "target": target.model_dump(mode="json")}, engines_input.file(engine["file"])))
+              "eval_batch_size": cfg.eval_batch_size, "threads": threads,
+              "cpu_affinity": list(cfg.cpu_affinity) if cfg.cpu_affinity else None}
+    torch_device = "cuda" if target.on_gpu and not stand_in and _cuda_available() else "cpu"
+    candidates = [("pytorch", "fp32", "fp32", {"kind": "pytorch", "model_folder": str(model_folder),
+                                               "device": torch_device}, model_folder / WEIGHTS)]
+    for precision, engine in built["engines"].items():
+        candidates.append((built["backend"], precision, engine["compute_precision"], {
+            "kind": "engine", "backend": built["backend"], "engine_path": str(engines_input.file(engine["file"])),
+            "target": built["target"]}, engines_input.file(engine["file"])))
     rows = []
     with tempfile.TemporaryDirectory() as scratch_name, ctx.progress(
             f"benchmark {ctx.variant}", len(candidates)) as advance:
@@ -73,9 +78,18 @@ def benchmark_model(ctx: StageContext) -> dict:
                     "model": ctx.variant, "arch": spec.arch, "runtime": runtime, "precision": precision,
                     "compute_precision": computed_in, **timing, "test_accuracy": result["test_accuracy"],
                     "peak_memory_mb": result["peak_memory_mb"], "peak_rss_mb": result["peak_rss_mb"],
+                    **({"device_memory_mb": result["device_memory_mb"]} if result.get("device_memory_mb") else {}),
                     "file_size_bytes": file.stat().st_size, "parameters": parameters, "macs": macs,
-                    "threads": threads})
+                    "threads": threads, "device": result["device"],
+                    **({"stand_in_for": target.backend} if stand_in and runtime != "pytorch" else {})})
             advance(1)
     (ctx.output / RESULTS_FILE).write_text(json.dumps(rows, indent=1))
     return {"rows": rows, "machine": machine(), "versions": package_versions(), "threads": threads,
-            "target": target.name, "model_spec": asdict(spec)}
+            "target": target.name, "model_spec": asdict(spec), "layer_costs": costs, "power": power_state(),
+            **({"target_backend_missing": stand_in} if stand_in else {})}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -53,13 +53,17 @@ def load_infer(spec: dict):
         from stages.checkpoint import load_model
 
         torch.set_num_threads(spec["threads"])
-        model = load_model(Path(spec["model_folder"])).to(memory_format=torch.channels_last)
+        device = torch.device(spec.get("device", "cpu"))
+        model = load_model(Path(spec["model_folder"])).to(device=device, memory_format=torch.channels_last)
 
         def infer(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-                return model(x).numpy()
+                x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+                return model(x).cpu().numpy()  # the copy back waits for the GPU
 
+        infer.device = device.type
+        if device.type == "cuda":
+            infer.device_memory_mb = lambda: torch.cuda.max_memory_allocated() / (1 << 20)
         return infer
     from stages.backends import get_backend
 
@@ -68,19 +72,33 @@ def load_infer(spec: dict):
 
 
 def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations: int) -> list[dict]:
+    from stages.power import EnergyMeter
+
     rows = []
     for batch_size in batch_sizes:
         reps = -(-batch_size // len(images))
         batch = np.ascontiguousarray(np.concatenate([images] * reps)[:batch_size])
         for _ in range(warmup):
             infer(batch)
+        stages_ms = getattr(infer, "timings", None)
+        if stages_ms is not None:
+            stages_ms.clear()
         times = np.empty(iterations)
-        for i in range(iterations):
-            start = time.perf_counter()
-            infer(batch)
-            times[i] = time.perf_counter() - start
+        with EnergyMeter(getattr(infer, "device", "cpu")) as meter:
+            for i in range(iterations):
+                start = time.perf_counter()
+                infer(batch)
+                times[i] = time.perf_counter() - start
         ms = times * 1e3
-        rows.append({
+        extra = {}
+        if stages_ms:
+            # CUDA events: the copies apart from the compute, medians over the timed runs.
+            for name, column in zip(("h2d", "compute", "d2h"), np.array(stages_ms).T):
+                extra[f"{name}_p50_ms"] = float(np.median(column))
+        if meter.joules is not None:
+            extra["energy_mj_per_image"] = 1e3 * meter.joules / (iterations * batch_size)
+            extra["energy_source"] = meter.source
+        rows.append({**extra,
             "batch_size": batch_size,
             "latency_p50_ms": float(np.percentile(ms, 50)),
             "latency_p90_ms": float(np.percentile(ms, 90)),
@@ -93,6 +111,10 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
 
 
 def measure(spec: dict) -> dict:
+    if spec.get("cpu_affinity"):
+        import os
+
+        os.sched_setaffinity(0, spec["cpu_affinity"])
     images = np.load(spec["test_images"], mmap_mode="r")
     labels = np.load(spec["test_labels"])
     timing_images = np.array(images[: max(spec["batch_sizes"])])
@@ -106,8 +128,11 @@ def measure(spec: dict) -> dict:
     for start in range(0, len(images), spec["eval_batch_size"]):
         predictions.append(infer(np.ascontiguousarray(images[start:start + spec["eval_batch_size"]])).argmax(1))
     accuracy = float((np.concatenate(predictions) == labels).mean())
+    device_memory = getattr(infer, "device_memory_mb", None)
     return {"latency": latency, "test_accuracy": accuracy, "threads": spec["threads"],
-            "model_load_mb": loaded - before, "peak_memory_mb": peak - before, "peak_rss_mb": peak}
+            "model_load_mb": loaded - before, "peak_memory_mb": peak - before, "peak_rss_mb": peak,
+            "device": spec.get("device") or getattr(infer, "device", "cpu"),
+            "device_memory_mb": device_memory() if device_memory else None}
 
 
 def main(argv: list[str]) -> int:

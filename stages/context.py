@@ -56,3 +56,6 @@ class StageContext:
     device: str = "cpu"
     # progress(description, total) is a context manager yielding an Advance
     progress: Callable[..., Any] = no_progress
+    # A folder kept across runs for tuning data that speeds later builds up (TensorRT's timing cache);
+    # what is in it never changes a result.
+    shared: Path | None = None

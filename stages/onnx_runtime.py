@@ -22,7 +22,9 @@ def make_session(path: Path, *, threads: int | None = None, optimization: str = 
         options.intra_op_num_threads = threads
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    # A GPU provider leaves the operators it lacks to the CPU provider.
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 def run_batched(session, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

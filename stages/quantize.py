@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ArtifactError
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
@@ -51,22 +52,61 @@ def prepare_for_quantization(source: Path, prepared: Path) -> str:
         return f"onnx (symbolic inference failed: {type(error).__name__} {error}".rstrip() + ")"
 
 
-def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str) -> str:
-    """Writes the INT8 model; returns the shape inference its pre-processing used."""
+def sensitive_first(model_path: Path) -> list[str]:
+    """The heavy nodes in the order they are kept in float when INT8 misses the accuracy gate: the
+    first convolution (it sees raw pixels) and the classifier, then convolutions by depth."""
+    import onnx
+
+    heavy = [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if len(heavy) < 2:
+        return heavy
+    return [heavy[0], heavy[-1], *heavy[1:-1]]
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str,
+                  keep_float: int = 0) -> tuple[str, list[str]]:
+    """Writes the INT8 model with the ``keep_float`` most sensitive heavy nodes left in float; returns
+    the shape inference its pre-processing used and the nodes kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     activation, weight = (getattr(QuantType, name) for name in INT8_FLAVOURS[flavour])
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         shape_inference = prepare_for_quantization(source, prepared)
+        excluded = sensitive_first(prepared)[:keep_float]
         input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
         quantize_static(
             str(prepared), str(target), ArrayReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,
             weight_type=weight, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[cfg.calibration_method]),
+            nodes_to_exclude=excluded,
             # Symmetric activations are what TensorRT's explicit-precision path expects.
             extra_options={"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True})
-    return shape_inference
+    return shape_inference, excluded
+
+
+def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str, evaluate,
+               fp32_accuracy: float, max_drop_points: float | None) -> dict:
+    """INT8 within ``max_drop_points`` of fp32: quantize everything, then keep the most sensitive
+    heavy nodes in float one at a time (at most half of them) until the gate holds, or fail with the
+    figures. In Q/DQ form this is also TensorRT's per-layer precision fallback."""
+    shape_inference, excluded = quantize_int8(source, target, calibration, cfg, flavour)
+    accuracy = evaluate(target)
+    limit = len(sensitive_first(source)) // 2
+    keep = 0
+    while max_drop_points is not None and 100 * (fp32_accuracy - accuracy) > max_drop_points:
+        if keep >= limit:
+            raise ArtifactError(
+                f"INT8 loses {100 * (fp32_accuracy - accuracy):.2f} points (fp32 {100 * fp32_accuracy:.2f} %, int8 "
+                f"{100 * accuracy:.2f} %), more than target.budgets.max_accuracy_drop = {max_drop_points}, even "
+                f"with {keep} layers kept in float ({', '.join(excluded)}); raise the budget, calibrate on more "
+                f"images (quantize.calibration_images) or another quantize.calibration_method, or drop int8 "
+                f"from quantize.precisions")
+        keep += 1
+        shape_inference, excluded = quantize_int8(source, target, calibration, cfg, flavour, keep)
+        accuracy = evaluate(target)
+    return {"test_accuracy": accuracy, "shape_inference": shape_inference, "kept_in_float": excluded,
+            **({"max_accuracy_drop": max_drop_points} if max_drop_points is not None else {})}
 
 
 def convert_fp16(source: Path, target: Path) -> None:
@@ -85,17 +125,19 @@ def quantize_model(ctx: StageContext) -> dict:
     test_images = data.normalized(data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],
                               "size_bytes": source.stat().st_size}}
+    def evaluate(path: Path) -> float:
+        return accuracy(run_batched(make_session(path), test_images), data.y_test)
+
     for precision in cfg.precisions:
         path = ctx.output / precision_file(precision)
         if precision == "int8":
             chosen = balanced_subset(data.y_train, cfg.calibration_images, data.num_classes)
-            shape_inference = quantize_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour)
             details = {"calibration_images": len(chosen), "calibration_method": cfg.calibration_method,
-                       "flavour": flavour, "per_channel": cfg.per_channel, "shape_inference": shape_inference}
+                       "flavour": flavour, "per_channel": cfg.per_channel,
+                       **gated_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour, evaluate,
+                                    metrics["fp32"]["test_accuracy"], ctx.params.get("max_accuracy_drop"))}
         else:
             convert_fp16(source, path)
-            details = {}
-        logits = run_batched(make_session(path), test_images)
-        metrics[precision] = {"test_accuracy": accuracy(logits, data.y_test),
-                              "size_bytes": path.stat().st_size, **details}
+            details = {"test_accuracy": evaluate(path)}
+        metrics[precision] = {**details, "size_bytes": path.stat().st_size}
     return metrics

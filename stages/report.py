@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from stages.context import StageContext, member_metrics
+from stages.deployment import judge_rows, render_estimate, roofline_rows
 
 MODEL_LABELS = {
     "teacher": "teacher",
@@ -70,7 +71,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [f"# stochkd-pipeline report: {report['profile']}", "",
              f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
-             f"{report['threads']} threads; target profile `{report['target']}`.", "",
+             f"{report['threads']} threads; target profile `{report['target']}`."
+             + (" Power and clocks: " + ", ".join(f"{k} {v}" for k, v in report["power"].items()) + "."
+                if report.get("power") else ""), "",
              "## Knowledge transfer (PyTorch fp32, test split)", "",
              "Student alone: labels only. KD (or AT): the same teacher with dropping off. Stochastic KD "
              "(or AT): the teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
@@ -96,24 +99,46 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"one seed, same recipe)."]
     if report["analysis"]:
         lines += render_analysis(report["analysis"])
-    lines += ["", "## Deployed artifacts", "",
-              "| model | runtime | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
-              "| images/s | peak MB | file KB | params | MMACs |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## Deployed artifacts", ""]
+    if report.get("target_backend_missing"):
+        lines += [f"**Not measured on the target.** Missing here: {report['target_backend_missing']}. The rows "
+                  f"below are this machine's figures, with ONNX Runtime on this CPU standing in for the target's "
+                  f"engines; copy `artifacts/` to the target and run the same profile there for its own.", ""]
+    gpu = any(r.get("device") == "cuda" for r in report["rows"])
+    energy = any("energy_mj_per_image" in r for r in report["rows"])
+    lines += ["| model | runtime | device | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
+              "| mean ± std ms | images/s | peak MB | " + ("GPU MB | h2d / compute / d2h ms | " if gpu else "")
+              + ("mJ/image | " if energy else "") + "file KB | params | MMACs | budget |",
+              "|" + " --- |" * (16 + 2 * gpu + energy)]
     for r in report["rows"]:
+        runtime = r["runtime"] + (f" (stand-in for {r['stand_in_for']})" if "stand_in_for" in r else "")
+        gpu_cells = ""
+        if gpu:
+            split = (f"{r['h2d_p50_ms']:.3f} / {r['compute_p50_ms']:.3f} / {r['d2h_p50_ms']:.3f}"
+                     if "compute_p50_ms" in r else "–")
+            gpu_cells = f"{r['device_memory_mb']:.1f} | " if "device_memory_mb" in r else "– | "
+            gpu_cells += f"{split} | "
+        if energy:
+            gpu_cells += f"{r['energy_mj_per_image']:.3f} | " if "energy_mj_per_image" in r else "– | "
         lines.append(
-            f"| {model_label(r['model'])} | {r['runtime']} | {r['precision']} | "
+            f"| {model_label(r['model'])} | {runtime} | {r.get('device', 'cpu')} | {r['precision']} | "
             f"{r['compute_precision']} | "
             f"{r['batch_size']} | {_pct(r['test_accuracy'])} | {r['latency_p50_ms']:.3f} | "
-            f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | {r['throughput_images_per_s']:.0f} | "
-            f"{r['peak_memory_mb']:.1f} | {r['file_size_bytes'] / 1024:.0f} | {r['parameters']:,} | "
-            f"{r['macs'] / 1e6:.2f} |")
+            f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | "
+            f"{r['latency_mean_ms']:.3f} ± {r['latency_std_ms']:.3f} | {r['throughput_images_per_s']:.0f} | "
+            f"{r['peak_memory_mb']:.1f} | {gpu_cells}{r['file_size_bytes'] / 1024:.0f} | {r['parameters']:,} | "
+            f"{r['macs'] / 1e6:.2f} | {r.get('budget') or '–'} |")
     lines += ["", "Peak MB: peak resident memory of the measuring process above what its runtime took "
               "before the model was loaded. Latency: wall time of one batch after warm-up. "
               "Computes in: the precision of the heavy operators as the runtime really runs them "
-              "(a CPU without fp16 kernels runs an fp16 model in fp32 between casts).", "",
-              "![accuracy versus latency](report.png)", ""]
-    return "\n".join(lines)
+              "(a CPU without fp16 kernels runs an fp16 model in fp32 between casts). Budget: the target's "
+              "latency (p50), memory and accuracy-drop budgets, judged only for the target's own engines."
+              + (" mJ/image: the energy counter of the chip running the model (NVML for a GPU, RAPL for an "
+                 "Intel CPU) over the timed runs, idle draw included." if energy else ""), "",
+              "![accuracy versus latency](report.png)"]
+    if report.get("estimate"):
+        lines += render_estimate(report, model_label)
+    return "\n".join(lines + [""])
 
 
 def plot(report: dict[str, Any], path) -> None:
@@ -184,6 +209,12 @@ def write_report(ctx: StageContext) -> dict:
     training = {m: member_metrics(ctx.inputs[f"train:{m}"].metrics, members.get(m)) for m in models}
     first = ctx.inputs[f"benchmark:{models[0]}"].metrics
     batch = max(r["batch_size"] for r in rows)
+    deployment = ctx.params.get("deployment", {})
+    budgets = deployment["budgets"].model_dump(mode="json") if "budgets" in deployment else {}
+    judge_rows(rows, budgets)
+    hardware = deployment["hardware"].model_dump(mode="json") if "hardware" in deployment else None
+    estimate = roofline_rows({m: ctx.inputs[f"benchmark:{m}"].metrics["layer_costs"] for m in models}, hardware,
+                             sorted({r["batch_size"] for r in rows}), budgets) if hardware else []
     report = {
         "profile": ctx.params["profile"],
         "target": first["target"],
@@ -199,6 +230,11 @@ def write_report(ctx: StageContext) -> dict:
         "analysis": ctx.inputs["analysis"].metrics if "analysis" in ctx.inputs else None,
         "plot_batch_size": batch,
         "rows": rows,
+        "budgets": budgets,
+        "hardware": hardware,
+        "estimate": estimate,
+        "target_backend_missing": first.get("target_backend_missing"),
+        "power": first.get("power", {}),
     }
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))

@@ -149,3 +149,27 @@ def test_attention_transfer_trains_from_the_deterministic_and_the_sampled_teache
     assert {"distill:at", "distill:stochastic_at"} <= ran_tasks(done.stdout)
     for manifest in (tmp_path / "store" / "distill").glob("*/manifest.json"):
         assert 0.0 <= json.loads(manifest.read_text())["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first_run):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here: the engines are real, not stand-ins")
+    except ImportError:
+        pass
+    artifacts, _ = first_run
+    done = cli("run", str(TINY), "--set", "target.backend=tensorrt", "--set", "target.name=orin",
+               "--set", "target.hardware={device: Orin GPU, peak_tops: {fp16: 42.5, int8: 85}, "
+               "memory_bandwidth_gbs: 204.8}", "--set", "target.budgets.latency_ms={1: 5.0}", artifacts=artifacts)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Training, export and quantize (the s8s8 flavour for TensorRT aside) come from the cache.
+    assert {t.split(":")[0] for t in ran_tasks(done.stdout)} == {"quantize", "engine", "benchmark", "report"}
+    engine_lines = [line for line in done.stdout.splitlines() if line.startswith("✓ engine:")]
+    assert engine_lines and all("missing tensorrt for target 'orin': TensorRT is not installed here" in line
+                                and "run the same profile" in line for line in engine_lines)
+    report = (artifacts / "tiny" / "report.md").read_text()
+    assert "**Not measured on the target.**" in report and "(stand-in for tensorrt)" in report
+    assert "## Roofline estimate for orin (an estimate, not a measurement)" in report
+    estimate = json.loads((artifacts / "tiny" / "report.json").read_text())["estimate"]
+    assert {(r["precision"], r["batch_size"]) for r in estimate} == {("fp16", 1), ("fp16", 8), ("int8", 1), ("int8", 8)}

@@ -8,6 +8,7 @@ from stages.backends.base import Backend
 
 BACKENDS = {
     "onnxruntime": "stages.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "tensorrt": "stages.backends.tensorrt_backend:TensorRTBackend",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ArtifactError
 from stages.onnx_runtime import make_session
 
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
@@ -48,18 +49,29 @@ class OnnxRuntimeBackend:
                     f"(has: {', '.join(ort.get_available_providers())})")
         return None
 
-    def build(self, onnx_path: Path, engine_path: Path, precision: str, target: Any) -> dict[str, Any]:
+    def build(self, onnx_path: Path, engine_path: Path, precision: str, target: Any, **_) -> dict[str, Any]:
         import onnxruntime as ort
 
         # Optimizations above "extended" bake in this CPU's kernel layouts: hence a hardware-bound key.
-        session = make_session(onnx_path, threads=target.threads, optimization=target.graph_optimization,
+        # ONNX Runtime saves graphs for GPU providers only at the basic level (higher levels insert
+        # provider-specific nodes); the provider optimizes the rest when the engine is loaded.
+        level = target.graph_optimization if target.execution_provider == "CPUExecutionProvider" else "basic"
+        session = make_session(onnx_path, threads=target.threads, optimization=level,
                                optimized_path=engine_path, provider=target.execution_provider)
+        if session.get_providers()[0] != target.execution_provider:
+            raise ArtifactError(f"ONNX Runtime {ort.__version__} did not take {target.execution_provider} for "
+                                f"{onnx_path.name} (it runs on {session.get_providers()}); its log says why")
         return {"precision": precision, **compute_precision(engine_path), "file": engine_path.name,
                 "size_bytes": engine_path.stat().st_size, "onnxruntime": ort.__version__,
-                "providers": session.get_providers(), "graph_optimization": target.graph_optimization}
+                "providers": session.get_providers(), "graph_optimization": level}
 
     def load(self, engine_path: Path, target: Any):
         session = make_session(engine_path, threads=target.threads, optimization="disabled",
                                provider=target.execution_provider)
         name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: batch})[0]
+
+        def infer(batch):
+            return session.run(None, {name: batch})[0]
+
+        infer.device = "cpu" if target.execution_provider == "CPUExecutionProvider" else "cuda"
+        return infer

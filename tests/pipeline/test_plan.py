@@ -141,3 +141,38 @@ def test_attention_transfer_names_its_models_and_keys_only_what_it_reads():
     assert at_keys(["distill.temperature=9"]) == at_keys([])  # AT reads no temperature
     assert at_keys(["distill.at_weight=10"])["distill:at"] != at_keys([])["distill:at"]
     assert _keys(["distill.at_weight=10"]) == _keys()  # nor does KD read the AT weight
+
+
+JETSON = QUICK.parent / "jetson_orin.yaml"
+ON_DIGITS = ["data.dataset=digits", "data.root=null", "teacher.arch=resnet8", "student.arch=resnet8"]
+
+
+def test_artifacts_copied_to_the_jetson_rerun_only_engine_benchmark_and_report(monkeypatch):
+    import pipeline.hardware as hardware
+
+    here = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "ARMv8 Processor rev 1 (v8l)")
+    monkeypatch.setattr(hardware, "gpu_identity", lambda: {"gpu": "NVIDIA Jetson AGX Orin", "l4t": "R36.4"})
+    monkeypatch.setattr(hardware, "package_versions", lambda: {"tensorrt": "10.3.0", "onnxruntime-gpu": "1.20.0"})
+    monkeypatch.setattr("platform.node", lambda: "orin")
+    there = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
+    assert {t.split(":")[0] for t in here if here[t] != there[t]} == {"engine", "benchmark", "report"}
+
+
+def test_budgets_and_published_figures_reach_only_the_report():
+    before = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
+    after = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS + [
+        "target.budgets.latency_ms={1: 9.0}", "target.hardware.memory_bandwidth_gbs=100"]))}
+    assert {t for t in before if before[t] != after[t]} == {"report"}
+
+
+def test_the_accuracy_gate_reaches_quantize_and_what_follows():
+    before = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
+    after = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS + ["target.budgets.max_accuracy_drop=3"]))}
+    assert {t.split(":")[0] for t in before if before[t] != after[t]} == {"quantize", "engine", "benchmark", "report"}
+
+
+def test_tensorrt_engines_are_keyed_by_their_batch_range():
+    before = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
+    after = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS + ["benchmark.batch_sizes=[1,8,64]"]))}
+    assert {t.split(":")[0] for t in before if before[t] != after[t]} == {"engine", "benchmark", "report"}

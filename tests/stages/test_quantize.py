@@ -30,7 +30,8 @@ def quantized_ops(path) -> set[str]:
 
 def test_int8_model_holds_quantize_nodes_and_follows_fp32(exported, tmp_path):
     target = tmp_path / "int8.onnx"
-    used = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "u8s8")
+    used, kept = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "u8s8")
+    assert kept == []
     assert used == "symbolic"
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(target)
     images = calibration_images()
@@ -51,8 +52,30 @@ def test_symbolic_shape_failure_falls_back_to_onnx_shape_inference(exported, tmp
 
     monkeypatch.setattr(ort_quantization, "quant_pre_process", symbolic_inference_asserts)
     target = tmp_path / "int8.onnx"
-    used = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "s8s8")
+    used, _ = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "s8s8")
     assert calls == [False, True]
     assert used.startswith("onnx (symbolic inference failed: AssertionError")
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(target)
     assert run_batched(make_session(target), calibration_images()).shape == (32, 10)
+
+
+def test_int8_missing_the_gate_keeps_the_first_conv_then_the_classifier_in_float(exported, tmp_path):
+    from stages.quantize import gated_int8, sensitive_first
+
+    accuracies = iter([0.60, 0.62, 0.68])
+    result = gated_int8(exported, tmp_path / "int8.onnx", calibration_images(), QuantizeConfig(), "u8s8",
+                        lambda path: next(accuracies), fp32_accuracy=0.70, max_drop_points=5.0)
+    heavy = sensitive_first(exported)
+    assert result["test_accuracy"] == 0.68 and result["kept_in_float"] == heavy[:2]
+    operators = onnx.load(str(tmp_path / "int8.onnx")).graph.node
+    gemm = [n for n in operators if n.op_type == "Gemm"]
+    assert gemm and not any(n.op_type == "DequantizeLinear" and n.output[0] in gemm[0].input[1:] for n in operators)
+
+
+def test_int8_that_cannot_meet_the_gate_fails_with_the_figures(exported, tmp_path):
+    from pipeline.errors import ArtifactError
+    from stages.quantize import gated_int8
+
+    with pytest.raises(ArtifactError, match=r"loses 60.00 points .*max_accuracy_drop = 1.0.*4 layers kept in float"):
+        gated_int8(exported, tmp_path / "int8.onnx", calibration_images(), QuantizeConfig(), "u8s8",
+                   lambda path: 0.10, fp32_accuracy=0.70, max_drop_points=1.0)
