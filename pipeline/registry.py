@@ -34,8 +34,8 @@ def _quantize(metrics: dict[str, Any]) -> str:
 def _engine(metrics: dict[str, Any]) -> str:
     built = f"{metrics['backend']}: {', '.join(metrics['engines'])}"
     if "missing" in metrics:
-        return (f"missing {metrics['missing']}; measuring {metrics['stand_in']} instead ({built}). On the target, "
-                f"copy artifacts/ there and run the same profile: only engine, benchmark and report run")
+        return (f"{metrics['missing']}; {metrics['stand_in']} stands in. On the target: copy artifacts/ "
+                f"there and run the same profile")
     return built
 
 

@@ -47,6 +47,6 @@ def build_engines(ctx: StageContext) -> dict:
     (ctx.output / ENGINES_FILE).write_text(json.dumps(record, indent=2))
     metrics = {"backend": backend.name, "target": target.name, "engines": engines}
     if missing:
-        metrics.update(missing=f"{target.backend} for target {target.name!r}: {missing}",
+        metrics.update(missing=f"{target.backend} for {target.name}: {missing}",
                        stand_in=f"{STAND_IN_BACKEND} on this CPU")
     return metrics

@@ -136,9 +136,30 @@ def render_markdown(report: dict[str, Any]) -> str:
               + (" mJ/image: the energy counter of the chip running the model (NVML for a GPU, RAPL for an "
                  "Intel CPU) over the timed runs, idle draw included." if energy else ""), "",
               "![accuracy versus latency](report.png)"]
+    lines += render_speedups(report)
     if report.get("estimate"):
         lines += render_estimate(report, model_label)
     return "\n".join(lines + [""])
+
+
+def render_speedups(report: dict[str, Any]) -> list[str]:
+    """Reduced precision against fp32 on the same runtime, measured in the same run, at the largest batch."""
+    batch = report["plot_batch_size"]
+    lines = []
+    for model in report["models"]:
+        rows = {r["precision"]: r for r in report["rows"]
+                if r["model"] == model and r["runtime"] != "pytorch" and r["batch_size"] == batch}
+        if "fp32" not in rows:
+            continue
+        ratios = [f"{p} {rows[p]['throughput_images_per_s'] / rows['fp32']['throughput_images_per_s']:.2f}× "
+                  f"({_pct(rows[p]['test_accuracy'])} % vs {_pct(rows['fp32']['test_accuracy'])} %)"
+                  for p in ("int8", "fp16") if p in rows]
+        if ratios:
+            lines.append(f"- {model_label(model)}: " + ", ".join(ratios))
+    if not lines:
+        return []
+    return ["", f"Throughput against fp32 on the same runtime at batch {batch} (mean latency, measured in the "
+            f"same run; top-1 in brackets):", "", *lines]
 
 
 def plot(report: dict[str, Any], path) -> None:

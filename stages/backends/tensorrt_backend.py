@@ -34,7 +34,7 @@ class TensorRTBackend:
         try:
             trt = _import_tensorrt()
         except ImportError as exc:
-            return f"TensorRT is not installed here ({exc})"
+            return f"not installed here ({exc})"
         import torch
 
         if not torch.cuda.is_available():
