@@ -55,9 +55,6 @@ def test_schema_lists_every_key():
 
 
 def test_the_default_profile_is_found_from_any_directory(tmp_path):
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", "from pipeline.profiles import default_profile_path; "
                            "print(default_profile_path().is_file())"], cwd=tmp_path, capture_output=True, text=True)
     assert done.stdout.strip() == "True", done.stderr
