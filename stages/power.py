@@ -1,5 +1,6 @@
 """What the machine's power settings and energy counters say, where they can be read without
-privileges: Jetson power modes and clocks, NVIDIA GPUs through NVML, Intel CPUs through RAPL.
+privileges: Jetson power modes, clocks and power rails, NVIDIA GPUs through NVML, Intel CPUs
+through RAPL.
 Every reader is best effort; what cannot be read is left out rather than guessed."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 RAPL_ENERGY = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+# Jetson power monitors (INA3221): one hwmon folder with in<N>_label, in<N>_input (mV), curr<N>_input (mA).
+JETSON_HWMON = "/sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*"
+SAMPLE_SECONDS = 0.01
 
 
 def _read(path: str) -> str | None:
@@ -57,6 +61,51 @@ def _nvml_handle():
         return None
 
 
+def jetson_rails(pattern: str = JETSON_HWMON) -> dict[str, tuple[Path, Path]]:
+    """Power rails of a Jetson: label -> (voltage file, current file). The module's input rail
+    (VDD_IN) alone where it is monitored, else every rail."""
+    rails = {}
+    for folder in map(Path, glob.glob(pattern)):
+        for label_file in folder.glob("in*_label"):
+            index = label_file.name[2:-len("_label")]
+            voltage, current = folder / f"in{index}_input", folder / f"curr{index}_input"
+            if voltage.is_file() and current.is_file():
+                rails[label_file.read_text().strip()] = (voltage, current)
+    return {"VDD_IN": rails["VDD_IN"]} if "VDD_IN" in rails else rails
+
+
+class RailSampler:
+    """Integrates a Jetson's rail power (what tegrastats shows) over time, sampled in a thread."""
+
+    def __init__(self, rails: dict[str, tuple[Path, Path]]) -> None:
+        import threading
+
+        self.rails, self.joules = rails, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watts(self) -> float:
+        return sum(int(v.read_text()) * int(c.read_text()) for v, c in self.rails.values()) / 1e6
+
+    def _run(self) -> None:
+        import time
+
+        last, power = time.perf_counter(), self.watts()
+        while not self._stop.wait(SAMPLE_SECONDS):
+            now, current = time.perf_counter(), self.watts()
+            self.joules += 0.5 * (power + current) * (now - last)
+            last, power = now, current
+
+    def start(self) -> "RailSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.joules
+
+
 class EnergyMeter:
     """Energy used between enter and exit by the device that runs the model: the GPU's NVML counter
     for "cuda", the CPU package's RAPL counter for "cpu"; ``joules`` stays None where it cannot be
@@ -80,10 +129,16 @@ class EnergyMeter:
                 pass
         if self.device == "cpu" and _read(str(RAPL_ENERGY)) is not None:
             self._read, self.source = (lambda: int(RAPL_ENERGY.read_text()) / 1e6, "RAPL (whole CPU package)")
+        self._sampler = None
+        if self._read is None and (rails := jetson_rails()):
+            # A Jetson has no NVML energy counter: integrate its power monitors instead.
+            self._sampler, self.source = RailSampler(rails).start(), f"Jetson rails ({', '.join(rails)})"
         self._start = self._read() if self._read else None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._read is not None and self._start is not None:
+        if self._sampler is not None:
+            self.joules = self._sampler.stop()
+        elif self._read is not None and self._start is not None:
             used = self._read() - self._start
             self.joules = used if used >= 0 else None  # a wrapped counter gives no figure
