@@ -28,7 +28,10 @@ def _export(metrics: dict[str, Any]) -> str:
 
 
 def _quantize(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{p} {100 * m['test_accuracy']:.2f}%" for p, m in metrics.items())
+    def one(precision: str, m: dict[str, Any]) -> str:
+        kept = len(m.get("kept_in_float", []))
+        return f"{precision} {100 * m['test_accuracy']:.2f}%" + (f" ({kept} layers kept in float)" if kept else "")
+    return ", ".join(one(p, m) for p, m in metrics.items())
 
 
 def _engine(metrics: dict[str, Any]) -> str:
