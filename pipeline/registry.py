@@ -73,9 +73,9 @@ class StageDecl:
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
     StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
               "Train the stochastic-depth teacher.", _accuracy),
-    StageDecl("analyze", "stages.analyze:analyze_teacher", 1, None,
+    StageDecl("analyze", "stages.analyze:analyze_teacher", 2, None,
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
-    StageDecl("distill", "stages.distill:train_student", 1, None,
+    StageDecl("distill", "stages.distill:train_student", 2, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
     StageDecl("mutual", "stages.mutual:train_peers", 1, None,
               "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),

@@ -31,6 +31,34 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(flip, images.flip(3), images)
 
 
+def padded_channels_last(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """A whole (N, C, H, W) dataset zero-padded once and stored (N, H + 2p, W + 2p, C), the layout
+    ``augmented_batch`` gathers from."""
+    return F.pad(images, (padding,) * 4).permute(0, 2, 3, 1).contiguous()
+
+
+def augmented_batch(padded: torch.Tensor, index: torch.Tensor, padding: int, flip: bool,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The images ``index`` of a ``padded_channels_last`` dataset, each cropped back to its size at a
+    random offset and (with ``flip``) mirrored at random, in one gather. The draws, in the order
+    crop rows, crop columns, flips, are those of ``random_flip(random_crop(...))``, so the batch is
+    the same; it comes out (N, C, H, W) in channels-last memory."""
+    n = len(index)
+    h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
+    device = padded.device
+    offset = torch.zeros((n, 1, 1), dtype=torch.long, device=device)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(device) if padding else offset
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(device) if padding else offset
+    columns = torch.arange(w, device=device).view(1, 1, w)
+    if flip:
+        mirrored = (torch.rand(n, generator=generator) < 0.5).to(device).view(n, 1, 1)
+        columns = torch.where(mirrored, w - 1 - columns, columns)
+    rows = (torch.arange(h, device=device).view(1, h, 1) + dy).expand(n, h, w)
+    cols = (columns + dx).expand(n, h, w)
+    return padded[index.view(n, 1, 1).expand(n, h, w), rows, cols].permute(0, 3, 1, 2)
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float, ``(x / 255 - mean) / std`` per channel."""
-    return (images.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """uint8 (N, C, H, W) -> float, ``(x / 255 - mean) / std`` per channel, in the memory format of
+    ``images``. In place on the new float tensor: the same arithmetic, without three temporaries."""
+    return images.float().div_(255.0).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))

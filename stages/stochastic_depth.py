@@ -9,6 +9,7 @@ evaluation output, and exported graphs (evaluation mode) contain no random opera
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
 import torch
@@ -53,6 +54,27 @@ def keep_scale(
     raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
 
 
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows of a batch whose sub-network keeps a block, and the factor its branch is scaled by."""
+    index: torch.Tensor
+    factor: float
+
+
+def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device) -> KeptRows | float:
+    """Batch mode with ``groups`` sub-networks: 0.0 or ``1/survival`` when all groups agree, else the
+    rows of the groups that keep the block. Draws exactly what ``keep_scale`` draws."""
+    kept = torch.rand(groups) < survival
+    if bool(kept.all()):
+        return 1.0 / survival
+    if not bool(kept.any()):
+        return 0.0
+    size = n_rows // groups
+    # Built on the CPU, where the coins are: the device never waits for a decision.
+    rows = (kept.nonzero().view(-1, 1) * size + torch.arange(size)).view(-1)
+    return KeptRows(rows.to(device, non_blocking=True), 1.0 / survival)
+
+
 class DropPath(nn.Module):
     """Drops a residual branch with probability ``1 - survival``.
 
@@ -76,9 +98,11 @@ class DropPath(nn.Module):
     def active(self) -> bool:
         return self.training or self.sampling
 
-    def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | float:
+    def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | KeptRows | float:
         if self.forced is not None:
             return 1.0 / self.survival if self.forced else 0.0
+        if self.mode == "batch" and self.groups > 1:
+            return kept_groups(n_rows, self.survival, self.groups, device)
         return keep_scale(n_rows, self.survival, self.mode, self.groups, device)
 
     def extra_repr(self) -> str:
@@ -94,13 +118,19 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
                    shortcut: torch.Tensor, drop: DropPath | None) -> torch.Tensor:
     """``shortcut + residual(x)`` with the residual kept, scaled or dropped as ``drop`` decides.
 
-    A residual branch dropped for the whole batch is never computed.
+    A residual branch is computed only for the rows that keep it: never when the whole batch drops
+    it, and for K sub-networks sampled together, only on the rows of those that keep it.
     """
     if drop is None or not drop.active:
         return residual(x) + shortcut
     scale = drop.scale(x.shape[0], x.device)
     if isinstance(scale, float) and scale == 0.0:
         return shortcut
+    if isinstance(scale, KeptRows):
+        kept = x.index_select(0, scale.index)
+        if kept.dim() == 4:
+            kept = kept.contiguous(memory_format=torch.channels_last)
+        return shortcut.index_add(0, scale.index, residual(kept), alpha=scale.factor)
     return residual(x) * scale + shortcut
 
 
@@ -151,19 +181,28 @@ def fixed_subnetwork(model: nn.Module, keep: list[bool]) -> Iterator[nn.Module]:
 
 
 def sample_logits(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """K sub-network outputs for a batch, shape (K, B, classes), from one batched forward pass."""
+    """K sub-network outputs for a batch, shape (K, B, classes)."""
     return sample_with_groups(model, x, k, groups=False)[0]
 
 
 def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int,
                        groups: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """K sub-networks in one batched forward pass: logits (K, B, classes) and, with ``groups``, the
-    feature maps at the end of each resolution group, each (K, B, C, H, W)."""
+    """K sub-networks: logits (K, B, classes) and, with ``groups``, the feature maps at the end of
+    each resolution group, each (K, B, C, H, W).
+
+    On a GPU the K sub-networks run as one batched forward pass in bfloat16, each block computed only
+    for the sub-networks that keep it. On a CPU they run one pass each: a K-times larger batch falls
+    out of the caches and runs slower than K passes (bench/train_throughput.py measures both).
+    """
+    if k > 1 and x.device.type == "cpu":
+        parts = [sample_with_groups(model, x, 1, groups) for _ in range(k)]
+        return (torch.cat([logits for logits, _ in parts]),
+                [torch.cat(maps) for maps in zip(*(features for _, features in parts))])
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with sampling(model, groups=k):
+    with sampling(model, groups=k), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
         logits, features = model.forward_with_groups(batch) if groups else (model(batch), [])
     # Clones outside inference mode are ordinary tensors that a loss may save for backward.
-    return (logits.view(k, x.shape[0], -1).clone(),
-            [f.view(k, x.shape[0], *f.shape[1:]).clone() for f in features])
+    return (logits.float().view(k, x.shape[0], -1).clone(),
+            [f.float().view(k, x.shape[0], *f.shape[1:]).clone() for f in features])

@@ -35,3 +35,21 @@ def test_normalize_per_channel():
     images = torch.full((1, 2, 1, 1), 255, dtype=torch.uint8)
     out = normalize(images, torch.tensor([0.5, 0.0]), torch.tensor([0.5, 2.0]))
     assert torch.allclose(out.flatten(), torch.tensor([1.0, 0.5]))
+
+
+def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
+    from stages.augment import augmented_batch, padded_channels_last
+
+    data = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
+    index = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:16]
+    for padding, flip in ((4, True), (4, False), (0, True), (2, True)):
+        expected = data[index]
+        generator = torch.Generator().manual_seed(7)
+        if padding:
+            expected = random_crop(expected, padding, generator)
+        if flip:
+            expected = random_flip(expected, generator)
+        out = augmented_batch(padded_channels_last(data, padding), index, padding, flip,
+                              torch.Generator().manual_seed(7))
+        assert torch.equal(out, expected)
+        assert out.is_contiguous(memory_format=torch.channels_last)

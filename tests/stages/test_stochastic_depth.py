@@ -124,3 +124,40 @@ def test_draw_subnetwork_is_seeded():
     a = draw_subnetwork(net, torch.Generator().manual_seed(3))
     b = draw_subnetwork(net, torch.Generator().manual_seed(3))
     assert a == b and len(a) == len(drop_paths(net))
+
+
+def test_kept_groups_draw_what_keep_scale_draws_and_name_the_kept_rows():
+    from stages.stochastic_depth import KeptRows, kept_groups
+
+    for seed in range(30):
+        torch.manual_seed(seed)
+        scale = keep_scale(6, 0.5, "batch", 3, torch.device("cpu"))
+        torch.manual_seed(seed)
+        rows = kept_groups(6, 0.5, 3, torch.device("cpu"))
+        if isinstance(scale, float):
+            assert rows == scale
+        else:
+            assert isinstance(rows, KeptRows) and rows.factor == 2.0
+            assert torch.equal(rows.index, (scale.flatten() > 0).nonzero().flatten())
+
+
+def test_branches_are_computed_only_for_the_sub_networks_that_keep_them():
+    from stages.stochastic_depth import stochastic_sum
+
+    drop = DropPath(0.5)
+    drop.sampling, drop.groups = True, 4
+    seen = []
+
+    def residual(x):
+        seen.append(len(x))
+        return x * 3
+
+    x = torch.randn(8, 2, 3, 3)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = stochastic_sum(residual, x, x, drop)
+        torch.manual_seed(seed)
+        kept = (torch.rand(4) < 0.5).repeat_interleave(2)
+        expected = x + kept.view(-1, 1, 1, 1) * x * 3 / 0.5
+        assert torch.allclose(out, expected)
+        assert seen[-1] == int(kept.sum()) or not kept.any() or kept.all()
