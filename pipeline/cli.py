@@ -29,6 +29,37 @@ DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda",
                          help="Training device: auto (CUDA when present), cpu or cuda.")
 ArtifactsOpt = typer.Option(None, "--artifacts", metavar="DIR", show_default=False,
                             help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).")
+NprocOpt = typer.Option(1, "--nproc-per-node", min=1, help="Train on this many processes per node (one per GPU) "
+                        "under torchrun, with DistributedDataParallel.")
+NnodesOpt = typer.Option("1", "--nnodes", help="Nodes taking part (torchrun's --nnodes); the artifacts folder "
+                         "must be shared between them.")
+NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun's --node-rank).")
+MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
+MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCH_OPTIONS)):
+            kept.append(arg)
+    return kept
+
+
+def _launch(nproc: int, nnodes: str, node_rank: int, master_addr: str, master_port: int) -> None:
+    """Several processes asked for and not yet launched: run this command under torchrun instead."""
+    from pipeline import distributed
+
+    if distributed.launched():
+        distributed.initialize()
+    elif nproc > 1 or nnodes != "1":
+        raise typer.Exit(distributed.relaunch(_without_launch_options(sys.argv[1:]), nproc, nnodes, node_rank,
+                                              master_addr, master_port))
 
 
 def _artifacts_root(option: Optional[Path]) -> Path:
@@ -70,7 +101,10 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     from pipeline.runner import Runner, publish_report
     from pipeline.store import ArtifactStore
 
+    from pipeline import distributed
+
     _check_device(device)
+    device = distributed.device_for_rank(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
     if only is not None:
@@ -81,9 +115,14 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     first_forced = stage_index(start) if start else len(STAGE_ORDER)
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
     root = _artifacts_root(artifacts)
+    if distributed.rank() != 0:
+        # One rank speaks for all of them.
+        Runner(ArtifactStore(root), device=device).run(tasks, forced)
+        return
     runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
                     on_start=ui.stage_started, on_done=ui.stage_finished)
-    ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks · artifacts in {root}")
+    ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
+    ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
     outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)
     ran = sum(o.ran for o in outcomes)
@@ -102,11 +141,14 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                                             help="Recompute this stage and every later one."),
         force: Optional[str] = typer.Option(None, "--force", metavar="STAGE",
                                             help="Recompute this stage even if cached."),
-        device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
+        device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt, nproc_per_node: int = NprocOpt,
+        nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+        master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
         for option, value in (("--until", until), ("--from", start), ("--force", force)):
             _check_stage(option, value)
+        _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
                  artifacts=artifacts)
 
@@ -114,8 +156,11 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
 def _stage_command(name: str):
     def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
-                device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
+                device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt, nproc_per_node: int = NprocOpt,
+                nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+                master_port: int = MasterPortOpt) -> None:
         with user_errors():
+            _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
                      artifacts=artifacts)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline import distributed
+from pipeline.errors import ArtifactError
 from pipeline.fingerprint import key_form
 from pipeline.hardware import machine, package_versions
 from pipeline.plan import Task
@@ -56,16 +59,40 @@ class Runner:
         """Run ``tasks`` (each after the tasks it needs); ``forced`` task ids rerun even if cached."""
         done: dict[int, Outcome] = {}
         for task in tasks:
-            artifact = None if task.id in forced else self.store.lookup(task.stage, task.key)
-            if artifact is not None:
-                outcome = Outcome(task, artifact, ran=False, wall_s=0.0)
+            artifact = None
+            if task.id not in forced and distributed.rank() == 0:
+                artifact = self.store.lookup(task.stage, task.key)
+            # Rank 0 alone decides; the other ranks read what it found or wrote.
+            if distributed.broadcast(artifact is not None):
+                outcome = Outcome(task, artifact or self._written_by_rank_0(task), ran=False, wall_s=0.0)
             else:
                 outcome = self._execute(task, {role: done[id(t)].artifact for role, t in task.needs.items()})
             done[id(task)] = outcome
             self.on_done(outcome)
         return list(done.values())
 
+    def _written_by_rank_0(self, task: Task) -> StageInput:
+        artifact = self.store.lookup(task.stage, task.key)
+        if artifact is None:
+            raise ArtifactError(f"rank {distributed.rank()} cannot see {self.store.folder(task.stage, task.key)}, "
+                                f"which rank 0 wrote; on several nodes --artifacts must be a shared folder")
+        return artifact
+
     def _execute(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
+        if distributed.rank() == 0:
+            outcome = self._execute_here(task, inputs)
+            distributed.barrier()
+            return outcome
+        if task.stage in distributed.TRAINING_STAGES:
+            # Every rank trains its slice of each batch; only rank 0's output is kept.
+            with tempfile.TemporaryDirectory() as scratch:
+                resolve_stage(STAGES[task.stage].function)(StageContext(
+                    params=task.params, inputs=inputs, output=Path(scratch), variant=task.variant,
+                    device=self.device, progress=no_progress))
+        distributed.barrier()
+        return Outcome(task, self._written_by_rank_0(task), ran=True, wall_s=0.0)
+
+    def _execute_here(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
         decl = STAGES[task.stage]
         stage_function = resolve_stage(decl.function)
         self.on_start(task)

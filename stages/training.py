@@ -91,10 +91,15 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
           loss_fn: LossFunction = cross_entropy_loss, progress=no_progress,
           label: str = "training") -> TrainResult:
     """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory."""
+    from pipeline import distributed
+
     device = data.device
     model.to(device=device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
+    # Under torchrun each rank trains on its slice of every global batch (same order, same seed).
+    ranks, rank = distributed.world_size(), distributed.rank()
+    net = distributed.data_parallel(model, device) if ranks > 1 else model
     generator = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
@@ -114,17 +119,21 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                         group["lr"] = recipe.lr * lr_factor(recipe, point)
                 index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
-                output = model(images)
+                if ranks > 1:
+                    images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
+                output = net(images)
                 loss = loss_fn(output, images, labels)
                 logits = output[0] if isinstance(output, tuple) else output
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.detach() * len(index)
+                loss_sum += loss.detach() * len(labels)
                 # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
                 hits = logits.detach().argmax(-1) == labels
                 correct += hits.view(-1, len(labels)).float().mean(0).sum()
                 advance(1)
+            distributed.all_reduce_sum(loss_sum)
+            distributed.all_reduce_sum(correct)
             epoch_loss = float(loss_sum) / n
             if not math.isfinite(epoch_loss):
                 raise PipelineError(f"{label}: the loss became {epoch_loss} in epoch {epoch + 1}; lower "
