@@ -76,6 +76,12 @@ class TrainingConfig(Section):
     warmup_epochs: float | None = Field(
         None, gt=0, description="Ramp the LR up linearly over this many epochs (null: no warm-up). "
         "Very deep ResNets (110 layers) need it to start training at LR 0.1 (He et al. 2016).")
+    precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="Arithmetic of the training step: bf16 autocast or fp32 (null: bf16 on a CUDA GPU, "
+        "fp32 elsewhere).")
+    compile: bool | None = Field(
+        None, description="torch.compile the network for training (null: no). Its compile time is reported "
+        "apart from the steady-state throughput.")
 
 
 class TeacherConfig(Section):

@@ -75,5 +75,6 @@ def train_peers(ctx: StageContext) -> dict:
         "test_accuracy": sum(m["test_accuracy"] for m in members.values()) / len(members),
         "train_wall_s": result.wall_s,
         "train_images_per_second": result.images_per_second,
+        "train_first_step_s": result.first_step_s,
         "device": str(device),
     }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On a GPU machine, in one call: the training throughput bench, then the shortened CIFAR-100 run
+# (ResNet-56 -> ResNet-20, 30 epochs each) with the wall time of each stage. CIFAR-100 comes from
+# $CIFAR100_NPZ, or is joined from the parts that ../shared/datasets/README.md says how to carry
+# (.data/c100/part-*.npz with .data/chunk.py). Output goes to $OUT (default /tmp/gpu-bench).
+#   bash bench/gpu_cifar100.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-bench}
+mkdir -p "$OUT"
+DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
+if [ ! -f "$DATA" ]; then
+  python3 .data/chunk.py join .data/c100 "$DATA"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 bench/train_throughput.py --device cuda --steps 100 2>&1 | tee "$OUT/bench.txt"
+python3 bench/train_throughput.py --device cuda --steps 100 --teacher resnet56 --student resnet20 2>&1 \
+  | tee "$OUT/bench_resnet56.txt"
+start=$(date +%s)
+python3 -m pipeline run profiles/paper/cifar100_resnet56_resnet20_30ep.yaml --until distill --device cuda \
+  --artifacts "$OUT/artifacts" --set data.root="$DATA" 2>&1 | tee "$OUT/run.log"
+echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/run.log"
