@@ -131,28 +131,38 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="pipeline and plain loop alternate this many times; the best of each counts")
     args = parser.parse_args()
     device = torch.device(args.device)
     data = synthetic_data(args.batch * args.steps)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
                                f" ({torch.get_num_threads()} threads)")
-          + f", torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps, synthetic 32x32 images")
+          + f", torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps, best of {args.rounds} "
+          f"alternating rounds, synthetic 32x32 images")
 
     def fresh(arch: str, p_last: float = 1.0):
         torch.manual_seed(0)
         return build_model(arch, CLASSES, 3, p_last)
 
+    def best_of(ours, plain) -> tuple[float, float]:
+        # Alternating the two and keeping each one's best leaves out bursts of load from elsewhere.
+        best = [0.0, 0.0]
+        for _ in range(args.rounds):
+            best = [max(best[0], ours()), max(best[1], plain())]
+        return best[0], best[1]
+
     rows = []
     for arch in (args.teacher, args.student):
-        ours = pipeline_images_per_s(fresh(arch), data, device, args.batch, args.steps)
-        plain = reference_images_per_s(fresh(arch), data, device, args.batch, args.steps)
-        rows.append((f"train step, {arch}", ours, plain))
+        rows.append((f"train step, {arch}", *best_of(
+            lambda: pipeline_images_per_s(fresh(arch), data, device, args.batch, args.steps),
+            lambda: reference_images_per_s(fresh(arch), data, device, args.batch, args.steps))))
     teacher = fresh(args.teacher, 0.5).to(device=device, memory_format=torch.channels_last).eval()
     for k in args.k:
         loss = distillation_loss(teacher, DistillConfig(teacher_samples=k, p_last=0.5))
-        ours = pipeline_images_per_s(fresh(args.student), data, device, args.batch, args.steps, loss)
-        plain = reference_images_per_s(fresh(args.student), data, device, args.batch, args.steps, teacher, k)
-        rows.append((f"distill step, K={k}", ours, plain))
+        rows.append((f"distill step, K={k}", *best_of(
+            lambda: pipeline_images_per_s(fresh(args.student), data, device, args.batch, args.steps, loss),
+            lambda: reference_images_per_s(fresh(args.student), data, device, args.batch, args.steps, teacher, k))))
     ours, plain = eval_images_per_s(fresh(args.student), data, device)
     rows.append((f"evaluation, {args.student}", ours, plain))
 
