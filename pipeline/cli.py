@@ -120,7 +120,9 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         Runner(ArtifactStore(root), device=device).run(tasks, forced)
         return
     runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
-                    on_start=ui.stage_started, on_done=ui.stage_finished)
+                    on_start=ui.stage_started, on_done=ui.stage_finished,
+                    on_wait=lambda task, holder: ui.warn(
+                        f"{task.id}: another run (process {holder}) is building it; waiting for it"))
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
     outcomes = runner.run(tasks, forced)

@@ -48,8 +48,10 @@ def resolve_stage(function: str) -> Callable[[StageContext], dict[str, Any]]:
 class Runner:
     def __init__(self, store: ArtifactStore, *, device: str = "auto", progress=no_progress,
                  on_start: Callable[[Task], None] = lambda task: None,
-                 on_done: Callable[[Outcome], None] = lambda outcome: None) -> None:
+                 on_done: Callable[[Outcome], None] = lambda outcome: None,
+                 on_wait: Callable[[Task, str], None] = lambda task, holder: None) -> None:
         self.store = store
+        self.on_wait = on_wait
         self.device = device
         self.progress = progress
         self.on_start = on_start
@@ -66,7 +68,8 @@ class Runner:
             if distributed.broadcast(artifact is not None):
                 outcome = Outcome(task, artifact or self._written_by_rank_0(task), ran=False, wall_s=0.0)
             else:
-                outcome = self._execute(task, {role: done[id(t)].artifact for role, t in task.needs.items()})
+                outcome = self._execute(task, {role: done[id(t)].artifact for role, t in task.needs.items()},
+                                        task.id in forced)
             done[id(task)] = outcome
             self.on_done(outcome)
         return list(done.values())
@@ -78,9 +81,12 @@ class Runner:
                                 f"which rank 0 wrote; on several nodes --artifacts must be a shared folder")
         return artifact
 
-    def _execute(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
+    def _execute(self, task: Task, inputs: dict[str, StageInput], forced: bool = False) -> Outcome:
         if distributed.rank() == 0:
-            outcome = self._execute_here(task, inputs)
+            with self.store.lock(task.stage, task.key, on_wait=lambda holder: self.on_wait(task, holder)):
+                # Another run may have built it while this one waited for the lock.
+                built = None if forced else self.store.lookup(task.stage, task.key)
+                outcome = Outcome(task, built, ran=False, wall_s=0.0) if built else self._execute_here(task, inputs)
             distributed.barrier()
             return outcome
         if task.stage in distributed.TRAINING_STAGES:

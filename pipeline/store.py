@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import ArtifactError
+from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 
 MANIFEST = "manifest.json"
@@ -69,9 +70,17 @@ class ArtifactStore:
                 return f"{name} does not match its checksum"
         return None
 
+    def lock(self, stage: str, key: str, on_wait=lambda holder: None):
+        """Held while ``stage:key`` is being built, so that two runs never build it at once."""
+        return key_lock(self.root / "store" / stage / f".lock-{key}", on_wait)
+
     def begin(self, stage: str, key: str) -> Path:
-        """A fresh, empty folder for a stage to write into."""
-        scratch = self.root / "store" / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        """A fresh, empty folder for a stage to write into; scratch folders that a killed run left
+        behind are removed first."""
+        folder = self.root / "store" / stage
+        for stale in remove_dead_scratch(folder) if folder.is_dir() else []:
+            self.warn(f"{stale}: removed, left behind by a run that was killed")
+        scratch = folder / scratch_name(key, uuid.uuid4().hex[:8])
         try:
             scratch.mkdir(parents=True)
         except OSError as exc:

@@ -171,3 +171,21 @@ def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first
     assert "## Roofline estimate for orin (an estimate, not a measurement)" in report
     estimate = json.loads((artifacts / "tiny" / "report.json").read_text())["estimate"]
     assert {(r["precision"], r["batch_size"]) for r in estimate} == {("fp16", 1), ("fp16", 8), ("int8", 1), ("int8", 8)}
+
+
+def test_two_runs_at_once_build_each_artifact_once(tmp_path):
+    import os
+
+    command = [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path)]
+    env = {**os.environ, "COLUMNS": "200"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in first.stdout:
+        if line.startswith("▶ teacher:teacher"):
+            break
+    second = subprocess.run(command, capture_output=True, text=True, env=env)
+    rest, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "another run (process" in second.stderr and "waiting for it" in second.stderr
+    assert "0 ran, 1 from the cache" in second.stdout and "1 ran" in rest
+    assert [p.name for p in (tmp_path / "store" / "teacher").iterdir() if not p.name.startswith(".lock")] \
+        and not list((tmp_path / "store" / "teacher").glob(".tmp-*"))

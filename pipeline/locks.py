@@ -1,0 +1,93 @@
+"""One lock per stage key, so that two runs of the same profile never build the same artifact at once.
+
+A lock is a file created exclusively (``O_EXCL``) that names its holder: process id, host, start
+time. A second run waits for it and says who holds it; a lock whose process has died on this host
+is stale and taken over. Scratch folders that a dead process left behind are removed the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+POLL_S = 1.0
+
+
+def holder_text() -> str:
+    return f"{os.getpid()} {platform.node()} {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _dead_here(holder: str) -> bool:
+    """True when ``holder`` names a process on this host that no longer runs."""
+    parts = holder.split()
+    if len(parts) < 2 or not parts[0].isdigit():
+        return False
+    return parts[1] == platform.node() and not process_alive(int(parts[0]))
+
+
+@contextmanager
+def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
+             timeout_s: float | None = None) -> Iterator[None]:
+    """Hold the lock file ``path`` for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    told = False
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = path.read_text().strip()
+            except OSError:
+                continue  # released between our two calls: try again
+            if _dead_here(holder):
+                path.unlink(missing_ok=True)  # a stale lock: its process is gone
+                continue
+            if not told:
+                on_wait(holder)
+                told = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{path} is held by process {holder}")
+            time.sleep(POLL_S)
+            continue
+        with os.fdopen(descriptor, "w") as lock:
+            lock.write(holder_text())
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def scratch_name(key: str, token: str) -> str:
+    """A scratch folder's name, carrying its writer's process id so a later run can tell it is dead."""
+    return f".tmp-{key}-{os.getpid()}-{platform.node()}-{token}"
+
+
+def remove_dead_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders in ``folder`` whose writer died on this host; returns them."""
+    removed = []
+    for scratch in folder.glob(".tmp-*"):
+        parts = scratch.name.split("-")
+        # .tmp-<key>-<pid>-<host...>-<token>; the host may itself hold dashes.
+        if len(parts) >= 5 and parts[2].isdigit():
+            host = "-".join(parts[3:-1])
+            if host == platform.node() and not process_alive(int(parts[2])):
+                shutil.rmtree(scratch, ignore_errors=True)
+                removed.append(scratch)
+    return removed
