@@ -61,6 +61,10 @@ def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({exc}); "
+        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+            raise ArtifactError(f"{folder / WEIGHTS}: refused: it holds more than tensors, and loading it could "
+                                f"run code it carries; rerun the stage that made it with --force") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({first_line}); "
                             f"rerun the stage that made it with --force") from exc
     return model.eval()

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+
+from pipeline.errors import ArtifactError
+from stages.checkpoint import WEIGHTS, ModelSpec, load_model, save_model
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    spec = ModelSpec("resnet8", 10, 3, 32, 1.0, "batch", (0.5,) * 3, (0.25,) * 3)
+    save_model(spec.build(), spec, tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"weights": RunsCodeWhenUnpickled(marker)}, tmp_path / WEIGHTS)
+    with pytest.raises(ArtifactError, match=f"{WEIGHTS}: refused: .*could run code.*rerun the stage") as refused:
+        load_model(tmp_path)
+    assert "\n" not in str(refused.value)  # one line
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_gets_one_line(tmp_path):
+    spec = ModelSpec("resnet8", 10, 3, 32, 1.0, "batch", (0.5,) * 3, (0.25,) * 3)
+    save_model(spec.build(), spec, tmp_path)
+    data = (tmp_path / WEIGHTS).read_bytes()
+    (tmp_path / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=f"{WEIGHTS}: cannot load weights") as broken:
+        load_model(tmp_path)
+    assert "\n" not in str(broken.value)
