@@ -116,6 +116,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
+            # The first batch whose loss is not finite, kept on the device: no sync per step.
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
             for step in range(steps_per_epoch):
                 warming = epoch < (recipe.warmup_epochs or 0)
                 if step == 0 or warming:
@@ -135,6 +137,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * len(labels)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.full_like(first_bad, step + 1), first_bad)
                 # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
                 hits = logits.detach().argmax(-1) == labels
                 correct += hits.view(-1, len(labels)).float().mean(0).sum()
@@ -146,8 +150,10 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
             distributed.all_reduce_sum(correct)
             epoch_loss = float(loss_sum) / n
             if not math.isfinite(epoch_loss):
-                raise PipelineError(f"{label}: the loss became {epoch_loss} in epoch {epoch + 1}; lower "
-                                    f"the learning rate ({recipe.lr}) and run again")
+                batch = int(first_bad) if int(first_bad) > 0 else "?"
+                raise PipelineError(f"{label}: the loss became {epoch_loss} in epoch {epoch + 1}, batch {batch} of "
+                                    f"{steps_per_epoch}; nothing was saved for this stage. Lower the learning rate "
+                                    f"({recipe.lr}) or add training.warmup_epochs, and run again")
             history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(correct) / n,
                             "lr": optimizer.param_groups[0]["lr"]})
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")

@@ -20,3 +20,30 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
     assert lr_factor(recipe, 0.5) == pytest.approx(0.25)
     assert lr_factor(recipe, 1.0) == pytest.approx(0.5)
     assert lr_factor(recipe, 2.0) == 1.0 and lr_factor(recipe, 6) == pytest.approx(0.1)
+
+
+def test_a_diverging_loss_names_the_epoch_and_the_batch():
+    import numpy as np
+    import torch
+
+    from pipeline.config import Augmentation
+    from pipeline.errors import PipelineError
+    from stages.architectures import build_model
+    from stages.data import ImageDataset
+    from stages.training import DeviceData, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 4, 64)
+    data = DeviceData(ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,), (0.25,)), torch.device("cpu"))
+    calls = []
+
+    def loss_going_bad_at_the_third_batch(logits, images, labels):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    recipe = TrainingConfig(epochs=2, batch_size=16, lr=0.1)
+    with pytest.raises(PipelineError, match=r"the loss became nan in epoch 1, batch 3 of 4; nothing was saved"):
+        train(build_model("resnet8", 4, 1), data, recipe, augmentation=Augmentation(crop_padding=0,
+              horizontal_flip=False), seed=0, loss_fn=loss_going_bad_at_the_third_batch)
