@@ -311,6 +311,14 @@ class Profile(Section):
         return self
 
     @model_validator(mode="after")
+    def _engine_tuned_within_its_batches(self) -> "Profile":
+        tuned, sizes = self.target.tensorrt.optimization_batch, self.benchmark.batch_sizes
+        if self.target.backend == "tensorrt" and tuned is not None and not min(sizes) <= tuned <= max(sizes):
+            raise ValueError(f"target.tensorrt.optimization_batch = {tuned} lies outside benchmark.batch_sizes "
+                             f"{list(sizes)}; an engine runs only the batch sizes between their smallest and largest")
+        return self
+
+    @model_validator(mode="after")
     def _teacher_can_be_sampled(self) -> "Profile":
         teaching = self.distill.p_last
         if teaching is not None and teaching < 1.0 and not resolve_skips(

@@ -38,6 +38,12 @@ def test_status_imports_no_framework(tmp_path):
     (["teacher", "--device", "gpu"], "--device 'gpu': allowed: auto, cpu, cuda or cuda:N"),
     (["status", "--set", "data.dataset=cifar100", "--set", "data.root=/nowhere/c.npz"],
      "data.root=/nowhere/c.npz: no such file"),
+    (["status", "--set", "teacher.p_lst=0.5"], "unknown key 'teacher.p_lst' (did you mean 'p_last'?)"),
+    (["status", "--set", "teacher.arch=resnet999"], "unknown network 'resnet999'; allowed: resnet8"),
+    (["status", "--set", "benchmark.warmup=abc"], "benchmark.warmup = 'abc': Input should be a valid integer"),
+    (["status", "--set", "methods=[xyz]"], "methods.0 = 'xyz': Input should be 'kd' or 'dml'"),
+    (["status", "--set", "target.backend=tensorrt", "--set", "target.tensorrt.optimization_batch=500"],
+     "target.tensorrt.optimization_batch = 500 lies outside benchmark.batch_sizes [1, 64]"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(args, message):
     done = cli(*args)
@@ -58,3 +64,11 @@ def test_the_default_profile_is_found_from_any_directory(tmp_path):
     done = subprocess.run([sys.executable, "-c", "from pipeline.profiles import default_profile_path; "
                            "print(default_profile_path().is_file())"], cwd=tmp_path, capture_output=True, text=True)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
+    profile = tmp_path / "broken.yaml"
+    profile.write_text("name: x\nteacher: {arch: resnet8\n")
+    done = cli("status", str(profile))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert f"{profile}: YAML syntax error at line 3, column 1" in done.stderr
