@@ -167,7 +167,8 @@ class AnalysisConfig(Section):
 
 class ExportConfig(Section):
     opset: int = Field(18, ge=13, description="ONNX opset.")
-    tolerance: float = Field(1e-3, gt=0, description="Max abs logit difference ONNX Runtime vs PyTorch accepted.")
+    tolerance: float = Field(1e-3, gt=0, description="Largest logit difference ONNX Runtime vs PyTorch accepted, "
+                             "relative to the largest logit where that exceeds 1.")
 
 
 class QuantizeConfig(Section):

@@ -22,3 +22,24 @@ def test_normalized_images_export_to_a_graph_of_network_operators_only(tmp_path)
     export_onnx(build_model("resnet8", 2, 3, 0.5), torch.from_numpy(example), path, opset=18)
     operators = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert operators == {"Conv", "Relu", "Add", "Slice", "Pad", "ReduceMean", "Reshape", "Gemm"}
+
+
+def test_huge_logits_are_judged_relative_to_their_size(tmp_path):
+    from pipeline.config import ExportConfig
+    from stages.checkpoint import ModelSpec, save_model
+    from stages.context import StageContext, StageInput
+    from stages.export import export_model
+
+    data = load_dataset(DataConfig(dataset="digits"))
+    spec = ModelSpec("resnet8", 10, 1, 8, 1.0, "batch", data.mean, data.std)
+    torch.manual_seed(0)
+    model = spec.build()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e6)  # logits around 1e6, as a diverged network gives
+    (tmp_path / "model").mkdir()
+    (tmp_path / "out").mkdir()
+    save_model(model, spec, tmp_path / "model")
+    metrics = export_model(StageContext(params={"export": ExportConfig(), "data": DataConfig(dataset="digits")},
+                                        inputs={"model": StageInput(tmp_path / "model", {})},
+                                        output=tmp_path / "out"))
+    assert metrics["max_abs_logit"] > 1e4 and metrics["top1_agreement"] == 1.0
