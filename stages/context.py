@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from pipeline.errors import ArtifactError
+
 
 class Advance(Protocol):
     def __call__(self, steps: int = 1, description: str | None = None) -> None: ...
@@ -40,7 +42,13 @@ class StageInput:
         return self.manifest.get("metrics", {})
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """A file of this artifact. Names come from the artifact's own records, which could have been
+        edited: one that leads outside the artifact's folder is refused."""
+        path = self.path / name
+        if not path.resolve().is_relative_to(self.path.resolve()):
+            raise ArtifactError(f"{self.path}: refers to {name!r}, outside its own folder; the artifact was "
+                                f"tampered with, delete it and run again")
+        return path
 
     def model_folder(self, member: str | None = None) -> Path:
         """The folder of a trained model: the artifact itself, or one member of it."""

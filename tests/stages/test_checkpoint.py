@@ -34,3 +34,13 @@ def test_a_truncated_checkpoint_gets_one_line(tmp_path):
     with pytest.raises(ArtifactError, match=f"{WEIGHTS}: cannot load weights") as broken:
         load_model(tmp_path)
     assert "\n" not in str(broken.value)
+
+
+def test_an_artifact_cannot_name_a_file_outside_its_folder(tmp_path):
+    from stages.context import StageInput
+
+    artifact = StageInput(tmp_path / "store" / "engine" / "abc", {})
+    assert artifact.file("engine.fp32.ort.onnx") == artifact.path / "engine.fp32.ort.onnx"
+    for escape in ("../../../../etc/passwd", "/etc/passwd"):
+        with pytest.raises(ArtifactError, match="outside its own folder; the artifact was tampered with"):
+            artifact.file(escape)
