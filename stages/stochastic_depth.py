@@ -30,6 +30,27 @@ def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
     return [1.0 - (i / (n_blocks - 1)) * (1.0 - p_last) for i in range(n_blocks)]
 
 
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows of a batch whose sub-network keeps a block, and the factor its branch is scaled by."""
+    index: torch.Tensor
+    factor: float
+
+
+def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device) -> KeptRows | float:
+    """Batch mode with ``groups`` sub-networks: 0.0 or ``1/survival`` when all groups agree, else the
+    rows of the groups that keep the block."""
+    # Coins are drawn on the CPU: a whole-batch decision never waits on the device.
+    kept = torch.rand(groups) < survival
+    if bool(kept.all()):
+        return 1.0 / survival
+    if not bool(kept.any()):
+        return 0.0
+    size = n_rows // groups
+    rows = (kept.nonzero().view(-1, 1) * size + torch.arange(size)).view(-1)
+    return KeptRows(rows.to(device, non_blocking=True), 1.0 / survival)
+
+
 def keep_scale(
     n_rows: int, survival: float, mode: DropMode, groups: int, device: torch.device
 ) -> torch.Tensor | float:
@@ -40,39 +61,16 @@ def keep_scale(
     float ``1/survival`` when every row survives, so a kept batch costs no mask multiply.
     """
     if mode == "batch":
-        # Coins are drawn on the CPU: a whole-batch decision never waits on the device.
-        kept = torch.rand(groups) < survival
-        if bool(kept.all()):
-            return 1.0 / survival
-        if not bool(kept.any()):
-            return 0.0
-        rows = kept.repeat_interleave(n_rows // groups).to(device=device, dtype=torch.float32)
-        return (rows / survival).view(-1, 1, 1, 1)
+        decision = kept_groups(n_rows, survival, groups, device)
+        if isinstance(decision, float):
+            return decision
+        rows = torch.zeros(n_rows, device=device)
+        rows[decision.index] = decision.factor
+        return rows.view(-1, 1, 1, 1)
     if mode == "sample":
         rows = torch.empty(n_rows, device=device).bernoulli_(survival)
         return (rows / survival).view(-1, 1, 1, 1)
     raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
-
-
-@dataclass(frozen=True)
-class KeptRows:
-    """The rows of a batch whose sub-network keeps a block, and the factor its branch is scaled by."""
-    index: torch.Tensor
-    factor: float
-
-
-def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device) -> KeptRows | float:
-    """Batch mode with ``groups`` sub-networks: 0.0 or ``1/survival`` when all groups agree, else the
-    rows of the groups that keep the block. Draws exactly what ``keep_scale`` draws."""
-    kept = torch.rand(groups) < survival
-    if bool(kept.all()):
-        return 1.0 / survival
-    if not bool(kept.any()):
-        return 0.0
-    size = n_rows // groups
-    # Built on the CPU, where the coins are: the device never waits for a decision.
-    rows = (kept.nonzero().view(-1, 1) * size + torch.arange(size)).view(-1)
-    return KeptRows(rows.to(device, non_blocking=True), 1.0 / survival)
 
 
 class DropPath(nn.Module):
@@ -101,7 +99,7 @@ class DropPath(nn.Module):
     def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | KeptRows | float:
         if self.forced is not None:
             return 1.0 / self.survival if self.forced else 0.0
-        if self.mode == "batch" and self.groups > 1:
+        if self.mode == "batch":
             return kept_groups(n_rows, self.survival, self.groups, device)
         return keep_scale(n_rows, self.survival, self.mode, self.groups, device)
 
