@@ -84,19 +84,22 @@ class Runner:
     def _execute(self, task: Task, inputs: dict[str, StageInput], forced: bool = False) -> Outcome:
         if distributed.rank() == 0:
             with self.store.lock(task.stage, task.key, on_wait=lambda holder: self.on_wait(task, holder)):
-                # Another run may have built it while this one waited for the lock.
+                # Another run may have built it while this one waited for the lock; the other ranks
+                # learn whether this one builds it before they start training with it.
                 built = None if forced else self.store.lookup(task.stage, task.key)
+                distributed.broadcast(built is None)
                 outcome = Outcome(task, built, ran=False, wall_s=0.0) if built else self._execute_here(task, inputs)
             distributed.barrier()
             return outcome
-        if task.stage in distributed.TRAINING_STAGES:
+        builds = distributed.broadcast(None)
+        if builds and task.stage in distributed.TRAINING_STAGES:
             # Every rank trains its slice of each batch; only rank 0's output is kept.
             with tempfile.TemporaryDirectory() as scratch:
                 resolve_stage(STAGES[task.stage].function)(StageContext(
                     params=task.params, inputs=inputs, output=Path(scratch), variant=task.variant,
                     device=self.device, progress=no_progress))
         distributed.barrier()
-        return Outcome(task, self._written_by_rank_0(task), ran=True, wall_s=0.0)
+        return Outcome(task, self._written_by_rank_0(task), ran=builds, wall_s=0.0)
 
     def _execute_here(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
         decl = STAGES[task.stage]
