@@ -67,8 +67,16 @@ def load_infer(spec: dict):
         return infer
     from stages.backends import get_backend
 
-    target = SimpleNamespace(**spec["target"])
+    target = _namespace(spec["target"])
     return get_backend(spec["backend"]).load(Path(spec["engine_path"]), target)
+
+
+def _namespace(value):
+    """A target's settings as attributes, nested sections included (``target.tensorrt.dla_core``),
+    without importing the profile schema into the measuring process."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _namespace(v) for k, v in value.items()})
+    return value
 
 
 def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations: int) -> list[dict]:

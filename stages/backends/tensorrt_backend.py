@@ -119,9 +119,8 @@ class TensorRTRunner:
         self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
-        dla_core = target.tensorrt["dla_core"] if isinstance(target.tensorrt, dict) else target.tensorrt.dla_core
-        if dla_core is not None:
-            runtime.DLA_core = dla_core
+        if target.tensorrt.dla_core is not None:
+            runtime.DLA_core = target.tensorrt.dla_core
         self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise ArtifactError(f"{engine_path}: TensorRT {trt.__version__} cannot load this engine (built by "
