@@ -12,8 +12,7 @@ def budget_verdict(row: dict[str, Any], budgets: dict[str, Any], fp32_accuracy: 
     """"within", "over: ..." naming each budget missed, or None when the target sets no budget that
     applies to this row."""
     over, judged = [], False
-    limit = budgets.get("latency_ms", {}).get(row["batch_size"]) or budgets.get("latency_ms", {}).get(
-        str(row["batch_size"]))
+    limit = budgets.get("latency_ms", {}).get(row["batch_size"])
     if limit is not None:
         judged = True
         if row["latency_p50_ms"] > limit:

@@ -112,21 +112,21 @@ def render_markdown(report: dict[str, Any]) -> str:
               "|" + " --- |" * (16 + 2 * gpu + energy)]
     for r in report["rows"]:
         runtime = r["runtime"] + (f" (stand-in for {r['stand_in_for']})" if "stand_in_for" in r else "")
-        gpu_cells = ""
+        optional_cells = ""
         if gpu:
             split = (f"{r['h2d_p50_ms']:.3f} / {r['compute_p50_ms']:.3f} / {r['d2h_p50_ms']:.3f}"
                      if "compute_p50_ms" in r else "–")
-            gpu_cells = f"{r['device_memory_mb']:.1f} | " if "device_memory_mb" in r else "– | "
-            gpu_cells += f"{split} | "
+            optional_cells = f"{r['device_memory_mb']:.1f} | " if "device_memory_mb" in r else "– | "
+            optional_cells += f"{split} | "
         if energy:
-            gpu_cells += f"{r['energy_mj_per_image']:.3f} | " if "energy_mj_per_image" in r else "– | "
+            optional_cells += f"{r['energy_mj_per_image']:.3f} | " if "energy_mj_per_image" in r else "– | "
         lines.append(
             f"| {model_label(r['model'])} | {runtime} | {r.get('device', 'cpu')} | {r['precision']} | "
             f"{r['compute_precision']} | "
             f"{r['batch_size']} | {_pct(r['test_accuracy'])} | {r['latency_p50_ms']:.3f} | "
             f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | "
             f"{r['latency_mean_ms']:.3f} ± {r['latency_std_ms']:.3f} | {r['throughput_images_per_s']:.0f} | "
-            f"{r['peak_memory_mb']:.1f} | {gpu_cells}{r['file_size_bytes'] / 1024:.0f} | {r['parameters']:,} | "
+            f"{r['peak_memory_mb']:.1f} | {optional_cells}{r['file_size_bytes'] / 1024:.0f} | {r['parameters']:,} | "
             f"{r['macs'] / 1e6:.2f} | {r.get('budget') or '–'} |")
     lines += ["", "Peak MB: peak resident memory of the measuring process above what its runtime took "
               "before the model was loaded. Latency: wall time of one batch after warm-up. "
@@ -231,7 +231,8 @@ def write_report(ctx: StageContext) -> dict:
     first = ctx.inputs[f"benchmark:{models[0]}"].metrics
     batch = max(r["batch_size"] for r in rows)
     deployment = ctx.params.get("deployment", {})
-    budgets = deployment["budgets"].model_dump(mode="json") if "budgets" in deployment else {}
+    # Python mode keeps latency budgets keyed by integer batch sizes, as the rows are.
+    budgets = deployment["budgets"].model_dump() if "budgets" in deployment else {}
     judge_rows(rows, budgets)
     hardware = deployment["hardware"].model_dump(mode="json") if "hardware" in deployment else None
     estimate = roofline_rows({m: ctx.inputs[f"benchmark:{m}"].metrics["layer_costs"] for m in models}, hardware,
