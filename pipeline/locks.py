@@ -32,12 +32,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _dead_here(holder: str) -> bool:
-    """True when ``holder`` names a process on this host that no longer runs."""
-    parts = holder.split()
-    if len(parts) < 2 or not parts[0].isdigit():
-        return False
-    return parts[1] == platform.node() and not process_alive(int(parts[0]))
+def _dead_here(pid: str, host: str) -> bool:
+    """True when ``pid`` on ``host`` names a process of this host that no longer runs."""
+    return pid.isdigit() and host == platform.node() and not process_alive(int(pid))
 
 
 @contextmanager
@@ -55,7 +52,8 @@ def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
                 holder = path.read_text().strip()
             except OSError:
                 continue  # released between our two calls: try again
-            if _dead_here(holder):
+            pid, host = (holder.split() + ["", ""])[:2]  # "<pid> <host> <time>"
+            if _dead_here(pid, host):
                 path.unlink(missing_ok=True)  # a stale lock: its process is gone
                 continue
             if not told:
@@ -85,9 +83,7 @@ def remove_dead_scratch(folder: Path) -> list[Path]:
     for scratch in folder.glob(".tmp-*"):
         parts = scratch.name.split("-")
         # .tmp-<key>-<pid>-<host...>-<token>; the host may itself hold dashes.
-        if len(parts) >= 5 and parts[2].isdigit():
-            host = "-".join(parts[3:-1])
-            if host == platform.node() and not process_alive(int(parts[2])):
-                shutil.rmtree(scratch, ignore_errors=True)
-                removed.append(scratch)
+        if len(parts) >= 5 and _dead_here(parts[2], "-".join(parts[3:-1])):
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
     return removed
