@@ -67,22 +67,28 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flav
                   keep_float: int = 0) -> tuple[str, list[str]]:
     """Writes the INT8 model with the ``keep_float`` most sensitive heavy nodes left in float; returns
     the shape inference its pre-processing used and the nodes kept in float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    activation, weight = (getattr(QuantType, name) for name in INT8_FLAVOURS[flavour])
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         shape_inference = prepare_for_quantization(source, prepared)
-        excluded = sensitive_first(prepared)[:keep_float]
-        input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
-        quantize_static(
-            str(prepared), str(target), ArrayReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,
-            weight_type=weight, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[cfg.calibration_method]),
-            nodes_to_exclude=excluded,
-            # Symmetric activations are what TensorRT's explicit-precision path expects.
-            extra_options={"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True})
-    return shape_inference, excluded
+        return shape_inference, quantize_prepared(prepared, target, calibration, cfg, flavour, keep_float)
+
+
+def quantize_prepared(prepared: Path, target: Path, calibration: np.ndarray, cfg, flavour: str,
+                      keep_float: int) -> list[str]:
+    """``quantize_int8`` on an already pre-processed model; returns the nodes kept in float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    activation, weight = (getattr(QuantType, name) for name in INT8_FLAVOURS[flavour])
+    excluded = sensitive_first(prepared)[:keep_float]
+    input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
+    quantize_static(
+        str(prepared), str(target), ArrayReader(input_name, calibration),
+        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,
+        weight_type=weight, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[cfg.calibration_method]),
+        nodes_to_exclude=excluded,
+        # Symmetric activations are what TensorRT's explicit-precision path expects.
+        extra_options={"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True})
+    return excluded
 
 
 def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str, evaluate,
@@ -90,21 +96,24 @@ def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour
     """INT8 within ``max_drop_points`` of fp32: quantize everything, then keep the most sensitive
     heavy nodes in float one at a time (at most half of them) until the gate holds, or fail with the
     figures. In Q/DQ form this is also TensorRT's per-layer precision fallback."""
-    shape_inference, excluded = quantize_int8(source, target, calibration, cfg, flavour)
-    accuracy = evaluate(target)
-    limit = len(sensitive_first(source)) // 2
-    keep = 0
-    while max_drop_points is not None and 100 * (fp32_accuracy - accuracy) > max_drop_points:
-        if keep >= limit:
-            raise ArtifactError(
-                f"INT8 loses {100 * (fp32_accuracy - accuracy):.2f} points (fp32 {100 * fp32_accuracy:.2f} %, int8 "
-                f"{100 * accuracy:.2f} %), more than target.budgets.max_accuracy_drop = {max_drop_points}, even "
-                f"with {keep} layers kept in float ({', '.join(excluded)}); raise the budget, calibrate on more "
-                f"images (quantize.calibration_images) or another quantize.calibration_method, or drop int8 "
-                f"from quantize.precisions")
-        keep += 1
-        shape_inference, excluded = quantize_int8(source, target, calibration, cfg, flavour, keep)
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        shape_inference = prepare_for_quantization(source, prepared)  # once for every attempt
+        excluded = quantize_prepared(prepared, target, calibration, cfg, flavour, 0)
         accuracy = evaluate(target)
+        limit = len(sensitive_first(prepared)) // 2
+        keep = 0
+        while max_drop_points is not None and 100 * (fp32_accuracy - accuracy) > max_drop_points:
+            if keep >= limit:
+                raise ArtifactError(
+                    f"INT8 loses {100 * (fp32_accuracy - accuracy):.2f} points (fp32 {100 * fp32_accuracy:.2f} %, "
+                    f"int8 {100 * accuracy:.2f} %), more than target.budgets.max_accuracy_drop = {max_drop_points}, "
+                    f"even with {keep} layers kept in float ({', '.join(excluded)}); raise the budget, calibrate on "
+                    f"more images (quantize.calibration_images) or another quantize.calibration_method, or drop "
+                    f"int8 from quantize.precisions")
+            keep += 1
+            excluded = quantize_prepared(prepared, target, calibration, cfg, flavour, keep)
+            accuracy = evaluate(target)
     return {"test_accuracy": accuracy, "shape_inference": shape_inference, "kept_in_float": excluded,
             **({"max_accuracy_drop": max_drop_points} if max_drop_points is not None else {})}
 
@@ -125,6 +134,7 @@ def quantize_model(ctx: StageContext) -> dict:
     test_images = data.normalized(data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],
                               "size_bytes": source.stat().st_size}}
+
     def evaluate(path: Path) -> float:
         return accuracy(run_batched(make_session(path), test_images), data.y_test)
 

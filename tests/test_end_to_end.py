@@ -176,7 +176,9 @@ def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first
 def test_two_runs_at_once_build_each_artifact_once(tmp_path):
     import os
 
-    command = [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path)]
+    # Long enough that the second run certainly arrives while the first is still training.
+    command = [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path),
+               "--set", "teacher.training.epochs=6"]
     env = {**os.environ, "COLUMNS": "200"}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in first.stdout:
