@@ -36,6 +36,9 @@ NnodesOpt = typer.Option("1", "--nnodes", help="Nodes taking part (torchrun's --
 NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun's --node-rank).")
 MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
 MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
+CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
+                             help="Save training progress this often (and on Ctrl-C); a killed run started "
+                                  "again resumes from the last save.")
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -80,9 +83,14 @@ def user_errors() -> Iterator[None]:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted: finished stages are cached and the unfinished one left nothing behind; "
-              "rerun the same command to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from stages.resume import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"interrupted: {exc}", file=sys.stderr)
+        else:
+            print("interrupted: finished stages are cached, no half-written artifact is kept, and training "
+                  "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -94,7 +102,7 @@ def _check_device(device: str) -> str:
 
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
-             device: str = "auto", artifacts: Optional[Path] = None) -> None:
+             device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0) -> None:
     from pipeline import ui
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
@@ -117,10 +125,10 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     root = _artifacts_root(artifacts)
     if distributed.rank() != 0:
         # One rank speaks for all of them.
-        Runner(ArtifactStore(root), device=device).run(tasks, forced)
+        Runner(ArtifactStore(root), device=device, checkpoint_interval_s=checkpoint_every).run(tasks, forced)
         return
     runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
-                    on_start=ui.stage_started, on_done=ui.stage_finished,
+                    on_start=ui.stage_started, on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every,
                     on_wait=lambda task, holder: ui.warn(
                         f"{task.id}: another run (process {holder}) is building it; waiting for it"))
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
@@ -143,8 +151,9 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                                             help="Recompute this stage and every later one."),
         force: Optional[str] = typer.Option(None, "--force", metavar="STAGE",
                                             help="Recompute this stage even if cached."),
-        device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt, nproc_per_node: int = NprocOpt,
-        nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+        device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
+        checkpoint_every: float = CheckpointOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt,
+        node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
         master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
@@ -152,19 +161,20 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
             _check_stage(option, value)
         _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
-                 artifacts=artifacts)
+                 artifacts=artifacts, checkpoint_every=checkpoint_every)
 
 
 def _stage_command(name: str):
     def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
-                device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt, nproc_per_node: int = NprocOpt,
-                nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+                device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
+                checkpoint_every: float = CheckpointOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt,
+                node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
                 master_port: int = MasterPortOpt) -> None:
         with user_errors():
             _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                     artifacts=artifacts)
+                     artifacts=artifacts, checkpoint_every=checkpoint_every)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -210,7 +220,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
           set_: List[str] = SetOpt,
           until: str = typer.Option("mutual", "--until", metavar="STAGE",
                                     help="Last stage to run at each point (default: the last training stage)."),
-          device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt) -> None:
+          device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
+          checkpoint_every: float = CheckpointOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
@@ -234,7 +245,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         root = _artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
-                        on_done=ui.stage_finished)
+                        on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every)
         results = []
         for number, (point, loaded) in enumerate(zip(points, profiles), 1):
             ui.console.print(f"[bold]point {number}/{len(points)}[/]: "

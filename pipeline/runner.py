@@ -49,8 +49,10 @@ class Runner:
     def __init__(self, store: ArtifactStore, *, device: str = "auto", progress=no_progress,
                  on_start: Callable[[Task], None] = lambda task: None,
                  on_done: Callable[[Outcome], None] = lambda outcome: None,
-                 on_wait: Callable[[Task, str], None] = lambda task, holder: None) -> None:
+                 on_wait: Callable[[Task, str], None] = lambda task, holder: None,
+                 checkpoint_interval_s: float = 60.0) -> None:
         self.store = store
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.on_wait = on_wait
         self.device = device
         self.progress = progress
@@ -95,9 +97,11 @@ class Runner:
         if builds and task.stage in distributed.TRAINING_STAGES:
             # Every rank trains its slice of each batch; only rank 0's output is kept.
             with tempfile.TemporaryDirectory() as scratch:
+                # They resume from rank 0's checkpoint too, but never write one.
                 resolve_stage(STAGES[task.stage].function)(StageContext(
                     params=task.params, inputs=inputs, output=Path(scratch), variant=task.variant,
-                    device=self.device, progress=no_progress))
+                    device=self.device, progress=no_progress,
+                    checkpoints=self.store.resume_folder(task.stage, task.key)))
         distributed.barrier()
         return Outcome(task, self._written_by_rank_0(task), ran=builds, wall_s=0.0)
 
@@ -111,7 +115,9 @@ class Runner:
         try:
             metrics = stage_function(StageContext(
                 params=task.params, inputs=inputs, output=scratch, variant=task.variant,
-                device=self.device, progress=self.progress, shared=self.store.shared_folder(task.stage)))
+                device=self.device, progress=self.progress, shared=self.store.shared_folder(task.stage),
+                checkpoints=self.store.resume_folder(task.stage, task.key),
+                checkpoint_interval_s=self.checkpoint_interval_s))
             wall = time.perf_counter() - clock
             manifest = {
                 "stage": task.stage, "variant": task.variant, "version": decl.version,

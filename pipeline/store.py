@@ -3,7 +3,8 @@
 One folder per stage and key, ``<root>/store/<stage>/<key>/``, holding the stage's files and a
 ``manifest.json`` (key, config, metrics, timings, versions, device, seed, and a sha256 of every
 file). A folder is built under a temporary name and renamed into place only when complete, so a
-folder that exists under its key is finished. An entry whose manifest or checksums do not hold is a
+folder that exists under its key is finished. Training checkpoints of an unfinished task wait in
+``<root>/store/<stage>/.resume-<key>/`` until the task's folder is in place. An entry whose manifest or checksums do not hold is a
 cache miss, never an error: it is reported and rebuilt.
 """
 
@@ -70,6 +71,11 @@ class ArtifactStore:
                 return f"{name} does not match its checksum"
         return None
 
+    def resume_folder(self, stage: str, key: str) -> Path:
+        """Where a stage keeps its training checkpoints until its artifact is committed; a run killed
+        before that resumes from them."""
+        return self.root / "store" / stage / f".resume-{key}"
+
     def lock(self, stage: str, key: str, on_wait=lambda holder: None):
         """Held while ``stage:key`` is being built, so that two runs never build it at once."""
         return key_lock(self.root / "store" / stage / f".lock-{key}", on_wait)
@@ -102,6 +108,7 @@ class ArtifactStore:
             os.replace(final, retired)
             shutil.rmtree(retired, ignore_errors=True)
         os.replace(scratch, final)
+        shutil.rmtree(self.resume_folder(stage, key), ignore_errors=True)  # finished: nothing to resume
         return StageInput(final, manifest)
 
     def discard(self, scratch: Path) -> None:

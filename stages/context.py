@@ -67,3 +67,11 @@ class StageContext:
     # A folder kept across runs for tuning data that speeds later builds up (TensorRT's timing cache);
     # what is in it never changes a result.
     shared: Path | None = None
+    # Kept until the stage's artifact is committed, so that a killed or interrupted run resumes
+    # its training from where it stopped; saved every checkpoint_interval_s seconds of training.
+    checkpoints: Path | None = None
+    checkpoint_interval_s: float = 60.0
+
+    @property
+    def training_checkpoint(self) -> Path | None:
+        return self.checkpoints / "training.pt" if self.checkpoints is not None else None

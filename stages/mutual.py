@@ -58,7 +58,8 @@ def train_peers(ctx: StageContext) -> dict:
     result = train(peers, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation, seed=seed,
                    loss_fn=lambda logits, images, labels: mutual_loss(logits, labels, cfg.temperature,
                                                                        cfg.mimicry_weight),
-                   progress=ctx.progress, label=f"{ctx.variant} DML ({' + '.join(cfg.peers)})")
+                   progress=ctx.progress, label=f"{ctx.variant} DML ({' + '.join(cfg.peers)})",
+                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s)
     members = {}
     for index, (peer, spec) in enumerate(zip(peers.peers, specs)):
         folder = ctx.output / peer_folder(index)
@@ -76,5 +77,6 @@ def train_peers(ctx: StageContext) -> dict:
         "train_wall_s": result.wall_s,
         "train_images_per_second": result.images_per_second,
         "train_first_step_s": result.first_step_s,
+        "train_resumed_at": result.resumed_at,
         "device": str(device),
     }

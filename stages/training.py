@@ -6,6 +6,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import TrainingConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import ArtifactError, PipelineError
 from stages.augment import augmented_batch, normalize, padded_channels_last
 from stages.checkpoint import save_model
 from stages.context import no_progress
 from stages.data import ImageDataset
+from stages.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_state,
+                           stop_on_interrupt)
 
 # loss(model output, normalized images, labels) -> scalar. The output is the logits, or for a model
 # that returns more (see WithGroups) a tuple whose first element is the logits.
@@ -52,12 +55,13 @@ def lr_factor(recipe: TrainingConfig, epoch: float) -> float:
 @dataclass
 class TrainResult:
     epochs: int
-    wall_s: float
-    images_per_second: float  # steady state: after the first step, which carries any compilation
+    wall_s: float  # over every session of a resumed run
+    images_per_second: float  # steady state: after each session's first step, which carries any compilation
     final_train_loss: float
     final_train_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     first_step_s: float = 0.0
+    resumed_at: list[dict[str, int]] = field(default_factory=list)  # (epoch, batch) of each resumption
 
 
 class DeviceData:
@@ -89,9 +93,13 @@ class DeviceData:
 
 
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
-          loss_fn: LossFunction = cross_entropy_loss, progress=no_progress,
-          label: str = "training") -> TrainResult:
-    """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory."""
+          loss_fn: LossFunction = cross_entropy_loss, progress=no_progress, label: str = "training",
+          checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0) -> TrainResult:
+    """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory.
+
+    With ``checkpoint``, the training state is saved there at the first step boundary after every
+    ``checkpoint_interval_s`` seconds, on Ctrl-C, and at the end; a run that finds one there resumes
+    from it and ends with the weights an uninterrupted run would have given."""
     from pipeline import distributed
 
     device = data.device
@@ -102,30 +110,50 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     bf16 = recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
     # Under torchrun each rank trains on its slice of every global batch (same order, same seed).
     ranks, rank = distributed.world_size(), distributed.rank()
-    net = distributed.data_parallel(model, device) if ranks > 1 else model
-    if recipe.compile:
-        net = torch.compile(net)
     generator = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
-    history: list[dict[str, float]] = []
-    first_step_s = None
-    start = time.perf_counter()
-    with progress(label, recipe.epochs * steps_per_epoch) as advance:
-        for epoch in range(recipe.epochs):
-            order = torch.randperm(n, generator=generator).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            # The first batch whose loss is not finite, kept on the device: no sync per step.
-            first_bad = torch.full((), -1, dtype=torch.long, device=device)
-            for step in range(steps_per_epoch):
+    run = _RunState()
+    saved = load_state(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        # Restored before DDP wraps the model, which copies rank 0's weights to the other ranks.
+        run = _RunState.restore(saved, model, optimizer, generator, device, checkpoint, recipe.epochs,
+                                steps_per_epoch)
+    net = distributed.data_parallel(model, device) if ranks > 1 else model
+    if recipe.compile:
+        net = torch.compile(net)
+    saving = checkpoint is not None and rank == 0
+    session_start, last_save = time.perf_counter(), time.monotonic()
+    first_step_end, session_images = None, 0
+
+    def timing() -> dict[str, float]:
+        now = time.perf_counter()
+        steady = now - first_step_end if first_step_end is not None else 0.0
+        return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
+                "steady_images": run.timing["steady_images"] + session_images,
+                "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
+
+    def save() -> None:
+        if run.first_bad is not None and int(run.first_bad) >= 0 or not _finite(model):
+            raise _non_finite(label, run, steps_per_epoch, checkpoint)
+        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, timing()))
+        run.last_saved = (run.epoch, run.step)
+
+    with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:
+        if run.epoch or run.step:
+            advance(run.epoch * steps_per_epoch + run.step)
+        while run.epoch < recipe.epochs:
+            epoch = run.epoch
+            if run.order is None:
+                run.start_epoch(torch.randperm(n, generator=generator).to(device), device)
+            for step in range(run.step, steps_per_epoch):
                 warming = epoch < (recipe.warmup_epochs or 0)
-                if step == 0 or warming:
+                if step == 0 or warming or first_step_end is None:
                     # The LR changes once an epoch, and at every step while warming up.
                     point = epoch + (step + 1) / steps_per_epoch if warming else epoch
                     for group in optimizer.param_groups:
                         group["lr"] = recipe.lr * lr_factor(recipe, point)
-                index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
                 if ranks > 1:
                     images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
@@ -136,32 +164,128 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.detach() * len(labels)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                        torch.full_like(first_bad, step + 1), first_bad)
+                run.loss_sum += loss.detach() * len(labels)
+                # The first batch whose loss is not finite, kept on the device: no sync per step.
+                run.first_bad = torch.where((run.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                            torch.full_like(run.first_bad, step + 1), run.first_bad)
                 # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
                 hits = logits.detach().argmax(-1) == labels
-                correct += hits.view(-1, len(labels)).float().mean(0).sum()
+                run.correct += hits.view(-1, len(labels)).float().mean(0).sum()
+                run.step = step + 1
                 advance(1)
-                if first_step_s is None:
+                if first_step_end is None:
                     synchronize(device)
-                    first_step_s = time.perf_counter() - start
-            distributed.all_reduce_sum(loss_sum)
-            distributed.all_reduce_sum(correct)
-            epoch_loss = float(loss_sum) / n
+                    first_step_end = time.perf_counter()
+                    if run.timing["first_step_s"] is None:
+                        run.timing["first_step_s"] = first_step_end - session_start
+                else:
+                    session_images += len(index)
+                if stop or (saving and time.monotonic() - last_save >= checkpoint_interval_s):
+                    if saving:
+                        save()
+                        last_save = time.monotonic()
+                    if stop:
+                        where = (f"; its progress is saved in {checkpoint}: rerun the same command to resume "
+                                 f"from there" if saving else "")
+                        raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} "
+                                                  f"of {steps_per_epoch}{where}")
+            distributed.all_reduce_sum(run.loss_sum)
+            distributed.all_reduce_sum(run.correct)
+            epoch_loss = float(run.loss_sum) / n
             if not math.isfinite(epoch_loss):
-                batch = int(first_bad) if int(first_bad) > 0 else "?"
-                raise PipelineError(f"{label}: the loss became {epoch_loss} in epoch {epoch + 1}, batch {batch} of "
-                                    f"{steps_per_epoch}; nothing was saved for this stage. Lower the learning rate "
-                                    f"({recipe.lr}) or add training.warmup_epochs, and run again")
-            history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(correct) / n,
-                            "lr": optimizer.param_groups[0]["lr"]})
+                raise _non_finite(label, run, steps_per_epoch, checkpoint, str(epoch_loss))
+            run.history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(run.correct) / n,
+                                "lr": optimizer.param_groups[0]["lr"]})
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")
-    wall = time.perf_counter() - start
-    steps = recipe.epochs * steps_per_epoch
-    steady = (recipe.epochs * n - min(n, recipe.batch_size)) / (wall - first_step_s) if steps > 1 else n / wall
-    return TrainResult(recipe.epochs, wall, steady, history[-1]["loss"], history[-1]["train_accuracy"], history,
-                       first_step_s)
+            run.end_epoch()
+        if saving and run.last_saved != (run.epoch, run.step):
+            save()  # a kill while the model is evaluated or written does not cost the training
+    spent = timing()
+    steady = (spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0
+              else recipe.epochs * n / spent["elapsed_s"])
+    return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
+                       run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
+                       run.resumed_at)
+
+
+class _RunState:
+    """Where a training run stands: the next (epoch, batch), the epoch's order and running sums, the
+    per-epoch history and the time spent so far. What a checkpoint saves besides weights, optimizer
+    and generators."""
+
+    def __init__(self) -> None:
+        self.epoch, self.step = 0, 0
+        self.order: torch.Tensor | None = None
+        self.loss_sum = self.correct = self.first_bad = None
+        self.history: list[dict[str, float]] = []
+        self.timing: dict[str, float | None] = {"elapsed_s": 0.0, "steady_images": 0, "steady_s": 0.0,
+                                                "first_step_s": None}
+        self.resumed_at: list[dict[str, int]] = []
+        self.last_saved: tuple[int, int] | None = None
+
+    def start_epoch(self, order: torch.Tensor, device: torch.device) -> None:
+        self.order, self.step = order, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def end_epoch(self) -> None:
+        self.epoch, self.step, self.order = self.epoch + 1, 0, None
+
+    def snapshot(self, model, optimizer, generator, device, timing) -> dict:
+        on_cpu = (lambda t: None if t is None else t.detach().cpu())
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "rng": rng_states(device),
+            "epoch": self.epoch, "step": self.step, "order": on_cpu(self.order),
+            "sums": [on_cpu(self.loss_sum), on_cpu(self.correct), on_cpu(self.first_bad)],
+            "history": self.history, "timing": timing, "resumed_at": self.resumed_at,
+        }
+
+    @classmethod
+    def restore(cls, saved: dict, model, optimizer, generator, device, path: Path, epochs: int,
+                steps_per_epoch: int) -> "_RunState":
+        run = cls()
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+            restore_rng_states(saved["rng"], device)
+            run.epoch, run.step = int(saved["epoch"]), int(saved["step"])
+            if run.epoch > epochs or run.step > steps_per_epoch:
+                raise ValueError(f"it stands at epoch {run.epoch + 1}, batch {run.step}, beyond this recipe")
+            run.order = None if saved["order"] is None else saved["order"].to(device)
+            if run.order is not None:
+                run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
+            run.history, run.timing = list(saved["history"]), dict(saved["timing"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line}); delete it "
+                                f"to start this stage over") from exc
+        run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
+        run.last_saved = (run.epoch, run.step)
+        return run
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _non_finite(label: str, run: _RunState, steps_per_epoch: int, checkpoint: Path | None,
+                value: str = "non-finite") -> PipelineError:
+    batch = int(run.first_bad) if run.first_bad is not None and int(run.first_bad) > 0 else "?"
+    if run.last_saved is None:
+        kept = "nothing was saved for this stage"
+    else:
+        epoch, step = run.last_saved
+        kept = f"the last good checkpoint ({_position(epoch, step)}) is kept in {checkpoint}"
+    return PipelineError(f"{label}: the loss became {value} in epoch {run.epoch + 1}, batch {batch} of "
+                         f"{steps_per_epoch}; {kept}. Lower the learning rate or add training.warmup_epochs, "
+                         f"and run again")
+
+
+def _position(epoch: int, step: int) -> str:
+    return f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, batch {step}"
 
 
 def synchronize(device: torch.device) -> None:
@@ -187,8 +311,9 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
     ``with_groups`` trains it with a forward pass that also returns its group feature maps."""
     torch.manual_seed(seed)
     model = spec.build()
-    result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe, augmentation=augmentation, seed=seed,
-                   loss_fn=loss_fn, progress=ctx.progress, label=label)
+    result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe,
+                   augmentation=augmentation, seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=label,
+                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s)
     test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
     save_model(model, spec, ctx.output)
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
@@ -198,6 +323,7 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
         "train_wall_s": result.wall_s,
         "train_images_per_second": result.images_per_second,
         "train_first_step_s": result.first_step_s,
+        "train_resumed_at": result.resumed_at,
         "parameters": sum(p.numel() for p in model.parameters()),
         "arch": spec.arch,
         "device": str(device),

@@ -91,26 +91,67 @@ def test_single_stage_command_runs_only_what_it_needs(first_run):
     assert ran_tasks(done.stdout) == {"export:teacher", "export:student", "export:kd", "export:stochastic_kd"}
 
 
-def test_ctrl_c_leaves_nothing_half_written_and_says_how_to_go_on(tmp_path):
+def started_teacher(artifacts, *extra):
+    """A teacher run of 20 epochs, returned once its second epoch is done."""
     import os
     import signal
-    import time
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--set", "teacher.training.epochs=200",
-         "--artifacts", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--set", "teacher.training.epochs=20",
+         "--artifacts", str(artifacts), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stdout:
-        if line.startswith("▶ teacher:teacher"):
-            break
-    time.sleep(3)  # inside the training loop
+        if "epoch 2/20" in line:
+            return process
+    raise AssertionError(process.communicate()[1])
+
+
+def teacher_weights(artifacts) -> bytes:
+    [folder] = [p for p in (artifacts / "store" / "teacher").iterdir() if not p.name.startswith(".")]
+    return (folder / "model.pt").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_teacher(tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("uninterrupted")
+    done = cli("teacher", str(TINY), "--set", "teacher.training.epochs=20", artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    return teacher_weights(artifacts)
+
+
+def test_ctrl_c_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(tmp_path, uninterrupted_teacher):
+    import signal
+
+    process = started_teacher(tmp_path, "--checkpoint-every", "3600")  # only Ctrl-C saves
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "rerun the same command to continue" in stderr and "Traceback" not in stderr
-    assert list((tmp_path / "store" / "teacher").iterdir()) == []
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert re.fullmatch(r"interrupted: teacher resnet8: stopped in epoch \d+, after batch \d+ of \d+; its progress "
+                        r"is saved in \S+/store/teacher/\.resume-\w+/training\.pt: rerun the same command to "
+                        r"resume from there\n", stderr), stderr
+    store = tmp_path / "store" / "teacher"
+    assert [p.name[:8] for p in store.iterdir()] == [".resume-"]  # no artifact, no scratch, no lock
+    done = cli("teacher", str(TINY), "--set", "teacher.training.epochs=20", artifacts=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert teacher_weights(tmp_path) == uninterrupted_teacher
+    assert not list(store.glob(".resume-*"))  # committed: nothing left to resume
+
+
+def test_a_killed_run_resumes_and_ends_identical(tmp_path, uninterrupted_teacher):
+    import signal
+
+    process = started_teacher(tmp_path, "--checkpoint-every", "0.2")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert list((tmp_path / "store" / "teacher").glob(".resume-*/training.pt"))
+    done = cli("teacher", str(TINY), "--set", "teacher.training.epochs=20", artifacts=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "removed, left behind by a run that was killed" in done.stderr
+    assert teacher_weights(tmp_path) == uninterrupted_teacher
+    metrics = json.loads(next((tmp_path / "store" / "teacher").glob("*/manifest.json")).read_text())["metrics"]
+    assert len(metrics["train_resumed_at"]) == 1 and metrics["train_resumed_at"][0]["epoch"] >= 2
 
 
 def test_sweep_shares_cached_stages_and_reports_mean_and_std(tmp_path):

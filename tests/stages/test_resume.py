@@ -1,0 +1,156 @@
+"""Training resumed from a checkpoint ends exactly where an uninterrupted run ends."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Augmentation, TrainingConfig
+from pipeline.errors import ArtifactError, PipelineError
+from stages.architectures import build_model
+from stages.data import ImageDataset
+from stages.resume import TrainingInterrupted
+from stages.training import DeviceData, cross_entropy_loss, train
+
+AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
+RECIPE = TrainingConfig(epochs=3, batch_size=16, lr=0.05, lr_milestones=(2,), warmup_epochs=1)
+STEPS_PER_EPOCH = 5  # 80 images in batches of 16
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL: the process dies in the middle of a step."""
+
+
+def digits_like_data() -> DeviceData:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (80, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 4, 80)
+    return DeviceData(ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,), (0.25,)), torch.device("cpu"))
+
+
+def stochastic_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("resnet8", 4, 1, 0.5, "batch")  # its blocks drop: the global generator matters
+
+
+def killed_at(calls: list[int], kill_at: int):
+    def loss(logits, images, labels):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise Killed
+        return cross_entropy_loss(logits, labels=labels, images=images)
+
+    return loss
+
+
+def uninterrupted():
+    model = stochastic_model()
+    result = train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3)
+    return model, result
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+@pytest.mark.parametrize("kills", [[3], [5], [2, 9, 13]], ids=["mid-epoch", "epoch-end", "three-kills"])
+def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, kills):
+    reference, reference_result = uninterrupted()
+    checkpoint = tmp_path / "training.pt"
+    done = 0
+    for number, kill_at in enumerate(kills):  # the n-th step of the whole run, counted from the start
+        calls: list[int] = []
+        # Restarts build the network from another seed: all that matters must come from the checkpoint.
+        with pytest.raises(Killed):
+            train(stochastic_model(seed=0 if number == 0 else 99), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+                  loss_fn=killed_at(calls, kill_at - done), checkpoint=checkpoint, checkpoint_interval_s=0)
+        done = kill_at - 1  # every finished step was saved
+    model = stochastic_model(seed=99)
+    result = train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint,
+                   checkpoint_interval_s=0)
+    assert_same_weights(model, reference)
+    assert result.history == reference_result.history
+    assert len(result.resumed_at) == len(kills)
+    first = kills[0] - 1
+    assert result.resumed_at[0] == {"epoch": first // STEPS_PER_EPOCH + 1, "batch": first % STEPS_PER_EPOCH}
+
+
+def test_a_finished_checkpoint_skips_training(tmp_path):
+    checkpoint = tmp_path / "training.pt"
+    first = stochastic_model()
+    train(first, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint,
+          checkpoint_interval_s=3600)  # only the final save
+    calls: list[int] = []
+    again = stochastic_model(seed=5)
+    result = train(again, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint,
+                   loss_fn=killed_at(calls, 1))  # a step would raise
+    assert calls == [] and result.resumed_at == [{"epoch": 4, "batch": 0}]
+    assert_same_weights(again, first)
+
+
+def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
+    import os
+    import signal
+
+    checkpoint = tmp_path / "training.pt"
+    calls: list[int] = []
+
+    def loss_pressing_ctrl_c(logits, images, labels):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the step; the step still completes
+        return cross_entropy_loss(logits, images, labels)
+
+    with pytest.raises(TrainingInterrupted, match=r"stopped in epoch 1, after batch 4 of 5; its progress is "
+                                                  r"saved in .*training.pt: rerun the same command to resume"):
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=loss_pressing_ctrl_c, checkpoint=checkpoint, checkpoint_interval_s=3600)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    reference, _ = uninterrupted()
+    model = stochastic_model()
+    train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
+    assert_same_weights(model, reference)
+
+
+def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
+    checkpoint = tmp_path / "training.pt"
+    calls: list[int] = []
+
+    def loss_going_bad_at_batch_8(logits, images, labels):
+        calls.append(1)
+        loss = cross_entropy_loss(logits, images, labels)
+        return loss * float("inf") if len(calls) >= 8 else loss
+
+    with pytest.raises(PipelineError, match=r"the loss became non-finite in epoch 2, batch 3 of 5; the last good "
+                                            r"checkpoint \(epoch 2, batch 2\) is kept in .*training.pt"):
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=loss_going_bad_at_batch_8, checkpoint=checkpoint, checkpoint_interval_s=0)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+
+
+def test_a_checkpoint_that_could_run_code_is_refused(tmp_path):
+    checkpoint = tmp_path / "training.pt"
+
+    class Planted:
+        def __reduce__(self):
+            return (print, ("planted code ran",))
+
+    checkpoint.write_bytes(pickle.dumps({"format": 1, "x": Planted()}))
+    with pytest.raises(ArtifactError, match=r"training.pt: training checkpoint refused \(it holds more than "
+                                            r"tensors and could run code\); delete it to start this stage over"):
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path):
+    checkpoint = tmp_path / "training.pt"
+    train(stochastic_model(), digits_like_data(), RECIPE.model_copy(update={"epochs": 1}), augmentation=AUGMENT,
+          seed=3, checkpoint=checkpoint)
+    with pytest.raises(ArtifactError, match=r"training checkpoint does not fit this run \(Error\(s\) in loading"):
+        train(build_model("resnet14", 4, 1), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              checkpoint=checkpoint)
