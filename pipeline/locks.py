@@ -16,6 +16,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 POLL_S = 1.0
+# A lock file is empty only between its creation and the write of its holder, a moment; one that
+# stays empty longer lost its writer in between.
+UNNAMED_STALE_S = 10.0
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def holder_text() -> str:
@@ -53,7 +63,7 @@ def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
             except OSError:
                 continue  # released between our two calls: try again
             pid, host = (holder.split() + ["", ""])[:2]  # "<pid> <host> <time>"
-            if _dead_here(pid, host):
+            if _dead_here(pid, host) or (not holder and _age_s(path) > UNNAMED_STALE_S):
                 path.unlink(missing_ok=True)  # a stale lock: its process is gone
                 continue
             if not told:
@@ -63,8 +73,12 @@ def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
                 raise TimeoutError(f"{path} is held by process {holder}")
             time.sleep(POLL_S)
             continue
-        with os.fdopen(descriptor, "w") as lock:
-            lock.write(holder_text())
+        try:
+            with os.fdopen(descriptor, "w") as lock:
+                lock.write(holder_text())
+        except OSError:
+            path.unlink(missing_ok=True)  # a full disk: leave no lock that names nobody
+            raise
         break
     try:
         yield

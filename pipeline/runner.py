@@ -21,7 +21,7 @@ from pipeline.fingerprint import key_form
 from pipeline.hardware import machine, package_versions
 from pipeline.plan import Task
 from pipeline.registry import STAGES
-from pipeline.store import ArtifactStore
+from pipeline.store import DISK_FULL, ArtifactStore
 from stages.context import StageContext, StageInput, no_progress
 
 
@@ -127,8 +127,13 @@ class Runner:
                 "versions": package_versions(), "machine": machine(), "device_requested": self.device,
             }
             artifact = self.store.commit(scratch, task.stage, task.key, manifest)
-        except BaseException:
+        except BaseException as exc:
             self.store.discard(scratch)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise ArtifactError(
+                    f"{exc.filename or self.store.root}: cannot write {task.id} ({exc.strerror}); nothing of it "
+                    f"was kept and finished stages are intact. Free space (or pass --artifacts on another "
+                    f"disk) and rerun the same command; training resumes from its last checkpoint") from exc
             raise
         return Outcome(task, artifact, ran=True, wall_s=wall)
 

@@ -10,19 +10,23 @@ cache miss, never an error: it is reported and rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline.errors import ArtifactError
 from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 
 MANIFEST = "manifest.json"
+# Write failures that a user fixes by making room.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def sha256_file(path: Path) -> str:
@@ -76,9 +80,20 @@ class ArtifactStore:
         before that resumes from them."""
         return self.root / "store" / stage / f".resume-{key}"
 
-    def lock(self, stage: str, key: str, on_wait=lambda holder: None):
+    @contextmanager
+    def lock(self, stage: str, key: str, on_wait=lambda holder: None) -> Iterator[None]:
         """Held while ``stage:key`` is being built, so that two runs never build it at once."""
-        return key_lock(self.root / "store" / stage / f".lock-{key}", on_wait)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(key_lock(self.root / "store" / stage / f".lock-{key}", on_wait))
+            except OSError as exc:
+                raise self.unwritable(exc) from exc
+            yield
+
+    def unwritable(self, exc: OSError) -> ArtifactError:
+        fix = ("Free space on that disk, or pass --artifacts on another one" if exc.errno in DISK_FULL
+               else "pass --artifacts with a writable folder")
+        return ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror or exc}); {fix}")
 
     def begin(self, stage: str, key: str) -> Path:
         """A fresh, empty folder for a stage to write into; scratch folders that a killed run left
@@ -90,8 +105,7 @@ class ArtifactStore:
         try:
             scratch.mkdir(parents=True)
         except OSError as exc:
-            raise ArtifactError(f"{self.root}: cannot write artifacts there ({exc.strerror}); "
-                                f"pass --artifacts with a writable folder") from exc
+            raise self.unwritable(exc) from exc
         return scratch
 
     def commit(self, scratch: Path, stage: str, key: str, manifest: dict[str, Any]) -> StageInput:

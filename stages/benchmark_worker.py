@@ -133,8 +133,15 @@ def measure(spec: dict) -> dict:
     latency = time_batches(infer, timing_images, spec["batch_sizes"], spec["warmup"], spec["iterations"])
     peak = peak_resident_mb()
     predictions = []
-    for start in range(0, len(images), spec["eval_batch_size"]):
-        predictions.append(infer(np.ascontiguousarray(images[start:start + spec["eval_batch_size"]])).argmax(1))
+    # An engine with a fixed optimization profile (TensorRT) evaluates in batches it was built for;
+    # a last batch below its smallest is padded, and the padding's outputs dropped.
+    low, high = getattr(infer, "batch_range", (1, spec["eval_batch_size"]))
+    step = min(spec["eval_batch_size"], high)
+    for start in range(0, len(images), step):
+        chunk = np.ascontiguousarray(images[start:start + step])
+        padded = np.concatenate([chunk, np.zeros((low - len(chunk), *chunk.shape[1:]), chunk.dtype)]) \
+            if len(chunk) < low else chunk
+        predictions.append(infer(padded)[:len(chunk)].argmax(1))
     accuracy = float((np.concatenate(predictions) == labels).mean())
     device_memory = getattr(infer, "device_memory_mb", None)
     return {"latency": latency, "test_accuracy": accuracy, "threads": spec["threads"],

@@ -4,6 +4,7 @@ loading never runs code) next to a JSON description of how to rebuild the networ
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,9 +39,26 @@ class ModelSpec:
         return replace(self, p_last=p_last, drop_mode=drop_mode)
 
 
+def write_torch(obj, path: Path, durable: bool = False) -> None:
+    """``torch.save`` whose write failures surface as the OSError that caused them (a full disk:
+    ENOSPC). Given a path, PyTorch's own writer reports them as an opaque RuntimeError; given a
+    Python file, as a RuntimeError raised while handling the OSError."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except RuntimeError as exc:
+        cause = exc.__context__ or exc.__cause__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise
+
+
 def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, folder / WEIGHTS)
+    write_torch(state, folder / WEIGHTS)
     (folder / SPEC).write_text(json.dumps(asdict(spec), indent=2))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import ArtifactError
 from stages.architectures import resolve_skips
 from stages.checkpoint import ModelSpec, load_model, read_spec
 from stages.context import StageContext
@@ -60,6 +61,12 @@ def train_student(ctx: StageContext) -> dict:
     loss_fn, teacher_metrics = cross_entropy_loss, {}
     attention = distill is not None and distill.transfer == "at"
     if distill is not None:
+        teacher_spec = read_spec(ctx.inputs["teacher"].path)
+        if teacher_spec.num_classes != data.num_classes:
+            raise ArtifactError(f"{ctx.inputs['teacher'].path}: the teacher predicts {teacher_spec.num_classes} "
+                                f"classes, but the student's data ({data_cfg.dataset}) has {data.num_classes}; "
+                                f"a teacher teaches only the classes it was trained on: train it on the same "
+                                f"data (stochkd-pipeline teacher PROFILE --force)")
         teacher = teaching_teacher(ctx.inputs["teacher"].path, distill, device)
         loss_fn = attention_transfer_loss(teacher, distill) if attention else distillation_loss(teacher, distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}

@@ -14,6 +14,7 @@ from stages.backends import get_backend
 from stages.checkpoint import SPEC, read_spec
 from stages.context import StageContext
 from stages.export import ONNX_FILE
+from stages.onnx_runtime import checked_onnx
 from stages.quantize import precision_file
 
 ENGINES_FILE = "engines.json"
@@ -35,8 +36,9 @@ def build_engines(ctx: StageContext) -> dict:
     exported, quantized = ctx.inputs["onnx"], ctx.inputs["quantized"]
     shutil.copy(exported.file(SPEC), ctx.output / SPEC)
     spec = read_spec(exported.path)
-    sources = {"fp32": exported.file(ONNX_FILE)}
-    sources.update({p: quantized.file(precision_file(p)) for p in ctx.params["precisions"]})
+    sources = {"fp32": checked_onnx(exported.file(ONNX_FILE), made_by="export")}
+    sources.update({p: checked_onnx(quantized.file(precision_file(p)), made_by="quantize")
+                    for p in ctx.params["precisions"]})
     engines = {}
     for precision, source in sources.items():
         engine_path = ctx.output / f"engine.{precision}{backend.engine_suffix}"

@@ -15,7 +15,7 @@ from pipeline.errors import ArtifactError
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
-from stages.onnx_runtime import make_session, run_batched
+from stages.onnx_runtime import checked_onnx, make_session, run_batched
 from stages.training import accuracy
 
 INT8_FLAVOURS = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8")}
@@ -129,7 +129,7 @@ def convert_fp16(source: Path, target: Path) -> None:
 
 def quantize_model(ctx: StageContext) -> dict:
     cfg, data_cfg, flavour = ctx.params["quantize"], ctx.params["data"], ctx.params["int8_flavour"]
-    source = ctx.inputs["onnx"].file(ONNX_FILE)
+    source = checked_onnx(ctx.inputs["onnx"].file(ONNX_FILE), made_by="export")
     data = load_dataset(data_cfg)
     test_images = data.normalized(data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],

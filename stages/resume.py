@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from pipeline.errors import ArtifactError, PipelineError
+from stages.checkpoint import write_torch
 
 FORMAT = 1
 
@@ -33,10 +34,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     try:
-        with open(partial, "wb") as f:
-            torch.save({**state, "format": FORMAT}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_torch({**state, "format": FORMAT}, partial, durable=True)
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)

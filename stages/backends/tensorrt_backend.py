@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ArtifactError
-from stages.backends.tensorrt_settings import (BuildSettings, apply_settings, builder_settings, layer_precisions,
-                                               network_flags)
+from stages.backends.tensorrt_settings import (BuildSettings, apply_settings, builder_settings, check_batch_covered,
+                                               layer_precisions, network_flags)
 
 TIMING_CACHE = "timing.cache"
 
@@ -134,16 +134,14 @@ class TensorRTRunner:
         self.stream = torch.cuda.Stream()
         self.timings: list[tuple[float, float, float]] = []
         self.engine_bytes = engine_path.stat().st_size
+        self.engine_path = engine_path
 
     def device_memory_mb(self) -> float:
         return (self.engine_bytes + _activation_memory(self.engine)) / (1 << 20)
 
     def __call__(self, batch):
         torch = self.torch
-        low, high = self.batch_range
-        if not low <= len(batch) <= high:
-            raise ArtifactError(f"batch size {len(batch)} is outside this engine's optimization profile "
-                                f"({low}..{high}); add it to benchmark.batch_sizes and rebuild the engine")
+        check_batch_covered(len(batch), self.batch_range, str(self.engine_path))
         host_in = torch.from_numpy(batch).pin_memory()
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         with torch.cuda.stream(self.stream):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.errors import ArtifactError
+
 MIB = 1 << 20
 # The only precisions the DLA runs.
 DLA_PRECISIONS = ("fp16", "int8")
@@ -41,6 +43,23 @@ def shape_profile(batch_sizes: list[int] | tuple[int, ...], optimization_batch: 
         raise ValueError(f"target.tensorrt.optimization_batch = {opt} lies outside the benchmark batch sizes "
                          f"{smallest}..{largest}; choose a batch size in that range")
     return smallest, opt, largest
+
+
+def check_batch_covered(batch: int, batch_range: tuple[int, int], engine: str) -> None:
+    """A TensorRT engine runs only the batch sizes of its optimization profile."""
+    low, high = batch_range
+    if not low <= batch <= high:
+        raise ArtifactError(f"{engine}: batch size {batch} is outside this engine's optimization profile "
+                            f"({low}..{high}); add {batch} to benchmark.batch_sizes and rebuild the engine "
+                            f"(stochkd-pipeline engine PROFILE --force)")
+
+
+def recorded_batch_range(engine_record: dict[str, Any]) -> tuple[int, int] | None:
+    """The (min, max) batch of an engine as the engine stage recorded it; None for dynamic engines."""
+    settings = engine_record.get("settings")
+    if not settings or "min_shape" not in settings:
+        return None
+    return int(settings["min_shape"][0]), int(settings["max_shape"][0])
 
 
 def builder_settings(tensorrt_cfg, precision: str, batch_sizes, image_shape: tuple[int, int, int],

@@ -48,3 +48,15 @@ def test_scratch_of_dead_writers_is_removed_and_live_ones_kept(tmp_path):
         folder.mkdir()
     assert remove_dead_scratch(tmp_path) == [theirs]
     assert mine.is_dir() and legacy.is_dir() and not theirs.exists()
+
+
+def test_a_lock_that_names_nobody_is_stale_only_after_a_while(tmp_path):
+    lock = tmp_path / ".lock-abc"
+    lock.write_text("")  # its writer died, or the disk was full, between creating it and naming itself
+    with pytest.raises(TimeoutError):
+        with key_lock(lock, timeout_s=0.2):  # a fresh empty lock: its writer may be naming itself now
+            pass
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))
+    with key_lock(lock, timeout_s=0.2):
+        assert lock.read_text().startswith(str(os.getpid()))
