@@ -4,8 +4,9 @@ run that finally finishes has exactly the result of an uninterrupted run with th
     python bench/kill_and_resume.py                           # ResNet-20 teacher, 10,000 images, 4 epochs
     python bench/kill_and_resume.py --kills 10 --train-images 50000 --epochs 2
 
-Each attempt is killed after a random time, uniform between 1 s and the uninterrupted run's wall
-time, with SIGKILL (power loss), or with SIGINT (Ctrl-C) one time in three. Prints every attempt,
+Each attempt is killed after a random time, uniform between 1 s and 2.5 / N of the uninterrupted
+run's wall time (so that N attempts cover about the whole run), with SIGKILL (power loss), or with
+SIGINT (Ctrl-C) one time in three. Prints every attempt,
 then the final metrics and a sha256 of the trained tensors of both runs. Exit code 0 only when they match.
 """
 
@@ -41,6 +42,18 @@ def start(cmd: list[str]) -> subprocess.Popen:
     # Background shells start children with SIGINT ignored; a Ctrl-C must reach this one.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def saved_position(artifacts: Path) -> str:
+    """Where the checkpoint that the next attempt resumes from stands."""
+    saved = list((artifacts / "store" / "teacher").glob(".resume-*/training.pt"))
+    if list((artifacts / "store" / "teacher").glob("*/manifest.json")):
+        return "artifact finished"
+    if not saved:
+        return "no checkpoint yet"
+    state = torch.load(saved[0], weights_only=True)
+    epoch, step = state["epoch"], state["step"]
+    return f"checkpoint after epoch {epoch}" if step == 0 else f"checkpoint at epoch {epoch + 1}, batch {step}"
 
 
 def result(artifacts: Path) -> dict:
@@ -86,8 +99,11 @@ def main() -> int:
     print(f"uninterrupted run: {full_s:.1f} s")
 
     killed = work / "killed"
+    # Kill moments spread so that the N attempts together cover about the whole run: each attempt
+    # pays its start-up again, so most are killed while training, some while starting or evaluating.
+    latest = max(10.0, 2.5 * full_s / args.kills)
     for attempt in range(1, args.kills + 1):
-        after = chooser.uniform(1.0, full_s)
+        after = chooser.uniform(1.0, latest)
         name, number = ("SIGINT", signal.SIGINT) if chooser.random() < 1 / 3 else ("SIGKILL", signal.SIGKILL)
         process = start(command(killed, args))
         try:
@@ -97,8 +113,9 @@ def main() -> int:
             process.send_signal(number)
             process.wait()
             outcome = f"exit {process.returncode}"
-        last_line = (process.stderr.read().strip().splitlines() or [""])[-1]
-        print(f"attempt {attempt}: {name} after {after:5.1f} s -> {outcome}  {last_line[:150]}")
+        said = [line for line in process.stderr.read().splitlines() if line.startswith("interrupted")]
+        print(f"attempt {attempt}: {name} after {after:5.1f} s -> {outcome}; {saved_position(killed)}"
+              + (f"\n    {said[0]}" if said else ""))
     clock = time.perf_counter()
     done = subprocess.run(command(killed, args), cwd=REPO, capture_output=True, text=True)
     if done.returncode:

@@ -205,7 +205,9 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         for task in build_plan(loaded):
             artifact = store.lookup(task.stage, task.key)
             if artifact is None:
-                table.add_row(task.id, "[yellow]to run[/]", task.key[:12], "")
+                saved = (store.resume_folder(task.stage, task.key) / "training.pt").is_file()
+                table.add_row(task.id, "[yellow]to run[/]", task.key[:12],
+                              "resumes from its training checkpoint" if saved else "")
             else:
                 table.add_row(task.id, "[green]cached[/]", task.key[:12],
                               Outcome(task, artifact, False, 0).headline)

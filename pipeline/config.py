@@ -5,6 +5,7 @@ Validation happens once, in ``pipeline.profiles``; stages receive plain, already
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -293,6 +294,15 @@ class Profile(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        # It names a folder under artifacts/: a path here could write reports anywhere.
+        if name and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name == "store"):
+            raise ValueError("must be a plain folder name (letters, digits, '.', '_', '-'; not 'store'): "
+                             "the report is written to artifacts/<name>/")
+        return name
 
     @field_validator("methods")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,12 @@ def format_validation_error(source: str, exc: Any, model_cls: Any, data: dict[st
         message = message[len("Value error, "):]
     if err["type"] == "missing":
         return f"{source}: key '{key}' is required"
-    shown = repr(value) if not isinstance(value, dict) else "a section"
-    return f"{source}: {key} = {shown}: {message}"
+    if isinstance(value, dict):
+        # A rule across a section's keys: the message names them itself.
+        return f"{source}: {message}" if not loc else f"{source}: section {key}: {message}"
+    if err["type"] in ("greater_than", "less_than_equal") and key.endswith("p_last"):
+        message += "; a survival probability lies in (0, 1], and 1 keeps every block"
+    return f"{source}: {key} = {value!r}: {message}"
 
 
 def load_profile(path: str | Path | None = None, overrides: list[str] | None = None):
@@ -143,7 +148,8 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
     if overrides:
         data = apply_overrides(data, overrides)
     if not data.get("name"):
-        data["name"] = path.stem
+        # The file's name, made a plain folder name ("my profile.yaml" reports to artifacts/my_profile/).
+        data["name"] = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-") or "profile"
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:

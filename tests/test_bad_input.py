@@ -93,6 +93,8 @@ PROFILE_CASES = [
     ("unknown method", ["--set", "methods=[kd, xyz]"], ["methods.1 = 'xyz': Input should be 'kd' or 'dml'"]),
     ("missing dataset", ["--set", "data.dataset=cifar100", "--set", "data.root=/nowhere/c.npz"],
      ["data.root=/nowhere/c.npz: no such file (/nowhere/c.npz); point data.root at the .npz"]),
+    ("profile name leading out of the artifacts folder", ["--set", "name=../../etc"],
+     ["name = '../../etc': must be a plain folder name"]),
     ("TensorRT tuning batch outside the engine's batches",
      ["--set", "target.backend=tensorrt", "--set", "target.tensorrt.optimization_batch=500"],
      ["target.tensorrt.optimization_batch = 500 lies outside benchmark.batch_sizes [1, 8]"]),

@@ -133,6 +133,8 @@ def test_ctrl_c_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(t
                         r"resume from there\n", stderr), stderr
     store = tmp_path / "store" / "teacher"
     assert [p.name[:8] for p in store.iterdir()] == [".resume-"]  # no artifact, no scratch, no lock
+    status = cli("status", str(TINY), "--set", "teacher.training.epochs=20", artifacts=tmp_path)
+    assert re.search(r"teacher:teacher .*to run .*resumes from its training checkpoint", status.stdout), status.stdout
     done = cli("teacher", str(TINY), "--set", "teacher.training.epochs=20", artifacts=tmp_path)
     assert done.returncode == 0, done.stderr
     assert teacher_weights(tmp_path) == uninterrupted_teacher
