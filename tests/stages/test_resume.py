@@ -98,6 +98,8 @@ def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
 
     checkpoint = tmp_path / "training.pt"
     calls: list[int] = []
+    # Python's own Ctrl-C handling, also where the suite runs as a background job (SIGINT ignored).
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def loss_pressing_ctrl_c(logits, images, labels):
         calls.append(1)
@@ -110,6 +112,7 @@ def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
         train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
               loss_fn=loss_pressing_ctrl_c, checkpoint=checkpoint, checkpoint_interval_s=3600)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    signal.signal(signal.SIGINT, outside)
     reference, _ = uninterrupted()
     model = stochastic_model()
     train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
