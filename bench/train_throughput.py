@@ -4,6 +4,7 @@ on the same model, batch and device, measured in the same process; prints images
     python bench/train_throughput.py                      # CPU, ResNet-20 teacher, ResNet-8 student
     python bench/train_throughput.py --device cuda --steps 100
     python bench/train_throughput.py --teacher resnet56 --student resnet20 --k 1 2 4 8
+    python bench/train_throughput.py --compile            # adds torch.compile's cost and steady state
 
 Goals: the pipeline's training step at least as fast as the plain loop (ratio >= 1.0); a K-sample
 distill step costing no more than its arithmetic predicts (teacher forward MACs x K plus the
@@ -64,6 +65,18 @@ def pipeline_images_per_s(model, data: ImageDataset, device, batch: int, steps: 
     synchronize(device)
     result = train(model, device_data, recipe, augmentation=augmentation, seed=0, **kwargs)
     return result.images_per_second
+
+
+def compiled_train(model, data: ImageDataset, device, batch: int):
+    """One pass of the pipeline's ``train`` with ``training.compile``, compiling from nothing."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.reset()
+    # Inductor keeps compiled graphs on disk across processes; a cold start compiles from nothing.
+    torch._inductor.config.force_disable_caches = True
+    recipe = TrainingConfig(epochs=1, batch_size=batch, lr=0.05, lr_schedule="cosine", compile=True)
+    return train(model, DeviceData(data, device), recipe, augmentation=Augmentation(crop_padding=4), seed=0)
 
 
 def reference_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, teacher=None,
@@ -131,6 +144,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--compile", action="store_true",
+                        help="also train each network with training.compile: compile time and steady state")
     parser.add_argument("--rounds", type=int, default=3,
                         help="pipeline and plain loop alternate this many times; the best of each counts")
     args = parser.parse_args()
@@ -169,6 +184,15 @@ def main() -> None:
     print(f"\n{'measurement':32s} {'pipeline img/s':>15s} {'plain loop img/s':>17s} {'ratio':>7s}")
     for name, ours, plain in rows:
         print(f"{name:32s} {ours:15.0f} {plain:17.0f} {ours / plain:7.2f}")
+
+    if args.compile:
+        print("\ntraining.compile: the first step (compilation included) apart from the steady state")
+        print(f"{'network':12s} {'first step s':>13s} {'compiled img/s':>15s} {'eager img/s':>12s} {'ratio':>7s}")
+        for arch in (args.teacher, args.student):
+            compiled = compiled_train(fresh(arch), data, device, args.batch)
+            eager = next(ours for name, ours, _ in rows if name == f"train step, {arch}")
+            print(f"{arch:12s} {compiled.first_step_s:13.1f} {compiled.images_per_second:15.0f} {eager:12.0f} "
+                  f"{compiled.images_per_second / eager:7.2f}")
 
     teacher_macs = count_macs(fresh(args.teacher), (3, 32, 32))
     student_macs = count_macs(fresh(args.student), (3, 32, 32))
