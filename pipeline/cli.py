@@ -195,6 +195,7 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     from pipeline.profiles import load_profile
     from pipeline.runner import Outcome
     from pipeline.store import ArtifactStore
+    from stages.context import TRAINING_CHECKPOINT
 
     with user_errors():
         loaded = load_profile(profile, set_ or [])
@@ -205,7 +206,7 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         for task in build_plan(loaded):
             artifact = store.lookup(task.stage, task.key)
             if artifact is None:
-                saved = (store.resume_folder(task.stage, task.key) / "training.pt").is_file()
+                saved = (store.resume_folder(task.stage, task.key) / TRAINING_CHECKPOINT).is_file()
                 table.add_row(task.id, "[yellow]to run[/]", task.key[:12],
                               "resumes from its training checkpoint" if saved else "")
             else:

@@ -277,6 +277,14 @@ class BenchmarkConfig(Section):
         return tuple(sorted(set(sizes)))
 
 
+FOLDER_NAME_CHARACTERS = "A-Za-z0-9._-"  # a profile name's, as a regex character range
+
+
+def plain_folder_name(text: str) -> str:
+    """``text`` made a valid profile name: "my profile" becomes "my_profile"."""
+    return re.sub(rf"[^{FOLDER_NAME_CHARACTERS}]", "_", text).lstrip("._-") or "profile"
+
+
 class Profile(Section):
     name: str = Field("", description="Report folder name under artifacts/ (default: the profile's file name).")
     seed: int = Field(0, description="Seed of every random choice in training.")
@@ -299,7 +307,7 @@ class Profile(Section):
     @classmethod
     def _plain_folder_name(cls, name: str) -> str:
         # It names a folder under artifacts/: a path here could write reports anywhere.
-        if name and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name == "store"):
+        if name and (not re.fullmatch(rf"[A-Za-z0-9][{FOLDER_NAME_CHARACTERS}]*", name) or name == "store"):
             raise ValueError("must be a plain folder name (letters, digits, '.', '_', '-'; not 'store'): "
                              "the report is written to artifacts/<name>/")
         return name

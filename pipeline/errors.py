@@ -1,6 +1,12 @@
 """Errors a user can fix. The CLI prints their message on one line and exits with code 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PipelineError(Exception):
     """Bad input: the message names the file, key or value at fault and how to fix it."""
 

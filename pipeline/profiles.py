@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -141,15 +140,14 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
     """Read, merge and validate a profile. Raises ProfileError with a one-line message."""
     from pydantic import ValidationError
 
-    from pipeline.config import Profile
+    from pipeline.config import Profile, plain_folder_name
 
     path = Path(path) if path is not None else default_profile_path()
     data = load_raw(path)
     if overrides:
         data = apply_overrides(data, overrides)
     if not data.get("name"):
-        # The file's name, made a plain folder name ("my profile.yaml" reports to artifacts/my_profile/).
-        data["name"] = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-") or "profile"
+        data["name"] = plain_folder_name(path.stem)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, first_line
 from stages.architectures import build_model
 
 WEIGHTS = "model.pt"
@@ -71,6 +71,11 @@ def read_spec(folder: Path) -> ModelSpec:
                             f"rerun the stage that made it with --force") from exc
 
 
+def could_run_code(exc: BaseException) -> bool:
+    """True when ``torch.load(..., weights_only=True)`` refused a file for holding more than tensors."""
+    return isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc)
+
+
 def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
     """Rebuild the network described in ``folder`` (or by ``spec``) and load its weights."""
     spec = spec or read_spec(folder)
@@ -79,10 +84,9 @@ def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+        if could_run_code(exc):
             raise ArtifactError(f"{folder / WEIGHTS}: refused: it holds more than tensors, and loading it could "
                                 f"run code it carries; rerun the stage that made it with --force") from exc
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({first_line}); "
+        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({first_line(exc)}); "
                             f"rerun the stage that made it with --force") from exc
     return model.eval()

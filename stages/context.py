@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 from pipeline.errors import ArtifactError
 
+TRAINING_CHECKPOINT = "training.pt"  # inside a task's resume folder
+
 
 class Advance(Protocol):
     def __call__(self, steps: int = 1, description: str | None = None) -> None: ...
@@ -74,4 +76,4 @@ class StageContext:
 
     @property
     def training_checkpoint(self) -> Path | None:
-        return self.checkpoints / "training.pt" if self.checkpoints is not None else None
+        return self.checkpoints / TRAINING_CHECKPOINT if self.checkpoints is not None else None

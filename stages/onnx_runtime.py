@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, first_line
 
 OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -26,14 +26,9 @@ def checked_onnx(path: Path, made_by: str) -> Path:
         if not model.graph.node or not model.graph.input or not model.graph.output:
             raise ValueError("its graph has no nodes, inputs or outputs")
     except Exception as exc:  # noqa: BLE001 - protobuf's decode errors have no common base
-        raise ArtifactError(f"{path}: not a valid ONNX model ({_first_line(exc)}); rerun the {made_by} stage "
+        raise ArtifactError(f"{path}: not a valid ONNX model ({first_line(exc)[:200]}); rerun the {made_by} stage "
                             f"(stochkd-pipeline {made_by} PROFILE --force)") from exc
     return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def make_session(path: Path, *, threads: int | None = None, optimization: str = "all",
@@ -55,7 +50,7 @@ def make_session(path: Path, *, threads: int | None = None, optimization: str = 
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own unrelated exception types
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); rerun the stage that "
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)[:200]}); rerun the stage that "
                             f"made it with --force") from exc
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from pipeline.errors import ArtifactError, PipelineError
-from stages.checkpoint import write_torch
+from stages.checkpoint import could_run_code, write_torch
 
 FORMAT = 1
 
@@ -57,8 +57,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        reason = "it holds more than tensors and could run code" if (
-            isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc)) else "unreadable"
+        reason = "it holds more than tensors and could run code" if could_run_code(exc) else "unreadable"
         raise ArtifactError(f"{path}: training checkpoint refused ({reason}); delete it to start this "
                             f"stage over") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:

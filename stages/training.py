@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import TrainingConfig
-from pipeline.errors import ArtifactError, PipelineError
+from pipeline.errors import ArtifactError, PipelineError, first_line
 from stages.augment import augmented_batch, normalize, padded_channels_last
 from stages.checkpoint import save_model
 from stages.context import no_progress
@@ -259,8 +259,7 @@ class _RunState:
                 run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
             run.history, run.timing = list(saved["history"]), dict(saved["timing"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line}); delete it "
+            raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line(exc)}); delete it "
                                 f"to start this stage over") from exc
         run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
         run.last_saved = (run.epoch, run.step)
