@@ -255,9 +255,12 @@ def sweep(profile: Optional[Path] = ProfileArg,
                              + " ".join(f"{k}={v}" for k, v in point.items()))
             runner.run([t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)])
             trained, _ = training_tasks(loaded)
-            accuracy = {model: member_metrics(store.lookup(task.stage, task.key).metrics, member)["test_accuracy"]
-                        for model, (task, member) in trained.items()}
-            results.append({"point": point_values(point), "accuracy": accuracy})
+            metrics = {model: member_metrics(store.lookup(task.stage, task.key).metrics, member)
+                       for model, (task, member) in trained.items()}
+            result = {"point": point_values(point), "accuracy": {m: v["test_accuracy"] for m, v in metrics.items()}}
+            if all("validation_accuracy" in v for v in metrics.values()):
+                result["validation"] = {m: v["validation_accuracy"] for m, v in metrics.items()}
+            results.append(result)
         models = list(results[0]["accuracy"])
         slug = "+".join(k for k, _ in axes)
         written = write_sweep(root / profiles[0].name / f"sweep-{slug}", results, axes, profiles[0].name,

@@ -13,12 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from stages.architectures import ARCHITECTURES, resolve_skips
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
-SKIPS_HELP = ("Identity skips around the shape-preserving blocks of a plain network (vgg13, mobilenet); "
+SKIPS_HELP = ("Skips around every block after the first of a plain network (vgg13, mobilenet): the identity, or "
+              "where a block changes shape a parameter-free shortcut (subsample, zero-pad the new channels); "
               "null: exactly when its blocks are stochastic. Residual networks always have them.")
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def skip_shortcuts(archs: tuple[str, ...] | list[str], p_last: float, skips: bool | None) -> dict:
+    """A cache-key entry for plain networks built with skips: since their shape-changing blocks got
+    zero-padding shortcuts, such networks compute something else than the artifacts made before."""
+    added = [a for a in archs if not ARCHITECTURES[a].residual and resolve_skips(a, p_last, skips)]
+    return {"skip_shortcuts": "zero_pad"} if added else {}
 
 
 def _known_architecture(name: str) -> str:
@@ -50,6 +58,10 @@ class DataConfig(Section):
         None, ge=1, description="Use a class-balanced subset of this many training images (null: all).")
     test_images: int | None = Field(
         None, ge=1, description="Use a class-balanced subset of this many test images (null: all).")
+    validation_images: int | None = Field(
+        None, ge=1, description="Hold out a class-balanced validation split of this many training images (a fixed, "
+        "seeded choice; train_images then counts the rest). Every trained model reports its accuracy on it, and a "
+        "sweep chooses settings such as p_n by it, never by the test split (null: no validation split).")
     augmentation: Augmentation = Field(default_factory=Augmentation, description="Training augmentation.")
 
     @model_validator(mode="after")
@@ -85,6 +97,9 @@ class TrainingConfig(Section):
         "apart from the steady-state throughput.")
 
 
+TEACHER_READINGS = ("stochastic_depth", "plain")
+
+
 class TeacherConfig(Section):
     arch: str = Field("resnet20", description=f"Teacher network: {', '.join(ARCHITECTURES)}.")
     p_last: Probability = Field(
@@ -92,9 +107,32 @@ class TeacherConfig(Section):
     drop_mode: Literal["batch", "sample"] = Field(
         "batch", description="While training: drop a block for the whole batch, or per image.")
     skips: bool | None = Field(None, description=SKIPS_HELP)
+    readings: tuple[Literal[TEACHER_READINGS], ...] = Field(  # type: ignore[valid-type]
+        ("stochastic_depth",), min_length=1,
+        description="Which teachers teach, each with its own KD baseline: stochastic_depth (trained with "
+        "dropping at p_last) and/or plain (trained without dropping, its blocks dropped only while it teaches, "
+        "at distill.p_last or else p_last; skips added to plain networks as for stochastic_depth).")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Teacher recipe.")
 
     _arch = field_validator("arch")(_known_architecture)
+
+    @field_validator("readings")
+    @classmethod
+    def _distinct_readings(cls, readings: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(readings)) != len(readings):
+            raise ValueError(f"each reading at most once, got {list(readings)}")
+        return readings
+
+    def cache_form(self) -> dict:
+        """What training the teacher reads: not which readings the profile compares."""
+        return {**self.model_dump(mode="json", exclude={"readings"}, exclude_none=True),
+                **skip_shortcuts([self.arch], self.p_last, self.skips)}
+
+    def trained_plain(self) -> "TeacherConfig":
+        """The plain reading's teacher: the same network and recipe, trained without dropping, with
+        the skips the stochastic one has (so that its blocks can drop while it teaches)."""
+        return self.model_copy(update={"p_last": 1.0, "drop_mode": "batch",
+                                       "skips": resolve_skips(self.arch, self.p_last, self.skips)})
 
     @model_validator(mode="after")
     def _skips_fit(self) -> "TeacherConfig":
@@ -116,6 +154,9 @@ class StudentConfig(Section):
         resolve_skips(self.arch, 1.0, self.skips)
         return self
 
+    def cache_form(self) -> dict:
+        return {**self.model_dump(mode="json", exclude_none=True), **skip_shortcuts([self.arch], 1.0, self.skips)}
+
 
 class DistillConfig(Section):
     transfer: Literal["kd", "at"] = Field(
@@ -134,6 +175,11 @@ class DistillConfig(Section):
     aggregate: Literal["individual", "ensemble"] = Field(
         "individual", description="individual: average the K per-sample KD terms; ensemble: "
         "average the K distributions first.")
+    kept_scale: Literal["trained", "expectation"] = Field(
+        "trained", description="How a sampled teacher's surviving blocks are scaled when it teaches at another "
+        "p_n than it was trained with: trained (the scale each block was trained with, the paper's sub-network: "
+        "the trained network with the dropped blocks removed) or expectation (divided by the teaching survival, "
+        "so the expected output is the full network's).")
 
     def cache_form(self) -> dict:
         """The settings that the chosen transfer reads, and no others."""
@@ -159,6 +205,9 @@ class MutualConfig(Section):
         for name in peers:
             _known_architecture(name)
         return peers
+
+    def cache_form(self) -> dict:
+        return {**self.model_dump(mode="json", exclude_none=True), **skip_shortcuts(self.peers, self.p_last, None)}
 
 
 class AnalysisConfig(Section):
@@ -335,6 +384,15 @@ class Profile(Section):
         if self.target.backend == "tensorrt" and tuned is not None and not min(sizes) <= tuned <= max(sizes):
             raise ValueError(f"target.tensorrt.optimization_batch = {tuned} lies outside benchmark.batch_sizes "
                              f"{list(sizes)}; an engine runs only the batch sizes between their smallest and largest")
+        return self
+
+    @model_validator(mode="after")
+    def _plain_teacher_drops_while_teaching(self) -> "Profile":
+        teaching = self.teacher.p_last if self.distill.p_last is None else self.distill.p_last
+        if "plain" in self.teacher.readings and "kd" in self.methods and teaching == 1.0:
+            raise ValueError("teacher.readings has 'plain', a teacher that drops blocks only while it teaches, "
+                             "but the teaching p_n is 1 (distill.p_last, or else teacher.p_last): set one "
+                             "below 1")
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pipeline.config import Profile
+from pipeline.config import DistillConfig, Profile, StudentConfig
 from pipeline.fingerprint import digest, key_form
 from pipeline.hardware import fingerprint
 from pipeline.registry import STAGES
@@ -41,30 +41,60 @@ class Task:
         return digest(self.key_material)[:24]
 
 
-def kd_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], Task]:
-    """The teacher, the three students and the teacher analysis."""
+READING_PREFIX = {"stochastic_depth": "", "plain": "plain_"}  # of the models each teacher reading adds
+
+
+def teaching_settings(profile: Profile, reading: str, trained_p_last: float) -> DistillConfig:
+    """Stochastic transfer from a teacher trained at ``trained_p_last``. Either reading teaches at
+    ``distill.p_last``, or else the profile's ``teacher.p_last``; the plain reading names it, since its
+    teacher was trained at 1. Where the teaching and trained p_n agree, the kept scale cannot matter
+    and stays out of the key."""
+    distill = profile.distill
+    teaching = profile.teacher.p_last if distill.p_last is None else distill.p_last
+    update: dict = {"p_last": teaching} if reading == "plain" else {}
+    if teaching == trained_p_last:
+        update["kept_scale"] = None
+    return distill.model_copy(update=update)
+
+
+def kd_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], list[Task]]:
+    """The student alone, and for each teacher reading: the teacher, KD and stochastic KD from it,
+    and its analysis."""
     data, seed = profile.data, profile.seed
-    teacher = Task("teacher", "teacher", {"seed": seed, "data": data, "teacher": profile.teacher})
     student_params = {"seed": seed, "data": data, "student": profile.student}
     # KD with dropping off is stochastic KD with one sample and every block kept.
     deterministic = profile.distill.model_copy(update={
-        "teacher_samples": 1, "p_last": 1.0, "drop_mode": "batch", "aggregate": "individual"})
+        "teacher_samples": 1, "p_last": 1.0, "drop_mode": "batch", "aggregate": "individual", "kept_scale": None})
     transfer = profile.distill.transfer  # names the two transfer models: kd / stochastic_kd, at / stochastic_at
-    trained = {
-        "teacher": teacher,
-        "student": Task("distill", "student", student_params),
-        transfer: Task("distill", transfer, {**student_params, "distill": deterministic}, {"teacher": teacher}),
-        f"stochastic_{transfer}": Task("distill", f"stochastic_{transfer}",
-                                       {**student_params, "distill": profile.distill}, {"teacher": teacher}),
-    }
-    analysis = Task("analyze", None, {"seed": seed, "data": data, "images": profile.analysis.images,
-                                      "samples": profile.analysis.samples}, {"teacher": teacher})
-    return {model: (task, None) for model, task in trained.items()}, analysis
-
-
+    trained: dict[str, Task] = {}
+    analyses = []
+    for reading in profile.teacher.readings:
+        prefix = READING_PREFIX[reading]
+        teacher_cfg = profile.teacher if reading == "stochastic_depth" else profile.teacher.trained_plain()
+        teacher = Task("teacher", f"{prefix}teacher", {"seed": seed, "data": data, "teacher": teacher_cfg})
+        teaching = teaching_settings(profile, reading, teacher_cfg.p_last)
+        trained[f"{prefix}teacher"] = teacher
+        if "student" not in trained:
+            trained["student"] = Task("distill", "student", student_params)
+        trained[f"{prefix}{transfer}"] = Task("distill", f"{prefix}{transfer}",
+                                              {**student_params, "distill": deterministic}, {"teacher": teacher})
+        trained[f"{prefix}stochastic_{transfer}"] = Task(
+            "distill", f"{prefix}stochastic_{transfer}", {**student_params, "distill": teaching}, {"teacher": teacher})
+        analyses.append(Task("analyze", f"{prefix}teacher", {
+            "seed": seed, "data": data, "images": profile.analysis.images, "samples": profile.analysis.samples,
+            "p_last": teaching.p_last, "drop_mode": teaching.drop_mode, "kept_scale": teaching.kept_scale},
+            {"teacher": teacher}))
+    return {model: (task, None) for model, task in trained.items()}, analyses
 def dml_tasks(profile: Profile) -> dict[str, tuple[Task, str | None]]:
-    """Conventional and proposed mutual learning; every peer becomes a model of its own."""
+    """Independent learning (each distinct peer network trained alone with the peers' recipe: the
+    paper's baseline column), conventional and proposed mutual learning; every peer becomes a model
+    of its own."""
     trained = {}
+    for arch in dict.fromkeys(profile.mutual.peers):
+        # A student-alone task: where the student is the same network with the same recipe, one artifact.
+        alone = StudentConfig(arch=arch, training=profile.mutual.training)
+        trained[f"independent_{arch}"] = (Task("distill", f"independent_{arch}",
+                                               {"seed": profile.seed, "data": profile.data, "student": alone}), None)
     # Conventional peers never drop, so their key ignores the survival settings.
     conventional = profile.mutual.model_copy(update={"p_last": 1.0, "drop_mode": "batch"})
     for kind, cfg in (("conventional", conventional), ("proposed", profile.mutual)):
@@ -74,27 +104,24 @@ def dml_tasks(profile: Profile) -> dict[str, tuple[Task, str | None]]:
     return trained
 
 
-def training_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], Task | None]:
+def training_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], list[Task]]:
     """Each trained model of the profile's methods: (its training task, its member folder or None),
-    and the teacher analysis when there is a teacher."""
+    and the analysis of every teacher."""
     trained: dict[str, tuple[Task, str | None]] = {}
-    analysis = None
+    analyses: list[Task] = []
     if "kd" in profile.methods:
-        kd_models, analysis = kd_tasks(profile)
+        kd_models, analyses = kd_tasks(profile)
         trained.update(kd_models)
     if "dml" in profile.methods:
         trained.update(dml_tasks(profile))
-    return trained, analysis
+    return trained, analyses
 
 
 def build_plan(profile: Profile) -> list[Task]:
     """Every task of the profile, in an order where each task follows the tasks it needs."""
-    trained, analysis = training_tasks(profile)
-    tasks: list[Task] = []
-    report_needs: dict[str, Task] = {}
-    if analysis is not None:
-        tasks.append(analysis)
-        report_needs["analysis"] = analysis
+    trained, analyses = training_tasks(profile)
+    tasks: list[Task] = list(analyses)
+    report_needs: dict[str, Task] = {f"analysis:{a.variant}": a for a in analyses}
     data = profile.data
     precisions = list(profile.quantize.precisions)
     # Set only where they matter, so that other profiles' keys stay as they were.

@@ -72,8 +72,8 @@ class StageDecl:
 
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
     StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
-              "Train the stochastic-depth teacher.", _accuracy),
-    StageDecl("analyze", "stages.analyze:analyze_teacher", 2, None,
+              "Train the teacher of each reading: with stochastic depth, or plain.", _accuracy),
+    StageDecl("analyze", "stages.analyze:analyze_teacher", 3, None,
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
     StageDecl("distill", "stages.distill:train_student", 2, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
@@ -87,7 +87,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Build the deployable engines for the target.", _engine),
     StageDecl("benchmark", "stages.benchmark:benchmark_model", 2, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 5, None,
+    StageDecl("report", "stages.report:write_report", 6, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

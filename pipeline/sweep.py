@@ -1,7 +1,9 @@
 """Sweeps: one profile run at every point of a grid of settings, sharing every cached stage that
 the points have in common (a teacher is trained once for all values of a distillation setting),
 then one table and one plot of the models' accuracies across the grid. A ``seed`` axis becomes
-mean ± std over seeds."""
+mean ± std over seeds. Where the profile holds out a validation split, each model's setting is
+chosen by its mean validation accuracy, and the test accuracy of that choice is reported beside it:
+nothing is chosen by the test split."""
 
 from __future__ import annotations
 
@@ -65,13 +67,29 @@ def summarize(results: list[dict[str, Any]], axes: list[tuple[str, list[str]]]) 
     rows = []
     for values, members in groups.items():
         row: dict[str, Any] = {"point": dict(zip(other, values)), "runs": len(members), "accuracy": {}}
-        for model in members[0]["accuracy"]:
-            accuracies = [m["accuracy"][model] for m in members]
-            row["accuracy"][model] = {"mean": statistics.fmean(accuracies),
-                                      "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                                      "values": accuracies}
+        for split in ("accuracy", "validation"):
+            for model in members[0].get(split, {}):
+                row.setdefault(split, {})[model] = _mean_std([m[split][model] for m in members])
         rows.append(row)
     return rows
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def choose_by_validation(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each model: the point with the best mean validation accuracy (the first of equals), and
+    the test accuracy there. Empty where the runs held out no validation split."""
+    if not all("validation" in row for row in summary):
+        return {}
+    chosen = {}
+    for model in summary[0]["validation"]:
+        best = max(summary, key=lambda row: row["validation"][model]["mean"])
+        chosen[model] = {"point": best["point"], "validation": best["validation"][model],
+                         "test": best["accuracy"][model]}
+    return chosen
 
 
 def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels) -> str:
@@ -86,11 +104,31 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
     lines.append("|" + " --- |" * (len(other) + len(models)))
     for row in summary:
         cells = [str(row["point"][k]) for k in other]
-        for model in models:
-            acc = row["accuracy"][model]
-            cells.append(f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" if seeds else f"{100 * acc['mean']:.2f}")
+        cells += [_cell(row["accuracy"][model], seeds) for model in models]
         lines.append("| " + " | ".join(cells) + " |")
+    chosen = choose_by_validation(summary)
+    if chosen:
+        lines += ["", "Top-1 % on the validation split held out of the training images, at every point:", "",
+                  "| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |",
+                  "|" + " --- |" * (len(other) + len(models))]
+        lines += ["| " + " | ".join([str(row["point"][k]) for k in other]
+                                    + [_cell(row["validation"][model], seeds) for model in models]) + " |"
+                  for row in summary]
+    if chosen and other:
+        lines += ["", "## Chosen on the validation split", "",
+                  "Each model's point with the best mean accuracy on the validation split held out of the training "
+                  "images, and its test accuracy there.", "",
+                  "| model | " + " | ".join(other) + " | validation % | test % |",
+                  "|" + " --- |" * (len(other) + 3)]
+        for model in models:
+            pick = chosen[model]
+            lines.append("| " + " | ".join([labels.get(model, model), *(str(pick["point"][k]) for k in other),
+                                            _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(accuracy: dict[str, Any], seeded) -> str:
+    return f"{100 * accuracy['mean']:.2f} ± {100 * accuracy['std']:.2f}" if seeded else f"{100 * accuracy['mean']:.2f}"
 
 
 def plot(summary: list[dict[str, Any]], axes, models: list[str], labels, path: Path) -> bool:
@@ -127,8 +165,8 @@ def write_sweep(destination: Path, results, axes, profile: str, models: list[str
     destination.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, axes)
     written = [destination / "sweep.json", destination / "sweep.md"]
-    written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results,
-                                      "summary": summary}, indent=1))
+    written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
+                                      "chosen_by_validation": choose_by_validation(summary)}, indent=1))
     written[1].write_text(render_markdown(summary, axes, profile, models, labels))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")

@@ -1,7 +1,8 @@
 """Stage: what the stochastic teacher teaches with (the paper's Fig. 3).
 
-For each stochastic block, the teacher with only that block dropped: the mean entropy of its
-softmax outputs and its accuracy. Then K sampled sub-networks against the deterministic teacher:
+The teacher is rebuilt as it teaches (its teaching p_n and kept scale, see stages.teaching). For
+each block that can drop: the deterministic network with exactly that block removed, its mean
+softmax entropy and its accuracy. Then K sampled sub-networks against the deterministic teacher:
 the mean entropy of each sample's outputs, and the entropy of their average (what an ensemble of
 the K samples would teach).
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from stages.checkpoint import load_model
+from stages.checkpoint import read_spec
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
-from stages.stochastic_depth import drop_paths, fixed_subnetwork, sample_logits
+from stages.stochastic_depth import drop_paths, sample_logits, without_block
+from stages.teaching import teaching_survival, teaching_teacher
 from stages.training import select_device
 
 
@@ -34,7 +36,9 @@ def analyze_teacher(ctx: StageContext) -> dict:
     chosen = balanced_subset(data.y_test, params["images"], data.num_classes)
     images = torch.from_numpy(data.normalized(data.x_test[chosen])).to(device)
     labels = torch.from_numpy(data.y_test[chosen]).to(device)
-    model = load_model(ctx.inputs["teacher"].path).to(device)
+    folder = ctx.inputs["teacher"].path
+    teaching = teaching_survival(read_spec(folder), params["p_last"])
+    model = teaching_teacher(folder, teaching, params["drop_mode"], params["kept_scale"], device)
     batches = images.split(500)
 
     def evaluate() -> torch.Tensor:
@@ -46,8 +50,7 @@ def analyze_teacher(ctx: StageContext) -> dict:
     per_block = []
     with ctx.progress("teacher analysis", len(drops) + 1) as advance:
         for i, drop in enumerate(drops):
-            keep = [j != i for j in range(len(drops))]
-            with fixed_subnetwork(model, keep):
+            with without_block(model, i):
                 logits = evaluate()
             per_block.append({"stochastic_block": i + 1, "survival": drop.survival, "entropy": mean_entropy(logits),
                               "accuracy": top1(logits, labels)})
@@ -58,6 +61,8 @@ def analyze_teacher(ctx: StageContext) -> dict:
         advance(1)
     result = {
         "images": len(chosen),
+        "teaching_p_last": teaching,
+        "kept_scale": params["kept_scale"] or "trained",  # null where both scales are the same
         "deterministic": {"entropy": mean_entropy(deterministic), "accuracy": top1(deterministic, labels)},
         "single_block_dropped": per_block,
     }

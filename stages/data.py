@@ -23,6 +23,8 @@ class ImageDataset:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]  # per channel, pixel values scaled to [0, 1], from the training images
     std: tuple[float, ...]
+    x_val: np.ndarray | None = None  # held out from the training images (data.validation_images)
+    y_val: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -46,12 +48,15 @@ class ImageDataset:
         return np.ascontiguousarray((x - mean) / std)
 
 
-def balanced_subset(labels: np.ndarray, count: int, num_classes: int) -> np.ndarray:
+VALIDATION_SEED = 1  # the permutation the validation split is drawn with (subsets use 0)
+
+
+def balanced_subset(labels: np.ndarray, count: int, num_classes: int, seed: int = 0) -> np.ndarray:
     """Indices of ``count`` examples spread evenly over classes, chosen by a fixed permutation so
     that the subset is part of the data's identity and never varies with the training seed."""
     if count >= len(labels):
         return np.arange(len(labels))
-    order = np.random.RandomState(0).permutation(len(labels))
+    order = np.random.RandomState(seed).permutation(len(labels))
     per_class = [order[labels[order] == c] for c in range(num_classes)]
     base, extra = divmod(count, num_classes)
     chosen = [idx[: base + (1 if c < extra else 0)] for c, idx in enumerate(per_class)]
@@ -159,6 +164,15 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     else:
         raise DataError(f"data.dataset={cfg.dataset!r} needs data.root pointing at an .npz file")
     x_train, y_train, x_test, y_test, class_names = arrays
+    x_val = y_val = None
+    if cfg.validation_images is not None:
+        if cfg.validation_images >= len(y_train):
+            raise DataError(f"data.validation_images = {cfg.validation_images} leaves no training images (the "
+                            f"training split has {len(y_train)}); hold out fewer")
+        held_out = balanced_subset(y_train, cfg.validation_images, len(class_names), seed=VALIDATION_SEED)
+        rest = np.setdiff1d(np.arange(len(y_train)), held_out)
+        x_val, y_val = np.ascontiguousarray(x_train[held_out]), y_train[held_out]
+        x_train, y_train = x_train[rest], y_train[rest]
     if cfg.train_images is not None:
         keep = balanced_subset(y_train, cfg.train_images, len(class_names))
         x_train, y_train = x_train[keep], y_train[keep]
@@ -167,4 +181,4 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         x_test, y_test = x_test[keep], y_test[keep]
     mean, std = _channel_stats(x_train)
     return ImageDataset(np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test,
-                        class_names, mean, std)
+                        class_names, mean, std, x_val, y_val)

@@ -13,20 +13,13 @@ import torch.nn.functional as F
 
 from pipeline.errors import ArtifactError
 from stages.architectures import resolve_skips
-from stages.checkpoint import ModelSpec, load_model, read_spec
+from stages.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
 from stages.losses import attention_term, kd_loss
 from stages.stochastic_depth import sample_logits, sample_with_groups
+from stages.teaching import teaching_teacher
 from stages.training import LossFunction, cross_entropy_loss, fit_and_save, select_device
-
-
-def teaching_teacher(folder, distill, device) -> torch.nn.Module:
-    """The trained teacher rebuilt with the survival probabilities it teaches with."""
-    spec = read_spec(folder)
-    p_last = spec.p_last if distill.p_last is None else distill.p_last
-    teacher = load_model(folder, spec.with_survival(p_last, distill.drop_mode))
-    return teacher.to(device=device, memory_format=torch.channels_last)
 
 
 def distillation_loss(teacher: torch.nn.Module, distill) -> LossFunction:
@@ -67,7 +60,8 @@ def train_student(ctx: StageContext) -> dict:
                                 f"classes, but the student's data ({data_cfg.dataset}) has {data.num_classes}; "
                                 f"a teacher teaches only the classes it was trained on: train it on the same "
                                 f"data (stochkd-pipeline teacher PROFILE --force)")
-        teacher = teaching_teacher(ctx.inputs["teacher"].path, distill, device)
+        teacher = teaching_teacher(ctx.inputs["teacher"].path, distill.p_last, distill.drop_mode,
+                                   distill.kept_scale, device)
         loss_fn = attention_transfer_loss(teacher, distill) if attention else distillation_loss(teacher, distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",

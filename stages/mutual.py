@@ -19,7 +19,7 @@ from stages.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
 from stages.data import load_dataset
 from stages.losses import kd_term
-from stages.training import DeviceData, accuracy, predict, select_device, train
+from stages.training import DeviceData, accuracy, predict, select_device, train, validation_metrics
 
 
 class Peers(nn.Module):
@@ -67,6 +67,7 @@ def train_peers(ctx: StageContext) -> dict:
         save_model(peer, spec, folder)
         members[peer_folder(index)] = {
             "test_accuracy": accuracy(predict(peer, data.x_test, data.mean, data.std, device), data.y_test),
+            **validation_metrics(peer, data, device),
             "arch": spec.arch,
             "parameters": sum(p.numel() for p in peer.parameters()),
         }

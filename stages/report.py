@@ -16,6 +16,8 @@ MODEL_LABELS = {
     "at": "AT",
     "stochastic_at": "stochastic AT",
 }
+PLAIN = "plain_"  # the models of the plain-teacher reading (see pipeline.plan.READING_PREFIX)
+TEACHER_NAMES = {"stochastic_depth": "stochastic-depth teacher", "plain": "plain teacher"}
 
 
 def model_label(model: str) -> str:
@@ -23,17 +25,39 @@ def model_label(model: str) -> str:
     if model.startswith("dml_"):
         _, kind, peer = model.split("_")
         return f"DML {kind}, peer {peer}"
+    if model.startswith("independent_"):
+        return f"{model[len('independent_'):]} alone (independent learning)"
+    if model.startswith(PLAIN):
+        return f"{MODEL_LABELS.get(model[len(PLAIN):], model)} (plain teacher)"
     return MODEL_LABELS.get(model, model)
 
 
+def teacher_reading(model: str) -> str | None:
+    """Which teacher a model is, or learnt from: stochastic_depth, plain, or None (no teacher)."""
+    base = model[len(PLAIN):] if model.startswith(PLAIN) else model
+    if base not in MODEL_LABELS or base == "student":
+        return None
+    return "plain" if model.startswith(PLAIN) else "stochastic_depth"
+
+
 def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
+    """Accuracies, and the gains of stochastic transfer over its baselines for each teacher reading
+    (the first reading's also at the top level)."""
     accuracy = {m: training[m]["test_accuracy"] for m in training}
     comparison: dict[str, Any] = {"test_accuracy": accuracy}
-    for transfer in ("kd", "at"):
-        if {f"stochastic_{transfer}", transfer, "student"} <= accuracy.keys():
-            comparison["transfer"] = transfer
-            comparison["gain_over_deterministic"] = accuracy[f"stochastic_{transfer}"] - accuracy[transfer]
-            comparison["gain_over_student_alone"] = accuracy[f"stochastic_{transfer}"] - accuracy["student"]
+    by_teacher = {}
+    for reading, prefix in (("stochastic_depth", ""), ("plain", PLAIN)):
+        for transfer in ("kd", "at"):
+            method, baseline = f"{prefix}stochastic_{transfer}", f"{prefix}{transfer}"
+            if {method, baseline, "student"} <= accuracy.keys():
+                by_teacher[reading] = {
+                    "transfer": transfer,
+                    "teacher_test_accuracy": accuracy.get(f"{prefix}teacher"),
+                    "gain_over_deterministic": accuracy[method] - accuracy[baseline],
+                    "gain_over_student_alone": accuracy[method] - accuracy["student"]}
+    if by_teacher:
+        comparison.update(next(iter(by_teacher.values())))
+        comparison["by_teacher"] = by_teacher
     peers = {kind: [a for m, a in accuracy.items() if m.startswith(f"dml_{kind}_")]
              for kind in ("conventional", "proposed")}
     if peers["conventional"] and peers["proposed"]:
@@ -41,6 +65,9 @@ def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
         comparison["dml_mean_conventional"] = means["conventional"]
         comparison["dml_mean_proposed"] = means["proposed"]
         comparison["dml_gain"] = means["proposed"] - means["conventional"]
+        alone = [a for m, a in accuracy.items() if m.startswith("independent_")]
+        if alone:
+            comparison["dml_mean_independent"] = sum(alone) / len(alone)
     return comparison
 
 
@@ -48,8 +75,11 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def render_analysis(analysis: dict[str, Any]) -> list[str]:
-    lines = ["", "## What the stochastic teacher teaches with", "",
+def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
+    lines = ["", f"## What the {model_label(teacher)} teaches with", "",
+             f"Sampled as it teaches: p_n {analysis['teaching_p_last']:g}, kept blocks at the "
+             + ("scale they were trained with" if analysis["kept_scale"] == "trained"
+                else "expectation-preserving scale (divided by the teaching survival)") + ". "
              f"On {analysis['images']} test images, the deterministic teacher's outputs have a mean "
              f"entropy of {analysis['deterministic']['entropy']:.3f} nats "
              f"(top-1 {_pct(analysis['deterministic']['accuracy'])} %)."]
@@ -59,12 +89,17 @@ def render_analysis(analysis: dict[str, Any]) -> list[str]:
                   f"(top-1 {_pct(samples['accuracy_per_sample'])} %); the average of their distributions "
                   f"has {samples['entropy_of_average']:.3f} nats (top-1 {_pct(samples['accuracy_of_average'])} %)."]
     if analysis["single_block_dropped"]:
-        lines += ["", "| stochastic block (by depth) | survival p_i | entropy with only it dropped | top-1 % |",
+        lines += ["", "Each row: the deterministic network with exactly that one block removed (Fig. 3).", "",
+                  "| stochastic block (by depth) | teaching survival p_i | entropy with only it removed | top-1 % |",
                   "| --- | --- | --- | --- |"]
         lines += [f"| {b['stochastic_block']} | {b['survival']:.3f} | {b['entropy']:.3f} | {_pct(b['accuracy'])} |"
                   for b in analysis["single_block_dropped"]]
-        lines += ["", "![teacher entropy with one block dropped](teacher_entropy.png)"]
+        lines += ["", f"![{model_label(teacher)} entropy with one block removed]({entropy_plot_name(teacher)})"]
     return lines
+
+
+def entropy_plot_name(teacher: str) -> str:
+    return f"{teacher}_entropy.png"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -78,27 +113,35 @@ def render_markdown(report: dict[str, Any]) -> str:
              "Student alone: labels only. KD (or AT): the same teacher with dropping off. Stochastic KD "
              "(or AT): the teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
              "other; DML proposed: the same with skips and stochastic blocks in every peer.", "",
-             "| model | network | top-1 % |", "| --- | --- | --- |"]
+             "Stochastic-depth teacher: trained with dropping at its p_n. Plain teacher: trained without "
+             "dropping, its blocks dropped only while it teaches.", "",
+             "| model | network | teacher | top-1 % |", "| --- | --- | --- | --- |"]
     for model, acc in report["comparison"]["test_accuracy"].items():
-        lines.append(f"| {model_label(model)} | {report['archs'][model]} | {_pct(acc)} |")
+        reading = report["teachers"].get(model)
+        lines.append(f"| {model_label(model)} | {report['archs'][model]} | "
+                     f"{TEACHER_NAMES[reading] if reading else '–'} | {_pct(acc)} |")
     teacher = report["training"].get("teacher", {})
-    if "sampled_subnetwork_accuracy_mean" in teacher:
-        lines += ["", f"The teacher's sub-networks, each drawn once as it is sampled while teaching, score "
+    if teacher.get("sampled_subnetwork_accuracy_std"):
+        lines += ["", f"The stochastic-depth teacher's sub-networks at its own p_n, each drawn once, score "
                   f"{_pct(teacher['sampled_subnetwork_accuracy_mean'])} ± "
                   f"{_pct(teacher['sampled_subnetwork_accuracy_std'])} % on the test split "
                   f"(mean ± std over independently drawn sub-networks)."]
     comparison = report["comparison"]
-    if "gain_over_deterministic" in comparison:
-        name = comparison["transfer"].upper()
-        lines += ["", f"Stochastic {name} gains {100 * comparison['gain_over_deterministic']:+.2f} points over "
-                  f"{name} with the deterministic teacher and {100 * comparison['gain_over_student_alone']:+.2f} "
-                  f"over the student trained alone (one seed; same recipe and budget for all three)."]
+    for reading, gains in comparison.get("by_teacher", {}).items():
+        name = gains["transfer"].upper()
+        lines += ["", f"With the {TEACHER_NAMES[reading]}: stochastic {name} gains "
+                  f"{100 * gains['gain_over_deterministic']:+.2f} points over {name} from the same teacher without "
+                  f"dropping and {100 * gains['gain_over_student_alone']:+.2f} over the student trained alone (one "
+                  f"seed; same recipe and budget for all three)."]
     if "dml_gain" in comparison:
         lines += ["", f"Proposed DML peers average {_pct(comparison['dml_mean_proposed'])} %, conventional ones "
                   f"{_pct(comparison['dml_mean_conventional'])} % ({100 * comparison['dml_gain']:+.2f} points; "
-                  f"one seed, same recipe)."]
-    if report["analysis"]:
-        lines += render_analysis(report["analysis"])
+                  f"one seed, same recipe)"
+                  + (f"; each peer network trained alone (independent learning) averages "
+                     f"{_pct(comparison['dml_mean_independent'])} %." if "dml_mean_independent" in comparison
+                     else ".")]
+    for teacher, analysis in report["analyses"].items():
+        lines += render_analysis(teacher, analysis)
     lines += ["", "## Deployed artifacts", ""]
     if report.get("target_backend_missing"):
         lines += [f"**Not measured on the target.** Missing here: {report['target_backend_missing']}. The rows "
@@ -195,7 +238,7 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def plot_teacher_entropy(analysis: dict[str, Any], path) -> None:
+def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
     """The paper's Fig. 3: the teacher's output entropy (and accuracy) with each single block dropped."""
     import matplotlib
 
@@ -205,8 +248,8 @@ def plot_teacher_entropy(analysis: dict[str, Any], path) -> None:
     blocks = analysis["single_block_dropped"]
     x = [b["stochastic_block"] for b in blocks]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x, [b["entropy"] for b in blocks], color="C0", alpha=0.8, label="one block dropped")
-    ax.axhline(analysis["deterministic"]["entropy"], color="black", linestyle="--", label="no block dropped")
+    ax.bar(x, [b["entropy"] for b in blocks], color="C0", alpha=0.8, label="one block removed")
+    ax.axhline(analysis["deterministic"]["entropy"], color="black", linestyle="--", label="no block removed")
     if "samples" in analysis:
         ax.axhline(analysis["samples"]["entropy_per_sample"], color="C3", linestyle=":",
                    label=f"sampled sub-networks (mean of {analysis['samples']['k']})")
@@ -216,7 +259,7 @@ def plot_teacher_entropy(analysis: dict[str, Any], path) -> None:
     accuracy_axis.plot(x, [100 * b["accuracy"] for b in blocks], color="C1", marker="o", label="top-1 %")
     accuracy_axis.set_ylabel("top-1 accuracy (%)", color="C1")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Teacher output entropy with a single block dropped")
+    ax.set_title(f"{model_label(teacher)}: output entropy with a single block removed")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -246,10 +289,12 @@ def write_report(ctx: StageContext) -> dict:
         "models": models,
         "labels": {m: model_label(m) for m in models},
         "archs": {m: training[m]["arch"] for m in models},
+        "teachers": {m: teacher_reading(m) for m in models},
         "comparison": method_comparison(training),
         "training": training,
-        # Only knowledge distillation has a teacher to analyse; a DML-only profile has none.
-        "analysis": ctx.inputs["analysis"].metrics if "analysis" in ctx.inputs else None,
+        # Only knowledge distillation has teachers to analyse; a DML-only profile has none.
+        "analyses": {role.split(":", 1)[1]: stage_input.metrics for role, stage_input in ctx.inputs.items()
+                     if role.startswith("analysis:")},
         "plot_batch_size": batch,
         "rows": rows,
         "budgets": budgets,
@@ -261,6 +306,7 @@ def write_report(ctx: StageContext) -> dict:
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))
     plot(report, ctx.output / "report.png")
-    if report["analysis"] and report["analysis"]["single_block_dropped"]:
-        plot_teacher_entropy(report["analysis"], ctx.output / "teacher_entropy.png")
+    for teacher, analysis in report["analyses"].items():
+        if analysis["single_block_dropped"]:
+            plot_teacher_entropy(teacher, analysis, ctx.output / entropy_plot_name(teacher))
     return {"comparison": report["comparison"]}

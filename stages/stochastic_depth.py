@@ -1,9 +1,14 @@
 """Stochastic blocks: survival probabilities (eq. 2) and the drop applied to a residual branch.
 
-Scaling convention, used everywhere in this project: *inverted*. A surviving residual branch is
-divided by its survival probability whenever blocks are dropping (training and sampling), and
-evaluation uses the plain sum. The expected output of a sampled block therefore equals its
-evaluation output, and exported graphs (evaluation mode) contain no random operations.
+Scaling convention, used everywhere in this project: *inverted*. While a network trains with
+survival ``q_i``, a surviving residual branch is divided by ``q_i``, and evaluation uses the plain
+sum, so exported graphs (evaluation mode) contain no random operations.
+
+A network *sampled* for teaching draws its coins with the teaching survival ``p_i`` but, by default,
+keeps each surviving branch at the scale it was trained with (``1/q_i``; 1 for a plain-trained
+network): the paper's sub-network is the trained network with the dropped blocks removed. Dividing by
+``p_i`` instead (``kept_scale: expectation``) keeps the expected output equal to the full network's.
+The two agree whenever the teaching and the training survival are the same.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
     return [1.0 - (i / (n_blocks - 1)) * (1.0 - p_last) for i in range(n_blocks)]
 
 
+KEPT_SCALES: tuple[str, ...] = ("trained", "expectation")
+
+
+def block_position(survival: float, p_last: float) -> float:
+    """Where a block lies by depth, ``(i-1)/(n-1)`` in [0, 1], recovered from its eq. 2 survival."""
+    return (1.0 - survival) / (1.0 - p_last)
+
+
 @dataclass(frozen=True)
 class KeptRows:
     """The rows of a batch whose sub-network keeps a block, and the factor its branch is scaled by."""
@@ -37,31 +50,34 @@ class KeptRows:
     factor: float
 
 
-def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device) -> KeptRows | float:
-    """Batch mode with ``groups`` sub-networks: 0.0 or ``1/survival`` when all groups agree, else the
-    rows of the groups that keep the block."""
+def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device,
+                factor: float | None = None) -> KeptRows | float:
+    """Batch mode with ``groups`` sub-networks: 0.0 or the kept ``factor`` (default ``1/survival``)
+    when all groups agree, else the rows of the groups that keep the block."""
+    factor = 1.0 / survival if factor is None else factor
     # Coins are drawn on the CPU: a whole-batch decision never waits on the device.
     kept = torch.rand(groups) < survival
     if bool(kept.all()):
-        return 1.0 / survival
+        return factor
     if not bool(kept.any()):
         return 0.0
     size = n_rows // groups
     rows = (kept.nonzero().view(-1, 1) * size + torch.arange(size)).view(-1)
-    return KeptRows(rows.to(device, non_blocking=True), 1.0 / survival)
+    return KeptRows(rows.to(device, non_blocking=True), factor)
 
 
-def keep_scale(
-    n_rows: int, survival: float, mode: DropMode, groups: int, device: torch.device
-) -> torch.Tensor | float:
-    """Per-row factor for a residual branch: 0 where dropped, 1/survival where kept.
+def keep_scale(n_rows: int, survival: float, mode: DropMode, groups: int, device: torch.device,
+               factor: float | None = None) -> torch.Tensor | float:
+    """Per-row factor for a residual branch: 0 where dropped, the kept ``factor`` (default
+    ``1/survival``) where kept.
 
     ``groups`` splits the rows into equal consecutive groups that each draw their own sub-network in
     batch mode; K teacher samples run as one batched forward with ``groups = K``. Returns the plain
-    float ``1/survival`` when every row survives, so a kept batch costs no mask multiply.
+    float factor when every row survives, so a kept batch costs no mask multiply.
     """
+    factor = 1.0 / survival if factor is None else factor
     if mode == "batch":
-        decision = kept_groups(n_rows, survival, groups, device)
+        decision = kept_groups(n_rows, survival, groups, device, factor)
         if isinstance(decision, float):
             return decision
         rows = torch.zeros(n_rows, device=device)
@@ -69,7 +85,7 @@ def keep_scale(
         return rows.view(-1, 1, 1, 1)
     if mode == "sample":
         rows = torch.empty(n_rows, device=device).bernoulli_(survival)
-        return (rows / survival).view(-1, 1, 1, 1)
+        return (rows * factor).view(-1, 1, 1, 1)
     raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
 
 
@@ -87,6 +103,9 @@ class DropPath(nn.Module):
         if mode not in DROP_MODES:
             raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
         self.survival = survival
+        # What a surviving branch is multiplied by: 1/survival while training; while sampling for
+        # teaching, the scale the block was trained with (see use_trained_scale).
+        self.kept_factor = 1.0 / survival
         self.mode: DropMode = mode
         self.sampling = False
         self.groups = 1
@@ -98,13 +117,13 @@ class DropPath(nn.Module):
 
     def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | KeptRows | float:
         if self.forced is not None:
-            return 1.0 / self.survival if self.forced else 0.0
+            return self.kept_factor if self.forced else 0.0
         if self.mode == "batch":
-            return kept_groups(n_rows, self.survival, self.groups, device)
-        return keep_scale(n_rows, self.survival, self.mode, self.groups, device)
+            return kept_groups(n_rows, self.survival, self.groups, device, self.kept_factor)
+        return keep_scale(n_rows, self.survival, self.mode, self.groups, device, self.kept_factor)
 
     def extra_repr(self) -> str:
-        return f"survival={self.survival:.3f}, mode={self.mode}"
+        return f"survival={self.survival:.3f}, kept_factor={self.kept_factor:.3f}, mode={self.mode}"
 
 
 def make_drop(survival: float, mode: DropMode) -> DropPath | None:
@@ -134,6 +153,17 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 def drop_paths(model: nn.Module) -> list[DropPath]:
     return [m for m in model.modules() if isinstance(m, DropPath)]
+
+
+def use_trained_scale(model: nn.Module, teaching_p_last: float, trained_p_last: float) -> None:
+    """Scale each surviving branch of ``model`` (built with the teaching survival ``teaching_p_last``)
+    by ``1/q_i``, the factor its block was trained with at ``trained_p_last`` (eq. 2 at the same depth;
+    ``q_i = 1`` for a plain-trained network). Only the coins keep using the teaching survival."""
+    if teaching_p_last == trained_p_last:
+        return  # the factors already are 1/q_i, to the bit
+    for drop in drop_paths(model):
+        trained = 1.0 - block_position(drop.survival, teaching_p_last) * (1.0 - trained_p_last)
+        drop.kept_factor = 1.0 / trained
 
 
 @contextmanager
@@ -178,22 +208,40 @@ def fixed_subnetwork(model: nn.Module, keep: list[bool]) -> Iterator[nn.Module]:
             drop.forced = None
 
 
+@contextmanager
+def without_block(model: nn.Module, index: int) -> Iterator[nn.Module]:
+    """The deterministic network (evaluation mode, every other block in its plain sum) with exactly
+    the ``index``-th stochastic block removed: the network of the paper's Fig. 3."""
+    drop = drop_paths(model)[index]
+    was_training = model.training
+    model.eval()
+    try:
+        drop.forced, drop.sampling = False, True
+        with torch.inference_mode():
+            yield model
+    finally:
+        drop.forced, drop.sampling = None, False
+        model.train(was_training)
+
+
 def sample_logits(model: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
     """K sub-network outputs for a batch, shape (K, B, classes)."""
     return sample_with_groups(model, x, k, groups=False)[0]
 
 
-def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int,
-                       groups: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int, groups: bool = True,
+                       batched: bool | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """K sub-networks: logits (K, B, classes) and, with ``groups``, the feature maps at the end of
     each resolution group, each (K, B, C, H, W).
 
-    On a GPU the K sub-networks run as one batched forward pass in bfloat16, each block computed only
-    for the sub-networks that keep it. On a CPU they run one pass each: a K-times larger batch falls
-    out of the caches and runs slower than K passes (bench/train_throughput.py measures both).
+    ``batched`` (default: on a GPU) runs the K sub-networks as one batched forward pass (in bfloat16
+    on a GPU), each block computed only for the sub-networks that keep it. Otherwise they run one pass
+    each: on a CPU a K-times larger batch falls out of the caches and runs slower than K passes
+    (bench/train_throughput.py measures both).
     """
-    if k > 1 and x.device.type == "cpu":
-        parts = [sample_with_groups(model, x, 1, groups) for _ in range(k)]
+    batched = x.device.type != "cpu" if batched is None else batched
+    if k > 1 and not batched:
+        parts = [sample_with_groups(model, x, 1, groups, batched) for _ in range(k)]
         return (torch.cat([logits for logits, _ in parts]),
                 [torch.cat(maps) for maps in zip(*(features for _, features in parts))])
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x

@@ -318,6 +318,7 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
     return model, {
         "test_accuracy": test_accuracy,
+        **validation_metrics(model, data, device),
         "final_train_loss": result.final_train_loss,
         "train_wall_s": result.wall_s,
         "train_images_per_second": result.images_per_second,
@@ -348,3 +349,10 @@ def predict(model: nn.Module, images: np.ndarray, mean, std, device: torch.devic
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
+
+
+def validation_metrics(model: nn.Module, data: ImageDataset, device: torch.device) -> dict[str, float]:
+    """The accuracy on the held-out validation split, where the data has one."""
+    if data.x_val is None:
+        return {}
+    return {"validation_accuracy": accuracy(predict(model, data.x_val, data.mean, data.std, device), data.y_val)}

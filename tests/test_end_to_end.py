@@ -179,8 +179,9 @@ def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
     assert ran_tasks(done.stdout) >= {"mutual:conventional", "mutual:proposed", "benchmark:dml_proposed_2"}
     report = json.loads((tmp_path / "tiny" / "report.json").read_text())
     assert set(report["comparison"]["test_accuracy"]) == {"dml_conventional_1", "dml_conventional_2",
-                                                         "dml_proposed_1", "dml_proposed_2"}
-    assert "dml_gain" in report["comparison"] and report["analysis"] is None
+                                                         "dml_proposed_1", "dml_proposed_2", "independent_resnet8"}
+    assert "dml_gain" in report["comparison"] and report["analyses"] == {}
+    assert "dml_mean_independent" in report["comparison"]
     assert ("dml_proposed_1", "onnxruntime", "int8") in {(r["model"], r["runtime"], r["precision"])
                                                         for r in report["rows"]}
     assert "DML proposed, peer 1" in (tmp_path / "tiny" / "report.md").read_text()

@@ -4,7 +4,26 @@ each resolution group are what attention transfer compares between teacher and s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class ZeroPadShortcut(nn.Module):
+    """The parameter-free shortcut of a block that changes shape (option A of the CIFAR ResNets):
+    subsample by the stride, then zero-pad the new channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra = out_channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            half = self.extra // 2
+            x = F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+        return x
 
 
 class StagedNetwork(nn.Module):

@@ -1,7 +1,8 @@
-"""Networks without residual blocks, VGG and MobileNet v1 for CIFAR, with the method's additions:
-an identity skip around every block whose input and output shapes match (``skips=True``), and
-stochastic survival (eq. 2 by depth) on those skip blocks. A block that changes shape has no skip
-and is never dropped.
+"""Networks without residual blocks, VGG and MobileNet v1 for CIFAR, with the method's additions
+(``skips=True``): a skip around every block after the first (the identity where the block keeps its
+input's shape, otherwise the parameter-free shortcut of the CIFAR ResNets: subsample, zero-pad the
+new channels), and stochastic survival (eq. 2 by depth) on those blocks. The first block, whose
+survival is 1 by eq. 2, stays plain.
 """
 
 from __future__ import annotations
@@ -10,23 +11,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.models.base import StagedNetwork
+from stages.models.base import StagedNetwork, ZeroPadShortcut
 from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
 
 
 class SkipBlock(nn.Module):
-    """``x + f(x)`` with ``f`` droppable, when ``skip``; otherwise plain ``f(x)``."""
+    """``shortcut(x) + f(x)`` with ``f`` droppable, when the block has a skip; otherwise plain ``f(x)``."""
 
-    def __init__(self, body: nn.Module, skip: bool, survival: float = 1.0, drop_mode: DropMode = "batch") -> None:
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None, survival: float = 1.0,
+                 drop_mode: DropMode = "batch") -> None:
         super().__init__()
         self.body = body
-        self.skip = skip
-        self.drop = make_drop(survival, drop_mode) if skip else None
+        self.shortcut = shortcut
+        self.drop = make_drop(survival, drop_mode) if shortcut is not None else None
+
+    @property
+    def skip(self) -> bool:
+        return self.shortcut is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.skip:
+        if self.shortcut is None:
             return self.body(x)
-        return stochastic_sum(self.body, x, x, self.drop)
+        return stochastic_sum(self.body, x, self.shortcut(x), self.drop)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
@@ -37,14 +43,17 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, groups: 
 
 def _skip_blocks(shapes: list[tuple[int, int, int]], bodies: list[nn.Module], skips: bool, p_last: float,
                  drop_mode: DropMode) -> list[SkipBlock]:
-    """Wrap each body; survival runs over all blocks by depth, shape-changing ones never drop."""
+    """Wrap each body; survival runs over all blocks by depth (eq. 2)."""
     if p_last < 1.0 and not skips:
         raise ValueError("stochastic blocks need identity skips: set skips on, or p_last to 1")
     survivals = survival_probabilities(len(bodies), p_last)
     blocks = []
-    for (in_channels, out_channels, stride), body, survival in zip(shapes, bodies, survivals):
-        keeps_shape = in_channels == out_channels and stride == 1
-        blocks.append(SkipBlock(body, skips and keeps_shape, survival, drop_mode))
+    for index, ((in_channels, out_channels, stride), body, survival) in enumerate(zip(shapes, bodies, survivals)):
+        shortcut: nn.Module | None = None
+        if skips and index > 0:
+            keeps_shape = in_channels == out_channels and stride == 1
+            shortcut = nn.Identity() if keeps_shape else ZeroPadShortcut(in_channels, out_channels, stride)
+        blocks.append(SkipBlock(body, shortcut, survival, drop_mode))
     return blocks
 
 

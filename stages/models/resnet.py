@@ -12,23 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.models.base import StagedNetwork
+from stages.models.base import StagedNetwork, ZeroPadShortcut
 from stages.stochastic_depth import DropMode, make_drop, stochastic_sum, survival_probabilities
-
-
-class ZeroPadShortcut(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-        self.extra = out_channels - in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra:
-            half = self.extra // 2
-            x = F.pad(x, (0, 0, 0, 0, half, self.extra - half))
-        return x
 
 
 class BasicBlock(nn.Module):

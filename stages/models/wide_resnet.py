@@ -28,16 +28,20 @@ class WideBlock(nn.Module):
                            if self.changes_shape else None)
         self.drop = None if self.changes_shape else make_drop(survival, drop_mode)
 
+    def branch(self, activated: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.bn2(self.conv1(activated))))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        # Activates its own argument: with K sub-networks sampled together it receives only the rows
+        # of the sub-networks that keep this block.
+        return self.branch(F.relu(self.bn1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = F.relu(self.bn1(x))
         if self.projection is not None:
             # The original WRN feeds the activated input to both paths of a projecting block.
-            return self.conv2(F.relu(self.bn2(self.conv1(activated)))) + self.projection(activated)
-
-        def residual(_: torch.Tensor) -> torch.Tensor:
-            return self.conv2(F.relu(self.bn2(self.conv1(activated))))
-
-        return stochastic_sum(residual, x, x, self.drop)
+            activated = F.relu(self.bn1(x))
+            return self.branch(activated) + self.projection(activated)
+        return stochastic_sum(self.residual, x, x, self.drop)
 
 
 class WideResNet(StagedNetwork):

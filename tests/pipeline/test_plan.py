@@ -109,6 +109,16 @@ def test_dml_adds_conventional_and_proposed_peers_each_deployed():
         for peer in (1, 2, 3):
             assert f"benchmark:dml_{kind}_{peer}" in ids
     export = next(t for t in plan if t.id == "export:dml_proposed_2")
+    # Independent learning: each distinct peer network alone, with the peers' recipe; here that is the
+    # student trained alone, so the two share one artifact.
+    tasks = {t.id: t for t in plan}
+    assert "benchmark:independent_resnet8" in ids and "distill:independent_resnet8" in ids
+    plain_peers = load_profile(QUICK, ["methods=[kd, dml]", "mutual.training.epochs=20",
+                                       "mutual.training.batch_size=64", "mutual.training.lr_schedule=cosine",
+                                       "mutual.peers=[resnet8, resnet8]"])
+    shared = {t.id: t.key for t in build_plan(plain_peers)}
+    assert shared["distill:independent_resnet8"] == shared["distill:student"]
+    assert tasks["distill:independent_resnet8"].params["student"].training == load_profile(QUICK).mutual.training
     assert export.params["member"] == "peer2" and export.needs["model"].id == "mutual:proposed"
 
 
@@ -124,9 +134,61 @@ def test_survival_settings_reach_only_the_proposed_peers():
 
 def test_a_dml_only_profile_has_no_teacher():
     plan = build_plan(load_profile(QUICK, ["methods=[dml]"]))
-    assert not any(t.stage in ("teacher", "analyze", "distill") for t in plan)
+    assert not any(t.stage in ("teacher", "analyze") for t in plan)
+    assert {t.id for t in plan if t.stage == "distill"} == {"distill:independent_resnet32"}
     report = next(t for t in plan if t.stage == "report")
-    assert "analysis" not in report.needs
+    assert not any(role.startswith("analysis") for role in report.needs)
+
+
+BOTH = "teacher.readings=[stochastic_depth, plain]"
+
+
+def test_each_teacher_reading_brings_its_teacher_kd_baseline_stochastic_kd_and_analysis():
+    plan = build_plan(load_profile(QUICK, [BOTH]))
+    ids = {t.id for t in plan}
+    for prefix in ("", "plain_"):
+        assert {f"teacher:{prefix}teacher", f"distill:{prefix}kd", f"distill:{prefix}stochastic_kd",
+                f"analyze:{prefix}teacher", f"benchmark:{prefix}stochastic_kd"} <= ids
+    assert sum(t.id == "distill:student" for t in plan) == 1  # one student alone for both readings
+    tasks = {t.id: t for t in plan}
+    plain = tasks["teacher:plain_teacher"].params["teacher"]
+    assert plain.p_last == 1.0 and plain.arch == "resnet20"
+    assert tasks["distill:plain_stochastic_kd"].needs["teacher"] is tasks["teacher:plain_teacher"]
+    # The plain teacher teaches at the profile's p_n (teacher.p_last 0.8 in the quickstart).
+    assert tasks["distill:plain_stochastic_kd"].params["distill"].p_last == 0.8
+    assert tasks["analyze:plain_teacher"].params["p_last"] == 0.8
+    assert set(tasks["report"].needs) >= {"analysis:teacher", "analysis:plain_teacher", "train:plain_kd"}
+
+
+def test_a_teaching_p_n_sweep_retrains_neither_the_plain_teacher_nor_its_kd_baseline():
+    def keys(overrides):
+        return {t.id: t.key for t in build_plan(load_profile(QUICK, [BOTH, *overrides]))}
+
+    before, after = keys(["distill.p_last=0.5"]), keys(["distill.p_last=0.6"])
+    changed = {task for task in before if before[task] != after[task]}
+    assert {"teacher:plain_teacher", "distill:plain_kd", "teacher:teacher", "distill:kd",
+            "distill:student"}.isdisjoint(changed)
+    assert {"distill:plain_stochastic_kd", "distill:stochastic_kd", "analyze:plain_teacher"} <= changed
+    # Nor does the stochastic-depth teacher's own p_n retrain the plain teacher.
+    assert keys(["teacher.p_last=0.6"])["teacher:plain_teacher"] == keys([])["teacher:plain_teacher"]
+
+
+def test_the_kept_scale_enters_a_key_only_where_it_changes_the_teacher():
+    def keys(overrides):
+        return {t.id: t.key for t in build_plan(load_profile(QUICK, [BOTH, *overrides]))}
+
+    # Taught at its own p_n, a stochastic-depth teacher is the same under both scales.
+    same = keys(["distill.kept_scale=expectation"])
+    assert same["distill:stochastic_kd"] == keys([])["distill:stochastic_kd"]
+    assert same["distill:plain_stochastic_kd"] != keys([])["distill:plain_stochastic_kd"]
+    moved = keys(["distill.p_last=0.5"]), keys(["distill.p_last=0.5", "distill.kept_scale=expectation"])
+    assert moved[0]["distill:stochastic_kd"] != moved[1]["distill:stochastic_kd"]
+    assert moved[0]["distill:kd"] == moved[1]["distill:kd"]
+
+
+def test_readings_do_not_enter_the_stochastic_depth_teachers_key():
+    assert _keys([BOTH])["teacher:teacher"] == _keys()["teacher:teacher"]
+    assert _keys(["teacher.readings=[plain]"]).keys().isdisjoint({"teacher:teacher", "distill:kd"})
 
 
 def test_attention_transfer_names_its_models_and_keys_only_what_it_reads():

@@ -38,3 +38,29 @@ def test_seeds_become_mean_and_std():
     assert summary[1]["accuracy"]["kd"]["std"] == 0.0
     table = render_markdown(summary, axes, "p", ["kd"], {"kd": "KD"})
     assert "| distill.p_last | KD |" in table and "| 0.5 | 61.00 ± 1.41 |" in table
+
+
+def test_settings_are_chosen_by_validation_accuracy_and_reported_with_their_test_accuracy():
+    from pipeline.sweep import choose_by_validation
+
+    axes = [("distill.p_last", ["0.5", "0.9"]), ("seed", ["0", "1"])]
+    # Validation prefers 0.5, the test split would prefer 0.9: the choice follows validation.
+    runs = [(0.5, 0, 0.60, 0.50), (0.5, 1, 0.62, 0.52), (0.9, 0, 0.70, 0.40), (0.9, 1, 0.72, 0.42)]
+    results = [{"point": {"distill.p_last": p, "seed": s}, "accuracy": {"stochastic_kd": test},
+                "validation": {"stochastic_kd": val}} for p, s, test, val in runs]
+    summary = summarize(results, axes)
+    chosen = choose_by_validation(summary)["stochastic_kd"]
+    assert chosen["point"] == {"distill.p_last": 0.5}
+    assert chosen["test"]["mean"] == pytest.approx(0.61) and chosen["validation"]["mean"] == pytest.approx(0.51)
+    table = render_markdown(summary, axes, "p", ["stochastic_kd"], {"stochastic_kd": "stochastic KD"})
+    assert "## Chosen on the validation split" in table
+    assert "| stochastic KD | 0.5 | 51.00 ± 1.41 | 61.00 ± 1.41 |" in table
+    assert "| 0.9 | 41.00 ± 1.41 |" in table  # every point's validation accuracy
+
+
+def test_without_a_validation_split_nothing_is_chosen():
+    from pipeline.sweep import choose_by_validation
+
+    summary = summarize([{"point": {"seed": 0}, "accuracy": {"kd": 0.5}}], [("seed", ["0"])])
+    assert choose_by_validation(summary) == {}
+    assert "Chosen" not in render_markdown(summary, [("seed", ["0"])], "p", ["kd"], {})

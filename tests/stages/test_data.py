@@ -71,3 +71,20 @@ def test_cifar100_npz_on_disk(cifar100_npz):
     # The published CIFAR-100 training statistics.
     assert data.mean == pytest.approx((0.5071, 0.4865, 0.4409), abs=1e-4)
     assert data.std == pytest.approx((0.2673, 0.2564, 0.2762), abs=1e-4)
+
+
+def test_a_validation_split_is_held_out_of_the_training_images_class_balanced():
+    full = load_dataset(DataConfig(dataset="digits"))
+    data = load_dataset(DataConfig(dataset="digits", validation_images=200, train_images=1000))
+    assert len(data.y_val) == 200 and np.bincount(data.y_val).min() == 20  # 10 classes, 20 each
+    assert len(data.y_train) == 1000
+    rows = {tuple(x.ravel()) for x in data.x_train}
+    assert not any(tuple(x.ravel()) in rows for x in data.x_val[:50])  # never trained on
+    assert np.array_equal(data.x_test, full.x_test)  # the test split is untouched
+    again = load_dataset(DataConfig(dataset="digits", validation_images=200, train_images=1000))
+    assert np.array_equal(again.x_val, data.x_val)  # a fixed, seeded choice
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(DataError, match="data.validation_images = 1437 leaves no training images"):
+        load_dataset(DataConfig(dataset="digits", validation_images=1437))

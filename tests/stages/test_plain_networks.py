@@ -2,20 +2,37 @@ import pytest
 import torch
 
 from stages.architectures import build_model, resolve_skips
+from stages.models.base import ZeroPadShortcut
 from stages.models.plain import SkipBlock
 from stages.models.wide_resnet import WideBlock
 from stages.stochastic_depth import drop_paths, fixed_subnetwork, survival_probabilities
 
 
-def test_skips_go_exactly_around_shape_preserving_blocks():
-    net = build_model("vgg13", 10, 3, skips=True)
-    blocks = [m for m in net.modules() if isinstance(m, SkipBlock)]
-    shapes = [(b.body[0].in_channels, b.body[0].out_channels) for b in blocks]
-    assert [b.skip for b in blocks] == [a == c for a, c in shapes]
-    mobile = build_model("mobilenet", 10, 3, skips=True)
-    for block in mobile.blocks:
-        depthwise, pointwise = block.body[0], block.body[3]
-        assert block.skip == (depthwise.stride == (1, 1) and pointwise.in_channels == pointwise.out_channels)
+def test_skips_go_around_every_block_after_the_first():
+    for name in ("vgg13", "mobilenet"):
+        net = build_model(name, 10, 3, skips=True)
+        blocks = [m for m in net.modules() if isinstance(m, SkipBlock)]
+        assert [b.skip for b in blocks] == [False] + [True] * (len(blocks) - 1)
+        for block in blocks[1:]:
+            convs = [m for m in block.body if isinstance(m, torch.nn.Conv2d)]
+            keeps_shape = convs[0].stride == (1, 1) and convs[0].in_channels == convs[-1].out_channels
+            assert isinstance(block.shortcut, torch.nn.Identity if keeps_shape else ZeroPadShortcut)
+
+
+@pytest.mark.parametrize("name, droppable", [("vgg13", 9), ("mobilenet", 12)])
+def test_every_block_after_the_first_of_a_stochastic_plain_network_drops(name, droppable):
+    assert len(drop_paths(build_model(name, 10, 3, p_last=0.5))) == droppable
+
+
+def test_a_dropped_shape_changing_skip_block_is_its_zero_padding_shortcut():
+    body = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, stride=2, padding=1), torch.nn.ReLU())
+    block = SkipBlock(body, ZeroPadShortcut(4, 8, 2), 0.5)
+    x = torch.randn(2, 4, 5, 5)
+    with fixed_subnetwork(torch.nn.Sequential(block), [False]):
+        out = block(x)
+    assert out.shape == (2, 8, 3, 3)
+    assert torch.equal(out[:, 2:6], x[:, :, ::2, ::2])
+    assert out[:, :2].abs().sum() == 0 and out[:, 6:].abs().sum() == 0
 
 
 def test_plain_networks_without_skips_are_the_conventional_ones():
@@ -29,14 +46,15 @@ def test_stochastic_plain_network_follows_eq_2_by_depth():
     blocks = list(net.blocks)
     expected = survival_probabilities(len(blocks), 0.5)
     for block, p in zip(blocks, expected):
-        if block.skip and p < 1:
+        if p < 1:
             assert block.drop.survival == pytest.approx(p)
         else:
             assert block.drop is None
 
 
 def test_a_dropped_skip_block_is_the_identity():
-    block = SkipBlock(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()), True, 0.5)
+    block = SkipBlock(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()),
+                      torch.nn.Identity(), 0.5)
     x = torch.randn(2, 4, 5, 5)
     with fixed_subnetwork(torch.nn.Sequential(block), [False]):
         assert torch.equal(block(x), x)

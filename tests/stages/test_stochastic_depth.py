@@ -161,3 +161,87 @@ def test_branches_are_computed_only_for_the_sub_networks_that_keep_them():
         expected = x + kept.view(-1, 1, 1, 1) * x * 3 / 0.5
         assert torch.allclose(out, expected)
         assert seen[-1] == int(kept.sum()) or not kept.any() or kept.all()
+
+
+@pytest.mark.parametrize("name", sorted(__import__("stages.architectures", fromlist=["ARCHITECTURES"]).ARCHITECTURES))
+def test_k_sub_networks_sampled_in_one_batched_pass_work_on_every_network(name):
+    """The batched path a GPU takes, forced on the CPU: each block runs on the rows of the
+    sub-networks that keep it, so a block must compute its branch from exactly the rows it is given."""
+    from stages.architectures import build_model
+    from stages.stochastic_depth import sample_with_groups
+
+    torch.manual_seed(0)
+    net = build_model(name, 10, 3, p_last=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    for seed in range(3):  # draws where some, all or none of the K sub-networks keep a block
+        torch.manual_seed(seed)
+        logits, groups = sample_with_groups(net, x, k=3, batched=True)
+        assert logits.shape == (3, 2, 10) and torch.isfinite(logits).all()
+        assert all(g.shape[:2] == (3, 2) for g in groups)
+
+
+def _saved_teacher(tmp_path, trained_p_last: float):
+    from stages.checkpoint import ModelSpec, save_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", 10, 3, 16, trained_p_last, "batch", (0.5,) * 3, (0.25,) * 3)
+    model = spec.build()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    save_model(model, spec, tmp_path)
+    return tmp_path
+
+
+def test_a_plain_teachers_sub_network_is_the_trained_network_with_the_dropped_blocks_removed(tmp_path):
+    from stages.checkpoint import load_model
+    from stages.teaching import teaching_teacher
+
+    folder = _saved_teacher(tmp_path, 1.0)
+    teacher = teaching_teacher(folder, 0.5, "batch", "trained", torch.device("cpu"))
+    reference = load_model(folder)  # plain: no dropper at all
+    droppable = [i for i, block in enumerate(teacher.blocks) if block.drop is not None]
+    assert [d.kept_factor for d in drop_paths(teacher)] == [1.0] * len(droppable)
+    x = torch.randn(3, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        keep = draw_subnetwork(teacher, generator)
+        with fixed_subnetwork(teacher, keep):
+            sampled = teacher(x)
+        for index, kept in zip(droppable, keep):
+            if not kept:
+                reference.blocks[index].residual = lambda z: torch.zeros(())
+        with torch.inference_mode():
+            expected = reference(x)
+        for index in droppable:
+            reference.blocks[index].__dict__.pop("residual", None)
+        assert torch.equal(sampled, expected)
+
+
+def test_kept_blocks_keep_the_scale_they_were_trained_with(tmp_path):
+    from stages.teaching import teaching_teacher
+
+    folder = _saved_teacher(tmp_path, 0.8)
+    trained = survival_probabilities(9, 0.8)[1:]
+    teaching = survival_probabilities(9, 0.5)[1:]
+    teacher = teaching_teacher(folder, 0.5, "batch", "trained", torch.device("cpu"))
+    assert [d.survival for d in drop_paths(teacher)] == pytest.approx(teaching)  # the coins: p_i
+    assert [d.kept_factor for d in drop_paths(teacher)] == pytest.approx([1 / q for q in trained])
+    expectation = teaching_teacher(folder, 0.5, "batch", "expectation", torch.device("cpu"))
+    assert [d.kept_factor for d in drop_paths(expectation)] == pytest.approx([1 / p for p in teaching])
+
+
+def test_teaching_at_the_trained_p_n_is_the_same_under_both_kept_scales(tmp_path):
+    from stages.teaching import teaching_teacher
+
+    folder = _saved_teacher(tmp_path, 0.5)
+    x = torch.randn(4, 3, 16, 16)
+    outputs = []
+    for kept_scale in ("trained", "expectation"):
+        teacher = teaching_teacher(folder, 0.5, "batch", kept_scale, torch.device("cpu"))
+        assert [d.kept_factor for d in drop_paths(teacher)] == [1 / d.survival for d in drop_paths(teacher)]
+        torch.manual_seed(3)
+        outputs.append(sample_logits(teacher, x, 4))
+    assert torch.equal(*outputs)
