@@ -27,6 +27,8 @@ def model_label(model: str) -> str:
         return f"DML {kind}, peer {peer}"
     if model.startswith("independent_"):
         return f"{model[len('independent_'):]} alone (independent learning)"
+    if model == f"{PLAIN}teacher":
+        return TEACHER_NAMES["plain"]
     if model.startswith(PLAIN):
         return f"{MODEL_LABELS.get(model[len(PLAIN):], model)} (plain teacher)"
     return MODEL_LABELS.get(model, model)
@@ -76,7 +78,8 @@ def _pct(value: float | None) -> str:
 
 
 def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
-    lines = ["", f"## What the {model_label(teacher)} teaches with", "",
+    name = TEACHER_NAMES[teacher_reading(teacher)]
+    lines = ["", f"## What the {name} teaches with", "",
              f"Sampled as it teaches: p_n {analysis['teaching_p_last']:g}, kept blocks at the "
              + ("scale they were trained with" if analysis["kept_scale"] == "trained"
                 else "expectation-preserving scale (divided by the teaching survival)") + ". "
@@ -94,7 +97,7 @@ def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
                   "| --- | --- | --- | --- |"]
         lines += [f"| {b['stochastic_block']} | {b['survival']:.3f} | {b['entropy']:.3f} | {_pct(b['accuracy'])} |"
                   for b in analysis["single_block_dropped"]]
-        lines += ["", f"![{model_label(teacher)} entropy with one block removed]({entropy_plot_name(teacher)})"]
+        lines += ["", f"![{name}: entropy with one block removed]({entropy_plot_name(teacher)})"]
     return lines
 
 
@@ -259,7 +262,7 @@ def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
     accuracy_axis.plot(x, [100 * b["accuracy"] for b in blocks], color="C1", marker="o", label="top-1 %")
     accuracy_axis.set_ylabel("top-1 accuracy (%)", color="C1")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{model_label(teacher)}: output entropy with a single block removed")
+    ax.set_title(f"{TEACHER_NAMES[teacher_reading(teacher)]}: output entropy with a single block removed")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

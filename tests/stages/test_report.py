@@ -1,0 +1,27 @@
+import pytest
+
+from stages.report import method_comparison, model_label, teacher_reading
+
+
+def test_each_teacher_reading_gets_its_own_gains_and_names():
+    accuracy = {"teacher": 0.60, "student": 0.50, "kd": 0.52, "stochastic_kd": 0.53,
+                "plain_teacher": 0.62, "plain_kd": 0.54, "plain_stochastic_kd": 0.51}
+    comparison = method_comparison({m: {"test_accuracy": a} for m, a in accuracy.items()})
+    by_teacher = comparison["by_teacher"]
+    assert by_teacher["stochastic_depth"]["gain_over_deterministic"] == pytest.approx(0.01)
+    assert by_teacher["plain"]["gain_over_deterministic"] == pytest.approx(-0.03)
+    assert by_teacher["plain"]["gain_over_student_alone"] == pytest.approx(0.01)
+    assert by_teacher["plain"]["teacher_test_accuracy"] == 0.62
+    assert comparison["gain_over_deterministic"] == pytest.approx(0.01)  # the first reading's, for headlines
+    assert [teacher_reading(m) for m in accuracy] == ["stochastic_depth", None, "stochastic_depth",
+                                                      "stochastic_depth", "plain", "plain", "plain"]
+    assert model_label("plain_stochastic_kd") == "stochastic KD (plain teacher)"
+    assert model_label("plain_teacher") == "plain teacher"
+    assert teacher_reading("dml_proposed_1") is None and teacher_reading("independent_resnet8") is None
+
+
+def test_a_plain_teacher_alone_reports_its_gains_at_the_top_level():
+    accuracy = {"student": 0.50, "plain_teacher": 0.62, "plain_kd": 0.54, "plain_stochastic_kd": 0.56}
+    comparison = method_comparison({m: {"test_accuracy": a} for m, a in accuracy.items()})
+    assert list(comparison["by_teacher"]) == ["plain"]
+    assert comparison["gain_over_student_alone"] == pytest.approx(0.06)
