@@ -197,6 +197,10 @@ class MutualConfig(Section):
     drop_mode: Literal["batch", "sample"] = Field("batch", description="How proposed peers drop blocks.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of the mimicry term (DML uses 1).")
     mimicry_weight: float = Field(1.0, ge=0, description="Weight of the mean KL to the other peers (CE weighs 1).")
+    update: Literal["simultaneous", "sequential"] = Field(
+        "simultaneous", description="simultaneous: every peer steps on the same batch's predictions; sequential: "
+        "peers step one after another, each learning from the others' latest predictions (DML's Algorithm 1; "
+        "one process only).")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="One recipe for every peer.")
 
     @field_validator("peers")
@@ -207,7 +211,10 @@ class MutualConfig(Section):
         return peers
 
     def cache_form(self) -> dict:
-        return {**self.model_dump(mode="json", exclude_none=True), **skip_shortcuts(self.peers, self.p_last, None)}
+        # The default update stays out, so keys made before it was a setting stay valid.
+        unused = {"update"} if self.update == "simultaneous" else set()
+        return {**self.model_dump(mode="json", exclude=unused, exclude_none=True),
+                **skip_shortcuts(self.peers, self.p_last, None)}
 
 
 class AnalysisConfig(Section):

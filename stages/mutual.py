@@ -1,7 +1,9 @@
 """Stage: Deep Mutual Learning (Zhang et al. 2018), conventional and proposed.
 
 Peers train together from scratch on the same batches; each minimizes its cross-entropy plus the
-mean KL divergence from the other peers' (detached) predictions to its own. In the proposed variant
+mean KL divergence from the other peers' (detached) predictions to its own. They step together
+(``mutual.update: simultaneous``) or one after another, each from the others' latest predictions
+(``sequential``, the paper's Algorithm 1). In the proposed variant
 every peer has identity skips and stochastic blocks (eq. 2), so each forward pass of a peer is a
 sampled sub-network and every peer learns from many sub-networks of the others.
 """
@@ -14,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import distributed
+from pipeline.errors import PipelineError
 from stages.architectures import resolve_skips
 from stages.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
 from stages.data import load_dataset
 from stages.losses import kd_term
-from stages.training import DeviceData, accuracy, predict, select_device, train, validation_metrics
+from stages.training import DeviceData, UpdateStep, accuracy, predict, select_device, train, validation_metrics
 
 
 class Peers(nn.Module):
@@ -33,6 +37,12 @@ class Peers(nn.Module):
         return torch.stack([peer(x) for peer in self.peers])
 
 
+def peer_loss(own: torch.Tensor, others: torch.Tensor, labels: torch.Tensor, temperature: float,
+              weight: float) -> torch.Tensor:
+    """One peer's DML loss: ``CE + weight * mean_j KL(p_j || p_own)`` over the other peers' logits."""
+    return F.cross_entropy(own, labels) + weight * kd_term(own, others.detach(), temperature)
+
+
 def mutual_loss(logits: torch.Tensor, labels: torch.Tensor, temperature: float, weight: float) -> torch.Tensor:
     """Sum over peers of ``CE + weight * mean_j KL(p_j || p_i)``, the other peers' outputs detached.
 
@@ -41,13 +51,41 @@ def mutual_loss(logits: torch.Tensor, labels: torch.Tensor, temperature: float, 
     """
     total = logits.new_zeros(())
     for i in range(len(logits)):
-        others = torch.cat([logits[:i], logits[i + 1:]]).detach()
-        total = total + F.cross_entropy(logits[i], labels) + weight * kd_term(logits[i], others, temperature)
+        total = total + peer_loss(logits[i], torch.cat([logits[:i], logits[i + 1:]]), labels, temperature, weight)
     return total
+
+
+def sequential_update(peers: Peers, temperature: float, weight: float) -> UpdateStep:
+    """DML's Algorithm 1: the peers take their optimizer steps one after another on each batch, each
+    learning from the others' latest predictions (a peer already updated on this batch is asked again).
+
+    The optimizer steps only parameters that have gradients, so each step moves one peer alone."""
+
+    def update(net, optimizer, images, labels, bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = [peer(images) for peer in peers.peers]
+        first = torch.stack([l.detach() for l in logits])
+        total = images.new_zeros(())
+        for i, peer in enumerate(peers.peers):
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = peer_loss(logits[i], torch.stack(logits[:i] + logits[i + 1:]), labels, temperature, weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total = total + loss.detach()
+            if i + 1 < len(logits):
+                with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits[i] = peer(images)
+        return first, total
+
+    return update
 
 
 def train_peers(ctx: StageContext) -> dict:
     cfg, data_cfg, seed = ctx.params["mutual"], ctx.params["data"], ctx.params["seed"]
+    if cfg.update == "sequential" and distributed.world_size() > 1:
+        raise PipelineError("mutual.update = 'sequential' steps one peer at a time, which DistributedDataParallel "
+                            "does not support: run it on one process, or use mutual.update: simultaneous")
     p_last = cfg.p_last
     data = load_dataset(data_cfg)
     device = select_device(ctx.device)
@@ -59,7 +97,9 @@ def train_peers(ctx: StageContext) -> dict:
                    loss_fn=lambda logits, images, labels: mutual_loss(logits, labels, cfg.temperature,
                                                                        cfg.mimicry_weight),
                    progress=ctx.progress, label=f"{ctx.variant} DML ({' + '.join(cfg.peers)})",
-                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s)
+                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s,
+                   update=(sequential_update(peers, cfg.temperature, cfg.mimicry_weight)
+                           if cfg.update == "sequential" else None))
     members = {}
     for index, (peer, spec) in enumerate(zip(peers.peers, specs)):
         folder = ctx.output / peer_folder(index)

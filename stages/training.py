@@ -26,6 +26,24 @@ from stages.resume import (TrainingInterrupted, load_state, restore_rng_states, 
 # loss(model output, normalized images, labels) -> scalar. The output is the logits, or for a model
 # that returns more (see WithGroups) a tuple whose first element is the logits.
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# update(net, optimizer, images, labels, bf16) -> (model output, loss): one optimizer step on a batch.
+UpdateStep = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor, bool],
+                      tuple[torch.Tensor, torch.Tensor]]
+
+
+def joint_update(loss_fn: LossFunction) -> UpdateStep:
+    """The usual step: one forward pass, one loss, one backward pass, one optimizer step."""
+
+    def update(net, optimizer, images, labels, bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = net(images)
+            loss = loss_fn(output, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return output, loss
+
+    return update
 
 
 def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -94,14 +112,17 @@ class DeviceData:
 
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
           loss_fn: LossFunction = cross_entropy_loss, progress=no_progress, label: str = "training",
-          checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0) -> TrainResult:
+          checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0,
+          update: UpdateStep | None = None) -> TrainResult:
     """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory.
+    ``update`` makes each step (default: ``joint_update(loss_fn)``).
 
     With ``checkpoint``, the training state is saved there at the first step boundary after every
     ``checkpoint_interval_s`` seconds, on Ctrl-C, and at the end; a run that finds one there resumes
     from it and ends with the weights an uninterrupted run would have given."""
     from pipeline import distributed
 
+    update = update or joint_update(loss_fn)
     device = data.device
     model.to(device=device, memory_format=torch.channels_last).train()
     # One fused kernel for the whole update on a GPU; PyTorch's default (foreach) elsewhere.
@@ -157,13 +178,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
                 if ranks > 1:
                     images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    output = net(images)
-                    loss = loss_fn(output, images, labels)
+                output, loss = update(net, optimizer, images, labels, bf16)
                 logits = output[0] if isinstance(output, tuple) else output
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 run.loss_sum += loss.detach() * len(labels)
                 # The first batch whose loss is not finite, kept on the device: no sync per step.
                 run.first_bad = torch.where((run.first_bad < 0) & ~torch.isfinite(loss.detach()),
