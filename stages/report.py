@@ -107,6 +107,7 @@ def entropy_plot_name(teacher: str) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
+    validated = any("validation_accuracy" in m for m in report["training"].values())
     lines = [f"# stochkd-pipeline report: {report['profile']}", "",
              f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
              f"{report['threads']} threads; target profile `{report['target']}`."
@@ -118,11 +119,13 @@ def render_markdown(report: dict[str, Any]) -> str:
              "other; DML proposed: the same with skips and stochastic blocks in every peer.", "",
              "Stochastic-depth teacher: trained with dropping at its p_n. Plain teacher: trained without "
              "dropping, its blocks dropped only while it teaches.", "",
-             "| model | network | teacher | top-1 % |", "| --- | --- | --- | --- |"]
+             "| model | network | teacher | top-1 % |" + (" validation top-1 % |" if validated else ""),
+             "| --- | --- | --- | --- |" + (" --- |" if validated else "")]
     for model, acc in report["comparison"]["test_accuracy"].items():
         reading = report["teachers"].get(model)
         lines.append(f"| {model_label(model)} | {report['archs'][model]} | "
-                     f"{TEACHER_NAMES[reading] if reading else '–'} | {_pct(acc)} |")
+                     f"{TEACHER_NAMES[reading] if reading else '–'} | {_pct(acc)} |"
+                     + (f" {_pct(report['training'][model].get('validation_accuracy'))} |" if validated else ""))
     teacher = report["training"].get("teacher", {})
     if teacher.get("sampled_subnetwork_accuracy_std"):
         lines += ["", f"The stochastic-depth teacher's sub-networks at its own p_n, each drawn once, score "

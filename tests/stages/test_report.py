@@ -25,3 +25,17 @@ def test_a_plain_teacher_alone_reports_its_gains_at_the_top_level():
     comparison = method_comparison({m: {"test_accuracy": a} for m, a in accuracy.items()})
     assert list(comparison["by_teacher"]) == ["plain"]
     assert comparison["gain_over_student_alone"] == pytest.approx(0.06)
+
+
+def test_the_report_gives_validation_accuracy_beside_test_accuracy_where_held_out():
+    from stages.report import render_markdown
+
+    training = {"student": {"test_accuracy": 0.5, "validation_accuracy": 0.55, "arch": "resnet8"},
+                "plain_teacher": {"test_accuracy": 0.6, "validation_accuracy": 0.61, "arch": "resnet20"}}
+    report = {"profile": "p", "machine": {"cpu": "cpu", "cores": 2, "host": "h"}, "threads": 2, "target": "t",
+              "models": list(training), "archs": {m: v["arch"] for m, v in training.items()},
+              "teachers": {m: teacher_reading(m) for m in training}, "training": training,
+              "comparison": method_comparison(training), "analyses": {}, "rows": [], "plot_batch_size": 1}
+    text = render_markdown(report)
+    assert "| model | network | teacher | top-1 % | validation top-1 % |" in text
+    assert "| plain teacher | resnet20 | plain teacher | 60.00 | 61.00 |" in text
