@@ -54,6 +54,12 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("teacher:\n  arch: vgg13\n  p_last: 0.5\n  skips: false\n", [], "vgg13 needs identity skips for stochastic blocks"),
     ("student:\n  arch: resnet8\n  skips: false\n", [], "resnet8 is a residual network"),
     ("teacher:\n  arch: vgg13\n  p_last: 1\ndistill:\n  p_last: 0.5\n", [], "teacher vgg13 has no identity skips"),
+    ("teacher:\n  readings: [plain, sd]\n", [], "teacher.readings.1 = 'sd': Input should be 'stochastic_depth' or 'plain'"),
+    ("teacher:\n  readings: [plain, plain]\n", [], "each reading at most once"),
+    ("teacher:\n  p_last: 1\n  readings: [plain]\n", [], "the teaching p_n is 1 \\(distill.p_last, or else teacher.p_last\\)"),
+    ("distill:\n  kept_scale: both\n", [], "distill.kept_scale = 'both': Input should be 'trained' or 'expectation'"),
+    ("data:\n  validation_images: 0\n", [], "data.validation_images = 0: Input should be greater than or equal to 1"),
+    ("mutual:\n  update: alternating\n", [], "mutual.update = 'alternating': Input should be 'simultaneous' or 'sequential'"),
     ("teacher:\n  arch: resnet20\nstudent:\n  arch: vgg13\ndistill:\n  transfer: at\n", [],
      "teacher resnet20 has 3 groups and student vgg13 5"),
 ])
