@@ -35,9 +35,6 @@ def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
     return [1.0 - (i / (n_blocks - 1)) * (1.0 - p_last) for i in range(n_blocks)]
 
 
-KEPT_SCALES: tuple[str, ...] = ("trained", "expectation")
-
-
 def block_position(survival: float, p_last: float) -> float:
     """Where a block lies by depth, ``(i-1)/(n-1)`` in [0, 1], recovered from its eq. 2 survival."""
     return (1.0 - survival) / (1.0 - p_last)
