@@ -29,6 +29,12 @@ def skip_shortcuts(archs: tuple[str, ...] | list[str], p_last: float, skips: boo
     return {"skip_shortcuts": "zero_pad"} if added else {}
 
 
+def _each_once(values: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"each {what} at most once, got {list(values)}")
+    return values
+
+
 def _known_architecture(name: str) -> str:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown network {name!r}; allowed: {', '.join(ARCHITECTURES)}")
@@ -119,9 +125,7 @@ class TeacherConfig(Section):
     @field_validator("readings")
     @classmethod
     def _distinct_readings(cls, readings: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(readings)) != len(readings):
-            raise ValueError(f"each reading at most once, got {list(readings)}")
-        return readings
+        return _each_once(readings, "reading")
 
     def cache_form(self) -> dict:
         """What training the teacher reads: not which readings the profile compares."""
@@ -371,9 +375,7 @@ class Profile(Section):
     @field_validator("methods")
     @classmethod
     def _distinct(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(methods)) != len(methods):
-            raise ValueError(f"each method at most once, got {list(methods)}")
-        return methods
+        return _each_once(methods, "method")
 
     @model_validator(mode="after")
     def _attention_groups_pair_up(self) -> "Profile":
