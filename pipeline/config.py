@@ -236,8 +236,9 @@ class QuantizeConfig(Section):
     precisions: tuple[Literal["int8", "fp16"], ...] = Field(
         ("int8", "fp16"), description="Reduced precisions to produce next to fp32.")
     calibration_images: int = Field(512, ge=1, description="Training images used to calibrate INT8.")
-    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="How INT8 activation ranges are chosen from the calibration images.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
+        None, description="How INT8 activation ranges are chosen from the calibration images (null: entropy where "
+        "TensorRT runs the model, minmax for ONNX Runtime on CPUs).")
     per_channel: bool = Field(True, description="Per-channel weight scales.")
 
 
@@ -253,9 +254,10 @@ class TensorRTConfig(Section):
                                  "to the GPU (null: GPU only). Only targets with a DLA (Jetson AGX Orin) have one.")
     gpu_fallback: bool = Field(True, description="With dla_core: let layers the DLA cannot run fall back to the GPU "
                                "(false: the build fails instead).")
-    optimization_batch: int | None = Field(None, ge=1, description="The batch size the kernels are tuned for "
-                                           "(null: the largest benchmark batch); min and max are the smallest and "
-                                           "largest benchmark batch.")
+    optimization_batch: int | None = Field(None, ge=1, description="Build one dynamic profile spanning the "
+                                           "benchmark batch sizes, with kernels tuned for this batch (null: one "
+                                           "static profile per benchmark batch size, each tuned for its own; the DLA "
+                                           "takes only these).")
     timing_cache: bool = Field(True, description="Keep the builder's kernel timings in the artifact store and "
                                "reuse them for later builds on the same GPU.")
 
@@ -297,7 +299,8 @@ class TargetConfig(Section):
         "all", description="ONNX Runtime graph optimization level baked into the saved engine.")
     threads: int | None = Field(None, ge=1, description="Intra-op threads (null: one per core).")
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig, description="TensorRT builder settings "
-                                     "(backend tensorrt).")
+                                     "(backend tensorrt, or ONNX Runtime's TensorrtExecutionProvider: workspace, "
+                                     "optimization level, optimization batch and timing cache).")
     hardware: HardwareSpec | None = Field(None, description="Published peak throughput and memory bandwidth of "
                                           "the target, for the report's roofline estimate.")
     budgets: Budgets = Field(default_factory=Budgets, description="Latency, memory and accuracy budgets.")
@@ -306,7 +309,9 @@ class TargetConfig(Section):
         """What engines and measurements depend on: not the published figures or the budgets, which
         only the report reads, nor the settings of the backend not chosen."""
         unused = {"hardware", "budgets"} | ({"execution_provider", "graph_optimization"}
-                                             if self.backend == "tensorrt" else {"tensorrt"})
+                                             if self.backend == "tensorrt" else set())
+        if not self.uses_tensorrt:
+            unused.add("tensorrt")
         return self.model_dump(mode="json", exclude=unused, exclude_none=True)
 
     @model_validator(mode="after")
@@ -315,6 +320,11 @@ class TargetConfig(Section):
             raise ValueError("target.execution_provider is an ONNX Runtime setting; with backend 'tensorrt' "
                              "leave it out, or use backend 'onnxruntime' to run TensorRT through ONNX Runtime")
         return self
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        """TensorRT builds the engines: directly, or through ONNX Runtime's TensorRT provider."""
+        return self.backend == "tensorrt" or self.execution_provider == "TensorrtExecutionProvider"
 
     @property
     def on_gpu(self) -> bool:
@@ -389,10 +399,17 @@ class Profile(Section):
 
     @model_validator(mode="after")
     def _engine_tuned_within_its_batches(self) -> "Profile":
-        tuned, sizes = self.target.tensorrt.optimization_batch, self.benchmark.batch_sizes
-        if self.target.backend == "tensorrt" and tuned is not None and not min(sizes) <= tuned <= max(sizes):
+        tensorrt, sizes = self.target.tensorrt, self.benchmark.batch_sizes
+        tuned = tensorrt.optimization_batch
+        if self.target.backend != "tensorrt" or tuned is None:
+            return self
+        if not min(sizes) <= tuned <= max(sizes):
             raise ValueError(f"target.tensorrt.optimization_batch = {tuned} lies outside benchmark.batch_sizes "
                              f"{list(sizes)}; an engine runs only the batch sizes between their smallest and largest")
+        if tensorrt.dla_core is not None:
+            raise ValueError(f"target.tensorrt.optimization_batch = {tuned} asks for one dynamic profile, but the DLA "
+                             f"(target.tensorrt.dla_core) runs only static shapes; leave optimization_batch unset "
+                             f"to get one profile per benchmark batch size")
         return self
 
     @model_validator(mode="after")

@@ -13,7 +13,10 @@ from pipeline.hardware import fingerprint
 from pipeline.registry import STAGES
 from stages.context import peer_folder
 
-INT8_FLAVOUR = {"onnxruntime": "u8s8", "tensorrt": "s8s8"}
+def int8_flavour(target) -> str:
+    """uint8 activations for ONNX Runtime on CPUs (its fastest integer kernels); symmetric int8 with
+    float biases wherever TensorRT or ONNX Runtime's GPU providers run the graph (they support s8s8 only)."""
+    return "u8s8" if target.backend == "onnxruntime" and not target.on_gpu else "s8s8"
 
 
 @dataclass(eq=False)
@@ -127,7 +130,7 @@ def build_plan(profile: Profile) -> list[Task]:
     # Set only where they matter, so that other profiles' keys stay as they were.
     drop = profile.target.budgets.max_accuracy_drop
     gate = {"max_accuracy_drop": drop} if drop is not None else {}
-    shapes = {"batch_sizes": list(profile.benchmark.batch_sizes)} if profile.target.backend == "tensorrt" else {}
+    shapes = {"batch_sizes": list(profile.benchmark.batch_sizes)} if profile.target.uses_tensorrt else {}
     for model, (training, member) in trained.items():
         if training not in tasks:
             tasks.append(training)
@@ -135,7 +138,7 @@ def build_plan(profile: Profile) -> list[Task]:
         which = {"member": member} if member else {}
         export = Task("export", model, {"export": profile.export, "data": data, **which}, {"model": training})
         quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
-                                            "int8_flavour": INT8_FLAVOUR[profile.target.backend], **gate},
+                                            "int8_flavour": int8_flavour(profile.target), **gate},
                         {"onnx": export})
         engine = Task("engine", model, {"target": profile.target, "precisions": precisions, **shapes},
                       {"onnx": export, "quantized": quantize})

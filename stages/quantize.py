@@ -1,11 +1,17 @@
 """Stage 4: INT8 (static, calibrated on training images) and FP16 versions of an ONNX model.
 
 The target decides the INT8 flavour: ONNX Runtime on CPUs runs fastest with uint8 activations and
-int8 weights (``u8s8``), while TensorRT takes symmetric int8 Q/DQ for both (``s8s8``).
+int8 weights (``u8s8``), while TensorRT (and ONNX Runtime's GPU providers, which hand Q/DQ graphs to
+TensorRT or run them in float) take symmetric int8 Q/DQ for both with float biases (``s8s8``):
+TensorRT's ONNX parser dequantizes only int8, so an int32 bias behind a DequantizeLinear fails.
+
+Activation ranges are calibrated once per model and reused for every attempt of the accuracy gate.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -20,6 +26,19 @@ from stages.training import accuracy
 
 INT8_FLAVOURS = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8")}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# The calibrator's settings per method. ONNX Runtime's entropy default (128 histogram bins for 128
+# quantized bins) leaves a single candidate threshold, the maximum, so it equals minmax; TensorRT's
+# entropy calibration searches 2048 bins for the threshold of 128 quantized ones.
+CALIBRATOR_OPTIONS = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+                      "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True}}
+# Unset quantize.calibration_method: entropy where TensorRT runs the graph (as trtexec and NVIDIA's
+# calibrators default to), minmax for ONNX Runtime on CPUs.
+DEFAULT_CALIBRATION = {"s8s8": "entropy", "u8s8": "minmax"}
+TENSORRT_QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add")
+
+
+def calibration_method(cfg, flavour: str) -> str:
+    return cfg.calibration_method or DEFAULT_CALIBRATION[flavour]
 
 
 def precision_file(precision: str) -> str:
@@ -70,24 +89,48 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flav
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         shape_inference = prepare_for_quantization(source, prepared)
-        return shape_inference, quantize_prepared(prepared, target, calibration, cfg, flavour, keep_float)
+        ranges = calibrate(prepared, calibration, calibration_method(cfg, flavour), Path(scratch))
+        return shape_inference, quantize_prepared(prepared, target, ranges, cfg, flavour, keep_float)
 
 
-def quantize_prepared(prepared: Path, target: Path, calibration: np.ndarray, cfg, flavour: str,
-                      keep_float: int) -> list[str]:
-    """``quantize_int8`` on an already pre-processed model; returns the nodes kept in float."""
+def calibrate(prepared: Path, calibration: np.ndarray, method: str, scratch: Path) -> Path:
+    """The activation ranges of ``prepared`` on the calibration images, saved in ONNX Runtime's
+    calibration cache format; returns the cache file."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
+    calibrator = create_calibrator(prepared, None, augmented_model_path=str(scratch / "augmented.onnx"),
+                                   calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                                   extra_options=CALIBRATOR_OPTIONS[method])
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator narrates on stdout
+        calibrator.collect_data(ArrayReader(input_name, calibration))
+        ranges = calibrator.compute_data()
+    cache = scratch / f"ranges.{method}.json"
+    save_tensors_data(ranges, cache)
+    return cache
+
+
+def quantize_prepared(prepared: Path, target: Path, ranges: Path, cfg, flavour: str, keep_float: int) -> list[str]:
+    """``quantize_int8`` on an already pre-processed and calibrated model; returns the nodes kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     activation, weight = (getattr(QuantType, name) for name in INT8_FLAVOURS[flavour])
     excluded = sensitive_first(prepared)[:keep_float]
-    input_name = make_session(prepared, optimization="disabled").get_inputs()[0].name
-    quantize_static(
-        str(prepared), str(target), ArrayReader(input_name, calibration),
-        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,
-        weight_type=weight, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[cfg.calibration_method]),
-        nodes_to_exclude=excluded,
-        # Symmetric activations are what TensorRT's explicit-precision path expects.
-        extra_options={"ActivationSymmetric": flavour == "s8s8", "WeightSymmetric": True})
+    method = getattr(CalibrationMethod, CALIBRATION_METHODS[calibration_method(cfg, flavour)])
+    for_tensorrt = flavour == "s8s8"
+    options = {"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True, "QuantizeBias": not for_tensorrt}
+    if for_tensorrt:
+        # TensorRT's placement: Q/DQ on the inputs of the weighted layers and of the residual Adds
+        # (so the Add fuses into the convolution), none on outputs, so the logits stay float and
+        # ReLUs are not requantized.
+        options["OpTypesToExcludeOutputQuantization"] = list(TENSORRT_QUANTIZED_OPS)
+    with contextlib.redirect_stdout(io.StringIO()):  # the quantizer narrates on stdout
+        quantize_static(
+            str(prepared), str(target), None, calibration_cache_path=str(ranges),
+            quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,
+            weight_type=weight, calibrate_method=method, nodes_to_exclude=excluded,
+            op_types_to_quantize=list(TENSORRT_QUANTIZED_OPS) if for_tensorrt else None, extra_options=options)
     return excluded
 
 
@@ -99,7 +142,8 @@ def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         shape_inference = prepare_for_quantization(source, prepared)  # once for every attempt
-        excluded = quantize_prepared(prepared, target, calibration, cfg, flavour, 0)
+        ranges = calibrate(prepared, calibration, calibration_method(cfg, flavour), Path(scratch))
+        excluded = quantize_prepared(prepared, target, ranges, cfg, flavour, 0)
         accuracy = evaluate(target)
         limit = len(sensitive_first(prepared)) // 2
         keep = 0
@@ -112,7 +156,7 @@ def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour
                     f"more images (quantize.calibration_images) or another quantize.calibration_method, or drop "
                     f"int8 from quantize.precisions")
             keep += 1
-            excluded = quantize_prepared(prepared, target, calibration, cfg, flavour, keep)
+            excluded = quantize_prepared(prepared, target, ranges, cfg, flavour, keep)
             accuracy = evaluate(target)
     return {"test_accuracy": accuracy, "shape_inference": shape_inference, "kept_in_float": excluded,
             **({"max_accuracy_drop": max_drop_points} if max_drop_points is not None else {})}
@@ -142,7 +186,7 @@ def quantize_model(ctx: StageContext) -> dict:
         path = ctx.output / precision_file(precision)
         if precision == "int8":
             chosen = balanced_subset(data.y_train, cfg.calibration_images, data.num_classes)
-            details = {"calibration_images": len(chosen), "calibration_method": cfg.calibration_method,
+            details = {"calibration_images": len(chosen), "calibration_method": calibration_method(cfg, flavour),
                        "flavour": flavour, "per_channel": cfg.per_channel,
                        **gated_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour, evaluate,
                                     metrics["fp32"]["test_accuracy"], ctx.params.get("max_accuracy_drop"))}

@@ -79,3 +79,40 @@ def test_int8_that_cannot_meet_the_gate_fails_with_the_figures(exported, tmp_pat
     with pytest.raises(ArtifactError, match=r"loses 60.00 points .*max_accuracy_drop = 1.0.*4 layers kept in float"):
         gated_int8(exported, tmp_path / "int8.onnx", calibration_images(), QuantizeConfig(), "u8s8",
                    lambda path: 0.10, fp32_accuracy=0.70, max_drop_points=1.0)
+
+
+def test_the_tensorrt_int8_graph_is_what_tensorrt_takes(exported, tmp_path):
+    """Float biases, int8 zero points of 0, per-channel weight scales on axis 0, float logits, and
+    residual Adds quantized on both inputs; ONNX Runtime's own defaults fail all but one of these."""
+    from stages.backends.tensorrt_graph import tensorrt_int8_problems
+
+    quantize_int8(exported, tmp_path / "trt.onnx", calibration_images(), QuantizeConfig(), "s8s8")
+    assert tensorrt_int8_problems(tmp_path / "trt.onnx") == []
+    quantize_int8(exported, tmp_path / "cpu.onnx", calibration_images(), QuantizeConfig(), "u8s8")
+    problems = " ".join(tensorrt_int8_problems(tmp_path / "cpu.onnx"))
+    for expected in ("dequantizes INT32", "zero point is not int8 0", "logits should stay float"):
+        assert expected in problems
+    images = calibration_images()
+    fp32, int8 = run_batched(make_session(exported), images), run_batched(make_session(tmp_path / "trt.onnx"), images)
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
+
+
+def activation_scales(path) -> dict[str, float]:
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_each_calibration_method_chooses_its_own_ranges(exported, tmp_path, method):
+    """ONNX Runtime's entropy default (as many histogram bins as quantized bins) reduces to minmax;
+    the pipeline's does not."""
+    images = calibration_images()
+    images[0, :, 0, 0] = 60.0  # a few outlying pixels
+    quantize_int8(exported, tmp_path / "minmax.onnx", images, QuantizeConfig(calibration_method="minmax"), "s8s8")
+    quantize_int8(exported, tmp_path / f"{method}.onnx", images, QuantizeConfig(calibration_method=method), "s8s8")
+    minmax, other = activation_scales(tmp_path / "minmax.onnx"), activation_scales(tmp_path / f"{method}.onnx")
+    assert minmax.keys() == other.keys()
+    assert all(other[k] <= 1.001 * minmax[k] for k in minmax)
+    assert sum(other[k] < 0.9 * minmax[k] for k in minmax) >= 3  # the outliers clipped

@@ -1,0 +1,46 @@
+"""What TensorRT will be fed, checked on the ONNX graph before any builder sees it: an INT8 model
+for TensorRT must be explicit symmetric int8 Q/DQ that its ONNX parser takes and its fusions expect.
+Plain ONNX, so it runs (and is tested) on machines without TensorRT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tensorrt_int8_problems(model_path: Path) -> list[str]:
+    """Every way the Q/DQ graph at ``model_path`` departs from what TensorRT takes; empty if none."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    problems = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        data = inits.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and data is not None and data.data_type != TensorProto.INT8:
+            problems.append(f"{node.name}: dequantizes {TensorProto.DataType.Name(data.data_type)} data "
+                            f"(TensorRT's parser dequantizes only int8; keep biases in float)")
+        zero = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zero is not None and (zero.data_type != TensorProto.INT8 or numpy_helper.to_array(zero).any()):
+            problems.append(f"{node.name}: zero point is not int8 0 (TensorRT takes symmetric int8 only)")
+        scale = inits.get(node.input[1])
+        if data is not None and scale is not None and numpy_helper.to_array(scale).size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if axis != 0:
+                problems.append(f"{node.name}: per-channel weight scales on axis {axis}, not 0 (output channels)")
+    for output in graph.output:
+        producer = producers.get(output.name)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            problems.append(f"output {output.name} is quantized (the logits should stay float)")
+    for node in graph.node:
+        if node.op_type != "Add":
+            continue
+        variable = [i for i in node.input if i not in inits]
+        if len(variable) == 2 and any(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                                      for i in variable):
+            problems.append(f"{node.name}: residual Add without Q/DQ on both inputs (TensorRT cannot fuse it "
+                            f"into the convolution in int8)")
+    return problems
