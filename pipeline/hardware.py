@@ -29,7 +29,32 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    trt = module_version("tensorrt")
+    if trt:
+        versions["tensorrt"] = trt
     return versions
+
+
+@lru_cache(maxsize=None)
+def module_version(module: str) -> str | None:
+    """``module.__version__`` read from its source, without importing it. TensorRT installs as
+    ``tensorrt-cu12``/``-cu13`` wheels or, on Jetsons, from JetPack's system packages, none of which
+    is a ``tensorrt`` distribution; its module always states its version."""
+    import re
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    try:
+        with open(spec.origin, encoding="utf-8") as source:
+            found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", source.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def machine() -> dict[str, object]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.errors import ArtifactError
 from pipeline.hardware import machine, package_versions
-from stages.backends.tensorrt_settings import check_batch_covered, recorded_batch_range
+from stages.backends.tensorrt_settings import check_batch_covered, recorded_batch_ranges
 from stages.checkpoint import WEIGHTS, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
@@ -60,9 +60,9 @@ def benchmark_model(ctx: StageContext) -> dict:
     candidates = [("pytorch", "fp32", "fp32", {"kind": "pytorch", "model_folder": str(model_folder),
                                                "device": torch_device}, model_folder / WEIGHTS)]
     for precision, engine in built["engines"].items():
-        batch_range = recorded_batch_range(engine)
-        for batch in cfg.batch_sizes if batch_range else ():
-            check_batch_covered(batch, batch_range, str(engines_input.file(engine["file"])))
+        batch_ranges = recorded_batch_ranges(engine)
+        for batch in cfg.batch_sizes if batch_ranges else ():
+            check_batch_covered(batch, batch_ranges, str(engines_input.file(engine["file"])))
         candidates.append((built["backend"], precision, engine["compute_precision"], {
             "kind": "engine", "backend": built["backend"], "engine_path": str(engines_input.file(engine["file"])),
             "target": built["target"]}, engines_input.file(engine["file"])))

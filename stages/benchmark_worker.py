@@ -100,8 +100,9 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
         ms = times * 1e3
         extra = {}
         if stages_ms:
-            # CUDA events: the copies apart from the compute, medians over the timed runs.
-            for name, column in zip(("h2d", "compute", "d2h"), np.array(stages_ms).T):
+            # CUDA events for the copies and the GPU compute, host time for the enqueue: medians over
+            # the timed runs.
+            for name, column in zip(("h2d", "compute", "d2h", "enqueue"), np.array(stages_ms).T):
                 extra[f"{name}_p50_ms"] = float(np.median(column))
         if meter.joules is not None:
             extra["energy_mj_per_image"] = 1e3 * meter.joules / (iterations * batch_size)
@@ -133,10 +134,12 @@ def measure(spec: dict) -> dict:
     latency = time_batches(infer, timing_images, spec["batch_sizes"], spec["warmup"], spec["iterations"])
     peak = peak_resident_mb()
     predictions = []
-    # An engine with a fixed optimization profile (TensorRT) evaluates in batches it was built for;
+    # An engine with fixed optimization profiles (TensorRT) evaluates in batches it was built for;
     # a last batch below its smallest is padded, and the padding's outputs dropped.
-    low, high = getattr(infer, "batch_range", (1, spec["eval_batch_size"]))
-    step = min(spec["eval_batch_size"], high)
+    from stages.backends.tensorrt_settings import evaluation_batch
+
+    step, low = evaluation_batch(getattr(infer, "batch_ranges", [(1, spec["eval_batch_size"])]),
+                                 spec["eval_batch_size"])
     for start in range(0, len(images), step):
         chunk = np.ascontiguousarray(images[start:start + step])
         padded = np.concatenate([chunk, np.zeros((low - len(chunk), *chunk.shape[1:]), chunk.dtype)]) \

@@ -12,3 +12,21 @@ def cifar100_npz() -> Path:
     if not CIFAR100_NPZ.is_file():
         pytest.skip(f"CIFAR-100 .npz not found at {CIFAR100_NPZ} (set STOCHKD_CIFAR100_NPZ to its path)")
     return CIFAR100_NPZ
+
+
+@pytest.fixture
+def standin_tensorrt(monkeypatch):
+    """The strict stand-in for TensorRT (tests/tensorrt_standin.py) as the ``tensorrt`` module, fresh
+    for each test, with CUDA's stream and device identity answered without a GPU."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("tensorrt", Path(__file__).parent / "tensorrt_standin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    from stages.backends import tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "_current_stream", lambda: (0, lambda: None))
+    monkeypatch.setattr(tensorrt_backend, "device_key", lambda: module.DEVICE)
+    return module

@@ -69,3 +69,4 @@ def test_tensorrt_backend_refuses_an_onnx_runtime_provider():
 def test_published_peaks_must_be_positive():
     with pytest.raises(ValidationError, match="peak throughput must be positive"):
         TargetConfig(hardware={"device": "x", "peak_tops": {"int8": 0}, "memory_bandwidth_gbs": 1})
+

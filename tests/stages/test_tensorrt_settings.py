@@ -1,104 +1,117 @@
-"""The mapping from a target profile to TensorRT builder settings, checked without TensorRT: a
-recording stand-in for the ``tensorrt`` module takes the calls a real builder config would."""
-
-from types import SimpleNamespace
+"""The mapping from a target profile to TensorRT builder settings and from the engine inspector's
+JSON back to precisions, checked without TensorRT: settings are applied to the strict stand-in's
+builder config (tests/tensorrt_standin.py), which takes only the real bindings' calls."""
 
 import pytest
 
 from pipeline.config import TensorRTConfig
-from stages.backends.tensorrt_settings import (MIB, apply_settings, builder_settings, layer_precisions,
-                                               network_flags, shape_profile)
+from stages.backends.tensorrt_settings import (MIB, apply_settings, attach_timing_cache, batch_profiles,
+                                               builder_settings, check_batch_covered, evaluation_batch,
+                                               layer_precisions, network_flags, recorded_batch_ranges)
 
 
-class Recorder:
-    """Records attribute writes and method calls, as a builder, config or profile would take them."""
-
-    def __init__(self, log, name):
-        object.__setattr__(self, "_log", log)
-        object.__setattr__(self, "_name", name)
-
-    def __setattr__(self, key, value):
-        self._log.append((f"{self._name}.{key}", value))
-
-    def __getattr__(self, key):
-        def call(*args, **kwargs):
-            self._log.append((f"{self._name}.{key}()", args))
-            return Recorder(self._log, key)
-        return call
-
-
-def fake_trt(version="10.13.0"):
-    return SimpleNamespace(
-        __version__=version,
-        MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
-        ProfilingVerbosity=SimpleNamespace(DETAILED="DETAILED"),
-        DeviceType=SimpleNamespace(DLA="DLA", GPU="GPU"),
-        BuilderFlag=SimpleNamespace(GPU_FALLBACK="GPU_FALLBACK"),
-        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
-
-
-def test_shape_profile_spans_the_benchmark_batches_and_tunes_for_the_largest():
-    assert shape_profile([1, 8, 32], None) == (1, 32, 32)
-    assert shape_profile([1, 8, 32], 8) == (1, 8, 32)
+def test_one_static_profile_per_batch_unless_one_batch_is_named():
+    assert batch_profiles([32, 1, 8], None) == ((1, 1, 1), (8, 8, 8), (32, 32, 32))
+    assert batch_profiles([1, 8, 32], 8) == ((1, 8, 32),)
     with pytest.raises(ValueError, match="optimization_batch = 64 lies outside the benchmark batch sizes 1..32"):
-        shape_profile([1, 32], 64)
+        batch_profiles([1, 32], 64)
 
 
 def test_profile_becomes_builder_settings():
     cfg = TensorRTConfig(workspace_mib=1024, optimization_level=5, dla_core=1, gpu_fallback=True)
-    settings = builder_settings(cfg, "int8", (1, 8, 32), (3, 32, 32))
-    assert (settings.min_shape, settings.opt_shape, settings.max_shape) == ((1, 3, 32, 32), (32, 3, 32, 32),
-                                                                          (32, 3, 32, 32))
+    settings = builder_settings(cfg, "fp16", (1, 32), (3, 32, 32))
+    assert settings.profiles == (((1, 3, 32, 32),) * 3, ((32, 3, 32, 32),) * 3)
     assert settings.workspace_bytes == 1024 * MIB and settings.optimization_level == 5
-    assert settings.dla_core == 1 and settings.gpu_fallback
+    assert settings.dla_core == 1 and settings.gpu_fallback and not settings.tf32
 
 
-def test_the_dla_takes_no_fp32_engine():
-    settings = builder_settings(TensorRTConfig(dla_core=0), "fp32", (1,), (3, 32, 32))
-    assert settings.dla_core is None
+def test_recorded_profiles_give_the_batches_an_engine_runs():
+    record = {"settings": builder_settings(TensorRTConfig(), "fp32", (1, 8), (3, 32, 32)).as_record()}
+    ranges = recorded_batch_ranges(record)
+    assert ranges == [(1, 1), (8, 8)]
+    check_batch_covered(8, ranges, "engine.plan")
+    with pytest.raises(Exception, match=r"batch size 4 is outside this engine's optimization profiles \(1, 8\)"):
+        check_batch_covered(4, ranges, "engine.plan")
+    assert evaluation_batch(ranges, 256) == (8, 8)  # evaluate in batches of 8, padding the last
+    assert evaluation_batch([(1, 64)], 256) == (64, 1)
+    assert recorded_batch_ranges({"settings": {}}) is None
 
 
-def test_settings_reach_the_builder_config():
-    log = []
-    trt = fake_trt()
+def test_settings_reach_the_builder_config(standin_tensorrt):
+    trt = standin_tensorrt
     settings = builder_settings(TensorRTConfig(workspace_mib=256, optimization_level=2, dla_core=0), "fp16",
                                 (1, 8), (3, 32, 32))
-    apply_settings(trt, Recorder(log, "builder"), Recorder(log, "config"), settings, timing_cache=b"")
-    assert ("config.set_memory_pool_limit()", ("WORKSPACE", 256 * MIB)) in log
-    assert ("config.builder_optimization_level", 2) in log
-    assert ("config.profiling_verbosity", "DETAILED") in log
-    assert ("create_optimization_profile.set_shape()", ("images", (1, 3, 32, 32), (8, 3, 32, 32),
-                                                         (8, 3, 32, 32))) in log
-    assert ("config.default_device_type", "DLA") in log and ("config.DLA_core", 0) in log
-    assert ("config.set_flag()", ("GPU_FALLBACK",)) in log
-    assert ("config.create_timing_cache()", (b"",)) in log
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    config = builder.create_builder_config()
+    apply_settings(trt, builder, config, settings)
+    assert config._pools[trt.MemoryPoolType.WORKSPACE] == 256 * MIB
+    assert config.builder_optimization_level == 2 and config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
+    assert not config.get_flag(trt.BuilderFlag.TF32)
+    assert [p.shapes["images"][0][0] for p in config._profiles] == [1, 8]
+    assert config.default_device_type == trt.DeviceType.DLA and config.DLA_core == 0
+    assert config.get_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
-def test_gpu_engine_without_timing_cache_sets_no_dla_and_no_cache():
-    log = []
-    settings = builder_settings(TensorRTConfig(), "int8", (1, 64), (3, 32, 32))
-    apply_settings(fake_trt(), Recorder(log, "builder"), Recorder(log, "config"), settings, timing_cache=None)
-    names = [name for name, _ in log]
-    assert "config.default_device_type" not in names and "config.create_timing_cache()" not in names
+def test_a_timing_cache_of_another_device_is_replaced_not_trusted(standin_tensorrt):
+    trt = standin_tensorrt
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    assert attach_timing_cache(config, b"") == "new"
+    here = bytes(config.get_timing_cache().serialize())
+    assert attach_timing_cache(config, here) == "reused"
+    trt.DEVICE = "sm90-132sm-81559mib"
+    assert attach_timing_cache(config, here).startswith("rejected")
+    assert config.get_timing_cache() is not None
 
 
-def test_networks_are_strongly_typed_on_10_and_11():
-    assert network_flags(fake_trt("10.13.0")) == 1 << 1
-    assert network_flags(fake_trt("11.4.1")) == 0  # strong typing is the only mode in 11.x
-    no_flag = fake_trt("10.0.1")
-    no_flag.NetworkDefinitionCreationFlag = SimpleNamespace()
-    assert network_flags(no_flag) == 0
+def test_networks_are_strongly_typed_on_10_and_11(standin_tensorrt):
+    trt = standin_tensorrt
+    assert network_flags(trt) == 1 << 1
+    trt.__version__ = "11.1.0"
+    assert network_flags(trt) == 0  # strong typing is the only mode in 11.x
 
 
-@pytest.mark.parametrize("output_field", ["Format/Datatype", "DataType"])  # TensorRT 10, 11
-def test_engine_inspector_layers_give_the_precision_really_used(output_field):
-    def layer(kind, dtype, **extra):
-        return {"LayerType": kind, "Outputs": [{output_field: dtype}], **extra}
+def inspector_layer(kind, input_text, output_text, layout, **extra):
+    def tensor(text):
+        # TensorRT 10 writes one "Format/Datatype" string; 11 splits the data type out.
+        if layout == 10:
+            return {"Name": "t", "Format/Datatype": text}
+        return {"Name": "t", "DataType": text.split()[2] if text.startswith("Channel") else text, "Format": text}
+    return {"Name": kind, "LayerType": kind, "Inputs": [tensor(input_text)], "Outputs": [tensor(output_text)],
+            **extra}
 
-    information = {"Layers": [layer("CaskConvolution", "Channel major INT8 format"),
-                              layer("CaskConvolution", "Int8"), layer("Reformat", "Row major linear FP32"),
-                              layer("CaskGemm", "Row major linear FP32 format"),
-                              layer("DLA", "Half", TacticName="DLA")]}
+
+@pytest.mark.parametrize("layout", [10, 11])
+def test_heavy_layers_are_classified_by_what_they_read(layout):
+    int8_in = "Channel major INT8 format where channel % 32 == 0"
+    fp16 = "Channel major FP16 format where channel % 8 == 0"
+    information = {"Layers": [
+        inspector_layer("Reformat", "Row major linear FP32", int8_in, layout),
+        inspector_layer("CaskConvolution", int8_in, fp16, layout),  # reads INT8, writes fp16: INT8
+        inspector_layer("CaskConvolution", int8_in, int8_in, layout),
+        inspector_layer("CaskGemm", "Row major linear FP32", "Row major linear FP32", layout),
+        inspector_layer("Shuffle", fp16, fp16, layout)]}
     built = layer_precisions(information)
-    assert built["layers_by_precision"] == {"int8": 2, "fp32": 1, "fp16": 1}
-    assert built["compute_precision"] == "int8" and built["dla_layers"] == 1
+    assert built["layers_by_precision"] == {"int8": 2, "fp32": 1}
+    assert built["compute_precision"] == "int8" and built["formats_reported"] and built["heavy_layers"] == 3
+
+
+def test_without_formats_the_tactic_names_the_precision():
+    unknown = "N/A due to dynamic shapes"
+    information = {"Layers": [
+        inspector_layer("CaskConvolution", unknown, unknown, 10,
+                        TacticName="sm80_xmma_fprop_implicit_gemm_interleaved_i8i8_i8i32_f32_nchw_vect_c_32"),
+        inspector_layer("CaskConvolution", unknown, unknown, 10,
+                        TacticName="sm80_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nhwc"),
+        inspector_layer("CaskConvolution", unknown, unknown, 10)]}
+    built = layer_precisions(information)
+    assert built["layers_by_precision"] == {"int8": 1, "tf32": 1}
+    assert built["unclassified_layers"] == 1 and not built["formats_reported"]
+
+
+def test_the_dla_and_its_memory_copies_are_counted():
+    information = {"Layers": [
+        inspector_layer("Reformat", "Row major linear FP32", "Channel major FP16 format", 10, Name="images to nvm"),
+        inspector_layer("DLA", "Channel major FP16 format", "Channel major FP16 format", 10),
+        inspector_layer("Reformat", "Channel major FP16 format", "Row major linear FP32", 10, Name="logits from nvm")]}
+    built = layer_precisions(information)
+    assert built["dla_layers"] == 3 and built["compute_precision"] == "fp16"

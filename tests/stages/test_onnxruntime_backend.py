@@ -1,0 +1,72 @@
+"""ONNX Runtime engines: the providers a session is given, the TensorRT provider's options, and the
+precision read from a saved graph."""
+
+
+def test_gpu_providers_may_not_fall_back_to_the_cpu_and_tensorrt_comes_first(monkeypatch, tmp_path):
+    import onnxruntime as ort
+
+    from stages.onnx_runtime import make_session
+
+    seen = {}
+
+    def fake_session(path, sess_options, providers):
+        seen.update(options=sess_options, providers=providers)
+        return "session"
+
+    monkeypatch.setattr(ort, "InferenceSession", fake_session)
+    make_session(tmp_path / "m.onnx", provider="TensorrtExecutionProvider", provider_options={"trt_fp16_enable": True})
+    assert seen["providers"] == [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"]
+    assert seen["options"].get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
+    make_session(tmp_path / "m.onnx", provider="CPUExecutionProvider")
+    assert seen["providers"] == ["CPUExecutionProvider"]
+
+
+def test_tensorrt_provider_options_keep_its_caches_and_one_profile_for_every_batch(tmp_path):
+    from pipeline.config import TargetConfig
+    from stages.backends.onnxruntime_backend import tensorrt_provider_options
+
+    target = TargetConfig(execution_provider="TensorrtExecutionProvider")
+    options = tensorrt_provider_options(tmp_path / "engine.int8.ort.onnx", target, "int8", (1, 8, 32), (3, 32, 32),
+                                        "images", tmp_path / "shared")
+    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"].startswith(str(tmp_path))
+    assert options["trt_timing_cache_enable"] and options["trt_timing_cache_path"] == str(tmp_path / "shared")
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) \
+        == ("images:1x3x32x32", "images:32x3x32x32", "images:32x3x32x32")
+    assert options["trt_int8_enable"] and not options["trt_fp16_enable"]
+
+
+def test_an_unfused_qdq_graph_reads_as_float_on_dequantized_values(tmp_path):
+    """What the CUDA provider runs of an INT8 model: DequantizeLinear, then fp32 convolutions."""
+    import numpy as np
+    import torch
+
+    from pipeline.config import QuantizeConfig
+    from stages.architectures import build_model
+    from stages.backends.onnxruntime_backend import compute_precision
+    from stages.export import export_onnx
+    from stages.onnx_runtime import make_session
+    from stages.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    export_onnx(build_model("resnet8", 10, 3), torch.randn(2, 3, 16, 16), tmp_path / "m.onnx", 18)
+    images = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "int8.onnx", images, QuantizeConfig(), "s8s8")
+    make_session(tmp_path / "int8.onnx", optimization="basic", optimized_path=tmp_path / "basic.onnx")
+    assert compute_precision(tmp_path / "basic.onnx")["compute_precision"] == "fp32-qdq"
+
+
+def test_a_cpu_engine_records_where_its_nodes_ran(tmp_path):
+    import torch
+
+    from pipeline.config import TargetConfig
+    from stages.architectures import build_model
+    from stages.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from stages.export import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(build_model("resnet8", 10, 3), torch.randn(2, 3, 16, 16), tmp_path / "m.onnx", 18)
+    record = OnnxRuntimeBackend().build(tmp_path / "m.onnx", tmp_path / "engine.fp32.ort.onnx", "fp32", TargetConfig(),
+                                        batch_sizes=(1, 4), image_shape=(3, 16, 16))
+    assert set(record["nodes_by_provider"]) == {"CPUExecutionProvider"} and record["compute_precision"] == "fp32"
+    assert not list(tmp_path.glob("placement*"))  # the profile is read, then removed
