@@ -239,7 +239,11 @@ class QuantizeConfig(Section):
     calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
         None, description="How INT8 activation ranges are chosen from the calibration images (null: entropy where "
         "TensorRT runs the model, minmax for ONNX Runtime on CPUs).")
-    per_channel: bool = Field(True, description="Per-channel weight scales.")
+    per_channel: bool = Field(True, description="Per-channel weight scales (ONNX Runtime's quantizer; Model "
+                              "Optimizer always uses them).")
+    int8_tool: Literal["onnxruntime", "modelopt"] | None = Field(
+        None, description="Who writes the INT8 graph (null: NVIDIA Model Optimizer where TensorRT runs the model, "
+        "its Q/DQ placement being the one TensorRT fuses; ONNX Runtime's quantizer for ONNX Runtime on CPUs).")
 
 
 PRECISIONS = ("fp32", "fp16", "int8")

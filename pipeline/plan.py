@@ -140,7 +140,10 @@ def build_plan(profile: Profile) -> list[Task]:
         quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
                                             "int8_flavour": int8_flavour(profile.target), **gate},
                         {"onnx": export})
-        engine = Task("engine", model, {"target": profile.target, "precisions": precisions, **shapes},
+        # The engine stage judges the deployed INT8 engine itself, and re-quantizes where it misses.
+        engine_gate = {"quantize": profile.quantize, "data": data, "int8_flavour": int8_flavour(profile.target),
+                       **gate} if gate and "int8" in precisions else {}
+        engine = Task("engine", model, {"target": profile.target, "precisions": precisions, **shapes, **engine_gate},
                       {"onnx": export, "quantized": quantize})
         benchmark = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
                                               "data": data, **which}, {"model": training, "engines": engine})

@@ -119,6 +119,22 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
     return rows
 
 
+def predicted_classes(infer, images: np.ndarray, eval_batch_size: int) -> np.ndarray:
+    """The class ``infer`` predicts for each image. An engine with fixed optimization profiles
+    (TensorRT) evaluates in batches it was built for; a last batch below its smallest is padded, and
+    the padding's outputs dropped."""
+    from stages.backends.tensorrt_settings import evaluation_batch
+
+    step, low = evaluation_batch(getattr(infer, "batch_ranges", None) or [(1, eval_batch_size)], eval_batch_size)
+    predictions = []
+    for start in range(0, len(images), step):
+        chunk = np.ascontiguousarray(images[start:start + step])
+        padded = np.concatenate([chunk, np.zeros((low - len(chunk), *chunk.shape[1:]), chunk.dtype)]) \
+            if len(chunk) < low else chunk
+        predictions.append(infer(padded)[:len(chunk)].argmax(1))
+    return np.concatenate(predictions)
+
+
 def measure(spec: dict) -> dict:
     if spec.get("cpu_affinity"):
         import os
@@ -133,19 +149,7 @@ def measure(spec: dict) -> dict:
     loaded = resident_mb()
     latency = time_batches(infer, timing_images, spec["batch_sizes"], spec["warmup"], spec["iterations"])
     peak = peak_resident_mb()
-    predictions = []
-    # An engine with fixed optimization profiles (TensorRT) evaluates in batches it was built for;
-    # a last batch below its smallest is padded, and the padding's outputs dropped.
-    from stages.backends.tensorrt_settings import evaluation_batch
-
-    step, low = evaluation_batch(getattr(infer, "batch_ranges", [(1, spec["eval_batch_size"])]),
-                                 spec["eval_batch_size"])
-    for start in range(0, len(images), step):
-        chunk = np.ascontiguousarray(images[start:start + step])
-        padded = np.concatenate([chunk, np.zeros((low - len(chunk), *chunk.shape[1:]), chunk.dtype)]) \
-            if len(chunk) < low else chunk
-        predictions.append(infer(padded)[:len(chunk)].argmax(1))
-    accuracy = float((np.concatenate(predictions) == labels).mean())
+    accuracy = float((predicted_classes(infer, images, spec["eval_batch_size"]) == labels).mean())
     device_memory = getattr(infer, "device_memory_mb", None)
     return {"latency": latency, "test_accuracy": accuracy, "threads": spec["threads"],
             "model_load_mb": loaded - before, "peak_memory_mb": peak - before, "peak_rss_mb": peak,

@@ -5,7 +5,10 @@ int8 weights (``u8s8``), while TensorRT (and ONNX Runtime's GPU providers, which
 TensorRT or run them in float) take symmetric int8 Q/DQ for both with float biases (``s8s8``):
 TensorRT's ONNX parser dequantizes only int8, so an int32 bias behind a DequantizeLinear fails.
 
-Activation ranges are calibrated once per model and reused for every attempt of the accuracy gate.
+For TensorRT the INT8 graph comes from NVIDIA Model Optimizer's ONNX PTQ by default: Q/DQ on the
+inputs of convolutions and of the residual Adds' skip branch, float logits, int8 zero points of 0,
+per-channel scales on axis 0, the rest in fp16. ONNX Runtime's quantizer remains for CPU targets, and
+as ``quantize.int8_tool: onnxruntime`` for TensorRT. ONNX Runtime on the CPU scores either graph.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ TENSORRT_QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 def calibration_method(cfg, flavour: str) -> str:
     return cfg.calibration_method or DEFAULT_CALIBRATION[flavour]
+
+
+def int8_tool(cfg, flavour: str) -> str:
+    """Who writes the INT8 graph: NVIDIA Model Optimizer lays out Q/DQ the way TensorRT fuses them
+    (the field's own tool for TensorRT); ONNX Runtime's quantizer writes what its CPU kernels fuse."""
+    return cfg.int8_tool or ("modelopt" if flavour == "s8s8" else "onnxruntime")
 
 
 def precision_file(precision: str) -> str:
@@ -87,10 +96,27 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flav
     """Writes the INT8 model with the ``keep_float`` most sensitive heavy nodes left in float; returns
     the shape inference its pre-processing used and the nodes kept in float."""
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        shape_inference = prepare_for_quantization(source, prepared)
-        ranges = calibrate(prepared, calibration, calibration_method(cfg, flavour), Path(scratch))
-        return shape_inference, quantize_prepared(prepared, target, ranges, cfg, flavour, keep_float)
+        write, shape_inference = int8_writer(source, target, calibration, cfg, flavour, Path(scratch))
+        return shape_inference, write(keep_float)
+
+
+def int8_writer(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str, scratch: Path):
+    """(write, shape inference): ``write(keep)`` writes ``target`` with the ``keep`` most sensitive
+    heavy nodes in float and returns their names. What can be done once (pre-processing and
+    calibrating, for ONNX Runtime) is done here, for every attempt of the accuracy gate."""
+    method = calibration_method(cfg, flavour)
+    if int8_tool(cfg, flavour) == "modelopt":
+        heavy = sensitive_first(source)
+
+        def write_modelopt(keep: int) -> list[str]:
+            quantize_modelopt(source, target, calibration, method, heavy[:keep], scratch)
+            return heavy[:keep]
+
+        return write_modelopt, "modelopt"
+    prepared = scratch / "prepared.onnx"
+    shape_inference = prepare_for_quantization(source, prepared)
+    ranges = calibrate(prepared, calibration, method, scratch)
+    return (lambda keep: quantize_prepared(prepared, target, ranges, cfg, flavour, keep)), shape_inference
 
 
 def calibrate(prepared: Path, calibration: np.ndarray, method: str, scratch: Path) -> Path:
@@ -134,29 +160,64 @@ def quantize_prepared(prepared: Path, target: Path, ranges: Path, cfg, flavour: 
     return excluded
 
 
+MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}
+
+
+def quantize_modelopt(source: Path, target: Path, calibration: np.ndarray, method: str, keep_float: list[str],
+                      scratch: Path) -> None:
+    """INT8 by NVIDIA Model Optimizer's ONNX PTQ, calibrated on this machine's CPU (no GPU, CUDA or
+    TensorRT is needed to quantize), in a process of its own (stages.modelopt_quantize). It rewrites
+    the file it is given and writes temporaries beside it, so it works on a copy in ``scratch``."""
+    import shutil
+    import subprocess
+    import sys
+
+    if method not in MODELOPT_METHODS:
+        raise ArtifactError(f"quantize.calibration_method = {method!r} is not one of Model Optimizer's "
+                            f"({', '.join(MODELOPT_METHODS)}); choose one, or quantize.int8_tool: onnxruntime")
+    work = scratch / "modelopt"
+    work.mkdir(exist_ok=True)
+    copy, output, images = work / "model.onnx", work / "quantized.onnx", work / "calibration.npy"
+    shutil.copyfile(source, copy)
+    if not images.is_file():
+        np.save(images, calibration)
+    done = subprocess.run([sys.executable, "-m", "stages.modelopt_quantize", str(copy), str(output), str(images),
+                           MODELOPT_METHODS[method], *keep_float], capture_output=True, text=True)
+    if done.returncode == 3:
+        raise ArtifactError(f"quantize.int8_tool is modelopt (the default where TensorRT runs the model), but NVIDIA "
+                            f"Model Optimizer is not installed here; pip install -e '.[tensorrt-int8]', or set "
+                            f"quantize.int8_tool: onnxruntime")
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ArtifactError(f"{source}: NVIDIA Model Optimizer could not quantize it ({tail}); set "
+                            f"quantize.int8_tool: onnxruntime to use ONNX Runtime's quantizer")
+    shutil.move(output, target)
+
+
 def gated_int8(source: Path, target: Path, calibration: np.ndarray, cfg, flavour: str, evaluate,
-               fp32_accuracy: float, max_drop_points: float | None) -> dict:
-    """INT8 within ``max_drop_points`` of fp32: quantize everything, then keep the most sensitive
-    heavy nodes in float one at a time (at most half of them) until the gate holds, or fail with the
-    figures. In Q/DQ form this is also TensorRT's per-layer precision fallback."""
+               fp32_accuracy: float, max_drop_points: float | None, start_keep: int = 0, judged_on: str = "") -> dict:
+    """INT8 within ``max_drop_points`` of fp32: quantize everything (or keep the ``start_keep`` most
+    sensitive heavy nodes in float), then keep one more in float at a time (at most half of them)
+    until the gate holds, or fail with the figures. In Q/DQ form this is also TensorRT's per-layer
+    precision fallback. ``evaluate(path)`` is the accuracy the gate judges: ONNX Runtime's on this
+    CPU in the quantize stage, the deployed engine's in the engine stage (``judged_on`` says so)."""
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        shape_inference = prepare_for_quantization(source, prepared)  # once for every attempt
-        ranges = calibrate(prepared, calibration, calibration_method(cfg, flavour), Path(scratch))
-        excluded = quantize_prepared(prepared, target, ranges, cfg, flavour, 0)
+        write, shape_inference = int8_writer(source, target, calibration, cfg, flavour, Path(scratch))
+        limit = len(sensitive_first(source)) // 2
+        keep = min(start_keep, limit)
+        excluded = write(keep)
         accuracy = evaluate(target)
-        limit = len(sensitive_first(prepared)) // 2
-        keep = 0
         while max_drop_points is not None and 100 * (fp32_accuracy - accuracy) > max_drop_points:
             if keep >= limit:
                 raise ArtifactError(
-                    f"INT8 loses {100 * (fp32_accuracy - accuracy):.2f} points (fp32 {100 * fp32_accuracy:.2f} %, "
+                    f"INT8{judged_on} loses {100 * (fp32_accuracy - accuracy):.2f} points (fp32 "
+                    f"{100 * fp32_accuracy:.2f} %, "
                     f"int8 {100 * accuracy:.2f} %), more than target.budgets.max_accuracy_drop = {max_drop_points}, "
                     f"even with {keep} layers kept in float ({', '.join(excluded)}); raise the budget, calibrate on "
                     f"more images (quantize.calibration_images) or another quantize.calibration_method, or drop "
                     f"int8 from quantize.precisions")
             keep += 1
-            excluded = quantize_prepared(prepared, target, ranges, cfg, flavour, keep)
+            excluded = write(keep)
             accuracy = evaluate(target)
     return {"test_accuracy": accuracy, "shape_inference": shape_inference, "kept_in_float": excluded,
             **({"max_accuracy_drop": max_drop_points} if max_drop_points is not None else {})}
@@ -187,6 +248,7 @@ def quantize_model(ctx: StageContext) -> dict:
         if precision == "int8":
             chosen = balanced_subset(data.y_train, cfg.calibration_images, data.num_classes)
             details = {"calibration_images": len(chosen), "calibration_method": calibration_method(cfg, flavour),
+                       "int8_tool": int8_tool(cfg, flavour),
                        "flavour": flavour, "per_channel": cfg.per_channel,
                        **gated_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour, evaluate,
                                     metrics["fp32"]["test_accuracy"], ctx.params.get("max_accuracy_drop"))}

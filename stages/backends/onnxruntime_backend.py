@@ -34,6 +34,10 @@ def compute_precision(model_path: Path) -> dict[str, Any]:
     graph = onnx.load(str(model_path)).graph
     weight_types = {init.name: init.data_type for init in graph.initializer}
     dequantized = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    # A provider without fp16 kernels casts dequantized fp16 weights to fp32: still dequantized values.
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in dequantized:
+            dequantized.update(node.output)
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.op_type in INTEGER_OPS:

@@ -39,8 +39,10 @@ def tensorrt_int8_problems(model_path: Path) -> list[str]:
         if node.op_type != "Add":
             continue
         variable = [i for i in node.input if i not in inits]
-        if len(variable) == 2 and any(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
-                                      for i in variable):
-            problems.append(f"{node.name}: residual Add without Q/DQ on both inputs (TensorRT cannot fuse it "
+        # TensorRT fuses a residual Add into the convolution before it when the other (skip) input is
+        # quantized; ONNX Runtime's quantizer quantizes both inputs, Model Optimizer the skip only.
+        if len(variable) == 2 and not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                          for i in variable):
+            problems.append(f"{node.name}: residual Add with no Q/DQ on its skip input (TensorRT cannot fuse it "
                             f"into the convolution in int8)")
     return problems

@@ -52,7 +52,7 @@ def test_symbolic_shape_failure_falls_back_to_onnx_shape_inference(exported, tmp
 
     monkeypatch.setattr(ort_quantization, "quant_pre_process", symbolic_inference_asserts)
     target = tmp_path / "int8.onnx"
-    used, _ = quantize_int8(exported, target, calibration_images(), QuantizeConfig(), "s8s8")
+    used, _ = quantize_int8(exported, target, calibration_images(), QuantizeConfig(int8_tool="onnxruntime"), "s8s8")
     assert calls == [False, True]
     assert used.startswith("onnx (symbolic inference failed: AssertionError")
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops(target)
@@ -81,20 +81,43 @@ def test_int8_that_cannot_meet_the_gate_fails_with_the_figures(exported, tmp_pat
                    lambda path: 0.10, fp32_accuracy=0.70, max_drop_points=1.0)
 
 
-def test_the_tensorrt_int8_graph_is_what_tensorrt_takes(exported, tmp_path):
+@pytest.mark.parametrize("tool", ["modelopt", "onnxruntime"])
+def test_the_tensorrt_int8_graph_is_what_tensorrt_takes(exported, tmp_path, tool):
     """Float biases, int8 zero points of 0, per-channel weight scales on axis 0, float logits, and
-    residual Adds quantized on both inputs; ONNX Runtime's own defaults fail all but one of these."""
+    residual Adds quantized on their skip input; ONNX Runtime's CPU flavour fails these."""
     from stages.backends.tensorrt_graph import tensorrt_int8_problems
 
-    quantize_int8(exported, tmp_path / "trt.onnx", calibration_images(), QuantizeConfig(), "s8s8")
+    pytest.importorskip("modelopt.onnx.quantization") if tool == "modelopt" else None
+    used, _ = quantize_int8(exported, tmp_path / "trt.onnx", calibration_images(), QuantizeConfig(int8_tool=tool),
+                            "s8s8")
+    assert used == ("modelopt" if tool == "modelopt" else "symbolic")
     assert tensorrt_int8_problems(tmp_path / "trt.onnx") == []
+    images = calibration_images()
+    fp32, int8 = run_batched(make_session(exported), images), run_batched(make_session(tmp_path / "trt.onnx"), images)
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
+
+
+def test_the_cpu_int8_graph_is_not_what_tensorrt_takes(exported, tmp_path):
+    from stages.backends.tensorrt_graph import tensorrt_int8_problems
+
     quantize_int8(exported, tmp_path / "cpu.onnx", calibration_images(), QuantizeConfig(), "u8s8")
     problems = " ".join(tensorrt_int8_problems(tmp_path / "cpu.onnx"))
     for expected in ("dequantizes INT32", "zero point is not int8 0", "logits should stay float"):
         assert expected in problems
-    images = calibration_images()
-    fp32, int8 = run_batched(make_session(exported), images), run_batched(make_session(tmp_path / "trt.onnx"), images)
-    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
+
+
+def test_model_optimizer_keeps_the_sensitive_layers_in_float_when_asked(exported, tmp_path):
+    pytest.importorskip("modelopt.onnx.quantization")
+    from stages.quantize import sensitive_first
+
+    _, kept = quantize_int8(exported, tmp_path / "int8.onnx", calibration_images(), QuantizeConfig(), "s8s8",
+                            keep_float=2)
+    assert kept == sensitive_first(exported)[:2]
+    nodes = onnx.load(str(tmp_path / "int8.onnx")).graph.node
+    producers = {output: node.op_type for node in nodes for output in node.output}
+    weighted = [node for node in nodes if node.op_type in ("Conv", "Gemm")]
+    for node in weighted:
+        assert (producers.get(node.input[1]) == "DequantizeLinear") == (node.name not in kept), node.name
 
 
 def activation_scales(path) -> dict[str, float]:
@@ -110,8 +133,9 @@ def test_each_calibration_method_chooses_its_own_ranges(exported, tmp_path, meth
     the pipeline's does not."""
     images = calibration_images()
     images[0, :, 0, 0] = 60.0  # a few outlying pixels
-    quantize_int8(exported, tmp_path / "minmax.onnx", images, QuantizeConfig(calibration_method="minmax"), "s8s8")
-    quantize_int8(exported, tmp_path / f"{method}.onnx", images, QuantizeConfig(calibration_method=method), "s8s8")
+    for name in ("minmax", method):
+        cfg = QuantizeConfig(calibration_method=name, int8_tool="onnxruntime")
+        quantize_int8(exported, tmp_path / f"{name}.onnx", images, cfg, "s8s8")
     minmax, other = activation_scales(tmp_path / "minmax.onnx"), activation_scales(tmp_path / f"{method}.onnx")
     assert minmax.keys() == other.keys()
     assert all(other[k] <= 1.001 * minmax[k] for k in minmax)
