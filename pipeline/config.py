@@ -237,13 +237,21 @@ class QuantizeConfig(Section):
         ("int8", "fp16"), description="Reduced precisions to produce next to fp32.")
     calibration_images: int = Field(512, ge=1, description="Training images used to calibrate INT8.")
     calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
-        None, description="How INT8 activation ranges are chosen from the calibration images (null: entropy where "
-        "TensorRT runs the model, minmax for ONNX Runtime on CPUs).")
+        None, description="How INT8 activation ranges are chosen from the calibration images (null: minmax, "
+        "or percentile for ONNX Runtime's quantizer writing a graph for TensorRT; chosen by measurement, see "
+        "results/int8_for_tensorrt.md). Model Optimizer takes minmax (its max) and entropy.")
     per_channel: bool = Field(True, description="Per-channel weight scales (ONNX Runtime's quantizer; Model "
                               "Optimizer always uses them).")
     int8_tool: Literal["onnxruntime", "modelopt"] | None = Field(
         None, description="Who writes the INT8 graph (null: NVIDIA Model Optimizer where TensorRT runs the model, "
         "its Q/DQ placement being the one TensorRT fuses; ONNX Runtime's quantizer for ONNX Runtime on CPUs).")
+
+    @model_validator(mode="after")
+    def _modelopt_calibrates_its_way(self) -> "QuantizeConfig":
+        if self.int8_tool == "modelopt" and self.calibration_method == "percentile":
+            raise ValueError("quantize.calibration_method 'percentile' is not one of Model Optimizer's (minmax, "
+                             "entropy); choose one of those, or quantize.int8_tool: onnxruntime")
+        return self
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
