@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 VARIANTS = [  # (label, int8 tool, flavour, calibration method)
     ("ONNX Runtime, CPU flavour u8s8, minmax", "onnxruntime", "u8s8", "minmax"),
     ("ONNX Runtime, s8s8, minmax", "onnxruntime", "s8s8", "minmax"),

@@ -36,6 +36,12 @@ def _quantize(metrics: dict[str, Any]) -> str:
 
 def _engine(metrics: dict[str, Any]) -> str:
     built = f"{metrics['backend']}: {', '.join(metrics['engines'])}"
+    int8 = metrics["engines"].get("int8", {})
+    if "requantized" in int8:
+        built += (f"; the INT8 engine missed the accuracy gate and was rebuilt with "
+                  f"{len(int8['requantized']['kept_in_float'])} layers in float")
+    if any(str(e.get("timing_cache", "")).startswith("rejected") for e in metrics["engines"].values()):
+        built += "; TensorRT rejected the stored timing cache (another device or version) and started afresh"
     if "missing" in metrics:
         return (f"{metrics['missing']}; {metrics['stand_in']} stands in. On the target: copy artifacts/ "
                 f"there and run the same profile")

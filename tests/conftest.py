@@ -30,3 +30,24 @@ def standin_tensorrt(monkeypatch):
     monkeypatch.setattr(tensorrt_backend, "_current_stream", lambda: (0, lambda: None))
     monkeypatch.setattr(tensorrt_backend, "device_key", lambda: module.DEVICE)
     return module
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory):
+    """A ResNet-8 for 16x16 RGB images exported as fp32.onnx, fp16.onnx and int8.onnx (the
+    TensorRT INT8 graph of the quantize stage), in one folder."""
+    import numpy as np
+    import torch
+
+    from pipeline.config import QuantizeConfig
+    from stages.architectures import build_model
+    from stages.export import export_onnx
+    from stages.quantize import convert_fp16, quantize_int8
+
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    export_onnx(build_model("resnet8", 10, 3), torch.randn(2, 3, 16, 16), folder / "fp32.onnx", 18)
+    calibration = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    quantize_int8(folder / "fp32.onnx", folder / "int8.onnx", calibration, QuantizeConfig(), "s8s8")
+    convert_fp16(folder / "fp32.onnx", folder / "fp16.onnx")
+    return folder

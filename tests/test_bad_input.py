@@ -178,12 +178,12 @@ def test_a_batch_the_engine_profile_does_not_cover(artifacts):
     engines = artifact_folder(artifacts, "engine", "student")
     record = json.loads((engines / "engines.json").read_text())
     # Recorded as a TensorRT engine built for batches 1..4 would be; the benchmark asks for 1 and 8.
-    record["engines"]["fp32"]["settings"] = {"min_shape": [1, 1, 8, 8], "max_shape": [4, 1, 8, 8]}
+    record["engines"]["fp32"]["settings"] = {"profiles": [[[1, 1, 8, 8], [4, 1, 8, 8], [4, 1, 8, 8]]]}
     (engines / "engines.json").write_text(json.dumps(record))
     resign(engines)
     before = finished(artifacts)
     done = cli("benchmark", str(TINY), artifacts=artifacts)
-    assert_one_line_exit_2(done, "engine.fp32.ort.onnx: batch size 8 is outside this engine's optimization profile "
+    assert_one_line_exit_2(done, "engine.fp32.ort.onnx: batch size 8 is outside this engine's optimization profiles "
                                  "(1..4); add 8 to benchmark.batch_sizes and rebuild the engine")
     assert before <= finished(artifacts)  # models benchmarked before the student's keep their results
 

@@ -73,7 +73,8 @@ def tensorrt_provider_options(engine_path: Path, target: Any, precision: str, ba
     def shape(batch: int) -> str:
         return f"{input_name}:" + "x".join(str(d) for d in (batch, *image_shape))
 
-    options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_path.parent / PROVIDER_ENGINE_CACHE),
+    options = {"trt_engine_cache_enable": True,
+               "trt_engine_cache_path": str(engine_path.parent / PROVIDER_ENGINE_CACHE),
                "trt_profile_min_shapes": shape(sizes[0]), "trt_profile_opt_shapes": shape(opt),
                "trt_profile_max_shapes": shape(sizes[-1]), "trt_max_workspace_size": tensorrt.workspace_mib << 20,
                "trt_builder_optimization_level": tensorrt.optimization_level,
@@ -106,8 +107,9 @@ class OnnxRuntimeBackend:
             # ONNX Runtime refuses to save a graph holding compiled nodes: the engine file is the graph
             # itself, and what TensorRT compiles from it lives in the provider's caches.
             shutil.copyfile(onnx_path, engine_path)
+            timings = shared / "onnxruntime-tensorrt" if shared else None
             options = tensorrt_provider_options(engine_path, target, precision, batch_sizes, image_shape,
-                                                _input_name(onnx_path), shared / "onnxruntime-tensorrt" if shared else None)
+                                                _input_name(onnx_path), timings)
             provider_options_file(engine_path).write_text(json.dumps(options, indent=1))
             level, precision_record = "disabled", {"compute_precision": "unverified", "precision_source": (
                 "asked of TensorRT through ONNX Runtime, which does not report the precision of the layers it built")}
@@ -149,7 +151,16 @@ class OnnxRuntimeBackend:
             return session.run(None, {name: batch})[0]
 
         infer.device = "cpu" if provider == "CPUExecutionProvider" else "cuda"
+        if options:
+            # Batches outside the explicit profile would make TensorRT build another engine.
+            infer.batch_ranges = [(_profile_batch(options["trt_profile_min_shapes"]),
+                                   _profile_batch(options["trt_profile_max_shapes"]))]
         return infer
+
+
+def _profile_batch(shapes: str) -> int:
+    """The batch size in a TensorRT provider shape option ("images:8x3x32x32")."""
+    return int(shapes.split(":", 1)[1].split("x", 1)[0])
 
 
 def provider_options_file(engine_path: Path) -> Path:

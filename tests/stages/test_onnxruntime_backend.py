@@ -1,6 +1,8 @@
 """ONNX Runtime engines: the providers a session is given, the TensorRT provider's options, and the
 precision read from a saved graph."""
 
+import pytest
+
 
 def test_gpu_providers_may_not_fall_back_to_the_cpu_and_tensorrt_comes_first(monkeypatch, tmp_path):
     import onnxruntime as ort
@@ -70,3 +72,47 @@ def test_a_cpu_engine_records_where_its_nodes_ran(tmp_path):
                                         batch_sizes=(1, 4), image_shape=(3, 16, 16))
     assert set(record["nodes_by_provider"]) == {"CPUExecutionProvider"} and record["compute_precision"] == "fp32"
     assert not list(tmp_path.glob("placement*"))  # the profile is read, then removed
+
+
+def test_the_tensorrt_provider_engine_is_loaded_with_the_options_it_was_built_with(tmp_path, monkeypatch):
+    import json
+
+    import stages.backends.onnxruntime_backend as backend_module
+    from pipeline.config import TargetConfig
+
+    engine = tmp_path / "engine.fp16.ort.onnx"
+    target = TargetConfig(execution_provider="TensorrtExecutionProvider")
+    options = backend_module.tensorrt_provider_options(engine, target, "fp16", (1, 8), (3, 32, 32), "images", None)
+    backend_module.provider_options_file(engine).write_text(json.dumps(options))
+    seen = {}
+
+    class Session:
+        def get_providers(self):
+            return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return [type("Input", (), {"name": "images"})()]
+
+    def fake_make_session(path, **kwargs):
+        seen.update(kwargs)
+        return Session()
+
+    monkeypatch.setattr(backend_module, "make_session", fake_make_session)
+    infer = backend_module.OnnxRuntimeBackend().load(engine, target)
+    assert seen["provider_options"] == options and infer.device == "cuda"
+    assert infer.batch_ranges == [(1, 8)]
+
+
+def test_a_session_that_did_not_take_the_provider_is_refused_at_load(tmp_path, monkeypatch):
+    import stages.backends.onnxruntime_backend as backend_module
+    from pipeline.config import TargetConfig
+    from pipeline.errors import ArtifactError
+
+    class CpuOnly:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(backend_module, "make_session", lambda path, **kwargs: CpuOnly())
+    with pytest.raises(ArtifactError, match="did not take CUDAExecutionProvider"):
+        target = TargetConfig(execution_provider="CUDAExecutionProvider")
+        backend_module.OnnxRuntimeBackend().load(tmp_path / "e.onnx", target)

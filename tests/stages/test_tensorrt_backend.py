@@ -6,25 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.config import QuantizeConfig, TargetConfig, TensorRTConfig
 from pipeline.errors import ArtifactError
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from stages.architectures import build_model
-    from stages.export import export_onnx
-    from stages.quantize import convert_fp16, quantize_int8
-
-    folder = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    export_onnx(build_model("resnet8", 10, 3), torch.randn(2, 3, 16, 16), folder / "fp32.onnx", 18)
-    calibration = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
-    quantize_int8(folder / "fp32.onnx", folder / "int8.onnx", calibration, QuantizeConfig(), "s8s8")
-    convert_fp16(folder / "fp32.onnx", folder / "fp16.onnx")
-    return folder
+def models(onnx_models):
+    return onnx_models
 
 
 def build(models, tmp_path, precision, target=None, batch_sizes=(1, 8), shared=None):

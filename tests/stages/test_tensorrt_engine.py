@@ -4,25 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import QuantizeConfig, TargetConfig
+from pipeline.config import TargetConfig
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (install the gpu extra on a CUDA machine)")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from stages.architectures import build_model
-    from stages.export import export_onnx
-    from stages.quantize import convert_fp16, quantize_int8
-
-    folder = tmp_path_factory.mktemp("onnx")
-    torch.manual_seed(0)
-    export_onnx(build_model("resnet8", 10, 3), torch.randn(2, 3, 32, 32), folder / "fp32.onnx", 18)
-    calibration = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
-    quantize_int8(folder / "fp32.onnx", folder / "int8.onnx", calibration, QuantizeConfig(), "s8s8")
-    convert_fp16(folder / "fp32.onnx", folder / "fp16.onnx")
-    return folder
+def models(onnx_models):
+    return onnx_models
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -33,11 +23,11 @@ def test_engine_builds_records_its_precision_and_matches_onnx_runtime(models, tm
     backend, target = TensorRTBackend(), TargetConfig(backend="tensorrt")
     assert backend.unavailable_reason(target) is None
     record = backend.build(models / f"{precision}.onnx", tmp_path / "engine.plan", precision, target,
-                           batch_sizes=(1, 8), image_shape=(3, 32, 32), shared=tmp_path / "shared")
+                           batch_sizes=(1, 8), image_shape=(3, 16, 16), shared=tmp_path / "shared")
     assert record["layers_by_precision"].get(precision, 0) > 0
     assert list((tmp_path / "shared").glob("*.timing.cache"))
     runner = backend.load(tmp_path / "engine.plan", target)
-    images = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    images = np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)
     logits = runner(images)
     reference = make_session(models / "fp32.onnx").run(None, {"images": images})[0]
     tolerance = {"fp32": 1e-2, "fp16": 5e-2, "int8": 0.5}[precision]
@@ -55,6 +45,6 @@ def test_a_batch_outside_the_engine_profile_is_refused(models, tmp_path):
 
     backend, target = TensorRTBackend(), TargetConfig(backend="tensorrt")
     backend.build(models / "fp32.onnx", tmp_path / "engine.plan", "fp32", target, batch_sizes=(1, 8),
-                  image_shape=(3, 32, 32), shared=None)
+                  image_shape=(3, 16, 16), shared=None)
     with pytest.raises(ArtifactError, match=r"batch size 16 is outside this engine's optimization profiles \(1, 8\)"):
-        backend.load(tmp_path / "engine.plan", target)(np.zeros((16, 3, 32, 32), np.float32))
+        backend.load(tmp_path / "engine.plan", target)(np.zeros((16, 3, 16, 16), np.float32))
