@@ -270,6 +270,64 @@ def sweep(profile: Optional[Path] = ProfileArg,
             ui.console.print(f"wrote {path}")
 
 
+@app.command()
+def bundle(profile: Optional[Path] = ProfileArg,
+           output: Path = typer.Option(..., "-o", "--output", metavar="FILE.tar", help="The bundle to write."),
+           set_: List[str] = SetOpt,
+           until: Optional[str] = typer.Option(None, "--until", metavar="STAGE",
+                                               help="Bundle the stages up to this one (default: all)."),
+           over: List[str] = typer.Option(None, "--over", metavar="KEY=V1,V2,...",
+                                          help="Bundle every point of a sweep grid, as sweep --over takes it."),
+           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Pack what a profile has produced so far (and the checkpoints of unfinished training) into one
+    tar file that unbundle adds to another artifacts folder."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.bundle import pack
+        from pipeline.plan import build_plan
+        from pipeline.profiles import load_profile
+        from pipeline.store import ArtifactStore
+        from pipeline.sweep import grid, parse_axes
+
+        _check_stage("--until", until)
+        points = grid(parse_axes(over)) if over else [{}]
+        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
+                    for point in points]
+        last = stage_index(until) if until else len(STAGE_ORDER) - 1
+        tasks = {}
+        for loaded in profiles:
+            for task in build_plan(loaded):
+                if stage_index(task.stage) <= last:
+                    tasks.setdefault((task.stage, task.key), task)
+        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
+        index = pack(store, list(tasks.values()), output, profiles[0].name)
+        finished = sum(e["kind"] == "artifact" for e in index["entries"])
+        resumable = len(index["entries"]) - finished
+        size = output.stat().st_size / (1 << 20)
+        typer.echo(f"{output}: {finished} finished tasks" + (f", {resumable} training checkpoints"
+                                                             if resumable else "") + f", {size:.1f} MiB")
+        if index["not_bundled"]:
+            typer.echo(f"not produced yet, so not bundled: {', '.join(index['not_bundled'])}")
+
+
+@app.command()
+def unbundle(bundle_file: Path = typer.Argument(..., metavar="FILE.tar", help="A bundle made by bundle."),
+             artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Check every file of a bundle, then add what this artifacts folder lacks; a rerun of the
+    profile takes it from the cache."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.bundle import unpack
+        from pipeline.store import ArtifactStore
+
+        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
+        outcome = unpack(bundle_file, store)
+        typer.echo(f"{bundle_file}: added {len(outcome['added'])} entries to {store.root}"
+                   + (f"; {len(outcome['present'])} were here already" if outcome["present"] else ""))
+        for task in outcome["added"]:
+            typer.echo(f"  + {task}")
+
+
 @app.command("pack-dataset")
 def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
                  root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),

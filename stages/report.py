@@ -152,7 +152,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("target_backend_missing"):
         lines += [f"**Not measured on the target.** Missing here: {report['target_backend_missing']}. The rows "
                   f"below are this machine's figures, with ONNX Runtime on this CPU standing in for the target's "
-                  f"engines; copy `artifacts/` to the target and run the same profile there for its own.", ""]
+                  f"engines; bundle the models (`stochkd-pipeline bundle PROFILE --until quantize -o FILE.tar`), "
+                  f"unbundle them on the target and run the same profile there for its own.", ""]
     gpu = any(r.get("device") == "cuda" for r in report["rows"])
     energy = any("energy_mj_per_image" in r for r in report["rows"])
     lines += ["| model | runtime | device | precision | computes in | batch | top-1 % | p50 ms | p90 ms | p99 ms "
