@@ -39,6 +39,9 @@ MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (
 CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
                              help="Save training progress this often (and on Ctrl-C); a killed run started "
                                   "again resumes from the last save.")
+JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
+                       "time, each in its own process (one GPU each where there are several; the CPU's cores "
+                       "split between them). Benchmarks still run alone.")
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -102,7 +105,8 @@ def _check_device(device: str) -> str:
 
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
-             device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0) -> None:
+             device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0,
+             jobs: int = 1) -> None:
     from pipeline import ui
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
@@ -127,10 +131,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         # One rank speaks for all of them.
         Runner(ArtifactStore(root), device=device, checkpoint_interval_s=checkpoint_every).run(tasks, forced)
         return
-    runner = Runner(ArtifactStore(root, warn=ui.warn), device=device, progress=ui.progress_bar,
-                    on_start=ui.stage_started, on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every,
-                    on_wait=lambda task, holder: ui.warn(
-                        f"{task.id}: another run (process {holder}) is building it; waiting for it"))
+    runner = _runner(ArtifactStore(root, warn=ui.warn), jobs, device, checkpoint_every)
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
     outcomes = runner.run(tasks, forced)
@@ -144,6 +145,25 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
 
 
+def _runner(store, jobs: int, device: str, checkpoint_every: float):
+    """The sequential runner, or with ``jobs`` > 1 the scheduler that runs ready tasks side by side."""
+    from pipeline import distributed, ui
+    from pipeline.runner import Runner
+
+    if jobs > 1:
+        if distributed.active():
+            raise PipelineError("--jobs runs tasks in processes of their own; under torchrun (--nproc-per-node) "
+                                "each task already uses every process: leave --jobs at 1")
+        from pipeline.scheduler import Scheduler
+
+        return Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
+                         on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines())
+    return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
+                  on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every,
+                  on_wait=lambda task, holder: ui.warn(
+                      f"{task.id}: another run (process {holder}) is building it; waiting for it"))
+
+
 @app.command()
 def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         until: Optional[str] = typer.Option(None, "--until", metavar="STAGE", help="Stop after this stage."),
@@ -152,8 +172,8 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         force: Optional[str] = typer.Option(None, "--force", metavar="STAGE",
                                             help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-        checkpoint_every: float = CheckpointOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt,
-        node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+        checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, nproc_per_node: int = NprocOpt,
+        nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
         master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
@@ -161,20 +181,20 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
             _check_stage(option, value)
         _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
-                 artifacts=artifacts, checkpoint_every=checkpoint_every)
+                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs)
 
 
 def _stage_command(name: str):
     def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
                 device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-                checkpoint_every: float = CheckpointOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt,
-                node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
+                checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, nproc_per_node: int = NprocOpt,
+                nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
                 master_port: int = MasterPortOpt) -> None:
         with user_errors():
             _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                     artifacts=artifacts, checkpoint_every=checkpoint_every)
+                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -224,13 +244,12 @@ def sweep(profile: Optional[Path] = ProfileArg,
           until: str = typer.Option("mutual", "--until", metavar="STAGE",
                                     help="Last stage to run at each point (default: the last training stage)."),
           device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-          checkpoint_every: float = CheckpointOpt) -> None:
+          checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
         from pipeline.plan import build_plan, training_tasks
         from pipeline.profiles import load_profile
-        from pipeline.runner import Runner
         from pipeline.store import ArtifactStore
         from pipeline.sweep import grid, parse_axes, point_values, write_sweep
         from stages.context import member_metrics
@@ -247,13 +266,20 @@ def sweep(profile: Optional[Path] = ProfileArg,
                     for point in points]  # every point validated before anything runs
         root = _artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
-        runner = Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
-                        on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every)
+        runner = _runner(store, jobs, device, checkpoint_every)
+        plans = [[t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)] for loaded in profiles]
+        if jobs > 1:
+            # Every point's tasks in one schedule, so points run side by side; shared tasks once.
+            unique = {}
+            for task in sorted((t for plan in plans for t in plan), key=lambda t: stage_index(t.stage)):
+                unique.setdefault((task.stage, task.key), task)
+            runner.run(list(unique.values()))
         results = []
         for number, (point, loaded) in enumerate(zip(points, profiles), 1):
             ui.console.print(f"[bold]point {number}/{len(points)}[/]: "
                              + " ".join(f"{k}={v}" for k, v in point.items()))
-            runner.run([t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)])
+            if jobs == 1:
+                runner.run(plans[number - 1])
             trained, _ = training_tasks(loaded)
             metrics = {model: member_metrics(store.lookup(task.stage, task.key).metrics, member)
                        for model, (task, member) in trained.items()}

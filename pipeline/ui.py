@@ -48,6 +48,20 @@ def stage_finished(outcome) -> None:
         console.print(f"[dim]· {outcome.task.id} · cached · {outcome.headline}[/]")
 
 
+class TaskLines:
+    """Progress of tasks running side by side (``--jobs``): a line whenever a task's status changes."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    def __call__(self, states) -> None:
+        for task_id, state in states:
+            text = state.get("description")
+            if text and self.last.get(task_id) != text:
+                self.last[task_id] = text
+                console.print(f"  [dim]{task_id}[/] {text}")
+
+
 def warn(message: str) -> None:
     errors.print(f"[yellow]warning:[/] {message}")
 

@@ -1,0 +1,77 @@
+"""Runs one task of a plan in a process of its own, for ``--jobs``: the scheduler hands it the task
+(pickled), the store's folder and the run's settings; it reports progress through a status file and
+its outcome through a result file. Run as ``python -m pipeline.task_worker SPEC.pickle``.
+
+Exit codes: 0 done, 2 a user-fixable error (its one line on stderr), 130 stopped by Ctrl-C (or by
+the scheduler, after another task failed) with its training checkpoint saved, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def status_progress(status: Path):
+    """A stage's progress callback that keeps the latest state in ``status`` (written aside and
+    renamed, so the scheduler never reads half a line)."""
+
+    @contextmanager
+    def progress(description: str, total: int):
+        state = {"description": description, "completed": 0, "total": total}
+
+        def write() -> None:
+            partial = status.with_name(status.name + ".partial")
+            partial.write_text(json.dumps(state))
+            os.replace(partial, status)
+
+        def advance(steps: int = 1, description: str | None = None) -> None:
+            state["completed"] += steps
+            if description:
+                state["description"] = description
+            write()
+
+        write()
+        yield advance
+
+    return progress
+
+
+def main(argv: list[str]) -> int:
+    spec = pickle.loads(Path(argv[0]).read_bytes())
+    from pipeline.errors import PipelineError
+    from pipeline.runner import Runner
+    from pipeline.store import ArtifactStore
+
+    task = spec["task"]
+    store = ArtifactStore(Path(spec["root"]), warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    runner = Runner(store, device=spec["device"], progress=status_progress(Path(spec["status"])),
+                    checkpoint_interval_s=spec["checkpoint_interval_s"])
+    try:
+        inputs = {}
+        for role, needed in task.needs.items():
+            found = store.lookup(needed.stage, needed.key)
+            if found is None:
+                raise PipelineError(f"{task.id}: its input {needed.id} is not in {store.root}; rerun without --jobs")
+            inputs[role] = found
+        outcome = runner._execute(task, inputs, spec["forced"])
+    except PipelineError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - reported whole, for the scheduler to quote its last line
+        traceback.print_exc()
+        return 1
+    Path(spec["result"]).write_text(json.dumps({"ran": outcome.ran, "wall_s": outcome.wall_s}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

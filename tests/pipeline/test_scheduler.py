@@ -1,0 +1,96 @@
+"""--jobs: ready tasks side by side in processes of their own, benchmarks alone, a failure stopping
+the others. The workers here are tests/scheduler_worker.py, which only sleep, fail or commit."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import TargetConfig
+from pipeline.errors import PipelineError
+from pipeline.plan import Task
+from pipeline.scheduler import Scheduler
+from pipeline.store import ArtifactStore
+
+WORKER = str(Path(__file__).resolve().parents[1] / "scheduler_worker.py")
+
+
+def scheduler(tmp_path, jobs, **kwargs):
+    runner = Scheduler(ArtifactStore(tmp_path / "artifacts"), jobs, gpus=[], cores=8, **kwargs)
+    runner.worker = (WORKER,)
+    return runner
+
+
+def events(tmp_path) -> dict[str, dict]:
+    return {e["task"]: e for e in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())}
+
+
+def task(stage, variant, tmp_path, needs=None, **behaviour):
+    params = {"log": str(tmp_path / "log.jsonl"), "name": variant, **behaviour}
+    if stage == "benchmark":
+        params["target"] = TargetConfig()
+    return Task(stage, variant, params, needs or {})
+
+
+def test_the_same_work_under_two_names_runs_once(tmp_path):
+    twins = [Task("teacher", name, {"log": str(tmp_path / "log.jsonl"), "seconds": 0.3}) for name in ("a", "b")]
+    outcomes = scheduler(tmp_path, 2).run(twins)
+    assert [o.ran for o in outcomes] == [True, False]
+    assert list(events(tmp_path)) == ["teacher:a"]
+
+
+def overlap(a, b) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_ready_tasks_run_side_by_side_after_what_they_need(tmp_path):
+    first = task("teacher", "teacher", tmp_path, seconds=0.2)
+    students = [task("distill", name, tmp_path, {"teacher": first}, seconds=1.0) for name in ("a", "b")]
+    outcomes = scheduler(tmp_path, 2).run([first, *students])
+    assert [o.task.id for o in outcomes] == ["teacher:teacher", "distill:a", "distill:b"] and all(o.ran for o in outcomes)
+    seen = events(tmp_path)
+    assert seen["distill:a"]["start"] >= seen["teacher:teacher"]["end"]
+    assert overlap(seen["distill:a"], seen["distill:b"])
+    assert seen["distill:a"]["omp"] == "4"  # 8 cores split between 2 tasks
+    again = scheduler(tmp_path, 2).run([first, *students])
+    assert not any(o.ran for o in again)  # the second time, all from the cache
+
+
+def test_a_benchmark_runs_alone_with_every_core(tmp_path):
+    tasks = [task("teacher", "x", tmp_path, seconds=0.5), task("benchmark", "m", tmp_path, seconds=0.5),
+             task("teacher", "y", tmp_path, seconds=0.5)]
+    scheduler(tmp_path, 3).run(tasks)
+    seen = events(tmp_path)
+    assert not overlap(seen["benchmark:m"], seen["teacher:x"]) and not overlap(seen["benchmark:m"], seen["teacher:y"])
+    assert seen["benchmark:m"]["omp"] == "8"
+
+
+def test_a_failure_stops_the_others_and_names_the_task(tmp_path):
+    tasks = [task("teacher", "slow", tmp_path, seconds=30), task("teacher", "bad", tmp_path, fail=True)]
+    with pytest.raises(PipelineError, match=r"teacher:bad failed \(RuntimeError: boom\); the tasks running beside "
+                                            r"it were stopped .* its whole error is in .*logs"):
+        scheduler(tmp_path, 2).run(tasks)
+    seen = events(tmp_path)
+    assert seen["teacher:slow"]["stopped"] and seen["teacher:slow"]["end"] - seen["teacher:slow"]["start"] < 20
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert all(store.lookup(t.stage, t.key) is None for t in tasks)
+
+
+@pytest.mark.slow
+def test_the_real_pipeline_with_two_jobs_then_from_the_cache(tmp_path):
+    """The tiny profile's training stages through pipeline.task_worker, two at a time; a second run
+    without --jobs finds every task cached."""
+    import subprocess
+    import sys
+
+    tiny = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(tmp_path / "a")],
+                              capture_output=True, text=True)
+
+    done = cli("run", str(tiny), "--until", "distill", "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("✓") == 5  # teacher, analysis, student alone, KD, stochastic KD
+    again = cli("run", str(tiny), "--until", "distill")
+    assert again.returncode == 0 and "0 ran, 5 from the cache" in again.stdout

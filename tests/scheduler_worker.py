@@ -1,0 +1,36 @@
+"""A stand-in for pipeline.task_worker in the scheduler's tests: it behaves by the task's params
+(sleep this long, fail, or note being stopped) and commits a real artifact when it succeeds."""
+
+import json
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+
+spec = pickle.loads(Path(sys.argv[1]).read_bytes())
+task = spec["task"]
+behaviour = task.params
+log = Path(behaviour["log"])
+stopped = []
+signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
+started = time.time()
+if behaviour.get("fail"):
+    print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr)
+    sys.exit(1)
+while time.time() - started < behaviour.get("seconds", 0.0) and not stopped:
+    time.sleep(0.02)
+with open(log, "a") as out:
+    out.write(json.dumps({"task": task.id, "start": started, "end": time.time(), "stopped": bool(stopped),
+                          "omp": __import__("os").environ.get("OMP_NUM_THREADS")}) + "\n")
+if stopped:
+    print("stopped between two steps; checkpoint saved", file=sys.stderr)
+    sys.exit(130)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.store import ArtifactStore  # noqa: E402
+
+store = ArtifactStore(Path(spec["root"]))
+scratch = store.begin(task.stage, task.key)
+(scratch / "out.txt").write_text(task.id)
+store.commit(scratch, task.stage, task.key, {"stage": task.stage, "metrics": {}})
+Path(spec["result"]).write_text(json.dumps({"ran": True, "wall_s": time.time() - started}))
