@@ -52,12 +52,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, loss_fn=None) -> float:
+def pipeline_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, loss_fn=None,
+                          **recipe_settings) -> float:
     """The pipeline's ``train`` over ``steps`` batches (pad-4 crops and flips on the device), after a
-    short warm-up run."""
+    short warm-up run; ``recipe_settings`` go to its TrainingConfig (compile, drop_execution, ...)."""
     kwargs = {"loss_fn": loss_fn} if loss_fn else {}
     device_data = DeviceData(data, device)
-    recipe = TrainingConfig(epochs=1, batch_size=batch, lr=0.05, lr_schedule="cosine")
+    recipe = TrainingConfig(epochs=1, batch_size=batch, lr=0.05, lr_schedule="cosine", **recipe_settings)
     augmentation = Augmentation(crop_padding=4, horizontal_flip=True)
     warm = DeviceData(ImageDataset(data.x_train[:batch * 3], data.y_train[:batch * 3], data.x_test,
                                    data.y_test, data.class_names, data.mean, data.std), device)
@@ -80,9 +81,11 @@ def compiled_train(model, data: ImageDataset, device, batch: int):
 
 
 def reference_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, teacher=None,
-                           k: int = 0) -> float:
-    """A plain loop: forward, loss, backward, SGD step; with a teacher, K separate sampled passes."""
+                           k: int = 0, compile_mode: str | None = None) -> float:
+    """A plain loop: forward, loss, backward, SGD step; with a teacher, K separate sampled passes.
+    ``compile_mode`` compiles the model as the pipeline's training.compile_mode does."""
     model.to(device=device, memory_format=torch.channels_last).train()
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.from_numpy(data.x_train).to(device).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -90,7 +93,7 @@ def reference_images_per_s(model, data: ImageDataset, device, batch: int, steps:
 
     def step(i: int) -> None:
         xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-        out = model(xb)
+        out = net(xb)
         if teacher is None:
             loss = F.cross_entropy(out, yb)
         else:

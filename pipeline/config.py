@@ -101,6 +101,22 @@ class TrainingConfig(Section):
     compile: bool | None = Field(
         None, description="torch.compile the network for training (null: no). Its compile time is reported "
         "apart from the steady-state throughput.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
+        None, description="torch.compile's mode when compile is on (null: default). reduce-overhead captures "
+        "CUDA graphs on a GPU; it needs drop_execution: mask, which leaves no host-side decision in a step.")
+    drop_execution: Literal["skip", "mask"] | None = Field(
+        None, description="How stochastic blocks drop while training, and while a teacher is sampled for this "
+        "recipe: skip (compute a block only for the rows that keep it, coins drawn on the CPU) or mask (compute "
+        "every block and multiply by a mask drawn on the device, capturable). Same distribution (null: skip).")
+
+    @model_validator(mode="after")
+    def _capture_needs_masks(self) -> "TrainingConfig":
+        if self.compile_mode == "reduce-overhead" and self.drop_execution != "mask":
+            raise ValueError("training.compile_mode 'reduce-overhead' captures the step in CUDA graphs, which "
+                             "host-side skipping breaks; set training.drop_execution: mask as well")
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError("training.compile_mode is set but training.compile is not; set compile: true")
+        return self
 
 
 TEACHER_READINGS = ("stochastic_depth", "plain")

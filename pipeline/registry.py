@@ -43,8 +43,8 @@ def _engine(metrics: dict[str, Any]) -> str:
     if any(str(e.get("timing_cache", "")).startswith("rejected") for e in metrics["engines"].values()):
         built += "; TensorRT rejected the stored timing cache (another device or version) and started afresh"
     if "missing" in metrics:
-        return (f"{metrics['missing']}; {metrics['stand_in']} stands in. On the target: bundle the models, "
-                f"unbundle them there and run the same profile")
+        return (f"{metrics['missing']}; {metrics['stand_in']} stands in. On the target: bundle, unbundle "
+                f"there, run the same profile")
     return built
 
 

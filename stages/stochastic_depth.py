@@ -22,6 +22,12 @@ from torch import nn
 
 DropMode = Literal["batch", "sample"]
 DROP_MODES: tuple[str, ...] = ("batch", "sample")
+# How a drop is carried out: "skip" computes a branch only for the rows that keep it (coins drawn on
+# the CPU, a host-side decision per block); "mask" computes every branch and multiplies it by a mask
+# drawn on the device, with no host-side decision, so that a whole training step can be captured
+# (torch.compile with CUDA graphs). Both draw the same Bernoulli coins, only from other generators.
+DropExecution = Literal["skip", "mask"]
+DROP_EXECUTIONS: tuple[str, ...] = ("skip", "mask")
 
 
 def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
@@ -107,6 +113,7 @@ class DropPath(nn.Module):
         self.sampling = False
         self.groups = 1
         self.forced: bool | None = None  # a fixed keep (True) or drop (False) decision, see fixed_subnetwork
+        self.execution: DropExecution = "skip"
 
     @property
     def active(self) -> bool:
@@ -119,8 +126,21 @@ class DropPath(nn.Module):
             return kept_groups(n_rows, self.survival, self.groups, device, self.kept_factor)
         return keep_scale(n_rows, self.survival, self.mode, self.groups, device, self.kept_factor)
 
+    def mask(self, n_rows: int, device: torch.device) -> torch.Tensor | float:
+        """Per-row factors drawn on the device (0 where dropped, ``kept_factor`` where kept), shaped
+        to broadcast over a feature map: the "mask" execution, free of host-side decisions."""
+        if self.forced is not None:
+            return self.kept_factor if self.forced else 0.0
+        if self.mode == "sample":
+            rows = torch.empty(n_rows, device=device).bernoulli_(self.survival)
+        else:
+            coins = (torch.rand(self.groups, device=device) < self.survival).float()
+            rows = coins.repeat_interleave(n_rows // self.groups)
+        return (rows * self.kept_factor).view(-1, 1, 1, 1)
+
     def extra_repr(self) -> str:
-        return f"survival={self.survival:.3f}, kept_factor={self.kept_factor:.3f}, mode={self.mode}"
+        return (f"survival={self.survival:.3f}, kept_factor={self.kept_factor:.3f}, mode={self.mode}, "
+                f"execution={self.execution}")
 
 
 def make_drop(survival: float, mode: DropMode) -> DropPath | None:
@@ -137,6 +157,10 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     """
     if drop is None or not drop.active:
         return residual(x) + shortcut
+    if drop.execution == "mask":
+        out = residual(x)
+        mask = drop.mask(x.shape[0], x.device)
+        return out * (mask if isinstance(mask, float) else mask.to(out.dtype)) + shortcut
     scale = drop.scale(x.shape[0], x.device)
     if isinstance(scale, float) and scale == 0.0:
         return shortcut
@@ -150,6 +174,15 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 def drop_paths(model: nn.Module) -> list[DropPath]:
     return [m for m in model.modules() if isinstance(m, DropPath)]
+
+
+def use_drop_execution(model: nn.Module, execution: DropExecution) -> nn.Module:
+    """Carry out every stochastic block's drop by ``execution`` (see DropExecution)."""
+    if execution not in DROP_EXECUTIONS:
+        raise ValueError(f"drop execution must be one of {DROP_EXECUTIONS}, got {execution!r}")
+    for drop in drop_paths(model):
+        drop.execution = execution
+    return model
 
 
 def use_trained_scale(model: nn.Module, teaching_p_last: float, trained_p_last: float) -> None:

@@ -19,6 +19,7 @@ from pipeline.errors import ArtifactError, PipelineError, first_line
 from stages.augment import augmented_batch, normalize, padded_channels_last
 from stages.checkpoint import save_model
 from stages.context import no_progress
+from stages.stochastic_depth import use_drop_execution
 from stages.data import ImageDataset
 from stages.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_state,
                            stop_on_interrupt)
@@ -141,8 +142,10 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         run = _RunState.restore(saved, model, optimizer, generator, device, checkpoint, recipe.epochs,
                                 steps_per_epoch)
     net = distributed.data_parallel(model, device) if ranks > 1 else model
+    if recipe.drop_execution:
+        use_drop_execution(model, recipe.drop_execution)
     if recipe.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=recipe.compile_mode)
     saving = checkpoint is not None and rank == 0
     session_start, last_save = time.perf_counter(), time.monotonic()
     first_step_end, session_images = None, 0

@@ -79,6 +79,27 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, kills):
     assert result.resumed_at[0] == {"epoch": first // STEPS_PER_EPOCH + 1, "batch": first % STEPS_PER_EPOCH}
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
+def test_masked_blocks_resume_bit_identical_too(tmp_path, compiled):
+    """Masks drawn on the device (drop_execution: mask) come from a generator the checkpoint holds;
+    torch.compile (its CPU path here) changes nothing of that."""
+    recipe = RECIPE.model_copy(update={"drop_execution": "mask", "compile": compiled or None})
+    reference = stochastic_model()
+    reference_result = train(reference, digits_like_data(), recipe, augmentation=AUGMENT, seed=3)
+    checkpoint, calls = tmp_path / "training.pt", []
+    with pytest.raises(Killed):
+        train(stochastic_model(), digits_like_data(), recipe, augmentation=AUGMENT, seed=3,
+              loss_fn=killed_at(calls, 7), checkpoint=checkpoint, checkpoint_interval_s=0)
+    model = stochastic_model(seed=99)
+    result = train(model, digits_like_data(), recipe, augmentation=AUGMENT, seed=3, checkpoint=checkpoint,
+                   checkpoint_interval_s=0)
+    assert_same_weights(model, reference)
+    assert result.history == reference_result.history
+    skipped = stochastic_model()
+    train(skipped, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3)
+    assert not torch.equal(skipped.state_dict()["fc.weight"], model.state_dict()["fc.weight"])  # other coins
+
+
 def test_a_finished_checkpoint_skips_training(tmp_path):
     checkpoint = tmp_path / "training.pt"
     first = stochastic_model()

@@ -245,3 +245,46 @@ def test_teaching_at_the_trained_p_n_is_the_same_under_both_kept_scales(tmp_path
         torch.manual_seed(3)
         outputs.append(sample_logits(teacher, x, 4))
     assert torch.equal(*outputs)
+
+
+def test_masks_drop_as_often_as_skipping_and_give_the_same_sub_networks():
+    """The mask execution draws the same Bernoulli coins on the device (other generators): the same
+    drop frequencies, and for the same decisions, the same outputs."""
+    from stages.architectures import build_model
+    from stages.stochastic_depth import drop_paths, fixed_subnetwork, use_drop_execution
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3, p_last=0.5)
+    x = torch.randn(4, 3, 16, 16)
+    keep = [True, False, True][:len(drop_paths(model))]
+    with fixed_subnetwork(model, keep):
+        skipped = model(x)
+    use_drop_execution(model, "mask")
+    with fixed_subnetwork(model, keep):
+        masked = model(x)
+    torch.testing.assert_close(masked, skipped)
+    for mode in ("batch", "sample"):
+        drop = drop_paths(model)[-1]
+        drop.mode, drop.groups = mode, 4
+        kept = torch.stack([drop.mask(400, torch.device("cpu")).view(-1) > 0 for _ in range(2000)]).float()
+        assert abs(kept.mean().item() - drop.survival) < 0.025  # 4 sigma of 8,000 group coins
+        if mode == "batch":  # each of the 4 groups of 100 rows keeps or drops as one
+            assert bool((kept.view(2000, 4, 100).std(-1) == 0).all())
+
+
+def test_a_masked_network_compiles_without_graph_breaks_and_a_skipping_one_does_not():
+    """No host-side decision is left in a masked training step: what CUDA-graph capture needs."""
+    from stages.architectures import build_model
+    from stages.stochastic_depth import use_drop_execution
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3, p_last=0.5).train()
+    x = torch.randn(4, 3, 16, 16)
+    torch._dynamo.reset()
+    masked = torch.compile(use_drop_execution(model, "mask"), fullgraph=True, backend="eager")
+    assert masked(x).shape == (4, 10)
+    torch._dynamo.reset()
+    skipping = torch.compile(use_drop_execution(model, "skip"), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="(?i)graph break|data-dependent|Unsupported|generic_jump"):
+        skipping(x)
+    torch._dynamo.reset()
