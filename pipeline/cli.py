@@ -206,10 +206,9 @@ for _name in STAGE_ORDER:
 
 @app.command()
 def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
-           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+           artifacts: Optional[Path] = ArtifactsOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print the tasks as JSON, for scripts.")) -> None:
     """Show each task of a profile: cached or not, its key, its headline figure."""
-    from rich.table import Table
-
     from pipeline import ui
     from pipeline.plan import build_plan
     from pipeline.profiles import load_profile
@@ -220,18 +219,31 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     with user_errors():
         loaded = load_profile(profile, set_ or [])
         store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
-        table = Table(title=f"{loaded.name} · {store.root}")
-        for column in ("task", "state", "key", "result"):
-            table.add_column(column)
+        tasks = []
         for task in build_plan(loaded):
             artifact = store.lookup(task.stage, task.key)
+            entry = {"task": task.id, "stage": task.stage, "variant": task.variant, "key": task.key}
             if artifact is None:
                 saved = (store.resume_folder(task.stage, task.key) / TRAINING_CHECKPOINT).is_file()
-                table.add_row(task.id, "[yellow]to run[/]", task.key[:12],
-                              "resumes from its training checkpoint" if saved else "")
+                entry.update(state="resumable" if saved else "to run", headline=None, folder=None)
             else:
-                table.add_row(task.id, "[green]cached[/]", task.key[:12],
-                              Outcome(task, artifact, False, 0).headline)
+                entry.update(state="cached", headline=Outcome(task, artifact, False, 0).headline,
+                             folder=str(artifact.path))
+            tasks.append(entry)
+    if as_json:
+        typer.echo(json.dumps({"profile": loaded.name, "artifacts": str(store.root), "tasks": tasks}, indent=1))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.name} · {store.root}")
+    for column in ("task", "state", "key", "result"):
+        table.add_column(column)
+    for entry in tasks:
+        if entry["state"] == "cached":
+            table.add_row(entry["task"], "[green]cached[/]", entry["key"][:12], entry["headline"])
+        else:
+            table.add_row(entry["task"], "[yellow]to run[/]", entry["key"][:12],
+                          "resumes from its training checkpoint" if entry["state"] == "resumable" else "")
     ui.console.print(table)
 
 

@@ -113,6 +113,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{report['threads']} threads; target profile `{report['target']}`."
              + (" Power and clocks: " + ", ".join(f"{k} {v}" for k, v in report["power"].items()) + "."
                 if report.get("power") else ""), "",
+             *render_summary(report),
              "## Knowledge transfer (PyTorch fp32, test split)", "",
              "Student alone: labels only. KD (or AT): the same teacher with dropping off. Stochastic KD "
              "(or AT): the teacher keeps dropping blocks while it teaches. DML conventional: peers learning from each "
@@ -190,6 +191,65 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("estimate"):
         lines += render_estimate(report, model_label)
     return "\n".join(lines + [""])
+
+
+def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """One row per model: the engine it would deploy, read at a glance.
+
+    The deployed engine is the fastest at the largest batch among the model's engines (not the
+    PyTorch reference) that are within every budget judged, or the fastest of all where none is or
+    no budget applies. Its top-1 is set against the same runtime's fp32 engine."""
+    summary = []
+    for model in models:
+        engines = [r for r in rows if r["model"] == model and r["runtime"] != "pytorch"]
+        if not engines:
+            continue
+        largest = max(r["batch_size"] for r in engines)
+        at_largest = {r["precision"]: r for r in engines if r["batch_size"] == largest}
+        within = [r for r in at_largest.values() if str(r.get("budget") or "").startswith("within")]
+        chosen = max(within or at_largest.values(), key=lambda r: r["throughput_images_per_s"])
+        precision, fp32 = chosen["precision"], at_largest.get("fp32")
+        smallest = min((r for r in engines if r["precision"] == precision), key=lambda r: r["batch_size"])
+        verdicts = [r.get("budget") for r in engines if r["precision"] == precision and r.get("budget")]
+        over = [v for v in verdicts if v.startswith("over")]
+        summary.append({
+            "model": model, "runtime": chosen["runtime"], "precision": precision,
+            "compute_precision": chosen["compute_precision"], "test_accuracy": chosen["test_accuracy"],
+            "drop_from_fp32_points": 100 * (fp32["test_accuracy"] - chosen["test_accuracy"]) if fp32 else None,
+            "smallest_batch": smallest["batch_size"], "latency_p50_ms_smallest_batch": smallest["latency_p50_ms"],
+            "largest_batch": largest, "latency_p50_ms_largest_batch": chosen["latency_p50_ms"],
+            "file_size_bytes": chosen["file_size_bytes"], "peak_memory_mb": chosen.get("device_memory_mb",
+                                                                                       chosen["peak_memory_mb"]),
+            "speedup_over_fp32": (chosen["throughput_images_per_s"] / fp32["throughput_images_per_s"]
+                                  if fp32 else None),
+            "budget": ("; ".join(over) if over else "within" if verdicts else None),
+            **({"stand_in_for": chosen["stand_in_for"]} if "stand_in_for" in chosen else {})})
+    return summary
+
+
+def render_summary(report: dict[str, Any]) -> list[str]:
+    summary = report.get("summary") or []
+    if not summary:
+        return []
+    stand_in = any("stand_in_for" in s for s in summary)
+    lines = ["## At a glance", "",
+             "Each model's deployed engine: the fastest at the largest batch within every budget (or the fastest, "
+             "where none is or no budget applies)."
+             + (" Measured on this machine's stand-in runtime, not on the target." if stand_in else ""), "",
+             "| model | deployed | top-1 % | vs fp32 (points) | p50 ms, smallest batch | p50 ms, largest batch | "
+             "size KB | peak MB | speed-up over fp32 | budget |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in summary:
+        drop = s["drop_from_fp32_points"]
+        speedup = s["speedup_over_fp32"]
+        lines.append(
+            f"| {model_label(s['model'])} | {s['runtime']} {s['precision']} (computes in {s['compute_precision']}) | "
+            f"{_pct(s['test_accuracy'])} | {'–' if drop is None else f'{-drop:+.2f}'} | "
+            f"{s['latency_p50_ms_smallest_batch']:.3f} (batch {s['smallest_batch']}) | "
+            f"{s['latency_p50_ms_largest_batch']:.3f} (batch {s['largest_batch']}) | "
+            f"{s['file_size_bytes'] / 1024:.0f} | {s['peak_memory_mb']:.1f} | "
+            f"{'–' if speedup is None else f'{speedup:.2f}×'} | {s['budget'] or '–'} |")
+    return lines + [""]
 
 
 def render_speedups(report: dict[str, Any]) -> list[str]:
@@ -304,6 +364,7 @@ def write_report(ctx: StageContext) -> dict:
                      if role.startswith("analysis:")},
         "plot_batch_size": batch,
         "rows": rows,
+        "summary": deployed_summary(rows, models),
         "budgets": budgets,
         "hardware": hardware,
         "estimate": estimate,

@@ -72,3 +72,16 @@ def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
     done = cli("status", str(profile))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert f"{profile}: YAML syntax error at line 3, column 1" in done.stderr
+
+
+def test_status_json_lists_every_task_for_scripts(tmp_path):
+    import json
+
+    done = cli("status", "tests/profiles/tiny.yaml", "--json", "--artifacts", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["profile"] == "tiny" and status["artifacts"] == str(tmp_path)
+    assert status["tasks"][0] == {"task": "teacher:teacher", "stage": "teacher", "variant": "teacher",
+                                  "key": status["tasks"][0]["key"], "state": "to run", "headline": None,
+                                  "folder": None}
+    assert {t["stage"] for t in status["tasks"]} >= {"teacher", "distill", "benchmark", "report"}

@@ -39,3 +39,29 @@ def test_the_report_gives_validation_accuracy_beside_test_accuracy_where_held_ou
     text = render_markdown(report)
     assert "| model | network | teacher | top-1 % | validation top-1 % |" in text
     assert "| plain teacher | resnet20 | plain teacher | 60.00 | 61.00 |" in text
+
+
+def engine_row(precision, batch, accuracy, p50, throughput, budget=None, runtime="onnxruntime"):
+    return {"model": "kd", "runtime": runtime, "precision": precision, "compute_precision": precision,
+            "batch_size": batch, "test_accuracy": accuracy, "latency_p50_ms": p50,
+            "throughput_images_per_s": throughput, "file_size_bytes": 2048, "peak_memory_mb": 12.5,
+            **({"budget": budget} if budget else {})}
+
+
+def test_the_glance_table_deploys_the_fastest_engine_within_budget():
+    from stages.report import deployed_summary, render_summary
+
+    rows = [engine_row("fp32", 1, 0.70, 1.0, 1000, "within"), engine_row("fp32", 64, 0.70, 20.0, 3200, "within"),
+            engine_row("int8", 1, 0.60, 0.5, 2000, "over: accuracy drop 10.00 > 1 points"),
+            engine_row("int8", 64, 0.60, 8.0, 8000, "over: accuracy drop 10.00 > 1 points"),
+            engine_row("fp16", 1, 0.699, 0.8, 1250, "within"), engine_row("fp16", 64, 0.699, 12.0, 5300, "within"),
+            engine_row("fp32", 64, 0.70, 30.0, 2100, runtime="pytorch")]
+    [kd] = deployed_summary(rows, ["kd"])
+    assert (kd["precision"], kd["budget"]) == ("fp16", "within")  # int8 is faster but over its budget
+    assert kd["drop_from_fp32_points"] == pytest.approx(0.1) and kd["speedup_over_fp32"] == pytest.approx(5300 / 3200)
+    assert (kd["latency_p50_ms_smallest_batch"], kd["latency_p50_ms_largest_batch"]) == (0.8, 12.0)
+    table = "\n".join(render_summary({"summary": [kd]}))
+    assert "| KD | onnxruntime fp16 (computes in fp16) | 69.90 | -0.10 | 0.800 (batch 1) | 12.000 (batch 64) | 2 | " \
+           "12.5 | 1.66× | within |" in table
+    without_budgets = [{k: v for k, v in r.items() if k != "budget"} for r in rows]
+    assert deployed_summary(without_budgets, ["kd"])[0]["precision"] == "int8"  # no budget: the fastest
