@@ -104,6 +104,9 @@ class TrainingConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
         None, description="torch.compile's mode when compile is on (null: default). reduce-overhead captures "
         "CUDA graphs on a GPU; it needs drop_execution: mask, which leaves no host-side decision in a step.")
+    eval_each_epoch: bool | None = Field(
+        None, description="Measure test (and validation) accuracy after every epoch, for the report's curves; its "
+        "time is kept out of the training throughput (null: yes).")
     drop_execution: Literal["skip", "mask"] | None = Field(
         None, description="How stochastic blocks drop while training, and while a teacher is sampled for this "
         "recipe: skip (compute a block only for the rows that keep it, coins drawn on the CPU) or mask (compute "

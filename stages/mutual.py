@@ -23,6 +23,7 @@ from stages.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
 from stages.data import load_dataset
 from stages.losses import kd_term
+from stages.tracking import write_tensorboard
 from stages.training import DeviceData, UpdateStep, accuracy, predict, select_device, train, validation_metrics
 
 
@@ -112,6 +113,7 @@ def train_peers(ctx: StageContext) -> dict:
             "parameters": sum(p.numel() for p in peer.parameters()),
         }
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
+    write_tensorboard(result.history, ctx.output, ctx.variant or "peers")
     return {
         "members": members,
         "test_accuracy": sum(m["test_accuracy"] for m in members.values()) / len(members),

@@ -147,6 +147,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + (f"; each peer network trained alone (independent learning) averages "
                      f"{_pct(comparison['dml_mean_independent'])} %." if "dml_mean_independent" in comparison
                      else ".")]
+    if any(report.get("curves", {}).values()):
+        lines += ["", "Training loss and top-1 per epoch (test top-1 where it was measured after every epoch):", "",
+                  f"![training curves]({CURVES_PLOT})"]
     for teacher, analysis in report["analyses"].items():
         lines += render_analysis(teacher, analysis)
     lines += ["", "## Deployed artifacts", ""]
@@ -244,7 +247,7 @@ def render_summary(report: dict[str, Any]) -> list[str]:
         speedup = s["speedup_over_fp32"]
         lines.append(
             f"| {model_label(s['model'])} | {s['runtime']} {s['precision']} (computes in {s['compute_precision']}) | "
-            f"{_pct(s['test_accuracy'])} | {'–' if drop is None else f'{-drop:+.2f}'} | "
+            f"{_pct(s['test_accuracy'])} | {'–' if drop is None else f'{round(-drop, 2) + 0.0:+.2f}'} | "
             f"{s['latency_p50_ms_smallest_batch']:.3f} (batch {s['smallest_batch']}) | "
             f"{s['latency_p50_ms_largest_batch']:.3f} (batch {s['largest_batch']}) | "
             f"{s['file_size_bytes'] / 1024:.0f} | {s['peak_memory_mb']:.1f} | "
@@ -305,6 +308,42 @@ def plot(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
+CURVES_PLOT = "training_curves.png"
+
+
+def plot_curves(report: dict[str, Any], path) -> None:
+    """One panel per model: training loss per epoch (left axis), train and test top-1 (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {m: h for m, h in report["curves"].items() if h}
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, (model, history) in zip(axes.flat, curves.items()):
+        epochs = [e["epoch"] for e in history]
+        ax.plot(epochs, [e["loss"] for e in history], color="C0", marker="o", markersize=3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(f"{model_label(model)} ({report['archs'][model]})", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("training loss", color="C0", fontsize=8)
+        accuracy_axis = ax.twinx()
+        accuracy_axis.plot(epochs, [100 * e["train_accuracy"] for e in history], color="C1", label="train",
+                           marker="o", markersize=3)
+        if all("test_accuracy" in e for e in history):
+            accuracy_axis.plot(epochs, [100 * e["test_accuracy"] for e in history], color="C2", label="test",
+                               marker="o", markersize=3)
+        accuracy_axis.set_ylabel("top-1 %", fontsize=8)
+        accuracy_axis.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
     """The paper's Fig. 3: the teacher's output entropy (and accuracy) with each single block dropped."""
     import matplotlib
@@ -330,6 +369,14 @@ def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def training_history(artifact, member: str | None) -> list[dict[str, float]]:
+    """The per-epoch history of a trained model: in its own folder, or its artifact's (DML peers)."""
+    for folder in (artifact.model_folder(member), artifact.path):
+        if (folder / "history.json").is_file():
+            return json.loads((folder / "history.json").read_text())
+    return []
 
 
 def write_report(ctx: StageContext) -> dict:
@@ -362,6 +409,8 @@ def write_report(ctx: StageContext) -> dict:
         # Only knowledge distillation has teachers to analyse; a DML-only profile has none.
         "analyses": {role.split(":", 1)[1]: stage_input.metrics for role, stage_input in ctx.inputs.items()
                      if role.startswith("analysis:")},
+        # Per-epoch loss and accuracy of each model as it trained (peers trained together share theirs).
+        "curves": {m: training_history(ctx.inputs[f"train:{m}"], members.get(m)) for m in models},
         "plot_batch_size": batch,
         "rows": rows,
         "summary": deployed_summary(rows, models),
@@ -374,6 +423,8 @@ def write_report(ctx: StageContext) -> dict:
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))
     plot(report, ctx.output / "report.png")
+    if any(report["curves"].values()):
+        plot_curves(report, ctx.output / CURVES_PLOT)
     for teacher, analysis in report["analyses"].items():
         if analysis["single_block_dropped"]:
             plot_teacher_entropy(teacher, analysis, ctx.output / entropy_plot_name(teacher))

@@ -20,6 +20,7 @@ from stages.augment import augmented_batch, normalize, padded_channels_last
 from stages.checkpoint import save_model
 from stages.context import no_progress
 from stages.stochastic_depth import use_drop_execution
+from stages.tracking import write_tensorboard
 from stages.data import ImageDataset
 from stages.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_state,
                            stop_on_interrupt)
@@ -114,9 +115,11 @@ class DeviceData:
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
           loss_fn: LossFunction = cross_entropy_loss, progress=no_progress, label: str = "training",
           checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0,
-          update: UpdateStep | None = None) -> TrainResult:
+          update: UpdateStep | None = None,
+          evaluate: Callable[[], dict[str, float]] | None = None) -> TrainResult:
     """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory.
-    ``update`` makes each step (default: ``joint_update(loss_fn)``).
+    ``update`` makes each step (default: ``joint_update(loss_fn)``). ``evaluate()``, called after
+    every epoch (its time kept out of the throughput), adds its figures to that epoch's history.
 
     With ``checkpoint``, the training state is saved there at the first step boundary after every
     ``checkpoint_interval_s`` seconds, on Ctrl-C, and at the end; a run that finds one there resumes
@@ -148,11 +151,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         net = torch.compile(net, mode=recipe.compile_mode)
     saving = checkpoint is not None and rank == 0
     session_start, last_save = time.perf_counter(), time.monotonic()
-    first_step_end, session_images = None, 0
+    first_step_end, session_images, evaluating_s = None, 0, 0.0
 
     def timing() -> dict[str, float]:
         now = time.perf_counter()
-        steady = now - first_step_end if first_step_end is not None else 0.0
+        steady = now - first_step_end - evaluating_s if first_step_end is not None else 0.0
         return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
                 "steady_images": run.timing["steady_images"] + session_images,
                 "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
@@ -215,6 +218,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 raise _non_finite(label, run, steps_per_epoch, checkpoint, str(epoch_loss))
             run.history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(run.correct) / n,
                                 "lr": optimizer.param_groups[0]["lr"]})
+            if evaluate is not None:
+                started = time.perf_counter()
+                run.history[-1].update(evaluate())
+                model.train()  # evaluation left it in eval mode
+                evaluating_s += time.perf_counter() - started
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")
             run.end_epoch()
         if saving and run.last_saved != (run.epoch, run.step):
@@ -329,12 +337,20 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
     ``with_groups`` trains it with a forward pass that also returns its group feature maps."""
     torch.manual_seed(seed)
     model = spec.build()
+
+    def each_epoch() -> dict[str, float]:
+        # The curves of the report: evaluation uses no random numbers, so the weights do not change.
+        return {"test_accuracy": accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test),
+                **validation_metrics(model, data, device)}
+
     result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe,
                    augmentation=augmentation, seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=label,
-                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s)
+                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s,
+                   evaluate=None if recipe.eval_each_epoch is False else each_epoch)
     test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
     save_model(model, spec, ctx.output)
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
+    write_tensorboard(result.history, ctx.output, ctx.variant or spec.arch)
     return model, {
         "test_accuracy": test_accuracy,
         **validation_metrics(model, data, device),

@@ -47,3 +47,32 @@ def test_a_diverging_loss_names_the_epoch_and_the_batch():
     with pytest.raises(PipelineError, match=r"the loss became nan in epoch 1, batch 3 of 4; nothing was saved"):
         train(build_model("resnet8", 4, 1), data, recipe, augmentation=Augmentation(crop_padding=0,
               horizontal_flip=False), seed=0, loss_fn=loss_going_bad_at_the_third_batch)
+
+
+def test_evaluating_after_each_epoch_records_curves_and_leaves_the_weights_alone():
+    import numpy as np
+    import torch
+
+    from pipeline.config import Augmentation
+    from stages.architectures import build_model
+    from stages.data import ImageDataset
+    from stages.training import DeviceData, accuracy, predict, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 4, 64)
+    images = ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,), (0.25,))
+    recipe = TrainingConfig(epochs=2, batch_size=16, lr=0.05)
+    augmentation = Augmentation(crop_padding=2, horizontal_flip=True)
+    weights, histories = [], []
+    for evaluated in (False, True):
+        torch.manual_seed(0)
+        model = build_model("resnet8", 4, 1, 0.5)
+        evaluate = (lambda: {"test_accuracy": accuracy(predict(model, x, (0.5,), (0.25,), torch.device("cpu")), y)}
+                    ) if evaluated else None
+        result = train(model, DeviceData(images, torch.device("cpu")), recipe, augmentation=augmentation, seed=1,
+                       evaluate=evaluate)
+        weights.append(model.state_dict())
+        histories.append(result.history)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert "test_accuracy" not in histories[0][0] and all("test_accuracy" in h for h in histories[1])
