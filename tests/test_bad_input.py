@@ -212,11 +212,11 @@ def small_disk(tmp_path):
 
 def fill(folder: Path) -> Path:
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: the write that fills the disk fails by itself, with nothing left to fail at close.
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
-                f.flush()
         except OSError:
             pass
     return filler
