@@ -6,6 +6,7 @@ Validation happens once, in ``pipeline.profiles``; stages receive plain, already
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -138,6 +139,11 @@ class TeacherConfig(Section):
         "dropping at p_last) and/or plain (trained without dropping, its blocks dropped only while it teaches, "
         "at distill.p_last or else p_last; skips added to plain networks as for stochastic_depth).")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Teacher recipe.")
+    checkpoint: str | None = Field(
+        None, description="Import this teacher instead of training one: a state dict (.pt, .pth or .safetensors) "
+        "of teacher.arch, or a teacher artifact folder. p_last says how it was trained (1: without dropping). "
+        "Its key is the file's content hash; its accuracy is measured on the test split. Relative paths resolve "
+        "from the current directory.")
 
     _arch = field_validator("arch")(_known_architecture)
 
@@ -147,7 +153,14 @@ class TeacherConfig(Section):
         return _each_once(readings, "reading")
 
     def cache_form(self) -> dict:
-        """What training the teacher reads: not which readings the profile compares."""
+        """What training the teacher reads: not which readings the profile compares. An imported
+        teacher is its weights' content, not its path, and no recipe."""
+        if self.checkpoint is not None:
+            from stages.import_teacher import content_hash
+
+            return {**self.model_dump(mode="json", exclude={"readings", "training", "checkpoint"}, exclude_none=True),
+                    "checkpoint_sha256": content_hash(Path(self.checkpoint)),
+                    **skip_shortcuts([self.arch], self.p_last, self.skips)}
         return {**self.model_dump(mode="json", exclude={"readings"}, exclude_none=True),
                 **skip_shortcuts([self.arch], self.p_last, self.skips)}
 
@@ -160,6 +173,14 @@ class TeacherConfig(Section):
     @model_validator(mode="after")
     def _skips_fit(self) -> "TeacherConfig":
         resolve_skips(self.arch, self.p_last, self.skips)
+        return self
+
+    @model_validator(mode="after")
+    def _one_imported_teacher(self) -> "TeacherConfig":
+        if self.checkpoint is not None and "plain" in self.readings:
+            raise ValueError("teacher.checkpoint imports one teacher, but teacher.readings includes plain, which "
+                             "trains a second one; use readings [stochastic_depth] with the imported teacher's own "
+                             "p_last (1 for one trained without dropping)")
         return self
 
 

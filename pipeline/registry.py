@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 
 def _accuracy(metrics: dict[str, Any]) -> str:
-    return f"top-1 {100 * metrics['test_accuracy']:.2f}%"
+    return ("imported, " if "imported" in metrics else "") + f"top-1 {100 * metrics['test_accuracy']:.2f}%"
 
 
 def _mutual(metrics: dict[str, Any]) -> str:

@@ -124,7 +124,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| --- | --- | --- | --- |" + (" --- |" if validated else "")]
     for model, acc in report["comparison"]["test_accuracy"].items():
         reading = report["teachers"].get(model)
-        lines.append(f"| {model_label(model)} | {report['archs'][model]} | "
+        imported = report["training"][model].get("imported")
+        label = model_label(model) + (f" (imported: {imported['path'].rsplit('/', 1)[-1]})" if imported else "")
+        lines.append(f"| {label} | {report['archs'][model]} | "
                      f"{TEACHER_NAMES[reading] if reading else '–'} | {_pct(acc)} |"
                      + (f" {_pct(report['training'][model].get('validation_accuracy'))} |" if validated else ""))
     teacher = report["training"].get("teacher", {})

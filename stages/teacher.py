@@ -1,4 +1,4 @@
-"""Stage 1: train the stochastic-depth teacher."""
+"""Stage 1: train the stochastic-depth teacher, or import one trained elsewhere (teacher.checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from stages.architectures import resolve_skips
-from stages.checkpoint import ModelSpec
+from stages.checkpoint import ModelSpec, save_model
 from stages.context import StageContext
 from stages.data import load_dataset
 from stages.stochastic_depth import draw_subnetwork, fixed_subnetwork
@@ -26,14 +26,37 @@ def sampled_accuracies(model, data, device, count: int, seed: int) -> list[float
     return accuracies
 
 
+def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[torch.nn.Module, dict]:
+    """The teacher of ``teacher.checkpoint``, checked against ``spec`` and measured on the test split."""
+    from pathlib import Path
+
+    from stages.import_teacher import checkpoint_file, content_hash, load_into, read_state
+    from stages.training import validation_metrics
+
+    source = Path(ctx.params["teacher"].checkpoint)
+    file = checkpoint_file(source)
+    state, notes = read_state(source)
+    model = spec.build()
+    load_into(model, state, file, spec.arch)
+    save_model(model, spec, ctx.output)
+    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    return model, {"test_accuracy": test_accuracy, **validation_metrics(model, data, device),
+                   "imported": {"path": str(source.resolve()), "sha256": content_hash(source), "layout": notes},
+                   "parameters": sum(p.numel() for p in model.parameters()), "arch": spec.arch,
+                   "device": str(device)}
+
+
 def train_teacher(ctx: StageContext) -> dict:
     cfg, data_cfg, seed = ctx.params["teacher"], ctx.params["data"], ctx.params["seed"]
     data = load_dataset(data_cfg)
     device = select_device(ctx.device)
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
                      cfg.drop_mode, data.mean, data.std, resolve_skips(cfg.arch, cfg.p_last, cfg.skips))
-    model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
-                                  seed=seed, device=device, label=f"teacher {cfg.arch}")
+    if cfg.checkpoint is not None:
+        model, metrics = import_teacher(ctx, spec, data, device)
+    else:
+        model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
+                                      seed=seed, device=device, label=f"teacher {cfg.arch}")
     sampled = sampled_accuracies(model, data, device, SAMPLED_NETWORKS, seed) if cfg.p_last < 1 else []
     return {
         **metrics,
