@@ -131,9 +131,11 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         # One rank speaks for all of them.
         Runner(ArtifactStore(root), device=device, checkpoint_interval_s=checkpoint_every).run(tasks, forced)
         return
-    runner = _runner(ArtifactStore(root, warn=ui.warn), jobs, device, checkpoint_every)
+    store = ArtifactStore(root, warn=ui.warn)
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
+    estimates = _estimate_run(store, tasks, forced, profile, device)
+    runner = _runner(store, jobs, device, checkpoint_every, estimates)
     outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)
     ran = sum(o.ran for o in outcomes)
@@ -145,7 +147,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
 
 
-def _runner(store, jobs: int, device: str, checkpoint_every: float):
+def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None):
     """The sequential runner, or with ``jobs`` > 1 the scheduler that runs ready tasks side by side."""
     from pipeline import distributed, ui
     from pipeline.runner import Runner
@@ -157,11 +159,42 @@ def _runner(store, jobs: int, device: str, checkpoint_every: float):
         from pipeline.scheduler import Scheduler
 
         return Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
-                         on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines())
+                         on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
+                         estimates=estimates)
     return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
-                  on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every,
+                  on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every, estimates=estimates,
                   on_wait=lambda task, holder: ui.warn(
                       f"{task.id}: another run (process {holder}) is building it; waiting for it"))
+
+
+def _estimate_run(store, tasks, forced, profile, device: str) -> dict:
+    """Estimated seconds of the tasks still to run, said before they run (and measured first, once
+    per machine); one line more where that is long for a CPU."""
+    from pipeline import ui
+    from pipeline.estimate import (LONG_ON_A_CPU_S, duration, estimate_plan, load_probe, measure_probe,
+                                   probe_file, save_probe)
+
+    pending = [t for t in tasks if t.id in forced or store.lookup(t.stage, t.key) is None]
+    if not pending:
+        return {}
+    path = probe_file(store.root, device)
+    probe = load_probe(path)
+    if probe is None:
+        ui.console.print("[dim]measuring this machine's training and inference speed once, for estimates...[/]")
+        probe = measure_probe(device)
+    estimates = estimate_plan(pending, probe, profile.data)
+    save_probe(probe, path)  # with the networks counted on the way
+    known = [s for s in estimates.values() if s is not None]
+    if known:
+        total = sum(known)
+        unknown = len(estimates) - len(known)
+        ui.console.print(f"estimated {duration(total)} for {len(known)} tasks to run on this {probe.device.upper()}"
+                         + (f" ({unknown} more not estimated)" if unknown else "") + " (an estimate)")
+        if probe.device == "cpu" and total > LONG_ON_A_CPU_S:
+            ui.warn(f"about {duration(total)} on this CPU: train on a GPU (--device cuda), use a CPU-sized profile "
+                    f"(profiles/cifar100_cpu.yaml), or unbundle models trained elsewhere "
+                    f"(stochkd-pipeline unbundle FILE.tar); going on")
+    return estimates
 
 
 @app.command()
@@ -207,8 +240,12 @@ for _name in STAGE_ORDER:
 @app.command()
 def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
            artifacts: Optional[Path] = ArtifactsOpt,
-           as_json: bool = typer.Option(False, "--json", help="Print the tasks as JSON, for scripts.")) -> None:
-    """Show each task of a profile: cached or not, its key, its headline figure."""
+           as_json: bool = typer.Option(False, "--json", help="Print the tasks as JSON, for scripts."),
+           estimate: bool = typer.Option(False, "--estimate", help="Measure this machine's speed now (once; a few "
+                                         "seconds) and estimate every task to run. Without it, estimates show once "
+                                         "a run or --estimate has measured this machine.")) -> None:
+    """Show each task of a profile: cached or not, its key, its headline figure, and for tasks to
+    run an estimated wall time on this machine."""
     from pipeline import ui
     from pipeline.plan import build_plan
     from pipeline.profiles import load_profile
@@ -230,10 +267,16 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 entry.update(state="cached", headline=Outcome(task, artifact, False, 0).headline,
                              folder=str(artifact.path))
             tasks.append(entry)
+        times = _status_estimates(store, loaded, [t for t, e in zip(build_plan(loaded), tasks)
+                                                  if e["state"] != "cached"], estimate)
+        for entry in tasks:
+            entry["estimated_s"] = times.get(entry["task"])
     if as_json:
         typer.echo(json.dumps({"profile": loaded.name, "artifacts": str(store.root), "tasks": tasks}, indent=1))
         return
     from rich.table import Table
+
+    from pipeline.estimate import duration
 
     table = Table(title=f"{loaded.name} · {store.root}")
     for column in ("task", "state", "key", "result"):
@@ -242,9 +285,31 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         if entry["state"] == "cached":
             table.add_row(entry["task"], "[green]cached[/]", entry["key"][:12], entry["headline"])
         else:
-            table.add_row(entry["task"], "[yellow]to run[/]", entry["key"][:12],
-                          "resumes from its training checkpoint" if entry["state"] == "resumable" else "")
+            guess = f"about {duration(entry['estimated_s'])}" if entry["estimated_s"] is not None else ""
+            resumes = "resumes from its training checkpoint" if entry["state"] == "resumable" else ""
+            table.add_row(entry["task"], "[yellow]to run[/]", entry["key"][:12], "; ".join(filter(None, [resumes,
+                                                                                                          guess])))
     ui.console.print(table)
+    pending = [e["estimated_s"] for e in tasks if e["state"] != "cached"]
+    if pending and all(s is not None for s in pending):
+        ui.console.print(f"to run: about {duration(sum(pending))} on this machine (an estimate)")
+    elif pending:
+        ui.console.print("estimates: measured on this machine by a first run, or now with status --estimate")
+
+
+def _status_estimates(store, profile, pending, measure: bool) -> dict:
+    """Estimated seconds of the tasks to run: from what this machine's probe knows, without importing
+    a framework; with ``measure``, measuring and counting what it does not."""
+    from pipeline.estimate import estimate_plan, known_only, load_probe, measure_probe, probe_file, save_probe
+
+    path = probe_file(store.root, "auto")
+    probe = load_probe(path)
+    if measure:
+        probe = probe or measure_probe("auto")
+        estimates = estimate_plan(pending, probe, profile.data)
+        save_probe(probe, path)
+        return estimates
+    return known_only(pending, probe, profile.data) if probe is not None else {}
 
 
 @app.command()

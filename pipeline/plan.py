@@ -150,6 +150,8 @@ def build_plan(profile: Profile) -> list[Task]:
         tasks += [export, quantize, engine, benchmark]
         report_needs[f"benchmark:{model}"] = benchmark
         report_needs[f"train:{model}"] = training
+        # Read for their estimated and measured times only.
+        report_needs.update({f"export:{model}": export, f"quantize:{model}": quantize, f"engine:{model}": engine})
     members = {model: member for model, (_, member) in trained.items() if member}
     deployment = {"target": profile.target.name, "budgets": profile.target.budgets,
                   **({"hardware": profile.target.hardware} if profile.target.hardware else {})}

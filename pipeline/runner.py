@@ -50,8 +50,9 @@ class Runner:
                  on_start: Callable[[Task], None] = lambda task: None,
                  on_done: Callable[[Outcome], None] = lambda outcome: None,
                  on_wait: Callable[[Task, str], None] = lambda task, holder: None,
-                 checkpoint_interval_s: float = 60.0) -> None:
+                 checkpoint_interval_s: float = 60.0, estimates: dict[str, float | None] | None = None) -> None:
         self.store = store
+        self.estimates = estimates or {}  # estimated seconds per task id, recorded beside the measured time
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_wait = on_wait
         self.device = device
@@ -123,7 +124,8 @@ class Runner:
                 "stage": task.stage, "variant": task.variant, "version": decl.version,
                 "config": key_form(task.params), "inputs": {r: t.key for r, t in task.needs.items()},
                 "metrics": metrics, "seed": task.params.get("seed"),
-                "timings": {"started": started.isoformat(), "wall_s": wall},
+                "timings": {"started": started.isoformat(), "wall_s": wall,
+                            **({"estimated_s": self.estimates[task.id]} if self.estimates.get(task.id) else {})},
                 "versions": package_versions(), "machine": machine(), "device_requested": self.device,
             }
             artifact = self.store.commit(scratch, task.stage, task.key, manifest)

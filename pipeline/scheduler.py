@@ -68,8 +68,10 @@ class Scheduler:
                  on_start: Callable[[Task], None] = lambda task: None,
                  on_done: Callable[[Outcome], None] = lambda outcome: None,
                  show: Callable[[list[tuple[str, dict]]], None] = lambda states: None,
-                 gpus: list[str] | None = None, cores: int | None = None) -> None:
+                 gpus: list[str] | None = None, cores: int | None = None,
+                 estimates: dict[str, float | None] | None = None) -> None:
         self.store, self.jobs, self.device = store, jobs, device
+        self.estimates = estimates or {}
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_start, self.on_done, self.show = on_start, on_done, show
         self.gpus = visible_gpus() if gpus is None else gpus
@@ -133,6 +135,7 @@ class Scheduler:
         paths["spec"].write_bytes(pickle.dumps({
             "task": task, "root": str(self.store.root), "device": self.device, "forced": forced,
             "checkpoint_interval_s": self.checkpoint_interval_s, "status": str(paths["status"]),
+            "estimates": {task.id: self.estimates.get(task.id)},
             "result": str(paths["result"])}))
         env = dict(os.environ)
         gpu = None

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     task = spec["task"]
     store = ArtifactStore(Path(spec["root"]), warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     runner = Runner(store, device=spec["device"], progress=status_progress(Path(spec["status"])),
-                    checkpoint_interval_s=spec["checkpoint_interval_s"])
+                    checkpoint_interval_s=spec["checkpoint_interval_s"], estimates=spec.get("estimates"))
     try:
         inputs = {}
         for role, needed in task.needs.items():

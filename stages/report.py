@@ -193,6 +193,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "Intel CPU) over the timed runs, idle draw included." if energy else ""), "",
               "![accuracy versus latency](report.png)"]
     lines += render_speedups(report)
+    lines += render_timings(report)
     if report.get("estimate"):
         lines += render_estimate(report, model_label)
     return "\n".join(lines + [""])
@@ -255,6 +256,18 @@ def render_summary(report: dict[str, Any]) -> list[str]:
             f"{s['file_size_bytes'] / 1024:.0f} | {s['peak_memory_mb']:.1f} | "
             f"{'–' if speedup is None else f'{speedup:.2f}×'} | {s['budget'] or '–'} |")
     return lines + [""]
+
+
+def render_timings(report: dict[str, Any]) -> list[str]:
+    timings = report.get("timings") or {}
+    if not timings:
+        return []
+    lines = ["", "## Time per task", "", "Estimated before the run from this machine's measured speed, and measured:",
+             "", "| task | estimated s | measured s | measured / estimated |", "| --- | --- | --- | --- |"]
+    for role, t in timings.items():
+        lines.append(f"| {role} | {t['estimated_s']:.1f} | {t['measured_s']:.1f} | "
+                     f"{t['measured_s'] / t['estimated_s']:.2f} |")
+    return lines
 
 
 def render_speedups(report: dict[str, Any]) -> list[str]:
@@ -419,6 +432,10 @@ def write_report(ctx: StageContext) -> dict:
         "budgets": budgets,
         "hardware": hardware,
         "estimate": estimate,
+        # Estimated before the run and measured, for every task the report reads.
+        "timings": {role: {"estimated_s": timing.get("estimated_s"), "measured_s": timing.get("wall_s")}
+                    for role, stage_input in ctx.inputs.items()
+                    for timing in [stage_input.manifest.get("timings", {})] if timing.get("estimated_s")},
         "target_backend_missing": first.get("target_backend_missing"),
         "power": first.get("power", {}),
     }

@@ -1,0 +1,67 @@
+"""Estimated wall times: from the data's shape, the networks' MACs and layers, and this machine's
+probe; a damaged probe cache is one line and exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DataConfig
+from pipeline.estimate import Probe, data_shape, estimate_plan, known_only, probe_file
+from pipeline.plan import build_plan
+from pipeline.profiles import load_profile
+
+TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
+
+
+def probe() -> Probe:
+    return Probe(device="cpu", train_layer_s=1e-4, train_mac_s=1e-10, infer_layer_s=5e-5, infer_mac_s=4e-11)
+
+
+def test_the_data_shape_is_known_without_loading_it(cifar100_npz):
+    assert data_shape(DataConfig()) == (1437, 0, 360, 8, 1, 10)
+    cifar = DataConfig(dataset="cifar100", root=str(cifar100_npz), train_images=20000, validation_images=5000)
+    assert data_shape(cifar) == (20000, 5000, 10000, 32, 3, 100)
+
+
+def test_more_epochs_cost_more_and_unknown_networks_stay_unknown():
+    profile = load_profile(TINY)
+    plan = build_plan(profile)
+    measured = probe()
+    estimates = estimate_plan(plan, measured, profile.data)
+    assert all(seconds is not None and seconds > 0 for seconds in estimates.values())
+    longer = load_profile(TINY, ["teacher.training.epochs=4"])
+    teacher = next(t for t in build_plan(longer) if t.stage == "teacher")
+    assert estimate_plan([teacher], measured, longer.data)["teacher:teacher"] > estimates["teacher:teacher"]
+    assert set(known_only(plan, probe(), profile.data).values()) == {None, 3.0}  # only the report, a fixed cost
+    assert known_only(plan, measured, profile.data) == estimates  # counted once, known after
+
+
+def test_a_damaged_probe_cache_is_one_line_and_exit_2(tmp_path):
+    path = probe_file(tmp_path, "auto")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "status", str(TINY), "--artifacts", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert str(path) in line and "unreadable throughput probe" in line and "delete it" in line
+
+
+@pytest.mark.slow
+def test_the_estimate_holds_within_two_times_on_the_quickstart(tmp_path):
+    """The quickstart's training stages (epochs cut to keep the test short), estimated before they
+    run and measured: each task and the whole within a factor of two."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--until", "distill", "--artifacts",
+                           str(tmp_path), "--set", "teacher.training.epochs=6", "--set", "student.training.epochs=4"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "(an estimate)" in done.stdout
+    timings = [json.loads(m.read_text())["timings"] for m in tmp_path.glob("store/*/*/manifest.json")]
+    pairs = [(t["estimated_s"], t["wall_s"]) for t in timings if t.get("estimated_s")]
+    assert len(pairs) == 5  # teacher, its analysis, student alone, KD, stochastic KD
+    total_estimated, total_measured = sum(e for e, _ in pairs), sum(m for _, m in pairs)
+    assert 0.5 <= total_measured / total_estimated <= 2.0, pairs
