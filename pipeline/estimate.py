@@ -78,11 +78,21 @@ def load_probe(path: Path) -> Probe | None:
                             f"measured again") from exc
 
 
-def save_probe(probe: Probe, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_probe(probe: Probe, path: Path) -> bool:
+    """Keep the probe for later runs; False where the artifacts folder cannot take it (unwritable, a
+    full disk): the estimate is a convenience, and the run's own writes report such a folder."""
     partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    partial.write_text(json.dumps(asdict(probe), indent=1))
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(asdict(probe), indent=1))
+        os.replace(partial, path)
+    except OSError:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return False
+    return True
 
 
 def network_key(arch: str, classes: int, channels: int, size: int) -> str:
