@@ -85,7 +85,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
     StageDecl("mutual", "stages.mutual:train_peers", 1, None,
               "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),
-    StageDecl("export", "stages.export:export_model", 2, None,
+    StageDecl("export", "stages.export:export_model", 3, None,
               "Export each network to ONNX and check it against PyTorch.", _export),
     StageDecl("quantize", "stages.quantize:quantize_model", 3, None,
               "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),

@@ -13,6 +13,7 @@ from pipeline.errors import ArtifactError
 from stages.checkpoint import SPEC, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
+from stages.input_contract import contract, write_contract
 from stages.onnx_runtime import make_session, run_batched
 from stages.training import accuracy
 
@@ -43,6 +44,9 @@ def export_model(ctx: StageContext) -> dict:
     example = torch.from_numpy(data.normalized(data.x_test[:2]))
     export_onnx(model, example, path, cfg.opset)
     shutil.copy(source / SPEC, ctx.output / SPEC)
+    write_contract(path, contract(spec, data.class_names, {"trained": ctx.inputs["model"].path.name,
+                                                           **({"member": ctx.params["member"]}
+                                                              if ctx.params.get("member") else {})}))
 
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)

@@ -24,6 +24,7 @@ from pipeline.errors import ArtifactError
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
+from stages.input_contract import copy_contract
 from stages.onnx_runtime import checked_onnx, make_session, run_batched
 from stages.training import accuracy
 
@@ -258,5 +259,6 @@ def quantize_model(ctx: StageContext) -> dict:
         else:
             convert_fp16(source, path)
             details = {"test_accuracy": evaluate(path)}
+        copy_contract(source, path, precision=precision)
         metrics[precision] = {**details, "size_bytes": path.stat().st_size}
     return metrics

@@ -60,6 +60,33 @@ def test_manifests_record_what_made_each_artifact(first_run):
     assert "model.pt" in manifest["files"]
 
 
+def test_every_onnx_model_carries_its_input_contract(first_run):
+    """A client holding only the ONNX file reads how to feed it, and with that alone reproduces the
+    accuracy the pipeline measured."""
+    import numpy as np
+
+    from pipeline.config import DataConfig
+    from stages.data import load_dataset
+    from stages.input_contract import read_contract
+    from stages.onnx_runtime import make_session
+
+    artifacts, _ = first_run
+    for exported in (artifacts / "store" / "export").glob("*/model.onnx"):
+        contract = read_contract(exported)
+        description = json.loads((exported.parent / "model.json").read_text())
+        assert contract["mean"] == description["mean"] and contract["std"] == description["std"]
+        assert contract["input_layout"] == "NCHW" and len(contract["class_names"]) == 10
+        data = load_dataset(DataConfig())  # the tiny profile's digits, as a client would have them
+        mean = np.array(contract["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.array(contract["std"], np.float32).reshape(1, -1, 1, 1)
+        x = ((data.x_test.astype(np.float32).transpose(0, 3, 1, 2) / 255.0 - mean) / std).astype(np.float32)
+        logits = make_session(exported).run(None, {"images": x})[0]
+        measured = json.loads((exported.parent / "manifest.json").read_text())["metrics"]["onnx_test_accuracy"]
+        assert float((logits.argmax(1) == data.y_test).mean()) == measured
+    for quantized in (artifacts / "store" / "quantize").glob("*/model.*.onnx"):
+        assert read_contract(quantized)["precision"] in ("int8", "fp16")
+
+
 def test_second_run_is_served_from_the_cache(first_run):
     artifacts, _ = first_run
     done = cli("run", str(TINY), artifacts=artifacts)

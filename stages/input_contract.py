@@ -1,0 +1,66 @@
+"""The input contract of an exported model, written into the ONNX file itself (``metadata_props``),
+so that a client holding only the file feeds it what it was trained on: the layout and dtype it
+takes, the image size, the normalization constants computed from the training images, the class
+names, and which artifacts it came from. ``model.json`` beside it keeps the same and more."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PREFIX = "stochkd."
+
+
+def contract(spec, class_names, sources: dict[str, str]) -> dict[str, str]:
+    """The metadata entries for a model of ``spec`` (all strings, as ONNX stores them)."""
+    return {
+        f"{PREFIX}input_layout": "NCHW",
+        f"{PREFIX}input_dtype": "float32",
+        f"{PREFIX}input_shape": json.dumps(["batch", spec.in_channels, spec.image_size, spec.image_size]),
+        f"{PREFIX}preprocessing": "x = (pixel / 255 - mean) / std, per channel, RGB order for 3 channels",
+        f"{PREFIX}mean": json.dumps(list(spec.mean)),
+        f"{PREFIX}std": json.dumps(list(spec.std)),
+        f"{PREFIX}class_names": json.dumps(list(class_names)),
+        f"{PREFIX}output": "logits (apply softmax for probabilities)",
+        f"{PREFIX}arch": spec.arch,
+        f"{PREFIX}sources": json.dumps(sources),
+    }
+
+
+def write_contract(path: Path, entries: dict[str, str]) -> None:
+    """Set ``entries`` in the model's metadata, replacing earlier values of the same keys."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def read_contract(path: Path) -> dict[str, Any]:
+    """The contract of a model, values decoded: what a client needs to feed it."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    raw = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+    decoded = {}
+    for key, value in raw.items():
+        try:
+            decoded[key] = json.loads(value) if value[:1] in "[{" else value
+        except ValueError:
+            decoded[key] = value
+    return decoded
+
+
+def copy_contract(source: Path, target: Path, **extra: str) -> None:
+    """A derived model (quantized, fp16) carries its source's contract, plus ``extra``."""
+    import onnx
+
+    entries = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props
+               if p.key.startswith(PREFIX)}
+    entries.update({f"{PREFIX}{k}": v for k, v in extra.items()})
+    write_contract(target, entries)
