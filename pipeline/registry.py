@@ -91,7 +91,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Make INT8 (calibrated) and FP16 models and measure their accuracy.", _quantize),
     StageDecl("engine", "stages.engine:build_engines", 3, "platform",
               "Build the deployable engines for the target.", _engine),
-    StageDecl("benchmark", "stages.benchmark:benchmark_model", 2, "machine",
+    StageDecl("benchmark", "stages.benchmark:benchmark_model", 3, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
     StageDecl("report", "stages.report:write_report", 7, None,
               "Write the accuracy-versus-latency report.", _report),

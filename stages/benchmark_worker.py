@@ -79,6 +79,46 @@ def _namespace(value):
     return value
 
 
+class MachineLoad:
+    """The CPU time other processes spent while a measurement ran, as a share of the machine's
+    cores (from /proc/stat, less this process's own time): a latency measured next to a busy
+    neighbour measures the neighbour too. ``share`` is None where /proc/stat cannot be read."""
+
+    def __enter__(self) -> "MachineLoad":
+        self.start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        self.share: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, own, wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        if busy is None or self.start[0] is None:
+            return
+        import os
+
+        others = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
+        self.share = others / max(1e-9, (wall - self.start[2]) * (os.cpu_count() or 1))
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
+    import os
+
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    import os
+
+    times = os.times()
+    return times.user + times.system
+
+
 def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations: int) -> list[dict]:
     from stages.power import EnergyMeter
 
@@ -92,7 +132,7 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
         if stages_ms is not None:
             stages_ms.clear()
         times = np.empty(iterations)
-        with EnergyMeter(getattr(infer, "device", "cpu")) as meter:
+        with EnergyMeter(getattr(infer, "device", "cpu")) as meter, MachineLoad() as load:
             for i in range(iterations):
                 start = time.perf_counter()
                 infer(batch)
@@ -104,6 +144,8 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
             # the timed runs.
             for name, column in zip(("h2d", "compute", "d2h", "enqueue"), np.array(stages_ms).T):
                 extra[f"{name}_p50_ms"] = float(np.median(column))
+        if load.share is not None:
+            extra["other_cpu_share"] = load.share
         if meter.joules is not None:
             extra["energy_mj_per_image"] = 1e3 * meter.joules / (iterations * batch_size)
             extra["energy_source"] = meter.source

@@ -192,6 +192,12 @@ def render_markdown(report: dict[str, Any]) -> str:
               + (" mJ/image: the energy counter of the chip running the model (NVML for a GPU, RAPL for an "
                  "Intel CPU) over the timed runs, idle draw included." if energy else ""), "",
               "![accuracy versus latency](report.png)"]
+    disturbed = [r for r in report["rows"] if r.get("disturbed")]
+    if disturbed:
+        lines += ["", f"**Disturbed measurements.** Other processes used more than 10 % of this machine's cores "
+                  f"while these were timed, even after a rerun, so their latencies measure the neighbours too: "
+                  + "; ".join(f"{model_label(r['model'])} {r['runtime']} {r['precision']} at batch {r['batch_size']} "
+                              f"({100 * r['other_cpu_share']:.0f} %)" for r in disturbed) + "."]
     lines += render_speedups(report)
     lines += render_timings(report)
     if report.get("estimate"):
