@@ -431,6 +431,48 @@ def unbundle(bundle_file: Path = typer.Argument(..., metavar="FILE.tar", help="A
             typer.echo(f"  + {task}")
 
 
+@app.command()
+def deploy(profile: Optional[Path] = ProfileArg,
+           output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="The folder to write."),
+           set_: List[str] = SetOpt,
+           model: Optional[str] = typer.Option(None, "--model", help="Which model (default: the most accurate "
+                                               "within the target's budgets)."),
+           precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the "
+                                                   "model's fastest engine within budget)."),
+           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Write a finished run's deployed model as a folder of its own: the engine, deploy.json and a
+    model card; predict runs it."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.deploy import deploy as write_deployment
+        from pipeline.profiles import load_profile
+        from pipeline.store import ArtifactStore
+
+        loaded = load_profile(profile, set_ or [])
+        package = write_deployment(loaded, ArtifactStore(_artifacts_root(artifacts), warn=ui.warn), output,
+                                   model, precision)
+        typer.echo(f"{output}: {package['label']} ({package['arch']}) at {package['precision']} on "
+                   f"{package['backend']}, {100 * package['test_accuracy']:.2f} % top-1. {package['why']}")
+
+
+@app.command()
+def predict(folder: Path = typer.Argument(..., metavar="DIR", help="A folder written by deploy."),
+            images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files, or folders of them."),
+            top_k: int = typer.Option(5, "--top-k", min=1, help="Classes to show per image."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON, for scripts.")) -> None:
+    """Classify images with a deployed model, reading only its folder."""
+    with user_errors():
+        from stages.deployed import predict as run_predict
+
+        results = run_predict(folder, images, top_k)
+    if as_json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    for result in results:
+        best = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in result["top"])
+        typer.echo(f"{result['image']}: {best}" + (f" ({'; '.join(result['notes'])})" if "notes" in result else ""))
+
+
 @app.command("pack-dataset")
 def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
                  root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),

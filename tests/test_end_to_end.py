@@ -262,3 +262,43 @@ def test_two_runs_at_once_build_each_artifact_once(tmp_path):
     assert "0 ran, 1 from the cache" in second.stdout and "1 ran" in rest
     assert [p.name for p in (tmp_path / "store" / "teacher").iterdir() if not p.name.startswith(".lock")] \
         and not list((tmp_path / "store" / "teacher").glob(".tmp-*"))
+
+
+def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
+    """The deployed folder, copied away from the artifact store, classifies PNG files written from the
+    test split exactly as the benchmark scored the same engine."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import DataConfig
+    from stages.data import load_dataset
+
+    artifacts, _ = first_run
+    done = cli("deploy", str(TINY), "--model", "stochastic_kd", "--precision", "int8", "-o",
+               str(tmp_path / "deployed"), artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    assert "Asked for: stochastic_kd at int8" in done.stdout
+    package = json.loads((tmp_path / "deployed" / "deploy.json").read_text())
+    card = (tmp_path / "deployed" / "model-card.md").read_text()
+    assert package["precision"] == "int8" and "## How to feed it" in card and "stochastic KD" in card
+    moved = shutil.copytree(tmp_path / "deployed", tmp_path / "elsewhere" / "model")
+    data = load_dataset(DataConfig())
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, pixels in enumerate(data.x_test):
+        Image.fromarray(pixels[..., 0], mode="L").save(pictures / f"{i:04d}.png")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(pictures), "--json",
+                           "--top-k", "1"], capture_output=True, text=True, cwd=tmp_path / "elsewhere")
+    assert done.returncode == 0, done.stderr
+    predicted = np.array([r["top"][0]["index"] for r in json.loads(done.stdout)])
+    report = json.loads((artifacts / "tiny" / "report.json").read_text())
+    scored = next(r["test_accuracy"] for r in report["rows"] if r["model"] == "stochastic_kd"
+                  and r["runtime"] == "onnxruntime" and r["precision"] == "int8")
+    assert float((predicted == data.y_test).mean()) == scored
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(bad)], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot read it as an image" in done.stderr

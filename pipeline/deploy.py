@@ -1,0 +1,118 @@
+"""``deploy``: from a profile's finished run, the folder a user takes away (stages.deployed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ArtifactError, PipelineError
+
+
+def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None) -> tuple[str, str, str]:
+    """(model, precision, why): what was asked, or the most accurate deployed engine within the
+    target's budgets (of all, where none is within them)."""
+    if model is not None:
+        row = next((r for r in summary if r["model"] == model), None)
+        if row is None:
+            raise PipelineError(f"--model {model!r}: not a deployed model of this profile; choose one of "
+                                f"{', '.join(r['model'] for r in summary)}")
+        chosen = precision or row["precision"]
+        return model, chosen, f"Asked for: {model}" + (f" at {precision}." if precision else
+                                                        f", at its fastest engine within budget ({chosen}).")
+    within = [r for r in summary if r.get("budget") == "within"]
+    pool = within or summary
+    best = max(pool, key=lambda r: r["test_accuracy"])
+    reason = ("the most accurate deployed engine within every budget of the target" if within else
+              "the most accurate deployed engine (the target sets no budget, or none is met)")
+    return best["model"], precision or best["precision"], (
+        f"Chosen as {reason}: {100 * best['test_accuracy']:.2f} % top-1 at {best['precision']}.")
+
+
+def deploy(profile, store, output: Path, model: str | None = None, precision: str | None = None) -> dict[str, Any]:
+    from pipeline.hardware import package_versions
+    from pipeline.plan import build_plan
+    from stages.deployed import CARD_FILE, DEPLOY_FILE, model_card
+    from stages.engine import ENGINES_FILE
+    from stages.export import INPUT_NAME, ONNX_FILE
+    from stages.input_contract import read_contract
+    from stages.report import model_label
+
+    plan = build_plan(profile)
+    report_task = next(t for t in plan if t.stage == "report")
+    report_artifact = store.lookup("report", report_task.key)
+    if report_artifact is None:
+        raise ArtifactError(f"{profile.name}: no finished run to deploy from in {store.root}; run it first "
+                            f"(stochkd-pipeline run PROFILE)")
+    report = json.loads(report_artifact.file("report.json").read_text())
+    model, precision, why = choose(report["summary"], model, precision)
+    tasks = {(t.stage, t.variant): t for t in plan}
+    engines_artifact = store.lookup("engine", tasks["engine", model].key)
+    export_artifact = store.lookup("export", tasks["export", model].key)
+    built = json.loads(engines_artifact.file(ENGINES_FILE).read_text())
+    if precision not in built["engines"]:
+        raise PipelineError(f"--precision {precision!r}: {model} has engines in {', '.join(built['engines'])}")
+    engine = built["engines"][precision]
+    rows = [r for r in report["rows"] if r["model"] == model and r["runtime"] == built["backend"]
+            and r["precision"] == precision]
+    fp32 = next((r for r in report["rows"] if r["model"] == model and r["runtime"] == built["backend"]
+                 and r["precision"] == "fp32"), None)
+    if output.exists() and any(output.iterdir()) and not (output / DEPLOY_FILE).is_file():
+        raise PipelineError(f"{output}: not empty; deploy into a new folder (or one written by deploy)")
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"])
+    for extra in engines_artifact.path.glob(engine["file"] + ".*"):  # the TensorRT provider's options
+        shutil.copy(extra, output / extra.name)
+    cache = engines_artifact.path / "tensorrt_provider_cache"
+    if cache.is_dir():
+        shutil.copytree(cache, output / cache.name, dirs_exist_ok=True)
+    training = report["training"][model]
+    trained_task = tasks.get(("distill", model)) or tasks.get(("teacher", model)) or tasks.get(("mutual", model))
+    package = {
+        "profile": profile.name, "model": model, "label": model_label(model), "arch": report["archs"][model],
+        "precision": precision, "compute_precision": engine["compute_precision"], "why": why,
+        "backend": built["backend"], "target": built["target"], "target_name": report["target"],
+        "file": engine["file"], "input_name": INPUT_NAME,
+        "input_contract": read_contract(export_artifact.file(ONNX_FILE)),
+        "test_accuracy": rows[0]["test_accuracy"] if rows else training["test_accuracy"],
+        "drop_from_fp32_points": (100 * (rows[0]["test_accuracy"] - fp32["test_accuracy"])
+                                  if rows and fp32 else None),
+        "latency": [{k: r[k] for k in ("batch_size", "latency_p50_ms", "latency_p99_ms", "throughput_images_per_s",
+                                       "peak_memory_mb")} for r in rows],
+        "method": _method(model, trained_task),
+        "training": _recipe(trained_task),
+        "machine": f"{report['machine']['cpu']} ({report['machine']['cores']} cores)",
+        "versions": {**report["versions"], **{k: v for k, v in package_versions().items()
+                                              if k not in report["versions"]}},
+        **({"stand_in_for": rows[0]["stand_in_for"]} if rows and "stand_in_for" in rows[0] else {}),
+    }
+    (output / DEPLOY_FILE).write_text(json.dumps(package, indent=1))
+    (output / CARD_FILE).write_text(model_card(package))
+    return package
+
+
+def _method(model: str, task) -> str:
+    if task is not None and task.stage == "teacher":
+        teacher = task.params["teacher"]
+        if teacher.checkpoint:
+            return f"the teacher, imported from {Path(teacher.checkpoint).name}"
+        return ("the teacher, trained with stochastic depth (p_n " + f"{teacher.p_last:g})" if teacher.p_last < 1
+                else "the teacher, trained without dropping blocks")
+    distill = task.params.get("distill") if task is not None else None
+    if distill is None:
+        return "trained alone on the labels" if task is None or task.stage != "mutual" else "deep mutual learning"
+    if distill.teacher_samples == 1 and distill.p_last == 1.0:
+        return f"{distill.transfer.upper()} from the teacher with every block kept (T = {distill.temperature:g})"
+    return (f"stochastic {distill.transfer.upper()}: {distill.teacher_samples} sub-networks of the teacher sampled "
+            f"per batch at p_n {distill.p_last if distill.p_last is not None else 'of the teacher'} "
+            f"(T = {distill.temperature:g})")
+
+
+def _recipe(task) -> str:
+    if task is None:
+        return "unknown"
+    cfg = task.params.get("student") or task.params.get("teacher") or task.params.get("mutual")
+    recipe = cfg.training
+    return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr:g} ({recipe.lr_schedule}), "
+            f"seed {task.params['seed']}")
