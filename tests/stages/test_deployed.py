@@ -1,0 +1,42 @@
+"""The deployed folder read on its own: images converted and resized with notes, and a folder whose
+runtime cannot run here refused in one line."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import ArtifactError
+from stages.deployed import DEPLOY_FILE, load_image, predict, preprocess
+
+CONTRACT = {"input_shape": ["batch", 1, 8, 8], "mean": [0.5], "std": [0.25], "class_names": list("0123456789"),
+            "input_dtype": "float32", "input_layout": "NCHW"}
+
+
+def test_an_image_of_another_size_and_mode_is_converted_and_says_so(tmp_path):
+    Image.fromarray(np.full((32, 24, 3), 200, np.uint8), mode="RGB").save(tmp_path / "big.png")
+    pixels, notes = load_image(tmp_path / "big.png", 8, 1)
+    assert pixels.shape == (8, 8, 1) and pixels.dtype == np.uint8 and int(pixels[0, 0, 0]) == 200
+    assert notes == ["converted from RGB to L", "resized from 24x32 to 8x8"]
+    x = preprocess(pixels[None], CONTRACT)
+    assert x.shape == (1, 1, 8, 8) and x.dtype == np.float32
+    assert x[0, 0, 0, 0] == pytest.approx((200 / 255 - 0.5) / 0.25)
+
+
+def test_a_tensorrt_folder_on_a_machine_that_cannot_run_it_is_refused(tmp_path, standin_tensorrt):
+    Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(tmp_path / "digit.png")
+    folder = tmp_path / "deployed"
+    folder.mkdir()
+    (folder / "engine.int8.plan").write_bytes(b"built for an Orin")
+    (folder / DEPLOY_FILE).write_text(json.dumps({
+        "backend": "tensorrt", "file": "engine.int8.plan", "input_contract": CONTRACT,
+        "target": {"name": "orin", "backend": "tensorrt", "tensorrt": {"dla_core": None}}}))
+    with pytest.raises(ArtifactError, match=r"runs on tensorrt, which cannot run here \(TensorRT 10.13.0.35 is "
+                                            r"installed but no CUDA GPU is visible\)"):
+        predict(folder, [tmp_path / "digit.png"])
+
+
+def test_a_folder_without_deploy_json_says_how_to_make_one(tmp_path):
+    with pytest.raises(ArtifactError, match="not a deployed model folder .*stochkd-pipeline deploy"):
+        predict(tmp_path, [tmp_path])
