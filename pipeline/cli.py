@@ -174,7 +174,8 @@ def _estimate_run(store, tasks, forced, profile, device: str) -> dict:
     from pipeline.estimate import (LONG_ON_A_CPU_S, duration, estimate_plan, load_probe, measure_probe,
                                    probe_file, save_probe)
 
-    pending = [t for t in tasks if t.id in forced or store.lookup(t.stage, t.key) is None]
+    # Whether a folder is there is enough to estimate; the runner verifies each artifact it uses.
+    pending = [t for t in tasks if t.id in forced or not store.folder(t.stage, t.key).is_dir()]
     if not pending:
         return {}
     path = probe_file(store.root, device)
@@ -257,7 +258,8 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         loaded = load_profile(profile, set_ or [])
         store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
         tasks = []
-        for task in build_plan(loaded):
+        plan = build_plan(loaded)
+        for task in plan:
             artifact = store.lookup(task.stage, task.key)
             entry = {"task": task.id, "stage": task.stage, "variant": task.variant, "key": task.key}
             if artifact is None:
@@ -267,8 +269,8 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 entry.update(state="cached", headline=Outcome(task, artifact, False, 0).headline,
                              folder=str(artifact.path))
             tasks.append(entry)
-        times = _status_estimates(store, loaded, [t for t, e in zip(build_plan(loaded), tasks)
-                                                  if e["state"] != "cached"], estimate)
+        times = _status_estimates(store, loaded, [t for t, e in zip(plan, tasks) if e["state"] != "cached"],
+                                  estimate)
         for entry in tasks:
             entry["estimated_s"] = times.get(entry["task"])
     if as_json:

@@ -161,20 +161,25 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
     return rows
 
 
-def predicted_classes(infer, images: np.ndarray, eval_batch_size: int) -> np.ndarray:
-    """The class ``infer`` predicts for each image. An engine with fixed optimization profiles
-    (TensorRT) evaluates in batches it was built for; a last batch below its smallest is padded, and
-    the padding's outputs dropped."""
+def batched_logits(infer, images: np.ndarray, eval_batch_size: int) -> np.ndarray:
+    """``infer`` over all ``images`` in batches. An engine with fixed optimization profiles (TensorRT)
+    runs in batches it was built for; a last batch below its smallest is padded, and the padding's
+    outputs dropped."""
     from stages.backends.tensorrt_settings import evaluation_batch
 
     step, low = evaluation_batch(getattr(infer, "batch_ranges", None) or [(1, eval_batch_size)], eval_batch_size)
-    predictions = []
+    logits = []
     for start in range(0, len(images), step):
         chunk = np.ascontiguousarray(images[start:start + step])
         padded = np.concatenate([chunk, np.zeros((low - len(chunk), *chunk.shape[1:]), chunk.dtype)]) \
             if len(chunk) < low else chunk
-        predictions.append(infer(padded)[:len(chunk)].argmax(1))
-    return np.concatenate(predictions)
+        logits.append(np.asarray(infer(padded))[:len(chunk)])
+    return np.concatenate(logits)
+
+
+def predicted_classes(infer, images: np.ndarray, eval_batch_size: int) -> np.ndarray:
+    """The class ``infer`` predicts for each image."""
+    return batched_logits(infer, images, eval_batch_size).argmax(1)
 
 
 def measure(spec: dict) -> dict:

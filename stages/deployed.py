@@ -87,7 +87,7 @@ def load_runtime(folder: Path, package: dict[str, Any]):
 
 def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image."""
-    from stages.backends.tensorrt_settings import evaluation_batch
+    from stages.benchmark_worker import batched_logits
 
     package = read_package(folder)
     contract = package["input_contract"]
@@ -95,15 +95,8 @@ def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, A
     files = image_files(paths)
     loaded = [load_image(path, size, channels) for path in files]
     infer = load_runtime(folder, package)
-    batch = preprocess(np.stack([pixels for pixels, _ in loaded]), contract)
-    step, pad_to = evaluation_batch(getattr(infer, "batch_ranges", None) or [(1, 256)], 256)
-    logits = []
-    for start in range(0, len(batch), step):
-        chunk = batch[start:start + step]
-        padded = np.concatenate([chunk, np.zeros((pad_to - len(chunk), *chunk.shape[1:]), np.float32)]) \
-            if len(chunk) < pad_to else chunk
-        logits.append(np.asarray(infer(padded), np.float32)[:len(chunk)])
-    scores = np.concatenate(logits)
+    scores = batched_logits(infer, preprocess(np.stack([pixels for pixels, _ in loaded]), contract), 256)
+    scores = scores.astype(np.float32)
     probabilities = np.exp(scores - scores.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     names = contract["class_names"]
