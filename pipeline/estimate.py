@@ -105,15 +105,18 @@ def count_network(probe: Probe, arch: str, classes: int, channels: int, size: in
     """[MACs per image, conv and linear layers] of a network, counted once and kept in the probe."""
     key = network_key(arch, classes, channels, size)
     if key not in probe.networks:
-        from torch import nn
-
         from stages.architectures import build_model
-        from stages.measure import count_macs
 
-        model = build_model(arch, classes, channels)
-        layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-        probe.networks[key] = [count_macs(model, (channels, size, size)), layers]
+        probe.networks[key] = network_cost(build_model(arch, classes, channels), channels, size)
     return probe.networks[key]
+
+
+def network_cost(model, channels: int, size: int) -> list[int]:
+    """[MACs per image, conv and linear layers run] of one forward pass, from stages.measure."""
+    from stages.measure import layer_costs
+
+    costs = layer_costs(model, (channels, size, size))
+    return [sum(layer["macs"] for layer in costs), len(costs)]
 
 
 def measure_probe(device: str) -> Probe:
@@ -125,7 +128,6 @@ def measure_probe(device: str) -> Probe:
     from torch import nn
 
     from stages.architectures import build_model
-    from stages.measure import count_macs
 
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
@@ -135,9 +137,9 @@ def measure_probe(device: str) -> Probe:
 
     def timed(arch: str, channels: int, size: int, batch: int, train: bool) -> tuple[float, int, int]:
         torch.manual_seed(0)
-        model = build_model(arch, 10, channels).to(device=dev, memory_format=torch.channels_last)
-        layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-        macs = count_macs(build_model(arch, 10, channels), (channels, size, size))
+        model = build_model(arch, 10, channels)
+        macs, layers = network_cost(model, channels, size)
+        model.to(device=dev, memory_format=torch.channels_last)
         x = torch.randn(batch, channels, size, size, device=dev).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,), device=dev)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -27,6 +27,15 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a whole file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=32)
 def _sampled_file_hash(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of the size, the first and the last MiB: cheap on large files, and any re-export,

@@ -11,7 +11,6 @@ cache miss, never an error: it is reported and rebuilt.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,20 +20,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline.errors import ArtifactError
+from pipeline.fingerprint import sha256_file
 from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 
 MANIFEST = "manifest.json"
 # Write failures that a user fixes by making room.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArtifactStore:

@@ -1,5 +1,6 @@
 """Save and load trained networks: weights as a state dict (loaded with ``weights_only=True``, so
-loading never runs code) next to a JSON description of how to rebuild the network."""
+loading never runs code) next to a JSON description of how to rebuild the network. PyTorch is
+imported by the functions that need it, so naming these files (WEIGHTS, SPEC) costs nothing."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ArtifactError, first_line
 from stages.architectures import build_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS = "model.pt"
 SPEC = "model.json"
@@ -43,6 +45,8 @@ def write_torch(obj, path: Path, durable: bool = False) -> None:
     """``torch.save`` whose write failures surface as the OSError that caused them (a full disk:
     ENOSPC). Given a path, PyTorch's own writer reports them as an opaque RuntimeError; given a
     Python file, as a RuntimeError raised while handling the OSError."""
+    import torch
+
     try:
         with open(path, "wb") as f:
             torch.save(obj, f)
@@ -78,6 +82,8 @@ def could_run_code(exc: BaseException) -> bool:
 
 def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
     """Rebuild the network described in ``folder`` (or by ``spec``) and load its weights."""
+    import torch
+
     spec = spec or read_spec(folder)
     model = spec.build()
     try:

@@ -9,12 +9,9 @@ layouts of public checkpoints are accepted and said: the weights under a ``state
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from functools import lru_cache
 from pathlib import Path
-
-import torch
 
 from pipeline.errors import ArtifactError, first_line
 
@@ -42,11 +39,9 @@ def checkpoint_file(path: Path) -> Path:
 
 @lru_cache(maxsize=16)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pipeline.fingerprint import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def content_hash(path: Path) -> str:
@@ -57,8 +52,10 @@ def content_hash(path: Path) -> str:
     return _digest(str(file), stat.st_size, stat.st_mtime_ns)
 
 
-def read_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+def read_state(path: Path) -> tuple[dict, list[str]]:
     """The state dict in the checkpoint, and what was done to find it (unwrapped, prefixes removed)."""
+    import torch
+
     file = checkpoint_file(path)
     try:
         if file.suffix == ".safetensors":
@@ -92,10 +89,12 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 
 
 def _all_tensors(mapping: dict) -> bool:
+    import torch
+
     return all(isinstance(v, torch.Tensor) for v in mapping.values())
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], file: Path, arch: str) -> None:
+def load_into(model, state: dict, file: Path, arch: str) -> None:
     """Load ``state`` into ``model`` after checking every name and shape; a mismatch names the first
     tensor that differs."""
     expected = model.state_dict()

@@ -21,8 +21,13 @@ def test_help_imports_no_framework():
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
 
 
-def test_status_imports_no_framework(tmp_path):
-    code = ("import sys; sys.argv = ['stochkd-pipeline', 'status', '--artifacts', sys.argv[1]]\n"
+@pytest.mark.parametrize("imported_teacher", [False, True], ids=["trained", "imported teacher"])
+def test_status_imports_no_framework(tmp_path, imported_teacher):
+    extra = ""
+    if imported_teacher:  # its key hashes the checkpoint's bytes: no framework needed for that
+        (tmp_path / "teacher.pt").write_bytes(b"weights")
+        extra = f", '--set', 'teacher.checkpoint={tmp_path / 'teacher.pt'}'"
+    code = (f"import sys; sys.argv = ['stochkd-pipeline', 'status', '--artifacts', sys.argv[1]{extra}]\n"
             "from pipeline.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('HEAVY', [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules])")
