@@ -1,20 +1,25 @@
-"""The training step captured whole (torch.compile, CUDA graphs on a GPU) against eager steps, for
-the networks of the paper's rows; prints images/s and ratios measured side by side in one run.
+"""The training step captured whole (a CUDA graph of forward, loss, backward and optimizer step;
+torch.compile) against eager steps, for the networks of the paper's rows; prints images/s and ratios
+measured side by side in one run. Each figure is printed as soon as it is measured.
 
     python bench/captured_step.py                         # on a GPU: the networks below, K = 1 and 4
     python bench/captured_step.py --archs resnet20 --k 1 --steps 5   # a quick CPU check that it runs
 
-Rows per network (trained with stochastic depth, p_n 0.5, batch 128, synthetic 32x32 images):
-- pipeline, skip: the pipeline's eager step, blocks skipped on the host (the default);
-- pipeline, mask: eager, blocks multiplied by masks drawn on the device;
-- pipeline, captured: training.compile with compile_mode reduce-overhead on a GPU (default mode on a
-  CPU, where there are no CUDA graphs) and drop_execution mask;
-- plain eager and plain captured: the minimal loop of bench/train_throughput.py, eager and compiled
-  the same way, with the same masks.
-Then a distill step (ResNet-56 teacher, ResNet-20 student) per K, eager and captured.
+Rows per network (trained with stochastic depth, p_n 0.5, batch 128, synthetic 32x32 images, bf16
+autocast on a GPU):
+- pipeline skip: the pipeline's eager step, blocks skipped on the host (the default);
+- pipeline mask: eager, blocks multiplied by masks drawn on the device;
+- pipeline graph: training.capture_step (the whole step replayed from one CUDA graph), masks;
+- pipeline graph+compile: the same with training.compile (default mode) inside the graph;
+- pipeline compiled: training.compile with compile_mode reduce-overhead (torch.compile's own CUDA
+  graphs, optimizer step outside them), masks;
+- plain eager / plain graph / plain compiled: the minimal loop of bench/train_throughput.py, eager,
+  recorded as one CUDA graph the documented way, and compiled with reduce-overhead; same masks.
+Then a distill step (ResNet-56 teacher, ResNet-20 student) per K: eager skip, graph, graph+compile.
+On a CPU there are no CUDA graphs: the graph rows are left out and compile uses its default mode.
 
-Goals (issue 13): captured >= 2x the eager pipeline for ResNet-20 on an H100 or H200, and >= 1.0x the
-plain captured loop. Compilation time is left out (a warm-up run compiles first).
+Goals (issue 13): the captured pipeline step >= 2x the eager pipeline for ResNet-20 on an H100 or
+H200, and >= 1.0x the plain captured loop. Compilation time is left out (a warm-up run compiles first).
 """
 
 from __future__ import annotations
@@ -40,48 +45,89 @@ from stages.stochastic_depth import use_drop_execution  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--archs", nargs="+", default=["resnet20", "resnet56", "resnet110", "wrn16_2"])
+    parser.add_argument("--archs", nargs="+", default=["resnet20", "resnet110", "resnet56", "wrn16_2"])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     args = parser.parse_args()
     device = torch.device(args.device)
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    gpu = device.type == "cuda"
+    mode = "reduce-overhead" if gpu else "default"
     data = synthetic_data(args.batch * args.steps)
-    print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
+    print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if gpu else
                                f" ({torch.get_num_threads()} threads)")
-          + f", torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps, compile mode {mode}")
+          + f", torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps, compile mode {mode}",
+          flush=True)
 
     def fresh(arch: str, execution: str = "skip", p_last: float = 0.5):
         torch.manual_seed(0)
         return use_drop_execution(build_model(arch, CLASSES, 3, p_last), execution)
 
-    captured = {"compile": True, "compile_mode": mode, "drop_execution": "mask"}
-    print(f"\n{'network':10s} {'pipeline skip':>14s} {'pipeline mask':>14s} {'pipeline captured':>18s} "
-          f"{'plain eager':>12s} {'plain captured':>15s} {'captured/skip':>14s} {'captured/plain':>15s}")
-    for arch in args.archs:
-        skip = pipeline_images_per_s(fresh(arch), data, device, args.batch, args.steps)
-        mask = pipeline_images_per_s(fresh(arch, "mask"), data, device, args.batch, args.steps, drop_execution="mask")
-        ours = pipeline_images_per_s(fresh(arch, "mask"), data, device, args.batch, args.steps, **captured)
-        plain = reference_images_per_s(fresh(arch), data, device, args.batch, args.steps)
-        plain_captured = reference_images_per_s(fresh(arch, "mask"), data, device, args.batch, args.steps,
-                                                compile_mode=mode)
-        torch._dynamo.reset()
-        print(f"{arch:10s} {skip:14.0f} {mask:14.0f} {ours:18.0f} {plain:12.0f} {plain_captured:15.0f} "
-              f"{ours / skip:14.2f} {ours / plain_captured:15.2f}", flush=True)
+    def measure(table: dict, name: str, label: str, run) -> None:
+        try:
+            table[label] = run()
+            print(f"  {name:24s} {label:22s} {table[label]:9.0f} images/s", flush=True)
+        except Exception as exc:  # one failing variant must not cost the others' figures
+            table[label] = float("nan")
+            print(f"  {name:24s} {label:22s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                  flush=True)
+        finally:
+            torch._dynamo.reset()
 
-    print(f"\n{'distill step':22s} {'eager skip':>11s} {'captured':>9s} {'ratio':>6s}")
+    graph = {"drop_execution": "mask", "capture_step": True}
+    rows = {}
+    for arch in args.archs:
+        table = rows[arch] = {}
+        measure(table, arch, "pipeline skip",
+                lambda: pipeline_images_per_s(fresh(arch), data, device, args.batch, args.steps))
+        measure(table, arch, "pipeline mask", lambda: pipeline_images_per_s(
+            fresh(arch, "mask"), data, device, args.batch, args.steps, drop_execution="mask"))
+        measure(table, arch, "plain eager",
+                lambda: reference_images_per_s(fresh(arch), data, device, args.batch, args.steps))
+        if gpu:
+            measure(table, arch, "pipeline graph", lambda: pipeline_images_per_s(
+                fresh(arch, "mask"), data, device, args.batch, args.steps, **graph))
+            measure(table, arch, "plain graph", lambda: reference_images_per_s(
+                fresh(arch, "mask"), data, device, args.batch, args.steps, graph=True))
+        if not args.no_compile:
+            if gpu:
+                measure(table, arch, "pipeline graph+compile", lambda: pipeline_images_per_s(
+                    fresh(arch, "mask"), data, device, args.batch, args.steps, compile=True, **graph))
+            measure(table, arch, "pipeline compiled", lambda: pipeline_images_per_s(
+                fresh(arch, "mask"), data, device, args.batch, args.steps, compile=True, compile_mode=mode,
+                drop_execution="mask"))
+            measure(table, arch, "plain compiled", lambda: reference_images_per_s(
+                fresh(arch, "mask"), data, device, args.batch, args.steps, compile_mode=mode))
+
     for k in args.k:
+        table = rows[f"distill 56->20 K={k}"] = {}
+        name = f"distill 56->20 K={k}"
         teacher = fresh("resnet56", "mask").to(device=device, memory_format=torch.channels_last).eval()
-        loss = distillation_loss(teacher, DistillConfig(teacher_samples=k, p_last=0.5))
-        eager = pipeline_images_per_s(fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
-                                      distillation_loss(use_drop_execution(teacher, "skip"),
-                                                        DistillConfig(teacher_samples=k, p_last=0.5)))
-        use_drop_execution(teacher, "mask")
-        ours = pipeline_images_per_s(fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps, loss,
-                                     **captured)
-        torch._dynamo.reset()
-        print(f"{'ResNet-56 -> 20, K=' + str(k):22s} {eager:11.0f} {ours:9.0f} {ours / eager:6.2f}", flush=True)
+        config = DistillConfig(teacher_samples=k, p_last=0.5)
+        measure(table, name, "pipeline skip", lambda: pipeline_images_per_s(
+            fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
+            distillation_loss(use_drop_execution(teacher, "skip"), config)))
+        if gpu:
+            use_drop_execution(teacher, "mask")
+            measure(table, name, "pipeline graph", lambda: pipeline_images_per_s(
+                fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
+                distillation_loss(teacher, config), **graph))
+            if not args.no_compile:
+                measure(table, name, "pipeline graph+compile", lambda: pipeline_images_per_s(
+                    fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
+                    distillation_loss(teacher, config), compile=True, **graph))
+
+    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "pipeline graph+compile", "pipeline compiled",
+               "plain eager", "plain graph", "plain compiled"]
+    print(f"\n{'images/s':24s}" + "".join(f"{c:>24s}" for c in columns)
+          + f"{'best captured / skip':>22s}{'/ plain graph':>15s}")
+    for name, table in rows.items():
+        captured = max((table.get(c, float("nan")) for c in columns[2:5] if table.get(c) == table.get(c)),
+                       default=float("nan"))
+        cells = "".join(f"{table[c]:24.0f}" if c in table else f"{'-':>24s}" for c in columns)
+        plain = table.get("plain graph", float("nan"))
+        print(f"{name:24s}{cells}{captured / table['pipeline skip']:22.2f}{captured / plain:15.2f}", flush=True)
 
 
 if __name__ == "__main__":

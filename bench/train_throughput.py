@@ -11,7 +11,8 @@ distill step costing no more than its arithmetic predicts (teacher forward MACs 
 student's training MACs, taken as three times its forward MACs).
 
 The reference loops are the minimum a user would write: tensors already on the device and
-normalized, channels_last, cross-entropy (and KD), SGD; no augmentation, no bookkeeping. The
+normalized, channels_last, bf16 autocast on a GPU, cross-entropy (and KD), SGD; no augmentation, no
+bookkeeping. The
 reference K-sample step runs K separate teacher passes, each a freshly sampled sub-network.
 """
 
@@ -81,28 +82,54 @@ def compiled_train(model, data: ImageDataset, device, batch: int):
 
 
 def reference_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, teacher=None,
-                           k: int = 0, compile_mode: str | None = None) -> float:
+                           k: int = 0, compile_mode: str | None = None, graph: bool = False) -> float:
     """A plain loop: forward, loss, backward, SGD step; with a teacher, K separate sampled passes.
-    ``compile_mode`` compiles the model as the pipeline's training.compile_mode does."""
+    ``compile_mode`` compiles the model as the pipeline's training.compile_mode does; ``graph``
+    records the whole step as one CUDA graph (PyTorch's documented recipe) and replays it."""
     model.to(device=device, memory_format=torch.channels_last).train()
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    lr = torch.tensor(0.05, device=device) if graph else 0.05
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4,
+                                fused=True if graph else None)
     x = torch.from_numpy(data.x_train).to(device).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.25)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(data.y_train).to(device)
 
     def step(i: int) -> None:
-        xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-        out = net(xb)
-        if teacher is None:
-            loss = F.cross_entropy(out, yb)
-        else:
-            with sampling(teacher):
-                teacher_logits = torch.stack([teacher(xb) for _ in range(k)])
-            loss = kd_loss(out, teacher_logits, yb, 4.0, 0.9, "individual")
+        whole_step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+
+    def whole_step(xb, yb) -> None:
+        # bf16 autocast on a GPU, as the pipeline trains there; its weight cache is off while recording.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
+                            cache_enabled=not graph):
+            out = net(xb)
+            if teacher is None:
+                loss = F.cross_entropy(out, yb)
+            else:
+                with sampling(teacher):
+                    teacher_logits = torch.stack([teacher(xb) for _ in range(k)])
+                loss = kd_loss(out.float(), teacher_logits.float(), yb, 4.0, 0.9, "individual")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    if graph:
+        static_x, static_y = x[:batch].clone(), y[:batch].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                whole_step(static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        recorded = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(recorded):
+            whole_step(static_x, static_y)
+
+        def step(i: int) -> None:  # noqa: F811 (the replayed step replaces the eager one)
+            static_x.copy_(x[i * batch:(i + 1) * batch])
+            static_y.copy_(y[i * batch:(i + 1) * batch])
+            recorded.replay()
 
     for i in range(3):
         step(i)

@@ -24,7 +24,7 @@ from stages.context import StageContext, peer_folder
 from stages.data import load_dataset
 from stages.losses import kd_term
 from stages.tracking import write_tensorboard
-from stages.training import DeviceData, UpdateStep, accuracy, predict, select_device, train, validation_metrics
+from stages.training import DeviceData, UpdateStep, accuracy, capturing, predict, select_device, train, validation_metrics
 
 
 class Peers(nn.Module):
@@ -63,19 +63,20 @@ def sequential_update(peers: Peers, temperature: float, weight: float) -> Update
     The optimizer steps only parameters that have gradients, so each step moves one peer alone."""
 
     def update(net, optimizer, images, labels, bf16):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        cache = not capturing(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
             logits = [peer(images) for peer in peers.peers]
         first = torch.stack([l.detach() for l in logits])
         total = images.new_zeros(())
         for i, peer in enumerate(peers.peers):
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
                 loss = peer_loss(logits[i], torch.stack(logits[:i] + logits[i + 1:]), labels, temperature, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total = total + loss.detach()
             if i + 1 < len(logits):
-                with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
                     logits[i] = peer(images)
         return first, total
 

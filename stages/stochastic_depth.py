@@ -135,7 +135,8 @@ class DropPath(nn.Module):
             rows = torch.empty(n_rows, device=device).bernoulli_(self.survival)
         else:
             coins = (torch.rand(self.groups, device=device) < self.survival).float()
-            rows = coins.repeat_interleave(n_rows // self.groups)
+            # An expand, not repeat_interleave: no output size to compute, nothing to wait for.
+            rows = coins.view(-1, 1).expand(-1, n_rows // self.groups).reshape(-1)
         return (rows * self.kept_factor).view(-1, 1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -277,7 +278,10 @@ def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int, groups: bool =
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with sampling(model, groups=k), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+    # Autocast's weight cache stays off while a CUDA graph records this pass (see training.capturing).
+    recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    with (sampling(model, groups=k),
+          torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=not recording)):
         logits, features = model.forward_with_groups(batch) if groups else (model(batch), [])
     # Clones outside inference mode are ordinary tensors that a loss may save for backward.
     return (logits.float().view(k, x.shape[0], -1).clone(),

@@ -19,6 +19,7 @@ from pipeline.errors import ArtifactError, PipelineError, first_line
 from stages.augment import augmented_batch, normalize, padded_channels_last
 from stages.checkpoint import save_model
 from stages.context import no_progress
+from stages.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.stochastic_depth import use_drop_execution
 from stages.tracking import write_tensorboard
 from stages.data import ImageDataset
@@ -37,7 +38,8 @@ def joint_update(loss_fn: LossFunction) -> UpdateStep:
     """The usual step: one forward pass, one loss, one backward pass, one optimizer step."""
 
     def update(net, optimizer, images, labels, bf16):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16,
+                            cache_enabled=not capturing(images)):
             output = net(images)
             loss = loss_fn(output, images, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -46,6 +48,12 @@ def joint_update(loss_fn: LossFunction) -> UpdateStep:
         return output, loss
 
     return update
+
+
+def capturing(tensor: torch.Tensor) -> bool:
+    """Whether work on ``tensor``'s device is being recorded into a CUDA graph. Autocast's cache of
+    cast weights must be off then: it would keep graph memory alive past the capture."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,6 +157,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         use_drop_execution(model, recipe.drop_execution)
     if recipe.compile:
         net = torch.compile(net, mode=recipe.compile_mode)
+    step_with = update
+    if recipe.capture_step and device.type == "cuda":
+        if ranks > 1:
+            raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
+                                f"training.capture_step: false")
+        step_with = CapturedStep(update, net, optimizer, bf16, device)
     saving = checkpoint is not None and rank == 0
     session_start, last_save = time.perf_counter(), time.monotonic()
     first_step_end, session_images, evaluating_s = None, 0, 0.0
@@ -178,13 +192,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 if step == 0 or warming or first_step_end is None:
                     # The LR changes once an epoch, and at every step while warming up.
                     point = epoch + (step + 1) / steps_per_epoch if warming else epoch
-                    for group in optimizer.param_groups:
-                        group["lr"] = recipe.lr * lr_factor(recipe, point)
+                    set_lr(optimizer, recipe.lr * lr_factor(recipe, point))
                 index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
                 if ranks > 1:
                     images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
-                output, loss = update(net, optimizer, images, labels, bf16)
+                output, loss = step_with(net, optimizer, images, labels, bf16)
                 logits = output[0] if isinstance(output, tuple) else output
                 run.loss_sum += loss.detach() * len(labels)
                 # The first batch whose loss is not finite, kept on the device: no sync per step.
@@ -217,7 +230,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
             if not math.isfinite(epoch_loss):
                 raise _non_finite(label, run, steps_per_epoch, checkpoint, str(epoch_loss))
             run.history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(run.correct) / n,
-                                "lr": optimizer.param_groups[0]["lr"]})
+                                "lr": current_lr(optimizer)})
             if evaluate is not None:
                 started = time.perf_counter()
                 run.history[-1].update(evaluate())
@@ -263,7 +276,7 @@ class _RunState:
         on_cpu = (lambda t: None if t is None else t.detach().cpu())
         return {
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "rng": rng_states(device),
+            "optimizer": portable_state(optimizer), "generator": generator.get_state(), "rng": rng_states(device),
             "epoch": self.epoch, "step": self.step, "order": on_cpu(self.order),
             "sums": [on_cpu(self.loss_sum), on_cpu(self.correct), on_cpu(self.first_bad)],
             "history": self.history, "timing": timing, "resumed_at": self.resumed_at,
@@ -291,6 +304,14 @@ class _RunState:
         run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
         run.last_saved = (run.epoch, run.step)
         return run
+
+
+def portable_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with each LR as a float: a captured run keeps it in a device tensor, and
+    a checkpoint must resume on any device, captured or not."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return state
 
 
 def _finite(model: nn.Module) -> bool:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# On a GPU machine, in one call of about nine minutes: the CUDA-graph tests; bench/captured_step.py
+# without torch.compile for every network and K; the quickstart's teacher and students, captured and
+# eager; then the compile rows for ResNet-20 and ResNet-110. Each part
+# has its own time limit, so a slow one leaves the others their figures. Output goes to $OUT
+# (default /tmp/gpu-captured). Wheels in .whl/ (pydantic and what it needs, where the machine lacks it)
+# are installed into /tmp/site first.
+#   bash bench/gpu_captured.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-captured}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  nproc
+} 2>&1 | tee "$OUT/machine.txt"
+timeout 150 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/test_cuda_graph_step.py \
+  tests/stages/test_stochastic_depth.py 2>&1 | tee "$OUT/tests.txt"
+timeout 150 python3 bench/captured_step.py --no-compile 2>&1 | tee "$OUT/captured_step_eager_and_graph.txt"
+# The quickstart's teacher and students on the GPU, with the whole step captured and eagerly: accuracy
+# and wall time per stage of each.
+for how in captured eager; do
+  extra=()
+  if [ "$how" = captured ]; then
+    for who in teacher student; do
+      extra+=(--set "$who.training.capture_step=true" --set "$who.training.drop_execution=mask")
+    done
+  fi
+  start=$(date +%s)
+  timeout 100 python3 -m pipeline run profiles/quickstart.yaml --until distill --device cuda \
+    --artifacts "/tmp/quickstart-$how" "${extra[@]}" 2>&1 | tee "$OUT/quickstart_$how.txt"
+  echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/quickstart_$how.txt"
+  # Every manifest (metrics: accuracy, wall time, images/s, first step) in one file.
+  python3 -c "import json, pathlib, sys; print(json.dumps({str(p.parent.relative_to(sys.argv[1])): json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('*/*/manifest.json'))}, indent=1))" \
+    "/tmp/quickstart-$how/store" > "$OUT/quickstart_${how}_manifests.json" 2>&1
+done
+timeout 200 python3 bench/captured_step.py --archs resnet20 resnet110 --k 1 2>&1 | tee "$OUT/captured_step_compile.txt"
+echo "done"

@@ -1,0 +1,165 @@
+"""training.capture_step: the whole step recorded as a CUDA graph and replayed. The GPU tests compare
+it with the eager step on the same GPU; the CPU tests cover what holds everywhere."""
+
+import numpy as np
+import pytest
+import torch
+from contextlib import contextmanager
+
+from pipeline.config import Augmentation, TrainingConfig
+from stages.architectures import build_model
+from stages.cuda_graph_step import CapturedStep, current_lr, lr_on_device, set_lr
+from stages.data import ImageDataset
+from stages.stochastic_depth import DropPath, stochastic_sum, use_drop_execution
+from stages.training import DeviceData, portable_state, train
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is visible")
+AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
+# 168 images in batches of 16: ten full batches an epoch (three eager, then captured) and a last one of 8,
+# which runs eagerly between replays.
+RECIPE = TrainingConfig(epochs=2, batch_size=16, lr=0.05, lr_milestones=(1,), warmup_epochs=0.5,
+                        precision="fp32", drop_execution="mask")
+
+
+class Stop(Exception):
+    """Stands for a kill between two steps."""
+
+
+def data_on(device: str) -> DeviceData:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (168, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 4, 168)
+    return DeviceData(ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,), (0.25,)), torch.device(device))
+
+
+def model(p_last: float, seed: int = 0):
+    torch.manual_seed(seed)
+    return use_drop_execution(build_model("resnet8", 4, 1, p_last, "batch"), "mask")
+
+
+def run(device: str, p_last: float, capture: bool, **kwargs):
+    net = model(p_last, kwargs.pop("seed", 0))
+    result = train(net, data_on(device), RECIPE.model_copy(update={"capture_step": capture or None}),
+                   augmentation=AUGMENT, seed=3, **kwargs)
+    return net, result
+
+
+def largest_difference(a, b) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.state_dict().values(),
+                                                                          b.state_dict().values()))
+
+
+def test_capture_needs_masks_and_no_second_graph():
+    with pytest.raises(ValueError, match="drop_execution: mask"):
+        TrainingConfig(capture_step=True)
+    with pytest.raises(ValueError, match="not reduce-overhead"):
+        TrainingConfig(capture_step=True, drop_execution="mask", compile=True, compile_mode="reduce-overhead")
+    TrainingConfig(capture_step=True, drop_execution="mask", compile=True)
+
+
+def test_on_a_cpu_the_step_runs_eagerly_to_the_bit():
+    captured, result = run("cpu", 0.5, capture=True)
+    eager, reference = run("cpu", 0.5, capture=False)
+    assert largest_difference(captured, eager) == 0.0
+    assert result.history == reference.history
+
+
+def test_a_captured_graph_needs_a_gpu():
+    net = model(1.0)
+    with pytest.raises(ValueError, match="CUDA device"):
+        CapturedStep(lambda *a: None, net, torch.optim.SGD(net.parameters(), lr=0.1), False, torch.device("cpu"))
+
+
+def test_the_lr_lives_in_a_tensor_filled_in_place_and_is_saved_as_a_float():
+    net = model(1.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    lr_on_device(optimizer, torch.device("cpu"))
+    tensor = optimizer.param_groups[0]["lr"]
+    set_lr(optimizer, 0.025)
+    # float32, which is what the SGD kernels compute with for float32 weights either way.
+    assert optimizer.param_groups[0]["lr"] is tensor and current_lr(optimizer) == pytest.approx(0.025, rel=1e-7)
+    state = portable_state(optimizer)
+    assert isinstance(state["param_groups"][0]["lr"], float)
+    fresh = torch.optim.SGD(model(1.0).parameters(), lr=0.1, momentum=0.9)
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.025, rel=1e-7)
+
+
+@needs_cuda
+@pytest.mark.parametrize("p_last", [1.0, 0.5], ids=["no-drops", "masks"])
+def test_captured_training_matches_the_eager_step(p_last):
+    """The graph replays the eager step's kernels, masks included (the graph-safe generator continues
+    the eager one's Philox stream), so both give the same weights and history."""
+    captured, result = run("cuda", p_last, capture=True)
+    eager, reference = run("cuda", p_last, capture=False)
+    difference = largest_difference(captured, eager)
+    print(f"\ncapture_step p_last={p_last}: largest weight difference against eager {difference:.3g}")
+    assert difference <= 1e-5, f"captured and eager weights differ by up to {difference:.3g}"
+    for ours, theirs in zip(result.history, reference.history):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+
+
+@needs_cuda
+def test_each_replay_draws_fresh_masks():
+    device = torch.device("cuda")
+    drop = DropPath(0.5, "sample")
+    drop.execution = "mask"
+    weight = torch.nn.Parameter(torch.ones((), device=device))
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop, self.weight = drop, weight
+
+        def forward(self, x):
+            return stochastic_sum(lambda t: t * self.weight, x, torch.zeros_like(x), self.drop)
+
+    net = Probe().train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+
+    def update(net, optimizer, images, labels, bf16):
+        output = net(images)
+        loss = output.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return output, loss
+
+    step = CapturedStep(update, net, optimizer, False, device)
+    images, labels = torch.ones(64, 1, 1, 1, device=device), torch.zeros(64, device=device)
+    patterns = set()
+    for _ in range(12):
+        output, _ = step(net, optimizer, images, labels, False)
+        patterns.add(tuple(output.view(-1).tolist()))
+    assert step.captured
+    assert len(patterns) >= 10, f"only {len(patterns)} distinct masks in 12 steps"
+    assert all(set(p) <= {0.0, 2.0} for p in patterns)
+
+
+@contextmanager
+def stopping_after(steps: int):
+    done = []
+
+    @contextmanager
+    def progress(label, total):
+        def advance(n, description=None):
+            done.append(n)
+            if sum(done) >= steps:
+                raise Stop
+
+        yield advance
+
+    yield progress
+
+
+@needs_cuda
+def test_a_captured_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path):
+    reference, reference_result = run("cuda", 0.5, capture=True)
+    checkpoint = tmp_path / "training.pt"
+    with stopping_after(7) as progress, pytest.raises(Stop):
+        run("cuda", 0.5, capture=True, progress=progress, checkpoint=checkpoint, checkpoint_interval_s=0)
+    resumed, result = run("cuda", 0.5, capture=True, seed=99, checkpoint=checkpoint, checkpoint_interval_s=0)
+    difference = largest_difference(resumed, reference)
+    print(f"\ncapture_step resumed after 6 of 22 steps: largest weight difference {difference:.3g}")
+    assert difference <= 1e-5, f"the resumed run's weights differ by up to {difference:.3g}"
+    assert len(result.resumed_at) == 1
