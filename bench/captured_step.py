@@ -10,6 +10,7 @@ autocast on a GPU):
 - pipeline skip: the pipeline's eager step, blocks skipped on the host (the default);
 - pipeline mask: eager, blocks multiplied by masks drawn on the device;
 - pipeline graph: training.capture_step (the whole step replayed from one CUDA graph), masks;
+- pipeline graph, no aug: the same without crops and flips (what the augmentation costs);
 - pipeline graph+compile: the same with training.compile (default mode) inside the graph;
 - pipeline compiled: training.compile with compile_mode reduce-overhead (torch.compile's own CUDA
   graphs, optimizer step outside them), masks;
@@ -88,6 +89,8 @@ def main() -> None:
         if gpu:
             measure(table, arch, "pipeline graph", lambda: pipeline_images_per_s(
                 fresh(arch, "mask"), data, device, args.batch, args.steps, **graph))
+            measure(table, arch, "pipeline graph, no aug", lambda: pipeline_images_per_s(
+                fresh(arch, "mask"), data, device, args.batch, args.steps, augment=False, **graph))
             measure(table, arch, "plain graph", lambda: reference_images_per_s(
                 fresh(arch, "mask"), data, device, args.batch, args.steps, graph=True))
         if not args.no_compile:

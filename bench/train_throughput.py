@@ -54,13 +54,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def pipeline_images_per_s(model, data: ImageDataset, device, batch: int, steps: int, loss_fn=None,
-                          **recipe_settings) -> float:
-    """The pipeline's ``train`` over ``steps`` batches (pad-4 crops and flips on the device), after a
-    short warm-up run; ``recipe_settings`` go to its TrainingConfig (compile, drop_execution, ...)."""
+                          augment: bool = True, **recipe_settings) -> float:
+    """The pipeline's ``train`` over ``steps`` batches (pad-4 crops and flips on the device unless not
+    ``augment``), after a short warm-up run; ``recipe_settings`` go to its TrainingConfig (compile,
+    drop_execution, ...)."""
     kwargs = {"loss_fn": loss_fn} if loss_fn else {}
     device_data = DeviceData(data, device)
     recipe = TrainingConfig(epochs=1, batch_size=batch, lr=0.05, lr_schedule="cosine", **recipe_settings)
-    augmentation = Augmentation(crop_padding=4, horizontal_flip=True)
+    augmentation = Augmentation(crop_padding=4 if augment else 0, horizontal_flip=augment)
     warm = DeviceData(ImageDataset(data.x_train[:batch * 3], data.y_train[:batch * 3], data.x_test,
                                    data.y_test, data.class_names, data.mean, data.std), device)
     train(model, warm, recipe, augmentation=augmentation, seed=0, **kwargs)

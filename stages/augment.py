@@ -46,13 +46,20 @@ def augmented_batch(padded: torch.Tensor, index: torch.Tensor, padding: int, fli
     n = len(index)
     h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
     device = padded.device
-    offset = torch.zeros((n, 1, 1), dtype=torch.long, device=device)
-    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(device) if padding else offset
-    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(device) if padding else offset
+    # Drawn on the CPU, in that order, and sent to the device as one tensor. On a GPU it is sent from
+    # pinned memory without blocking: a blocking copy would wait for the previous step to finish.
+    draws = torch.zeros((3, n), dtype=torch.long)
+    if padding:
+        draws[0] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        draws[1] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    if flip:
+        draws[2] = torch.rand(n, generator=generator) < 0.5
+    if device.type == "cuda":
+        draws = draws.pin_memory().to(device, non_blocking=True)
+    dy, dx, mirrored = (row.view(n, 1, 1) for row in draws)
     columns = torch.arange(w, device=device).view(1, 1, w)
     if flip:
-        mirrored = (torch.rand(n, generator=generator) < 0.5).to(device).view(n, 1, 1)
-        columns = torch.where(mirrored, w - 1 - columns, columns)
+        columns = torch.where(mirrored.bool(), w - 1 - columns, columns)
     rows = (torch.arange(h, device=device).view(1, h, 1) + dy).expand(n, h, w)
     cols = (columns + dx).expand(n, h, w)
     return padded[index.view(n, 1, 1).expand(n, h, w), rows, cols].permute(0, 3, 1, 2)

@@ -84,7 +84,7 @@ class CapturedStep:
         main = torch.cuda.current_stream(self.device)
         self.side_stream.wait_stream(main)
         with torch.cuda.stream(self.side_stream):
-            result = self.update(self.net, self.optimizer, images, labels, self.bf16)
+            result = detached(self.update(self.net, self.optimizer, images, labels, self.bf16))
         main.wait_stream(self.side_stream)
         return result
 
@@ -101,4 +101,15 @@ class CapturedStep:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
             outputs = self.update(self.net, self.optimizer, static_images, static_labels, self.bf16)
-        self.graph, self.inputs, self.outputs = graph, (static_images, static_labels), outputs
+        self.graph, self.inputs, self.outputs = graph, (static_images, static_labels), detached(outputs)
+
+
+def detached(value):
+    """``value`` (a tensor, or tuples and lists of them) cut from autograd. A caller holding the last
+    step's outputs would otherwise keep its autograd nodes alive into the next capture, whose
+    gradients would then be accumulated on the stream those nodes were made on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(detached(v) for v in value)
+    return value

@@ -152,6 +152,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         # Restored before DDP wraps the model, which copies rank 0's weights to the other ranks.
         run = _RunState.restore(saved, model, optimizer, generator, device, checkpoint, recipe.epochs,
                                 steps_per_epoch)
+    if device.type == "cuda":
+        zero_momentum_buffers(optimizer)
     net = distributed.data_parallel(model, device) if ranks > 1 else model
     if recipe.drop_execution:
         use_drop_execution(model, recipe.drop_execution)
@@ -304,6 +306,22 @@ class _RunState:
         run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
         run.last_saved = (run.epoch, run.step)
         return run
+
+
+def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter a momentum buffer up front, zero where it has none yet.
+
+    Fused SGD steps the parameters that have gradients and fails (TypeError from _fused_sgd_) when
+    some of them have a buffer and others not yet, which blocks skipped by stochastic depth cause.
+    With no dampening, a zero buffer gives exactly what the first step would put there: the
+    gradient (momentum * 0 + grad), so no value changes."""
+    for group in optimizer.param_groups:
+        if not group["momentum"]:
+            continue
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def portable_state(optimizer: torch.optim.Optimizer) -> dict:

@@ -85,15 +85,27 @@ def test_the_lr_lives_in_a_tensor_filled_in_place_and_is_saved_as_a_float():
     assert fresh.param_groups[0]["lr"] == pytest.approx(0.025, rel=1e-7)
 
 
+@pytest.fixture
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms: otherwise two eager runs already differ (atomics in the
+    convolutions' weight gradients), and a comparison with the graph would measure that."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
 @needs_cuda
 @pytest.mark.parametrize("p_last", [1.0, 0.5], ids=["no-drops", "masks"])
-def test_captured_training_matches_the_eager_step(p_last):
+def test_captured_training_matches_the_eager_step(p_last, deterministic_cudnn):
     """The graph replays the eager step's kernels, masks included (the graph-safe generator continues
     the eager one's Philox stream), so both give the same weights and history."""
+    again, _ = run("cuda", p_last, capture=False)
     captured, result = run("cuda", p_last, capture=True)
     eager, reference = run("cuda", p_last, capture=False)
     difference = largest_difference(captured, eager)
-    print(f"\ncapture_step p_last={p_last}: largest weight difference against eager {difference:.3g}")
+    print(f"\ncapture_step p_last={p_last}: largest difference against eager {difference:.3g}; "
+          f"eager against eager {largest_difference(again, eager):.3g}")
     assert difference <= 1e-5, f"captured and eager weights differ by up to {difference:.3g}"
     for ours, theirs in zip(result.history, reference.history):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
@@ -115,7 +127,7 @@ def test_each_replay_draws_fresh_masks():
             return stochastic_sum(lambda t: t * self.weight, x, torch.zeros_like(x), self.drop)
 
     net = Probe().train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0, fused=True)  # as train() makes it on a GPU
 
     def update(net, optimizer, images, labels, bf16):
         output = net(images)
@@ -153,7 +165,8 @@ def stopping_after(steps: int):
 
 
 @needs_cuda
-def test_a_captured_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path):
+def test_a_captured_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path,
+                                                                                      deterministic_cudnn):
     reference, reference_result = run("cuda", 0.5, capture=True)
     checkpoint = tmp_path / "training.pt"
     with stopping_after(7) as progress, pytest.raises(Stop):
@@ -163,3 +176,25 @@ def test_a_captured_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_o
     print(f"\ncapture_step resumed after 6 of 22 steps: largest weight difference {difference:.3g}")
     assert difference <= 1e-5, f"the resumed run's weights differ by up to {difference:.3g}"
     assert len(result.resumed_at) == 1
+
+
+def test_fused_sgd_survives_blocks_that_had_no_gradient_yet():
+    """Skipped blocks leave some parameters without a gradient (and a momentum buffer) at first; fused
+    SGD then fails on the step where they get one. Zero buffers up front give the same values as
+    PyTorch's default SGD, which creates them lazily."""
+    from stages.training import zero_momentum_buffers
+
+    def two_steps(fused: bool, zero_first: bool):
+        a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.SGD([a, b], lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused or None)
+        if zero_first:
+            zero_momentum_buffers(optimizer)
+        a.grad = torch.full((3,), 0.5)  # b's block was skipped
+        optimizer.step()
+        a.grad, b.grad = torch.full((3,), 0.5), torch.full((3,), 0.25)
+        optimizer.step()
+        return torch.cat([a.detach(), b.detach()])
+
+    reference = two_steps(fused=False, zero_first=False)
+    assert torch.equal(two_steps(fused=True, zero_first=True), reference)
+    assert torch.equal(two_steps(fused=False, zero_first=True), reference)
