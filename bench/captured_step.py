@@ -121,12 +121,13 @@ def main() -> None:
                     fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
                     distillation_loss(teacher, config), compile=True, **graph))
 
-    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "pipeline graph+compile", "pipeline compiled",
-               "plain eager", "plain graph", "plain compiled"]
+    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "pipeline graph, no aug",
+               "pipeline graph+compile", "pipeline compiled", "plain eager", "plain graph", "plain compiled"]
+    captured_columns = ["pipeline graph", "pipeline graph+compile", "pipeline compiled"]
     print(f"\n{'images/s':24s}" + "".join(f"{c:>24s}" for c in columns)
           + f"{'best captured / skip':>22s}{'/ plain graph':>15s}")
     for name, table in rows.items():
-        captured = max((table.get(c, float("nan")) for c in columns[2:5] if table.get(c) == table.get(c)),
+        captured = max((table.get(c, float("nan")) for c in captured_columns if table.get(c) == table.get(c)),
                        default=float("nan"))
         cells = "".join(f"{table[c]:24.0f}" if c in table else f"{'-':>24s}" for c in columns)
         plain = table.get("plain graph", float("nan"))
