@@ -84,7 +84,9 @@ def lr_factor(recipe: TrainingConfig, epoch: float) -> float:
 class TrainResult:
     epochs: int
     wall_s: float  # over every session of a resumed run
-    images_per_second: float  # steady state: after each session's first step, which carries any compilation
+    # Steady state: after each session's first step, which carries any compilation (with capture_step,
+    # after the step that records the graph: the eager steps before it and the capture are the start).
+    images_per_second: float
     final_train_loss: float
     final_train_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
@@ -210,12 +212,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 run.correct += hits.view(-1, len(labels)).float().mean(0).sum()
                 run.step = step + 1
                 advance(1)
-                if first_step_end is None:
+                if first_step_end is None and getattr(step_with, "captured", True):
                     synchronize(device)
                     first_step_end = time.perf_counter()
                     if run.timing["first_step_s"] is None:
                         run.timing["first_step_s"] = first_step_end - session_start
-                else:
+                elif first_step_end is not None:
                     session_images += len(index)
                 if stop or (saving and time.monotonic() - last_save >= checkpoint_interval_s):
                     if saving:
