@@ -111,20 +111,21 @@ class TrainingConfig(Section):
     drop_execution: Literal["skip", "mask"] | None = Field(
         None, description="How stochastic blocks drop while training, and while a teacher is sampled for this "
         "recipe: skip (compute a block only for the rows that keep it, coins drawn on the CPU) or mask (compute "
-        "every block and multiply by a mask drawn on the device, capturable). Same distribution (null: skip).")
+        "every block and multiply by a mask drawn on the device, capturable). Same distribution (null: mask where "
+        "capture_step replays the step on a GPU, skip elsewhere).")
     capture_step: bool | None = Field(
         None, description="On a CUDA GPU, record each full batch's whole step (forward, loss, backward, optimizer "
-        "step) once as a CUDA graph and replay it, after a few eager steps; needs drop_execution: mask. Ignored "
-        "on a CPU, where the step runs eagerly (null: no).")
+        "step) once as a CUDA graph and replay it, after a few eager steps; stochastic blocks then drop by masks "
+        "(drop_execution null or mask). Ignored on a CPU, where the step runs eagerly (null: no).")
 
     @model_validator(mode="after")
     def _capture_needs_masks(self) -> "TrainingConfig":
         if self.compile_mode == "reduce-overhead" and self.drop_execution != "mask":
             raise ValueError("training.compile_mode 'reduce-overhead' captures the step in CUDA graphs, which "
                              "host-side skipping breaks; set training.drop_execution: mask as well")
-        if self.capture_step and self.drop_execution != "mask":
+        if self.capture_step and self.drop_execution == "skip":
             raise ValueError("training.capture_step records the step as a CUDA graph, which host-side skipping "
-                             "breaks; set training.drop_execution: mask as well")
+                             "breaks; set training.drop_execution to mask or leave it out")
         if self.capture_step and self.compile_mode == "reduce-overhead":
             raise ValueError("training.capture_step already records the whole step as a CUDA graph; use "
                              "compile_mode default (or null) with it, not reduce-overhead")

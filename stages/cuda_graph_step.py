@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.errors import PipelineError, first_line
+
 # Eager steps before capture (PyTorch's CUDA graphs notes use 3, enough to settle lazy
 # initialisation such as cuBLAS workspaces and autograd's streams).
 WARMUP_STEPS = 3
@@ -99,8 +101,13 @@ class CapturedStep:
         # Gradients are allocated inside the capture, from the graph's own memory pool: each replay
         # writes them afresh, so no zeroing kernel is needed between replays.
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            outputs = self.update(self.net, self.optimizer, static_images, static_labels, self.bf16)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self.update(self.net, self.optimizer, static_images, static_labels, self.bf16)
+        except Exception as exc:  # noqa: BLE001 (any failure inside a capture means the same to the user)
+            # A failed capture leaves the CUDA generator unusable in this process: no eager fallback.
+            raise PipelineError(f"the training step could not be recorded as a CUDA graph ({first_line(exc)}); "
+                                f"set training.capture_step: false to train eagerly") from exc
         self.graph, self.inputs, self.outputs = graph, (static_images, static_labels), detached(outputs)
 
 

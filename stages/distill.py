@@ -20,7 +20,8 @@ from stages.losses import attention_term, kd_loss
 from stages.stochastic_depth import sample_logits, sample_with_groups
 from stages.stochastic_depth import use_drop_execution
 from stages.teaching import teaching_teacher
-from stages.training import LossFunction, cross_entropy_loss, fit_and_save, select_device
+from stages.training import (LossFunction, cross_entropy_loss, drop_execution_for, fit_and_save,
+                             select_device)
 
 
 def distillation_loss(teacher: torch.nn.Module, distill) -> LossFunction:
@@ -63,8 +64,9 @@ def train_student(ctx: StageContext) -> dict:
                                 f"data (stochkd-pipeline teacher PROFILE --force)")
         teacher = teaching_teacher(ctx.inputs["teacher"].path, distill.p_last, distill.drop_mode,
                                    distill.kept_scale, device)
-        if cfg.training.drop_execution:
-            use_drop_execution(teacher, cfg.training.drop_execution)
+        execution = drop_execution_for(cfg.training, device)
+        if execution:
+            use_drop_execution(teacher, execution)
         loss_fn = attention_transfer_loss(teacher, distill) if attention else distillation_loss(teacher, distill)
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",

@@ -56,6 +56,17 @@ def capturing(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+def captures_step(recipe: TrainingConfig, device: torch.device) -> bool:
+    """Whether training with ``recipe`` on ``device`` replays its steps from a CUDA graph."""
+    return bool(recipe.capture_step) and device.type == "cuda"
+
+
+def drop_execution_for(recipe: TrainingConfig, device: torch.device) -> str | None:
+    """How stochastic blocks drop under ``recipe`` on ``device``: its ``drop_execution``, else masks
+    where the step is captured (a graph holds no host-side decision) and skipping elsewhere (None)."""
+    return recipe.drop_execution or ("mask" if captures_step(recipe, device) else None)
+
+
 def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
@@ -157,12 +168,13 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     if device.type == "cuda":
         zero_momentum_buffers(optimizer)
     net = distributed.data_parallel(model, device) if ranks > 1 else model
-    if recipe.drop_execution:
-        use_drop_execution(model, recipe.drop_execution)
+    execution = drop_execution_for(recipe, device)
+    if execution:
+        use_drop_execution(model, execution)
     if recipe.compile:
         net = torch.compile(net, mode=recipe.compile_mode)
     step_with = update
-    if recipe.capture_step and device.type == "cuda":
+    if captures_step(recipe, device):
         if ranks > 1:
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")

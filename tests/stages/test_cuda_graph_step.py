@@ -50,8 +50,13 @@ def largest_difference(a, b) -> float:
 
 
 def test_capture_needs_masks_and_no_second_graph():
-    with pytest.raises(ValueError, match="drop_execution: mask"):
-        TrainingConfig(capture_step=True)
+    from stages.training import drop_execution_for
+
+    recipe = TrainingConfig(capture_step=True)
+    assert drop_execution_for(recipe, torch.device("cuda")) == "mask"
+    assert drop_execution_for(recipe, torch.device("cpu")) is None  # no graph there: blocks are skipped
+    with pytest.raises(ValueError, match="to mask or leave it out"):
+        TrainingConfig(capture_step=True, drop_execution="skip")
     with pytest.raises(ValueError, match="not reduce-overhead"):
         TrainingConfig(capture_step=True, drop_execution="mask", compile=True, compile_mode="reduce-overhead")
     TrainingConfig(capture_step=True, drop_execution="mask", compile=True)
