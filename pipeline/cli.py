@@ -441,6 +441,9 @@ def deploy(profile: Optional[Path] = ProfileArg,
                                                "within the target's budgets)."),
            precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the "
                                                    "model's fastest engine within budget)."),
+           input_form: Optional[str] = typer.Option(None, "--input", metavar="float|uint8", help="The model "
+                                                    "taking normalized floats, or raw uint8 pixels (made with "
+                                                    "export.preprocess: graph). Default: as chosen."),
            artifacts: Optional[Path] = ArtifactsOpt) -> None:
     """Write a finished run's deployed model as a folder of its own: the engine, deploy.json and a
     model card; predict runs it."""
@@ -450,9 +453,11 @@ def deploy(profile: Optional[Path] = ProfileArg,
         from pipeline.profiles import load_profile
         from pipeline.store import ArtifactStore
 
+        if input_form not in (None, "float", "uint8"):
+            raise PipelineError(f"--input {input_form!r}: choose float or uint8")
         loaded = load_profile(profile, set_ or [])
         package = write_deployment(loaded, ArtifactStore(_artifacts_root(artifacts), warn=ui.warn), output,
-                                   model, precision)
+                                   model, precision, {"float": "", "uint8": "uint8"}.get(input_form))
         typer.echo(f"{output}: {package['label']} ({package['arch']}) at {package['precision']} on "
                    f"{package['backend']}, {100 * package['test_accuracy']:.2f} % top-1. {package['why']}")
 

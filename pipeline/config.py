@@ -281,6 +281,10 @@ class ExportConfig(Section):
     opset: int = Field(18, ge=13, description="ONNX opset.")
     tolerance: float = Field(1e-3, gt=0, description="Largest logit difference ONNX Runtime vs PyTorch accepted, "
                              "relative to the largest logit where that exceeds 1.")
+    preprocess: Literal["graph"] | None = Field(
+        None, description="graph: also export every model taking raw pixels (uint8, N x H x W x C) and normalizing "
+        "them inside the graph, so an engine fuses the preprocessing and a client sends the image as it is. That "
+        "form is quantized, built and benchmarked beside the float one, as MODEL_uint8 (null: the float form only).")
 
 
 class QuantizeConfig(Section):

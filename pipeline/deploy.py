@@ -10,33 +10,40 @@ from typing import Any
 from pipeline.errors import ArtifactError, PipelineError
 
 
-def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None) -> tuple[str, str, str]:
-    """(model, precision, why): what was asked, or the most accurate deployed engine within the
-    target's budgets (of all, where none is within them)."""
+def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None,
+           form: str | None = None) -> tuple[str, str, str | None, str]:
+    """(model, precision, input form, why): what was asked, or the most accurate deployed engine within
+    the target's budgets (of all, where none is within them). The input form is None for normalized
+    floats and "uint8" for raw pixels (export.preprocess: graph)."""
     if model is not None:
         row = next((r for r in summary if r["model"] == model), None)
         if row is None:
             raise PipelineError(f"--model {model!r}: not a deployed model of this profile; choose one of "
                                 f"{', '.join(r['model'] for r in summary)}")
         chosen = precision or row["precision"]
-        return model, chosen, f"Asked for: {model}" + (f" at {precision}." if precision else
-                                                        f", at its fastest engine within budget ({chosen}).")
+        taken = form if form is not None else row.get("input")
+        pixels = f" on {taken} pixels" if taken else ""
+        return model, chosen, taken, f"Asked for: {model}" + (
+            f" at {precision}{pixels}." if precision else f", at its fastest engine within budget ({chosen}{pixels}).")
     within = [r for r in summary if r.get("budget") == "within"]
     pool = within or summary
     best = max(pool, key=lambda r: r["test_accuracy"])
     reason = ("the most accurate deployed engine within every budget of the target" if within else
               "the most accurate deployed engine (the target sets no budget, or none is met)")
-    return best["model"], precision or best["precision"], (
-        f"Chosen as {reason}: {100 * best['test_accuracy']:.2f} % top-1 at {best['precision']}.")
+    taken = form if form is not None else best.get("input")
+    return best["model"], precision or best["precision"], taken, (
+        f"Chosen as {reason}: {100 * best['test_accuracy']:.2f} % top-1 at {best['precision']}"
+        + (f" on {best['input']} pixels." if best.get("input") else "."))
 
 
-def deploy(profile, store, output: Path, model: str | None = None, precision: str | None = None) -> dict[str, Any]:
+def deploy(profile, store, output: Path, model: str | None = None, precision: str | None = None,
+           form: str | None = None) -> dict[str, Any]:
     from pipeline.hardware import package_versions
     from pipeline.plan import build_plan
     from stages.deployed import CARD_FILE, DEPLOY_FILE, model_card
     from stages.engine import ENGINES_FILE
     from stages.export import INPUT_NAME, ONNX_FILE
-    from stages.input_contract import read_contract
+    from stages.input_contract import RAW_PIXELS, RAW_PIXELS_SUFFIX, read_contract
     from stages.report import model_label
 
     plan = build_plan(profile)
@@ -46,18 +53,25 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
         raise ArtifactError(f"{profile.name}: no finished run to deploy from in {store.root}; run it first "
                             f"(stochkd-pipeline run PROFILE)")
     report = json.loads(report_artifact.file("report.json").read_text())
-    model, precision, why = choose(report["summary"], model, precision)
+    model, precision, form, why = choose(report["summary"], model, precision, form)
+    form = form or None  # "" asks for the float form, which rows leave unnamed
     tasks = {(t.stage, t.variant): t for t in plan}
-    engines_artifact = store.lookup("engine", tasks["engine", model].key)
-    export_artifact = store.lookup("export", tasks["export", model].key)
+    variant = model + (RAW_PIXELS_SUFFIX if form == RAW_PIXELS else "")
+    if ("engine", variant) not in tasks:
+        raise PipelineError(f"--input {form}: {profile.name} makes no raw-pixel models; set export.preprocess: "
+                            f"graph and run it again")
+    engines_artifact = store.lookup("engine", tasks["engine", variant].key)
+    export_artifact = store.lookup("export", tasks["export", variant].key)
     built = json.loads(engines_artifact.file(ENGINES_FILE).read_text())
     if precision not in built["engines"]:
         raise PipelineError(f"--precision {precision!r}: {model} has engines in {', '.join(built['engines'])}")
     engine = built["engines"][precision]
-    rows = [r for r in report["rows"] if r["model"] == model and r["runtime"] == built["backend"]
-            and r["precision"] == precision]
-    fp32 = next((r for r in report["rows"] if r["model"] == model and r["runtime"] == built["backend"]
-                 and r["precision"] == "fp32"), None)
+
+    def measured(wanted: str) -> list[dict[str, Any]]:
+        return [r for r in report["rows"] if r["model"] == model and r["runtime"] == built["backend"]
+                and r["precision"] == wanted and r.get("input") == form]
+
+    rows, fp32 = measured(precision), next(iter(measured("fp32")), None)
     if output.exists() and any(output.iterdir()) and not (output / DEPLOY_FILE).is_file():
         raise PipelineError(f"{output}: not empty; deploy into a new folder (or one written by deploy)")
     output.mkdir(parents=True, exist_ok=True)

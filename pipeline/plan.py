@@ -12,6 +12,7 @@ from pipeline.fingerprint import digest, key_form
 from pipeline.hardware import fingerprint
 from pipeline.registry import STAGES
 from stages.context import peer_folder
+from stages.input_contract import RAW_PIXELS_SUFFIX
 
 def int8_flavour(target) -> str:
     """uint8 activations for ONNX Runtime on CPUs (its fastest integer kernels); symmetric int8 with
@@ -131,27 +132,34 @@ def build_plan(profile: Profile) -> list[Task]:
     drop = profile.target.budgets.max_accuracy_drop
     gate = {"max_accuracy_drop": drop} if drop is not None else {}
     shapes = {"batch_sizes": list(profile.benchmark.batch_sizes)} if profile.target.uses_tensorrt else {}
+    # The float form's export keys stay as they were before raw-pixel models existed.
+    forms = [("", profile.export.model_copy(update={"preprocess": None}))]
+    if profile.export.preprocess == "graph":
+        forms.append((RAW_PIXELS_SUFFIX, profile.export))
     for model, (training, member) in trained.items():
         if training not in tasks:
             tasks.append(training)
+        report_needs[f"train:{model}"] = training
         # A model inside a multi-model artifact (a DML peer) is named by its folder there.
         which = {"member": member} if member else {}
-        export = Task("export", model, {"export": profile.export, "data": data, **which}, {"model": training})
-        quantize = Task("quantize", model, {"quantize": profile.quantize, "data": data,
-                                            "int8_flavour": int8_flavour(profile.target), **gate},
-                        {"onnx": export})
-        # The engine stage judges the deployed INT8 engine itself, and re-quantizes where it misses.
-        engine_gate = {"quantize": profile.quantize, "data": data, "int8_flavour": int8_flavour(profile.target),
-                       **gate} if gate and "int8" in precisions else {}
-        engine = Task("engine", model, {"target": profile.target, "precisions": precisions, **shapes, **engine_gate},
-                      {"onnx": export, "quantized": quantize})
-        benchmark = Task("benchmark", model, {"benchmark": profile.benchmark, "target": profile.target,
-                                              "data": data, **which}, {"model": training, "engines": engine})
-        tasks += [export, quantize, engine, benchmark]
-        report_needs[f"benchmark:{model}"] = benchmark
-        report_needs[f"train:{model}"] = training
-        # Read for their estimated and measured times only.
-        report_needs.update({f"export:{model}": export, f"quantize:{model}": quantize, f"engine:{model}": engine})
+        for suffix, export_cfg in forms:
+            variant = model + suffix
+            export = Task("export", variant, {"export": export_cfg, "data": data, **which}, {"model": training})
+            quantize = Task("quantize", variant, {"quantize": profile.quantize, "data": data,
+                                                  "int8_flavour": int8_flavour(profile.target), **gate},
+                            {"onnx": export})
+            # The engine stage judges the deployed INT8 engine itself, and re-quantizes where it misses.
+            engine_gate = {"quantize": profile.quantize, "data": data, "int8_flavour": int8_flavour(profile.target),
+                           **gate} if gate and "int8" in precisions else {}
+            engine = Task("engine", variant, {"target": profile.target, "precisions": precisions, **shapes,
+                                              **engine_gate}, {"onnx": export, "quantized": quantize})
+            benchmark = Task("benchmark", variant, {"benchmark": profile.benchmark, "target": profile.target,
+                                                    "data": data, **which}, {"model": training, "engines": engine})
+            tasks += [export, quantize, engine, benchmark]
+            report_needs[f"benchmark:{variant}"] = benchmark
+            # Read for their estimated and measured times only.
+            report_needs.update({f"export:{variant}": export, f"quantize:{variant}": quantize,
+                                 f"engine:{variant}": engine})
     members = {model: member for model, (_, member) in trained.items() if member}
     deployment = {"target": profile.target.name, "budgets": profile.target.budgets,
                   **({"hardware": profile.target.hardware} if profile.target.hardware else {})}

@@ -46,7 +46,7 @@ def import_runtime(spec: dict) -> None:
 
 
 def load_infer(spec: dict):
-    """A function from a float32 (N, C, H, W) batch to logits."""
+    """A function from a batch, in the form the model takes (see stages.input_contract), to logits."""
     if spec["kind"] == "pytorch":
         import torch
 

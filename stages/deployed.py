@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError, DataError
+from stages.input_contract import takes_raw_pixels
 
 DEPLOY_FILE = "deploy.json"
 CARD_FILE = "model-card.md"
@@ -67,7 +68,10 @@ def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[s
 
 
 def preprocess(pixels: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
-    """uint8 (N, H, W, C) pixels as the model takes them: float32 NCHW, normalized per its contract."""
+    """uint8 (N, H, W, C) pixels as the model takes them: as they are, for a model that normalizes
+    them in its graph; else float32 NCHW, normalized per its contract."""
+    if takes_raw_pixels(contract):
+        return np.ascontiguousarray(pixels)
     mean = np.asarray(contract["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(contract["std"], np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0 - mean) / std)
@@ -91,7 +95,8 @@ def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, A
 
     package = read_package(folder)
     contract = package["input_contract"]
-    size, channels = contract["input_shape"][2], contract["input_shape"][1]
+    shape = contract["input_shape"][1:]
+    size, channels = (shape[0], shape[2]) if takes_raw_pixels(contract) else (shape[1], shape[0])
     files = image_files(paths)
     loaded = [load_image(path, size, channels) for path in files]
     infer = load_runtime(folder, package)
@@ -116,7 +121,7 @@ def model_card(package: dict[str, Any]) -> str:
              f"Deployed by stochkd-pipeline from profile `{package['profile']}`. {package['why']}", "",
              "## What it is", "",
              f"- Network: {package['arch']}, {len(contract['class_names'])} classes, input "
-             f"{contract['input_shape'][1]}x{contract['input_shape'][2]}x{contract['input_shape'][3]}.",
+             f"{'x'.join(str(d) for d in contract['input_shape'][1:])} ({contract['input_layout']}).",
              f"- Method: {package['method']}.",
              f"- Training: {package['training']}.",
              f"- Runtime: {package['backend']} ({package['file']}), computing in {package['compute_precision']}"
@@ -131,7 +136,8 @@ def model_card(package: dict[str, Any]) -> str:
     lines += ["", f"Measured on {package['machine']}.", "", "## How to feed it", "",
               f"- Input `{package['input_name']}`: {contract['input_dtype']} {contract['input_layout']}, "
               f"{contract['preprocessing']}.",
-              f"- mean {contract['mean']}, std {contract['std']} (computed from the training images).",
+              f"- mean {contract['mean']}, std {contract['std']} (computed from the training images"
+              + ("; the graph applies them itself)." if takes_raw_pixels(contract) else ")."),
               f"- Output: {contract['output']}.", f"- `stochkd-pipeline predict {{this folder}} IMAGE...` runs it.",
               "", "## Versions", "", *[f"- {k} {v}" for k, v in sorted(package["versions"].items())], ""]
     return "\n".join(lines)

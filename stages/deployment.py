@@ -35,10 +35,12 @@ def budget_verdict(row: dict[str, Any], budgets: dict[str, Any], fp32_accuracy: 
 def judge_rows(rows: list[dict[str, Any]], budgets: dict[str, Any]) -> None:
     """Adds a ``budget`` verdict to each row measured with the target's own backend; rows measured
     on a stand-in are not the target's figures and get none."""
-    fp32 = {r["model"]: r["test_accuracy"] for r in rows if r["runtime"] != "pytorch" and r["precision"] == "fp32"}
+    # Judged against the fp32 engine taking the same input form (normalized floats or raw pixels).
+    fp32 = {(r["model"], r.get("input")): r["test_accuracy"] for r in rows
+            if r["runtime"] != "pytorch" and r["precision"] == "fp32"}
     for row in rows:
         if "stand_in_for" not in row and row["runtime"] != "pytorch":
-            row["budget"] = budget_verdict(row, budgets, fp32.get(row["model"]))
+            row["budget"] = budget_verdict(row, budgets, fp32.get((row["model"], row.get("input"))))
 
 
 def roofline_rows(layer_costs: dict[str, list[dict[str, Any]]], hardware: dict[str, Any], batch_sizes,

@@ -21,6 +21,7 @@ from stages.backends import get_backend
 from stages.checkpoint import SPEC, read_spec
 from stages.context import StageContext
 from stages.export import ONNX_FILE
+from stages.input_contract import RAW_PIXELS, model_input, per_image_shape, read_contract, takes_raw_pixels
 from stages.onnx_runtime import checked_onnx
 from stages.quantize import precision_file
 
@@ -56,7 +57,8 @@ def build_engines(ctx: StageContext) -> dict:
     sources = {"fp32": checked_onnx(exported.file(ONNX_FILE), made_by="export")}
     sources.update({p: checked_onnx(quantized.file(precision_file(p)), made_by="quantize")
                     for p in ctx.params["precisions"]})
-    image_shape = (spec.in_channels, spec.image_size, spec.image_size)
+    raw = takes_raw_pixels(read_contract(sources["fp32"]))
+    image_shape = per_image_shape(raw, spec)
 
     def build(precision, source):
         return backend.build(source, ctx.output / f"engine.{precision}{backend.engine_suffix}", precision,
@@ -66,9 +68,11 @@ def build_engines(ctx: StageContext) -> dict:
     engines = {precision: build(precision, source) for precision, source in sources.items()}
     if ctx.params.get("max_accuracy_drop") is not None and "int8" in engines:
         engines.update(gate_int8_engine(ctx, backend, build_target, build, sources["fp32"], engines))
-    record = {"backend": backend.name, "target": build_target.model_dump(mode="json"), "engines": engines}
+    record = {"backend": backend.name, "target": build_target.model_dump(mode="json"), "engines": engines,
+              **({"input": RAW_PIXELS} if raw else {})}
     (ctx.output / ENGINES_FILE).write_text(json.dumps(record, indent=2))
-    metrics = {"backend": backend.name, "target": target.name, "engines": engines}
+    metrics = {"backend": backend.name, "target": target.name, "engines": engines,
+               **({"input": RAW_PIXELS} if raw else {})}
     if missing:
         metrics.update(missing=f"{target.backend} for {target.name}: {missing}",
                        stand_in=f"{STAND_IN_BACKEND} on this CPU")
@@ -82,7 +86,8 @@ def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, eng
     from stages.quantize import gated_int8
 
     data = load_dataset(ctx.params["data"])
-    images, labels = data.normalized(data.x_test), data.y_test
+    raw = takes_raw_pixels(read_contract(fp32_source))
+    images, labels = model_input(raw, data, data.x_test), data.y_test
 
     def accuracy_of(precision: str) -> float:
         return engine_accuracy(backend, ctx.output / engines[precision]["file"], target, images, labels)
@@ -103,8 +108,8 @@ def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, eng
         latest.update(build("int8", path))
         return engine_accuracy(backend, ctx.output / latest["file"], target, images, labels)
 
-    result = gated_int8(fp32_source, ctx.output / REQUANTIZED, data.normalized(data.x_train[chosen]), cfg, flavour,
-                        evaluate, fp32, gate, start_keep=len(quantized_kept) + 1,
+    result = gated_int8(fp32_source, ctx.output / REQUANTIZED, model_input(raw, data, data.x_train[chosen]), cfg,
+                        flavour, evaluate, fp32, gate, start_keep=len(quantized_kept) + 1,
                         judged_on=f" on the {backend.name} engine")
     judged["int8"] = {**latest, "test_accuracy": result["test_accuracy"], "max_accuracy_drop": gate,
                       "requantized": {"model": REQUANTIZED, "kept_in_float": result["kept_in_float"],

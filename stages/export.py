@@ -13,7 +13,7 @@ from pipeline.errors import ArtifactError
 from stages.checkpoint import SPEC, load_model, read_spec
 from stages.context import StageContext
 from stages.data import load_dataset
-from stages.input_contract import contract, write_contract
+from stages.input_contract import contract, model_input, write_contract
 from stages.onnx_runtime import make_session, run_batched
 from stages.training import accuracy
 
@@ -32,6 +32,44 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path, opset: int)
                           opset_version=opset, dynamo=True, external_data=False)
 
 
+class RawPixels(torch.nn.Module):
+    """A network that takes uint8 (N, H, W, C) pixels: the layout change, the cast and the
+    normalization become the graph's first operators, which an engine builder can fuse."""
+
+    def __init__(self, network: torch.nn.Module, mean, std) -> None:
+        super().__init__()
+        self.network = network
+        std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one subtraction.
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # named as the exporter's dynamic_shapes name it
+        # Cast first: TensorRT takes a uint8 input only straight into a cast to float.
+        return self.network(x.float().permute(0, 3, 1, 2) * self.scale - self.shift)
+
+
+def read_pixels_through_the_cast(path) -> None:
+    """Rewire every other reader of a uint8 graph input (the exporter's Shape for the batch size) to
+    the Cast's float output, which has the same shape: TensorRT takes a uint8 input only straight
+    into a cast to float (stages.backends.tensorrt_graph.tensorrt_input_problems)."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for tensor in graph.input:
+        if tensor.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        cast = next((n for n in graph.node if n.op_type == "Cast" and tensor.name in n.input), None)
+        if cast is None:
+            continue  # nothing to read through; tensorrt_input_problems names the readers
+        for node in graph.node:
+            if node is not cast:
+                node.input[:] = [cast.output[0] if name == tensor.name else name for name in node.input]
+    onnx.save(model, str(path))
+
+
 def export_model(ctx: StageContext) -> dict:
     import onnx
 
@@ -41,12 +79,16 @@ def export_model(ctx: StageContext) -> dict:
     model = load_model(source, spec)
     data = load_dataset(data_cfg)
     path = ctx.output / ONNX_FILE
-    example = torch.from_numpy(data.normalized(data.x_test[:2]))
-    export_onnx(model, example, path, cfg.opset)
+    raw = cfg.preprocess == "graph"
+    exported = RawPixels(model, spec.mean, spec.std) if raw else model
+    export_onnx(exported, torch.from_numpy(model_input(raw, data, data.x_test[:2])), path, cfg.opset)
+    if raw:
+        read_pixels_through_the_cast(path)
     shutil.copy(source / SPEC, ctx.output / SPEC)
     write_contract(path, contract(spec, data.class_names, {"trained": ctx.inputs["model"].path.name,
                                                            **({"member": ctx.params["member"]}
-                                                              if ctx.params.get("member") else {})}))
+                                                              if ctx.params.get("member") else {})},
+                                  raw_pixels=raw))
 
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)
@@ -55,7 +97,7 @@ def export_model(ctx: StageContext) -> dict:
         raise ArtifactError(f"{path}: the exported graph holds random operations {random_ops}; "
                             f"the network must export in evaluation mode")
     images = data.normalized(data.x_test)
-    onnx_logits = run_batched(make_session(path), images)
+    onnx_logits = run_batched(make_session(path), model_input(raw, data, data.x_test))
     with torch.inference_mode():
         torch_logits = torch.cat([model(torch.from_numpy(chunk)) for chunk in np.array_split(
             images, max(1, len(images) // 256))]).numpy()
@@ -78,4 +120,5 @@ def export_model(ctx: StageContext) -> dict:
         "pytorch_test_accuracy": accuracy(torch_logits, data.y_test),
         "checker": "passed",
         "operators": sorted({n.op_type for n in graph.graph.node}),
+        "input": "uint8 NHWC pixels" if raw else "float32 NCHW, normalized",
     }

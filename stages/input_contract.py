@@ -9,16 +9,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PREFIX = "stochkd."
 
 
-def contract(spec, class_names, sources: dict[str, str]) -> dict[str, str]:
+# The two forms a model can take its images in: normalized float (N, C, H, W), the network's own
+# input; or raw pixels, uint8 (N, H, W, C), normalized inside the graph (export.preprocess: graph).
+RAW_PIXELS = "uint8"
+# The deployment tasks (export to benchmark) of a model's raw-pixel form are named MODEL_uint8.
+RAW_PIXELS_SUFFIX = "_" + RAW_PIXELS
+
+
+def contract(spec, class_names, sources: dict[str, str], raw_pixels: bool = False) -> dict[str, str]:
     """The metadata entries for a model of ``spec`` (all strings, as ONNX stores them)."""
+    size, channels = spec.image_size, spec.in_channels
+    if raw_pixels:
+        form = {"input_layout": "NHWC", "input_dtype": RAW_PIXELS,
+                "input_shape": json.dumps(["batch", size, size, channels]),
+                "preprocessing": "none: raw pixels 0-255, RGB order for 3 channels; the graph computes "
+                                 "(pixel / 255 - mean) / std per channel itself"}
+    else:
+        form = {"input_layout": "NCHW", "input_dtype": "float32",
+                "input_shape": json.dumps(["batch", channels, size, size]),
+                "preprocessing": "x = (pixel / 255 - mean) / std, per channel, RGB order for 3 channels"}
     return {
-        f"{PREFIX}input_layout": "NCHW",
-        f"{PREFIX}input_dtype": "float32",
-        f"{PREFIX}input_shape": json.dumps(["batch", spec.in_channels, spec.image_size, spec.image_size]),
-        f"{PREFIX}preprocessing": "x = (pixel / 255 - mean) / std, per channel, RGB order for 3 channels",
+        **{f"{PREFIX}{key}": value for key, value in form.items()},
         f"{PREFIX}mean": json.dumps(list(spec.mean)),
         f"{PREFIX}std": json.dumps(list(spec.std)),
         f"{PREFIX}class_names": json.dumps(list(class_names)),
@@ -64,3 +80,19 @@ def copy_contract(source: Path, target: Path, **extra: str) -> None:
                if p.key.startswith(PREFIX)}
     entries.update({f"{PREFIX}{k}": v for k, v in extra.items()})
     write_contract(target, entries)
+
+
+def takes_raw_pixels(entries: dict[str, Any]) -> bool:
+    """Whether a model with this (decoded) contract takes uint8 (N, H, W, C) pixels."""
+    return entries.get("input_dtype") == RAW_PIXELS
+
+
+def model_input(raw_pixels: bool, data, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) ``images`` of ``data`` in the form a model takes them."""
+    return np.ascontiguousarray(images) if raw_pixels else data.normalized(images)
+
+
+def per_image_shape(raw_pixels: bool, spec) -> tuple[int, int, int]:
+    """The input shape of one image, without the batch axis."""
+    size, channels = spec.image_size, spec.in_channels
+    return (size, size, channels) if raw_pixels else (channels, size, size)

@@ -96,7 +96,8 @@ def node_placement(session, sample: np.ndarray) -> dict[str, int]:
 
 
 def run_batched(session, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for float32 (N, C, H, W) inputs, in batches of ``batch_size``."""
+    """Logits for a model's inputs (float32 N x C x H x W, or uint8 N x H x W x C pixels for a model
+    that normalizes them itself), in batches of ``batch_size``."""
     name = session.get_inputs()[0].name
     outputs = [session.run(None, {name: images[i:i + batch_size]})[0]
                for i in range(0, len(images), batch_size)]

@@ -24,7 +24,7 @@ from pipeline.errors import ArtifactError
 from stages.context import StageContext
 from stages.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
-from stages.input_contract import copy_contract
+from stages.input_contract import copy_contract, model_input, read_contract, takes_raw_pixels
 from stages.onnx_runtime import checked_onnx, make_session, run_batched
 from stages.training import accuracy
 
@@ -231,7 +231,8 @@ def convert_fp16(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # Inputs and outputs stay float32 so callers feed the same arrays to every precision.
+    # Inputs and outputs keep their types (float32, or uint8 pixels) so callers feed the same arrays
+    # to every precision.
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(target))
 
@@ -240,7 +241,8 @@ def quantize_model(ctx: StageContext) -> dict:
     cfg, data_cfg, flavour = ctx.params["quantize"], ctx.params["data"], ctx.params["int8_flavour"]
     source = checked_onnx(ctx.inputs["onnx"].file(ONNX_FILE), made_by="export")
     data = load_dataset(data_cfg)
-    test_images = data.normalized(data.x_test)
+    raw = takes_raw_pixels(read_contract(source))
+    test_images = model_input(raw, data, data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],
                               "size_bytes": source.stat().st_size}}
 
@@ -254,7 +256,7 @@ def quantize_model(ctx: StageContext) -> dict:
             details = {"calibration_images": len(chosen), "calibration_method": calibration_method(cfg, flavour),
                        "int8_tool": int8_tool(cfg, flavour),
                        "flavour": flavour, "per_channel": cfg.per_channel,
-                       **gated_int8(source, path, data.normalized(data.x_train[chosen]), cfg, flavour, evaluate,
+                       **gated_int8(source, path, model_input(raw, data, data.x_train[chosen]), cfg, flavour, evaluate,
                                     metrics["fp32"]["test_accuracy"], ctx.params.get("max_accuracy_drop"))}
         else:
             convert_fp16(source, path)

@@ -7,6 +7,7 @@ from typing import Any
 
 from stages.context import StageContext, member_metrics
 from stages.deployment import judge_rows, render_estimate, roofline_rows
+from stages.input_contract import RAW_PIXELS_SUFFIX
 
 MODEL_LABELS = {
     "teacher": "teacher",
@@ -177,7 +178,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if energy:
             optional_cells += f"{r['energy_mj_per_image']:.3f} | " if "energy_mj_per_image" in r else "– | "
         lines.append(
-            f"| {model_label(r['model'])} | {runtime} | {r.get('device', 'cpu')} | {r['precision']} | "
+            f"| {model_label(r['model'])} | {runtime} | {r.get('device', 'cpu')} | {precision_label(r)} | "
             f"{r['compute_precision']} | "
             f"{r['batch_size']} | {_pct(r['test_accuracy'])} | {r['latency_p50_ms']:.3f} | "
             f"{r['latency_p90_ms']:.3f} | {r['latency_p99_ms']:.3f} | "
@@ -217,12 +218,14 @@ def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict
         if not engines:
             continue
         largest = max(r["batch_size"] for r in engines)
-        at_largest = {r["precision"]: r for r in engines if r["batch_size"] == largest}
+        at_largest = {engine_form(r): r for r in engines if r["batch_size"] == largest}
         within = [r for r in at_largest.values() if str(r.get("budget") or "").startswith("within")]
         chosen = max(within or at_largest.values(), key=lambda r: r["throughput_images_per_s"])
-        precision, fp32 = chosen["precision"], at_largest.get("fp32")
-        smallest = min((r for r in engines if r["precision"] == precision), key=lambda r: r["batch_size"])
-        verdicts = [r.get("budget") for r in engines if r["precision"] == precision and r.get("budget")]
+        precision, form = chosen["precision"], engine_form(chosen)
+        fp32 = at_largest.get(("fp32", chosen.get("input")))  # the same input form's fp32 engine
+        same = [r for r in engines if engine_form(r) == form]
+        smallest = min(same, key=lambda r: r["batch_size"])
+        verdicts = [r.get("budget") for r in same if r.get("budget")]
         over = [v for v in verdicts if v.startswith("over")]
         summary.append({
             "model": model, "runtime": chosen["runtime"], "precision": precision,
@@ -235,8 +238,19 @@ def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict
             "speedup_over_fp32": (chosen["throughput_images_per_s"] / fp32["throughput_images_per_s"]
                                   if fp32 else None),
             "budget": ("; ".join(over) if over else "within" if verdicts else None),
+            **({"input": chosen["input"]} if "input" in chosen else {}),
             **({"stand_in_for": chosen["stand_in_for"]} if "stand_in_for" in chosen else {})})
     return summary
+
+
+def engine_form(row: dict[str, Any]) -> tuple[str, str | None]:
+    """An engine's precision and input form (None: normalized float; "uint8": raw pixels)."""
+    return row["precision"], row.get("input")
+
+
+def precision_label(row: dict[str, Any]) -> str:
+    """"int8", or "int8 on uint8 pixels" for a model that normalizes raw pixels in its graph."""
+    return row["precision"] + (f" on {row['input']} pixels" if row.get("input") else "")
 
 
 def render_summary(report: dict[str, Any]) -> list[str]:
@@ -255,7 +269,7 @@ def render_summary(report: dict[str, Any]) -> list[str]:
         drop = s["drop_from_fp32_points"]
         speedup = s["speedup_over_fp32"]
         lines.append(
-            f"| {model_label(s['model'])} | {s['runtime']} {s['precision']} (computes in {s['compute_precision']}) | "
+            f"| {model_label(s['model'])} | {s['runtime']} {precision_label(s)} (computes in {s['compute_precision']}) | "
             f"{_pct(s['test_accuracy'])} | {'–' if drop is None else f'{round(-drop, 2) + 0.0:+.2f}'} | "
             f"{s['latency_p50_ms_smallest_batch']:.3f} (batch {s['smallest_batch']}) | "
             f"{s['latency_p50_ms_largest_batch']:.3f} (batch {s['largest_batch']}) | "
@@ -281,15 +295,17 @@ def render_speedups(report: dict[str, Any]) -> list[str]:
     batch = report["plot_batch_size"]
     lines = []
     for model in report["models"]:
-        rows = {r["precision"]: r for r in report["rows"]
-                if r["model"] == model and r["runtime"] != "pytorch" and r["batch_size"] == batch}
-        if "fp32" not in rows:
-            continue
-        ratios = [f"{p} {rows[p]['throughput_images_per_s'] / rows['fp32']['throughput_images_per_s']:.2f}× "
-                  f"({_pct(rows[p]['test_accuracy'])} % vs {_pct(rows['fp32']['test_accuracy'])} %)"
-                  for p in ("int8", "fp16") if p in rows]
-        if ratios:
-            lines.append(f"- {model_label(model)}: " + ", ".join(ratios))
+        engines = [r for r in report["rows"]
+                   if r["model"] == model and r["runtime"] != "pytorch" and r["batch_size"] == batch]
+        for form in dict.fromkeys(r.get("input") for r in engines):
+            rows = {r["precision"]: r for r in engines if r.get("input") == form}
+            if "fp32" not in rows:
+                continue
+            ratios = [f"{p} {rows[p]['throughput_images_per_s'] / rows['fp32']['throughput_images_per_s']:.2f}× "
+                      f"({_pct(rows[p]['test_accuracy'])} % vs {_pct(rows['fp32']['test_accuracy'])} %)"
+                      for p in ("int8", "fp16") if p in rows]
+            if ratios:
+                lines.append(f"- {model_label(model)}{f' on {form} pixels' if form else ''}: " + ", ".join(ratios))
     if not lines:
         return []
     return ["", f"Throughput against fp32 on the same runtime at batch {batch} (mean latency, measured in the "
@@ -305,13 +321,13 @@ def plot(report: dict[str, Any], path) -> None:
     from matplotlib.lines import Line2D
 
     batch = report["plot_batch_size"]
-    artifacts = sorted({(r["runtime"], r["precision"]) for r in report["rows"]})
-    markers = dict(zip(artifacts, "osD^vP*X"))
+    artifacts = sorted({(r["runtime"], precision_label(r)) for r in report["rows"]})
+    markers = {a: "osD^vP*Xhd<>"[i % 12] for i, a in enumerate(artifacts)}
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, model in enumerate(report["models"]):
         for r in (r for r in report["rows"] if r["model"] == model and r["batch_size"] == batch):
             ax.scatter(r["latency_p50_ms"], 100 * r["test_accuracy"], color=f"C{i}", s=60,
-                       marker=markers[(r["runtime"], r["precision"])], edgecolors="black", linewidths=0.5)
+                       marker=markers[(r["runtime"], precision_label(r))], edgecolors="black", linewidths=0.5)
     model_handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=model_label(m))
                      for i, m in enumerate(report["models"])]
     artifact_handles = [Line2D([], [], color="grey", marker=markers[a], linestyle="", label=f"{a[0]} {a[1]}")
@@ -403,7 +419,10 @@ def training_history(artifact, member: str | None) -> list[dict[str, float]]:
 def write_report(ctx: StageContext) -> dict:
     models = ctx.params["models"]
     # Rows are labelled by the role they fill here: two models with identical settings share one artifact.
-    rows = [{**row, "model": m} for m in models for row in ctx.inputs[f"benchmark:{m}"].metrics["rows"]]
+    # A model's raw-pixel form (export.preprocess: graph) is benchmarked as MODEL_uint8; its engine rows
+    # say so in "input" and are reported with the model.
+    rows = [{**row, "model": m} for m in models for variant in (m, m + RAW_PIXELS_SUFFIX)
+            if f"benchmark:{variant}" in ctx.inputs for row in ctx.inputs[f"benchmark:{variant}"].metrics["rows"]]
     members = ctx.params.get("members", {})
     training = {m: member_metrics(ctx.inputs[f"train:{m}"].metrics, members.get(m)) for m in models}
     first = ctx.inputs[f"benchmark:{models[0]}"].metrics

@@ -96,11 +96,13 @@ class DataType(enum.IntEnum):
     HALF = 1
     INT8 = 2
     INT32 = 3
+    BOOL = 4
+    UINT8 = 5
 
 
 def nptype(trt_type):
     return {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
-            DataType.INT32: np.int32}[trt_type]
+            DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8}[trt_type]
 
 
 class IHostMemory:
@@ -200,10 +202,17 @@ class OnnxParser:
                 if zero is not None and (zero.data_type != TensorProto.INT8 or numpy_helper.to_array(zero).any()):
                     self._errors.append(ParserError(f"In node {node.name}: TensorRT supports only symmetric int8 "
                                                     f"quantization (zero point of type int8 and value 0)"))
+        raw = [i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.UINT8]
+        for node in graph.node:
+            if any(name in node.input for name in raw) and node.op_type != "Cast":
+                # TensorRT takes a uint8 network input only straight into a cast to float.
+                self._errors.append(ParserError(f"In node {node.name} ({node.op_type}): UINT8 input must be "
+                                                f"consumed by a Cast layer"))
         if self._errors:
             return False
         network = self._network
-        network._inputs = [ITensor(i.name) for i in graph.input if i.name not in inits]
+        network._inputs = [ITensor(i.name, DataType.UINT8 if i.name in raw else DataType.FLOAT)
+                           for i in graph.input if i.name not in inits]
         network._layers = [ILayer(n.name or n.op_type, n.op_type) for n in graph.node
                            if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
         if any(n.op_type == "QuantizeLinear" for n in graph.node):
@@ -340,7 +349,8 @@ class Builder:
                 and BuilderFlag.GPU_FALLBACK not in config._flags:
             return None
         name = network._inputs[0].name
-        plan = {"device": DEVICE, "input": name, "precision": network.precision,
+        plan = {"device": DEVICE, "input": name, "input_dtype": int(network._inputs[0].dtype),
+                "precision": network.precision,
                 "tf32": BuilderFlag.TF32 in config._flags, "dla": on_dla,
                 "profiles": [[list(s) for s in p.shapes[name]] for p in config._profiles],
                 "layers": [layer.name for layer in network._layers]}
@@ -388,6 +398,8 @@ class ICudaEngine:
         return {self._plan["input"]: TensorIOMode.INPUT, "logits": TensorIOMode.OUTPUT}.get(name, TensorIOMode.NONE)
 
     def get_tensor_dtype(self, name):
+        if name == self._plan["input"]:
+            return DataType(self._plan.get("input_dtype", DataType.FLOAT))
         return DataType.FLOAT
 
     def get_tensor_profile_shape(self, name, profile_index):

@@ -302,3 +302,52 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(bad)], capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot read it as an image" in done.stderr
+
+
+def test_raw_pixel_models_are_built_beside_the_float_ones_and_predict_from_pixels(first_run, tmp_path):
+    """export.preprocess: graph adds each model's raw-pixel form (uint8 NHWC in, normalized in the graph)
+    from export to benchmark; the float form's tasks keep their keys, so only the new ones run. The
+    deployed raw-pixel engine classifies PNGs exactly as its benchmark scored it."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import DataConfig
+    from stages.data import load_dataset
+    from stages.input_contract import read_contract
+
+    artifacts = shutil.copytree(first_run[0], tmp_path / "artifacts")
+    done = cli("run", str(TINY), "--set", "export.preprocess=graph", artifacts=artifacts)
+    assert done.returncode == 0, done.stdout + done.stderr
+    models = ("teacher", "student", "kd", "stochastic_kd")
+    assert ran_tasks(done.stdout) == {f"{stage}:{model}_uint8" for stage in ("export", "quantize", "engine", "benchmark")
+                                      for model in models} | {"report"}
+    report = json.loads((artifacts / "tiny" / "report.json").read_text())
+    raw_rows = [r for r in report["rows"] if r.get("input") == "uint8"]
+    assert {(r["model"], r["precision"]) for r in raw_rows} == {(m, p) for m in models for p in ("fp32", "int8", "fp16")}
+    assert all(r["runtime"] == "onnxruntime" for r in raw_rows)  # the PyTorch reference is measured once
+    markdown = (artifacts / "tiny" / "report.md").read_text()
+    assert "int8 on uint8 pixels" in markdown
+
+    done = cli("deploy", str(TINY), "--set", "export.preprocess=graph", "--model", "stochastic_kd", "--precision",
+               "int8", "--input", "uint8", "-o", str(tmp_path / "deployed"), artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    package = json.loads((tmp_path / "deployed" / "deploy.json").read_text())
+    assert package["input_contract"]["input_dtype"] == "uint8" and package["input_contract"]["input_layout"] == "NHWC"
+    engine = tmp_path / "deployed" / package["file"]
+    assert read_contract(engine)["input_shape"] == ["batch", 8, 8, 1]
+    data = load_dataset(DataConfig())
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, pixels in enumerate(data.x_test):
+        Image.fromarray(pixels[..., 0], mode="L").save(pictures / f"{i:04d}.png")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(tmp_path / "deployed"), str(pictures),
+                           "--json", "--top-k", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    predicted = np.array([r["top"][0]["index"] for r in json.loads(done.stdout)])
+    scored = next(r["test_accuracy"] for r in raw_rows if r["model"] == "stochastic_kd" and r["precision"] == "int8")
+    assert float((predicted == data.y_test).mean()) == scored
+
+    done = cli("deploy", str(TINY), "--input", "uint8", "-o", str(tmp_path / "none"), artifacts=artifacts)
+    assert done.returncode == 2 and "export.preprocess: graph" in done.stderr

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtifactError
+from stages.backends.tensorrt_graph import tensorrt_input_problems
 from stages.onnx_runtime import make_session, node_placement
 
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
@@ -104,6 +105,9 @@ class OnnxRuntimeBackend:
 
         provider = target.execution_provider
         if provider == TENSORRT_PROVIDER:
+            problems = tensorrt_input_problems(onnx_path)
+            if problems:  # TensorRT would leave those nodes to the CPU, which GPU engines may not use
+                raise ArtifactError(f"{onnx_path}: {problems[0]}; rerun the export stage with --force")
             # ONNX Runtime refuses to save a graph holding compiled nodes: the engine file is the graph
             # itself, and what TensorRT compiles from it lives in the provider's caches.
             shutil.copyfile(onnx_path, engine_path)
@@ -126,7 +130,8 @@ class OnnxRuntimeBackend:
         profiled = make_session(engine_path, threads=target.threads, optimization="disabled", provider=provider,
                                 provider_options=options, profile_prefix=engine_path.parent / "placement")
         _check_provider(profiled, provider, engine_path)
-        sample = np.zeros((min(batch_sizes), *(image_shape or _static_shape(profiled))), np.float32)
+        dtype = np.uint8 if profiled.get_inputs()[0].type == "tensor(uint8)" else np.float32  # raw pixels or not
+        sample = np.zeros((min(batch_sizes), *(image_shape or _static_shape(profiled))), dtype)
         placement = node_placement(profiled, sample)
         if provider != "CPUExecutionProvider" and placement.get("CPUExecutionProvider"):
             raise ArtifactError(f"{engine_path.name}: {placement['CPUExecutionProvider']} of its nodes ran on the CPU, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ArtifactError
-from stages.backends.tensorrt_graph import tensorrt_int8_problems
+from stages.backends.tensorrt_graph import tensorrt_input_problems, tensorrt_int8_problems
 from stages.backends.tensorrt_settings import (BuildSettings, apply_settings, attach_timing_cache, builder_settings,
                                                check_batch_covered, check_built_precision, layer_precisions,
                                                network_flags, profile_for)
@@ -66,6 +66,9 @@ class TensorRTBackend:
     def build(self, onnx_path: Path, engine_path: Path, precision: str, target: Any, *,
               batch_sizes, image_shape, shared: Path | None = None) -> dict[str, Any]:
         trt = _import_tensorrt()
+        problems = tensorrt_input_problems(onnx_path)
+        if problems:
+            raise ArtifactError(f"{onnx_path}: {problems[0]}; rerun the export stage with --force")
         if precision == "int8":
             problems = tensorrt_int8_problems(onnx_path)
             if problems:

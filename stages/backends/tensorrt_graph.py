@@ -7,6 +7,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def tensorrt_input_problems(model_path: Path) -> list[str]:
+    """uint8 graph inputs that feed anything but a Cast: TensorRT takes uint8 only as a network input
+    cast to float at once; no other layer, not even a transpose, accepts it (TensorRT issue 3985)."""
+    import onnx
+    from onnx import TensorProto
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    problems = []
+    for tensor in graph.input:
+        if tensor.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        for node in graph.node:
+            if tensor.name in node.input and node.op_type != "Cast":
+                problems.append(f"uint8 input {tensor.name} feeds {node.op_type} node {node.name} (TensorRT needs "
+                                f"it cast to float first)")
+    return problems
+
+
 def tensorrt_int8_problems(model_path: Path) -> list[str]:
     """Every way the Q/DQ graph at ``model_path`` departs from what TensorRT takes; empty if none."""
     import onnx

@@ -238,3 +238,12 @@ def test_tensorrt_engines_are_keyed_by_their_batch_range():
     before = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
     after = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS + ["benchmark.batch_sizes=[1,8,64]"]))}
     assert {t.split(":")[0] for t in before if before[t] != after[t]} == {"engine", "benchmark", "report"}
+
+
+def test_raw_pixel_forms_add_their_own_deployment_tasks_and_leave_the_float_ones_alone():
+    before, after = _keys(), _keys(["export.preprocess=graph"])
+    added = set(after) - set(before)
+    models = ("teacher", "student", "kd", "stochastic_kd")
+    assert added == {f"{stage}:{model}_uint8" for stage in ("export", "quantize", "engine", "benchmark")
+                     for model in models}
+    assert {task for task in before if before[task] != after[task]} == {"report"}

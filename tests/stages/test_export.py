@@ -43,3 +43,22 @@ def test_huge_logits_are_judged_relative_to_their_size(tmp_path):
                                         inputs={"model": StageInput(tmp_path / "model", {})},
                                         output=tmp_path / "out"))
     assert metrics["max_abs_logit"] > 1e4 and metrics["top1_agreement"] == 1.0
+
+
+def test_a_raw_pixel_export_takes_uint8_nhwc_and_computes_what_the_network_does_on_normalized_images(tmp_path):
+    from stages.export import RawPixels, read_pixels_through_the_cast
+    from stages.onnx_runtime import make_session, run_batched
+
+    data = load_dataset(DataConfig())
+    torch.manual_seed(0)
+    model = build_model("resnet8", data.num_classes, data.in_channels).eval()
+    path = tmp_path / "pixels.onnx"
+    export_onnx(RawPixels(model, data.mean, data.std), torch.from_numpy(data.x_test[:2]), path, 18)
+    read_pixels_through_the_cast(path)
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [n.op_type for n in graph.node if graph.input[0].name in n.input] == ["Cast"]  # and nothing else reads it
+    onnx_logits = run_batched(make_session(path), data.x_test)
+    with torch.inference_mode():
+        torch_logits = model(torch.from_numpy(data.normalized(data.x_test))).numpy()
+    assert np.abs(onnx_logits - torch_logits).max() < 1e-4

@@ -65,3 +65,20 @@ def test_the_glance_table_deploys_the_fastest_engine_within_budget():
            "12.5 | 1.66× | within |" in table
     without_budgets = [{k: v for k, v in r.items() if k != "budget"} for r in rows]
     assert deployed_summary(without_budgets, ["kd"])[0]["precision"] == "int8"  # no budget: the fastest
+
+
+def test_raw_pixel_engines_are_judged_against_their_own_fp32_and_can_be_the_one_deployed():
+    from stages.deployment import judge_rows
+    from stages.report import deployed_summary, render_summary
+
+    pixels = {"input": "uint8"}
+    rows = [engine_row("fp32", 64, 0.70, 20.0, 3200), engine_row("int8", 64, 0.69, 8.0, 8000),
+            {**engine_row("fp32", 64, 0.68, 18.0, 3500), **pixels},
+            {**engine_row("int8", 64, 0.675, 7.0, 9100), **pixels}]
+    judge_rows(rows, {"max_accuracy_drop": 0.6})
+    # Each form's int8 against the same form's fp32: 1.0 point for the float form, 0.5 for raw pixels.
+    assert [r["budget"] for r in rows] == ["within", "over: accuracy −1.00 > 0.6 pts", "within", "within"]
+    [kd] = deployed_summary(rows, ["kd"])
+    assert (kd["precision"], kd["input"]) == ("int8", "uint8")
+    assert kd["drop_from_fp32_points"] == pytest.approx(0.5) and kd["speedup_over_fp32"] == pytest.approx(9100 / 3500)
+    assert "onnxruntime int8 on uint8 pixels (computes in int8)" in "\n".join(render_summary({"summary": [kd]}))

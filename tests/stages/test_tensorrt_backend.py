@@ -131,3 +131,48 @@ def test_an_int8_graph_with_int32_biases_is_refused_before_the_parser_would(stan
     parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
     assert parser.parse((tmp_path / "int8.onnx").read_bytes()) is False
     assert "INT32 is not supported" in str(parser.get_error(0))
+
+
+def raw_pixel_model(path, cast_first: bool = True):
+    """A ResNet-8 taking uint8 (N, 16, 16, 3) pixels, exported as the export stage does, or (for
+    ``cast_first`` False) with the transpose ahead of the cast."""
+    import torch
+
+    from stages.architectures import build_model
+    from stages.export import RawPixels, export_onnx, read_pixels_through_the_cast
+
+    class TransposeFirst(RawPixels):
+        def forward(self, x):
+            return self.network(x.permute(0, 3, 1, 2).float() * self.scale - self.shift)
+
+    torch.manual_seed(0)
+    wrapper = RawPixels if cast_first else TransposeFirst
+    export_onnx(wrapper(build_model("resnet8", 10, 3), (0.5,) * 3, (0.25,) * 3),
+                torch.zeros(2, 16, 16, 3, dtype=torch.uint8), path, 18)
+    read_pixels_through_the_cast(path)
+    return path
+
+
+def test_a_raw_pixel_model_builds_with_nhwc_profiles_and_a_uint8_input(standin_tensorrt, tmp_path):
+    from stages.backends.tensorrt_backend import TensorRTBackend, TensorRTRunner
+
+    onnx_path = raw_pixel_model(tmp_path / "pixels.onnx")
+    record = TensorRTBackend().build(onnx_path, tmp_path / "engine.fp32.plan", "fp32", TargetConfig(backend="tensorrt"),
+                                     batch_sizes=(1, 8), image_shape=(16, 16, 3), shared=None)
+    assert record["settings"]["profiles"][0][0] == [1, 16, 16, 3]
+    engine = standin_tensorrt.Runtime(standin_tensorrt.Logger()).deserialize_cuda_engine(
+        (tmp_path / record["file"]).read_bytes())
+    assert standin_tensorrt.nptype(engine.get_tensor_dtype(engine.get_tensor_name(0))) is np.uint8
+    assert TensorRTRunner  # the runner reads its buffers' dtype from the engine (trt.nptype)
+
+
+def test_a_uint8_input_that_does_not_go_straight_into_a_cast_is_refused_before_building(standin_tensorrt, tmp_path):
+    from stages.backends.tensorrt_backend import TensorRTBackend
+    from stages.backends.tensorrt_graph import tensorrt_input_problems
+
+    assert tensorrt_input_problems(raw_pixel_model(tmp_path / "good.onnx")) == []
+    bad = raw_pixel_model(tmp_path / "bad.onnx", cast_first=False)
+    assert any("feeds Transpose" in problem for problem in tensorrt_input_problems(bad))
+    with pytest.raises(ArtifactError, match="cast to float first"):
+        TensorRTBackend().build(bad, tmp_path / "engine.fp32.plan", "fp32", TargetConfig(backend="tensorrt"),
+                                batch_sizes=(1,), image_shape=(16, 16, 3), shared=None)
