@@ -32,8 +32,14 @@ RESULTS_FILE = "results.json"
 DISTURBED_SHARE = 0.10
 
 
+def disturbed_row(row: dict) -> bool:
+    """Whether other processes took more than DISTURBED_SHARE of the cores, or of the GPU, while
+    this row was timed."""
+    return max(row.get("other_cpu_share", 0.0), row.get("other_gpu_share", 0.0)) > DISTURBED_SHARE
+
+
 def disturbed(result: dict) -> bool:
-    return any(row.get("other_cpu_share", 0.0) > DISTURBED_SHARE for row in result["latency"])
+    return any(disturbed_row(row) for row in result["latency"])
 
 
 def measured_undisturbed(spec: dict, scratch: Path, label: str) -> dict:
@@ -106,7 +112,7 @@ def benchmark_model(ctx: StageContext) -> dict:
                     "threads": threads, "device": result["device"],
                     **({"stand_in_for": target.backend} if stand_in and runtime != "pytorch" else {}),
                     **({"input": RAW_PIXELS} if raw else {}),
-                    **({"disturbed": True} if timing.get("other_cpu_share", 0.0) > DISTURBED_SHARE else {}),
+                    **({"disturbed": True} if disturbed_row(timing) else {}),
                     **({"rerun_after_disturbance": True} if result.get("rerun") else {})})
             advance(1)
     (ctx.output / RESULTS_FILE).write_text(json.dumps(rows, indent=1))

@@ -82,21 +82,56 @@ def _namespace(value):
 class MachineLoad:
     """The CPU time other processes spent while a measurement ran, as a share of the machine's
     cores (from /proc/stat, less this process's own time): a latency measured next to a busy
-    neighbour measures the neighbour too. ``share`` is None where /proc/stat cannot be read."""
+    neighbour measures the neighbour too. ``share`` is None where /proc/stat cannot be read.
+
+    On a GPU (``device`` cuda), ``gpu_share`` is what other processes used of its streaming
+    multiprocessors meanwhile: NVML's per-process utilisation samples taken since the start, the
+    mean of each other process's, summed. None where NVML gives no such samples."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
 
     def __enter__(self) -> "MachineLoad":
         self.start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        # NVML stamps its samples in microseconds of the wall clock.
+        self.gpu_since = int(time.time() * 1e6)
         self.share: float | None = None
+        self.gpu_share: float | None = None
         return self
 
     def __exit__(self, *exc) -> None:
         busy, own, wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        if self.device == "cuda":
+            self.gpu_share = other_gpu_share(self.gpu_since)
         if busy is None or self.start[0] is None:
             return
         import os
 
         others = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
         self.share = others / max(1e-9, (wall - self.start[2]) * (os.cpu_count() or 1))
+
+
+def other_gpu_share(since_us: int) -> float | None:
+    """The streaming-multiprocessor share other processes used on GPU 0 since ``since_us``."""
+    import os
+
+    from stages.power import nvml_handle
+
+    nvml = nvml_handle()
+    if nvml is None:
+        return None
+    pynvml, handle = nvml
+    try:
+        samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
+    except pynvml.NVMLError_NotFound:
+        return 0.0  # no process was sampled busy since then
+    except pynvml.NVMLError:
+        return None  # not supported on this GPU or driver
+    by_process: dict[int, list[int]] = {}
+    for sample in samples:
+        if sample.pid != os.getpid() and sample.timeStamp > since_us:
+            by_process.setdefault(sample.pid, []).append(sample.smUtil)
+    return sum(sum(values) / len(values) for values in by_process.values()) / 100.0
 
 
 def _busy_seconds() -> float | None:
@@ -132,7 +167,8 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
         if stages_ms is not None:
             stages_ms.clear()
         times = np.empty(iterations)
-        with EnergyMeter(getattr(infer, "device", "cpu")) as meter, MachineLoad() as load:
+        device = getattr(infer, "device", "cpu")
+        with EnergyMeter(device) as meter, MachineLoad(device) as load:
             for i in range(iterations):
                 start = time.perf_counter()
                 infer(batch)
@@ -146,6 +182,8 @@ def time_batches(infer, images: np.ndarray, batch_sizes, warmup: int, iterations
                 extra[f"{name}_p50_ms"] = float(np.median(column))
         if load.share is not None:
             extra["other_cpu_share"] = load.share
+        if load.gpu_share is not None:
+            extra["other_gpu_share"] = load.gpu_share
         if meter.joules is not None:
             extra["energy_mj_per_image"] = 1e3 * meter.joules / (iterations * batch_size)
             extra["energy_source"] = meter.source

@@ -43,7 +43,7 @@ def power_state() -> dict[str, Any]:
         if value:
             state["gpu_mhz"] = int(value) // 1_000_000
             break
-    nvml = _nvml_handle()
+    nvml = nvml_handle()
     if nvml:
         pynvml, handle = nvml
         state["gpu_sm_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
@@ -51,7 +51,8 @@ def power_state() -> dict[str, Any]:
     return state
 
 
-def _nvml_handle():
+def nvml_handle():
+    """(pynvml, the handle of GPU 0), or None where NVML cannot be used."""
     try:
         import pynvml
 
@@ -118,7 +119,7 @@ class EnergyMeter:
         self._read = None
 
     def __enter__(self) -> "EnergyMeter":
-        nvml = _nvml_handle() if self.device == "cuda" else None
+        nvml = nvml_handle() if self.device == "cuda" else None
         if nvml:
             pynvml, handle = nvml
             try:

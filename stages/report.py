@@ -196,14 +196,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     disturbed = [r for r in report["rows"] if r.get("disturbed")]
     if disturbed:
         lines += ["", f"**Disturbed measurements.** Other processes used more than 10 % of this machine's cores "
-                  f"while these were timed, even after a rerun, so their latencies measure the neighbours too: "
-                  + "; ".join(f"{model_label(r['model'])} {r['runtime']} {r['precision']} at batch {r['batch_size']} "
-                              f"({100 * r['other_cpu_share']:.0f} %)" for r in disturbed) + "."]
+                  f"(or of its GPU) while these were timed, even after a rerun, so their latencies measure the "
+                  f"neighbours too: "
+                  + "; ".join(f"{model_label(r['model'])} {r['runtime']} {precision_label(r)} at batch "
+                              f"{r['batch_size']} ({neighbours(r)})" for r in disturbed) + "."]
     lines += render_speedups(report)
     lines += render_timings(report)
     if report.get("estimate"):
         lines += render_estimate(report, model_label)
     return "\n".join(lines + [""])
+
+
+def neighbours(row: dict[str, Any]) -> str:
+    """What other processes took while a row was timed: "35 % of the cores, 20 % of the GPU"."""
+    parts = [f"{100 * row[key]:.0f} % of the {what}" for key, what in (("other_cpu_share", "cores"),
+                                                                       ("other_gpu_share", "GPU")) if key in row]
+    return ", ".join(parts)
 
 
 def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:

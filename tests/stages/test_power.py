@@ -72,3 +72,52 @@ def test_a_disturbed_benchmark_is_rerun_once(monkeypatch, tmp_path, shares, reru
     result = benchmark.measured_undisturbed({}, tmp_path, "kd-onnxruntime-int8")
     assert len(calls) == 1 + reruns and result.get("rerun", False) == bool(reruns)
     assert benchmark.disturbed(result) == (shares[-1] > benchmark.DISTURBED_SHARE)
+
+
+def fake_pynvml(samples=None, error=None):
+    """NVML's Python bindings as far as the GPU load reads them: the real names, samples with the
+    fields of nvmlProcessUtilizationSample_t, and NVMLError_NotFound where nothing was sampled."""
+    import types
+
+    module = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotFound(NVMLError):  # noqa: N801 (pynvml's own name)
+        pass
+
+    module.NVMLError, module.NVMLError_NotFound = NVMLError, NVMLError_NotFound
+    module.nvmlInit = lambda: None
+    module.nvmlDeviceGetHandleByIndex = lambda index: ("gpu", index)
+
+    def utilisation(handle, last_seen_timestamp):
+        assert handle == ("gpu", 0) and isinstance(last_seen_timestamp, int)
+        if error:
+            raise getattr(module, error)()
+        return [types.SimpleNamespace(pid=pid, timeStamp=stamp, smUtil=sm, memUtil=0, encUtil=0, decUtil=0)
+                for pid, stamp, sm in samples]
+
+    module.nvmlDeviceGetProcessUtilization = utilisation
+    return module
+
+
+def test_other_processes_on_the_gpu_show_in_the_machine_load(monkeypatch):
+    import os
+    import sys
+
+    from stages.benchmark import disturbed_row
+    from stages.benchmark_worker import other_gpu_share
+
+    since = 1_000_000
+    samples = [(os.getpid(), since + 10, 95),  # this process: not a neighbour
+               (4242, since + 20, 30), (4242, since + 40, 50),  # a neighbour at 40 % on average
+               (5151, since - 5, 100)]  # sampled before the measurement began
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(samples))
+    assert other_gpu_share(since) == pytest.approx(0.40)
+    assert disturbed_row({"other_cpu_share": 0.01, "other_gpu_share": 0.40})
+    assert not disturbed_row({"other_cpu_share": 0.01, "other_gpu_share": 0.05})
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(error="NVMLError_NotFound"))
+    assert other_gpu_share(since) == 0.0  # nothing sampled busy meanwhile
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(error="NVMLError"))
+    assert other_gpu_share(since) is None  # not supported: no figure rather than a wrong one
