@@ -18,10 +18,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.architectures import build_model  # noqa: E402
-from stages.cuda_graph_step import CapturedStep, lr_on_device  # noqa: E402
-from stages.stochastic_depth import use_drop_execution  # noqa: E402
-from stages.training import joint_update, zero_momentum_buffers  # noqa: E402
+from stages.nets.architectures import build_model  # noqa: E402
+from stages.training.cuda_graph_step import CapturedStep, lr_on_device  # noqa: E402
+from stages.nets.stochastic_depth import use_drop_execution  # noqa: E402
+from stages.training.loop import joint_update  # noqa: E402
+from stages.training.run_state import zero_momentum_buffers  # noqa: E402
 
 
 def batches(device, sizes):

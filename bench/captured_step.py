@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import (CLASSES, pipeline_images_per_s, reference_images_per_s,  # noqa: E402
                               synthetic_data)
 
-from pipeline.config import DistillConfig  # noqa: E402
-from stages.architectures import build_model  # noqa: E402
+from stages.common.config import DistillConfig  # noqa: E402
+from stages.nets.architectures import build_model  # noqa: E402
 from stages.distill import distillation_loss  # noqa: E402
-from stages.stochastic_depth import use_drop_execution  # noqa: E402
+from stages.nets.stochastic_depth import use_drop_execution  # noqa: E402
 
 
 def main() -> None:

@@ -37,12 +37,12 @@ def main() -> None:
 
     import torch
 
-    from pipeline.config import DataConfig, QuantizeConfig
-    from stages.backends.tensorrt_graph import tensorrt_int8_problems
-    from stages.checkpoint import load_model, read_spec
-    from stages.data import balanced_subset, load_dataset
+    from stages.common.config import DataConfig, QuantizeConfig
+    from stages.deploy.backends.tensorrt_graph import tensorrt_int8_problems
+    from stages.nets.checkpoint import load_model, read_spec
+    from stages.training.data import balanced_subset, load_dataset
     from stages.export import export_onnx
-    from stages.onnx_runtime import make_session, run_batched
+    from stages.deploy.onnx_runtime import make_session, run_batched
     from stages.quantize import quantize_int8
 
     data = load_dataset(DataConfig(dataset=args.dataset, root=args.data))

@@ -29,14 +29,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import Augmentation, DistillConfig, TrainingConfig  # noqa: E402
-from stages.architectures import build_model  # noqa: E402
-from stages.data import ImageDataset  # noqa: E402
+from stages.common.config import Augmentation, DistillConfig, TrainingConfig  # noqa: E402
+from stages.nets.architectures import build_model  # noqa: E402
+from stages.training.data import ImageDataset  # noqa: E402
 from stages.distill import distillation_loss  # noqa: E402
-from stages.losses import kd_loss  # noqa: E402
-from stages.measure import count_macs  # noqa: E402
-from stages.stochastic_depth import sampling  # noqa: E402
-from stages.training import DeviceData, predict, train  # noqa: E402
+from stages.nets.losses import kd_loss  # noqa: E402
+from stages.nets.measure import count_macs  # noqa: E402
+from stages.nets.stochastic_depth import sampling  # noqa: E402
+from stages.training.evaluation import predict  # noqa: E402
+from stages.training.loop import DeviceData, train  # noqa: E402
 
 CLASSES = 100
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import ArtifactError, first_line
+from stages.common.errors import ArtifactError, first_line
 from pipeline.registry import STAGES
 from pipeline.store import MANIFEST, ArtifactStore, sha256_file
 
@@ -39,7 +39,7 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
     """Write the bundle of ``tasks`` (those finished, and the checkpoints of those under way) to
     ``output``; returns its index. The tar is written aside and renamed, so ``output`` is never
     half-written."""
-    from pipeline.hardware import machine
+    from stages.common.hardware import machine
 
     entries, missing = [], []
     for task in tasks:

@@ -4,16 +4,18 @@ the command that needs it, so ``--help`` and ``status`` answer at once."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 
-from pipeline.errors import PipelineError
+from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, unbundle
+from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, DeviceOpt, JobsOpt, MasterAddrOpt, MasterPortOpt,
+                                  NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg, SetOpt, artifacts_root, check_stage,
+                                  user_errors)
 from pipeline.registry import STAGE_ORDER, STAGES, stage_index
+from stages.common.errors import PipelineError
 
 app = typer.Typer(
     help="Stochastic-depth knowledge distillation, from teacher training to a quantized, benchmarked "
@@ -21,27 +23,6 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None)  # plain help text: it prints without importing rich's formatter
 
-ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
-                            help="Profile YAML (default: profiles/quickstart.yaml).")
-SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
-                      help="Override a profile key, e.g. --set distill.temperature=2 (repeatable).")
-DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda",
-                         help="Training device: auto (CUDA when present), cpu or cuda.")
-ArtifactsOpt = typer.Option(None, "--artifacts", metavar="DIR", show_default=False,
-                            help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).")
-NprocOpt = typer.Option(1, "--nproc-per-node", min=1, help="Train on this many processes per node (one per GPU) "
-                        "under torchrun, with DistributedDataParallel.")
-NnodesOpt = typer.Option("1", "--nnodes", help="Nodes taking part (torchrun's --nnodes); the artifacts folder "
-                         "must be shared between them.")
-NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun's --node-rank).")
-MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
-MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
-CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
-                             help="Save training progress this often (and on Ctrl-C); a killed run started "
-                                  "again resumes from the last save.")
-JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
-                       "time, each in its own process (one GPU each where there are several; the CPU's cores "
-                       "split between them). Benchmarks still run alone.")
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -59,42 +40,13 @@ def _without_launch_options(argv: list[str]) -> list[str]:
 
 def _launch(nproc: int, nnodes: str, node_rank: int, master_addr: str, master_port: int) -> None:
     """Several processes asked for and not yet launched: run this command under torchrun instead."""
-    from pipeline import distributed
+    from stages.common import distributed
 
     if distributed.launched():
         distributed.initialize()
     elif nproc > 1 or nnodes != "1":
         raise typer.Exit(distributed.relaunch(_without_launch_options(sys.argv[1:]), nproc, nnodes, node_rank,
                                               master_addr, master_port))
-
-
-def _artifacts_root(option: Optional[Path]) -> Path:
-    return option or Path(os.environ.get("STOCHKD_ARTIFACTS", "artifacts"))
-
-
-def _check_stage(option: str, value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in STAGES:
-        raise PipelineError(f"{option} {value!r}: unknown stage; allowed: {', '.join(STAGE_ORDER)}")
-    return value
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input ends in one line and exit code 2; Ctrl-C says how to go on."""
-    try:
-        yield
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as exc:
-        from stages.resume import TrainingInterrupted
-
-        if isinstance(exc, TrainingInterrupted):
-            print(f"interrupted: {exc}", file=sys.stderr)
-        else:
-            print("interrupted: finished stages are cached, no half-written artifact is kept, and training "
-                  "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def _check_device(device: str) -> str:
@@ -113,7 +65,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     from pipeline.runner import Runner, publish_report
     from pipeline.store import ArtifactStore
 
-    from pipeline import distributed
+    from stages.common import distributed
 
     _check_device(device)
     device = distributed.device_for_rank(device)
@@ -126,7 +78,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         tasks = [t for t in plan if stage_index(t.stage) <= last]
     first_forced = stage_index(start) if start else len(STAGE_ORDER)
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
-    root = _artifacts_root(artifacts)
+    root = artifacts_root(artifacts)
     if distributed.rank() != 0:
         # One rank speaks for all of them.
         Runner(ArtifactStore(root), device=device, checkpoint_interval_s=checkpoint_every).run(tasks, forced)
@@ -149,7 +101,8 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
 
 def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None):
     """The sequential runner, or with ``jobs`` > 1 the scheduler that runs ready tasks side by side."""
-    from pipeline import distributed, ui
+    from pipeline import ui
+    from stages.common import distributed
     from pipeline.runner import Runner
 
     if jobs > 1:
@@ -212,7 +165,7 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
         for option, value in (("--until", until), ("--from", start), ("--force", force)):
-            _check_stage(option, value)
+            check_stage(option, value)
         _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
                  artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs)
@@ -256,7 +209,7 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
 
     with user_errors():
         loaded = load_profile(profile, set_ or [])
-        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
+        store = ArtifactStore(artifacts_root(artifacts), warn=ui.warn)
         tasks = []
         plan = build_plan(loaded)
         for task in plan:
@@ -332,9 +285,9 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from pipeline.store import ArtifactStore
         from pipeline.sweep import grid, parse_axes, point_values, write_sweep
         from stages.context import member_metrics
-        from stages.report import model_label
+        from stages.reporting.names import model_label
 
-        _check_stage("--until", until)
+        check_stage("--until", until)
         _check_device(device)
         if stage_index(until) < stage_index("mutual"):
             raise PipelineError(f"--until {until!r}: a sweep compares trained models; use mutual (the last "
@@ -343,7 +296,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         points = grid(axes)
         profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
                     for point in points]  # every point validated before anything runs
-        root = _artifacts_root(artifacts)
+        root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every)
         plans = [[t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)] for loaded in profiles]
@@ -375,134 +328,12 @@ def sweep(profile: Optional[Path] = ProfileArg,
             ui.console.print(f"wrote {path}")
 
 
-@app.command()
-def bundle(profile: Optional[Path] = ProfileArg,
-           output: Path = typer.Option(..., "-o", "--output", metavar="FILE.tar", help="The bundle to write."),
-           set_: List[str] = SetOpt,
-           until: Optional[str] = typer.Option(None, "--until", metavar="STAGE",
-                                               help="Bundle the stages up to this one (default: all)."),
-           over: List[str] = typer.Option(None, "--over", metavar="KEY=V1,V2,...",
-                                          help="Bundle every point of a sweep grid, as sweep --over takes it."),
-           artifacts: Optional[Path] = ArtifactsOpt) -> None:
-    """Pack what a profile has produced so far (and the checkpoints of unfinished training) into one
-    tar file that unbundle adds to another artifacts folder."""
-    with user_errors():
-        from pipeline import ui
-        from pipeline.bundle import pack
-        from pipeline.plan import build_plan
-        from pipeline.profiles import load_profile
-        from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, parse_axes
-
-        _check_stage("--until", until)
-        points = grid(parse_axes(over)) if over else [{}]
-        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
-                    for point in points]
-        last = stage_index(until) if until else len(STAGE_ORDER) - 1
-        tasks = {}
-        for loaded in profiles:
-            for task in build_plan(loaded):
-                if stage_index(task.stage) <= last:
-                    tasks.setdefault((task.stage, task.key), task)
-        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
-        index = pack(store, list(tasks.values()), output, profiles[0].name)
-        finished = sum(e["kind"] == "artifact" for e in index["entries"])
-        resumable = len(index["entries"]) - finished
-        size = output.stat().st_size / (1 << 20)
-        typer.echo(f"{output}: {finished} finished tasks" + (f", {resumable} training checkpoints"
-                                                             if resumable else "") + f", {size:.1f} MiB")
-        if index["not_bundled"]:
-            typer.echo(f"not produced yet, so not bundled: {', '.join(index['not_bundled'])}")
-
-
-@app.command()
-def unbundle(bundle_file: Path = typer.Argument(..., metavar="FILE.tar", help="A bundle made by bundle."),
-             artifacts: Optional[Path] = ArtifactsOpt) -> None:
-    """Check every file of a bundle, then add what this artifacts folder lacks; a rerun of the
-    profile takes it from the cache."""
-    with user_errors():
-        from pipeline import ui
-        from pipeline.bundle import unpack
-        from pipeline.store import ArtifactStore
-
-        store = ArtifactStore(_artifacts_root(artifacts), warn=ui.warn)
-        outcome = unpack(bundle_file, store)
-        typer.echo(f"{bundle_file}: added {len(outcome['added'])} entries to {store.root}"
-                   + (f"; {len(outcome['present'])} were here already" if outcome["present"] else ""))
-        for task in outcome["added"]:
-            typer.echo(f"  + {task}")
-
-
-@app.command()
-def deploy(profile: Optional[Path] = ProfileArg,
-           output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="The folder to write."),
-           set_: List[str] = SetOpt,
-           model: Optional[str] = typer.Option(None, "--model", help="Which model (default: the most accurate "
-                                               "within the target's budgets)."),
-           precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the "
-                                                   "model's fastest engine within budget)."),
-           input_form: Optional[str] = typer.Option(None, "--input", metavar="float|uint8", help="The model "
-                                                    "taking normalized floats, or raw uint8 pixels (made with "
-                                                    "export.preprocess: graph). Default: as chosen."),
-           artifacts: Optional[Path] = ArtifactsOpt) -> None:
-    """Write a finished run's deployed model as a folder of its own: the engine, deploy.json and a
-    model card; predict runs it."""
-    with user_errors():
-        from pipeline import ui
-        from pipeline.deploy import deploy as write_deployment
-        from pipeline.profiles import load_profile
-        from pipeline.store import ArtifactStore
-
-        if input_form not in (None, "float", "uint8"):
-            raise PipelineError(f"--input {input_form!r}: choose float or uint8")
-        loaded = load_profile(profile, set_ or [])
-        package = write_deployment(loaded, ArtifactStore(_artifacts_root(artifacts), warn=ui.warn), output,
-                                   model, precision, {"float": "", "uint8": "uint8"}.get(input_form))
-        typer.echo(f"{output}: {package['label']} ({package['arch']}) at {package['precision']} on "
-                   f"{package['backend']}, {100 * package['test_accuracy']:.2f} % top-1. {package['why']}")
-
-
-@app.command()
-def predict(folder: Path = typer.Argument(..., metavar="DIR", help="A folder written by deploy."),
-            images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files, or folders of them."),
-            top_k: int = typer.Option(5, "--top-k", min=1, help="Classes to show per image."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON, for scripts.")) -> None:
-    """Classify images with a deployed model, reading only its folder."""
-    with user_errors():
-        from stages.deployed import predict as run_predict
-
-        results = run_predict(folder, images, top_k)
-    if as_json:
-        typer.echo(json.dumps(results, indent=1))
-        return
-    for result in results:
-        best = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in result["top"])
-        typer.echo(f"{result['image']}: {best}" + (f" ({'; '.join(result['notes'])})" if "notes" in result else ""))
-
-
-@app.command("pack-dataset")
-def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
-                 root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),
-                 destination: Path = typer.Argument(..., metavar="OUT.npz", help="The .npz to write."),
-                 image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N",
-                                                          help="Resize every image to N x N.")) -> None:
-    """Decode an image-folder dataset once into an .npz that data.root can name."""
-    with user_errors():
-        from pipeline.config import FOLDER_DATASETS
-
-        if dataset not in FOLDER_DATASETS:
-            raise PipelineError(f"pack-dataset {dataset!r}: allowed: {', '.join(FOLDER_DATASETS)}")
-        if destination.suffix != ".npz":
-            raise PipelineError(f"{destination}: the output must be an .npz file")
-        if not root.is_dir():
-            raise PipelineError(f"{root}: no such folder")
-        from stages.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
-
-        loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders
-        arrays = loader(root, image_size)
-        pack_npz(arrays, destination)
-        print(f"{destination}: {len(arrays[0])} training and {len(arrays[2])} test images of "
-              f"{arrays[0].shape[1]}x{arrays[0].shape[2]}, {len(arrays[4])} classes")
+# The commands for artifacts, deployed folders and datasets (pipeline.cli_artifacts), in help order.
+app.command()(bundle)
+app.command()(unbundle)
+app.command()(deploy)
+app.command()(predict)
+app.command("pack-dataset")(pack_dataset)
 
 
 @app.command()

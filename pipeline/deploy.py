@@ -1,4 +1,4 @@
-"""``deploy``: from a profile's finished run, the folder a user takes away (stages.deployed)."""
+"""``deploy``: from a profile's finished run, the folder a user takes away (stages.deploy.deployed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ArtifactError, PipelineError
+from stages.common.errors import ArtifactError, PipelineError
 
 
 def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None,
@@ -38,13 +38,13 @@ def choose(summary: list[dict[str, Any]], model: str | None, precision: str | No
 
 def deploy(profile, store, output: Path, model: str | None = None, precision: str | None = None,
            form: str | None = None) -> dict[str, Any]:
-    from pipeline.hardware import package_versions
+    from stages.common.hardware import package_versions
     from pipeline.plan import build_plan
-    from stages.deployed import CARD_FILE, DEPLOY_FILE, model_card
+    from stages.deploy.deployed import CARD_FILE, DEPLOY_FILE, model_card
     from stages.engine import ENGINES_FILE
     from stages.export import INPUT_NAME, ONNX_FILE
-    from stages.input_contract import RAW_PIXELS, RAW_PIXELS_SUFFIX, read_contract
-    from stages.report import model_label
+    from stages.deploy.input_contract import RAW_PIXELS, RAW_PIXELS_SUFFIX, read_contract
+    from stages.reporting.names import model_label
 
     plan = build_plan(profile)
     report_task = next(t for t in plan if t.stage == "report")

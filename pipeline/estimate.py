@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pipeline.errors import ArtifactError, first_line
+from stages.common.errors import ArtifactError, first_line
 
 PROBE_VERSION = 1
 EVAL_BATCH = 256
@@ -59,7 +57,7 @@ class Probe:
 
 
 def probe_file(root: Path, device: str) -> Path:
-    from pipeline.hardware import cpu_model
+    from stages.common.hardware import cpu_model
 
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu_model()}-{os.cpu_count()}cores-{device}").strip("-")
     return root / "store" / "shared" / "estimate" / f"probe-{name}.json"
@@ -105,15 +103,15 @@ def count_network(probe: Probe, arch: str, classes: int, channels: int, size: in
     """[MACs per image, conv and linear layers] of a network, counted once and kept in the probe."""
     key = network_key(arch, classes, channels, size)
     if key not in probe.networks:
-        from stages.architectures import build_model
+        from stages.nets.architectures import build_model
 
         probe.networks[key] = network_cost(build_model(arch, classes, channels), channels, size)
     return probe.networks[key]
 
 
 def network_cost(model, channels: int, size: int) -> list[int]:
-    """[MACs per image, conv and linear layers run] of one forward pass, from stages.measure."""
-    from stages.measure import layer_costs
+    """[MACs per image, conv and linear layers run] of one forward pass, from stages.nets.measure."""
+    from stages.nets.measure import layer_costs
 
     costs = layer_costs(model, (channels, size, size))
     return [sum(layer["macs"] for layer in costs), len(costs)]
@@ -127,7 +125,7 @@ def measure_probe(device: str) -> Probe:
     import torch
     from torch import nn
 
-    from stages.architectures import build_model
+    from stages.nets.architectures import build_model
 
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 

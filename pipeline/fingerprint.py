@@ -12,8 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import FOLDER_DATASETS, DataConfig, Section
-from pipeline.errors import DataError
+from stages.common.config import FOLDER_DATASETS, DataConfig, Section
+from stages.common.errors import DataError
 
 SAMPLE_BYTES = 1 << 20
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -25,15 +25,6 @@ def canonical_json(value: Any) -> str:
 
 def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a whole file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=32)

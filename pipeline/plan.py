@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pipeline.config import DistillConfig, Profile, StudentConfig
+from stages.common.config import DistillConfig, StudentConfig
+from stages.common.profile import Profile
 from pipeline.fingerprint import digest, key_form
-from pipeline.hardware import fingerprint
+from stages.common.hardware import fingerprint
 from pipeline.registry import STAGES
 from stages.context import peer_folder
-from stages.input_contract import RAW_PIXELS_SUFFIX
+from stages.deploy.input_contract import RAW_PIXELS_SUFFIX
 
 def int8_flavour(target) -> str:
     """uint8 activations for ONNX Runtime on CPUs (its fastest integer kernels); symmetric int8 with

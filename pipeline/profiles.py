@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import ProfileError
+from stages.common.errors import ProfileError
 
 DEFAULT_PROFILE = "quickstart"
 
@@ -140,7 +140,7 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
     """Read, merge and validate a profile. Raises ProfileError with a one-line message."""
     from pydantic import ValidationError
 
-    from pipeline.config import Profile, plain_folder_name
+    from stages.common.profile import Profile, plain_folder_name
 
     path = Path(path) if path is not None else default_profile_path()
     data = load_raw(path)

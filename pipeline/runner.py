@@ -15,10 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import distributed
-from pipeline.errors import ArtifactError
+from stages.common import distributed
+from stages.common.errors import ArtifactError
 from pipeline.fingerprint import key_form
-from pipeline.hardware import machine, package_versions
+from stages.common.hardware import machine, package_versions
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.store import DISK_FULL, ArtifactStore

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import ArtifactError, PipelineError
+from stages.common.errors import ArtifactError, PipelineError
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.runner import Outcome

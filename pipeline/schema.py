@@ -11,7 +11,7 @@ def _type_name(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return " | ".join(repr(choice) for choice in get_args(annotation))
     text = str(annotation) if get_args(annotation) else getattr(annotation, "__name__", str(annotation))
-    return text.replace("typing.", "").replace("pipeline.config.", "")
+    return text.replace("typing.", "").replace("stages.common.config.", "")
 
 
 def _default(field) -> str:
@@ -21,7 +21,7 @@ def _default(field) -> str:
 
 
 def describe(model: type[BaseModel] | None = None, prefix: str = "") -> str:
-    from pipeline.config import Profile
+    from stages.common.profile import Profile
 
     model = model or Profile
     lines = []

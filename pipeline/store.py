@@ -19,8 +19,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.errors import ArtifactError
-from pipeline.fingerprint import sha256_file
+from stages.common.errors import ArtifactError
+from stages.common.checksums import sha256_file
 from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from stages.common.errors import PipelineError
 from pipeline.profiles import parse_override
 
 

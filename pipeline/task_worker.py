@@ -44,7 +44,7 @@ def status_progress(status: Path):
 
 def main(argv: list[str]) -> int:
     spec = pickle.loads(Path(argv[0]).read_bytes())
-    from pipeline.errors import PipelineError
+    from stages.common.errors import PipelineError
     from pipeline.runner import Runner
     from pipeline.store import ArtifactStore
 

@@ -1,6 +1,6 @@
 """Stage: what the stochastic teacher teaches with (the paper's Fig. 3).
 
-The teacher is rebuilt as it teaches (its teaching p_n and kept scale, see stages.teaching). For
+The teacher is rebuilt as it teaches (its teaching p_n and kept scale, see stages.nets.teaching). For
 each block that can drop: the deterministic network with exactly that block removed, its mean
 softmax entropy and its accuracy. Then K sampled sub-networks against the deterministic teacher:
 the mean entropy of each sample's outputs, and the entropy of their average (what an ensemble of
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from stages.checkpoint import read_spec
+from stages.nets.checkpoint import read_spec
 from stages.context import StageContext
-from stages.data import balanced_subset, load_dataset
-from stages.stochastic_depth import drop_paths, sample_logits, without_block
-from stages.teaching import teaching_survival, teaching_teacher
-from stages.training import select_device
+from stages.training.data import balanced_subset, load_dataset
+from stages.nets.stochastic_depth import drop_paths, sample_logits, without_block
+from stages.nets.teaching import teaching_survival, teaching_teacher
+from stages.training.loop import select_device
 
 
 def mean_entropy(logits: torch.Tensor) -> float:

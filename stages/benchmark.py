@@ -1,7 +1,7 @@
 """Stage 6: latency, throughput, memory, size and accuracy of everything deployed for one model.
 
 Each artifact (PyTorch fp32 eager, then one engine per precision) is measured in a fresh process
-(``stages.benchmark_worker``) so that peak memory belongs to that artifact alone.
+(``stages.deploy.benchmark_worker``) so that peak memory belongs to that artifact alone.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ArtifactError
-from pipeline.hardware import machine, package_versions
-from stages.backends.tensorrt_settings import check_batch_covered, recorded_batch_ranges
-from stages.checkpoint import WEIGHTS, load_model, read_spec
+from stages.common.errors import ArtifactError
+from stages.common.hardware import machine, package_versions
+from stages.deploy.backends.tensorrt_settings import check_batch_covered, recorded_batch_ranges
+from stages.nets.checkpoint import WEIGHTS, load_model, read_spec
 from stages.context import StageContext
-from stages.data import load_dataset
+from stages.training.data import load_dataset
 from stages.engine import ENGINES_FILE
-from stages.input_contract import RAW_PIXELS, model_input
-from stages.measure import count_parameters, layer_costs
-from stages.power import power_state
+from stages.deploy.input_contract import RAW_PIXELS, model_input
+from stages.nets.measure import count_parameters, layer_costs
+from stages.deploy.power import power_state
 
 RESULTS_FILE = "results.json"
 # Other processes' CPU time, as a share of the machine's cores, above which a timing is disturbed.
@@ -54,7 +54,7 @@ def measured_undisturbed(spec: dict, scratch: Path, label: str) -> dict:
 def run_worker(spec: dict, scratch: Path, label: str) -> dict:
     spec_path, result_path = scratch / f"{label}.spec.json", scratch / f"{label}.result.json"
     spec_path.write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, "-m", "stages.benchmark_worker", str(spec_path), str(result_path)],
+    done = subprocess.run([sys.executable, "-m", "stages.deploy.benchmark_worker", str(spec_path), str(result_path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
-from pipeline.errors import ArtifactError
+from stages.common.errors import ArtifactError
 
 TRAINING_CHECKPOINT = "training.pt"  # inside a task's resume folder
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ArtifactError
-from stages.architectures import resolve_skips
-from stages.checkpoint import ModelSpec, read_spec
+from stages.common.errors import ArtifactError
+from stages.nets.architectures import resolve_skips
+from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
-from stages.data import load_dataset
-from stages.losses import attention_term, kd_loss
-from stages.stochastic_depth import sample_logits, sample_with_groups
-from stages.stochastic_depth import use_drop_execution
-from stages.teaching import teaching_teacher
-from stages.training import (LossFunction, cross_entropy_loss, drop_execution_for, fit_and_save,
-                             select_device)
+from stages.training.data import load_dataset
+from stages.nets.losses import attention_term, kd_loss
+from stages.nets.stochastic_depth import sample_logits, sample_with_groups
+from stages.nets.stochastic_depth import use_drop_execution
+from stages.nets.teaching import teaching_teacher
+from stages.training.loop import (LossFunction, cross_entropy_loss, drop_execution_for, fit_and_save,
+                                  select_device)
 
 
 def distillation_loss(teacher: torch.nn.Module, distill) -> LossFunction:

@@ -17,12 +17,12 @@ import shutil
 
 import numpy as np
 
-from stages.backends import get_backend
-from stages.checkpoint import SPEC, read_spec
+from stages.deploy.backends import get_backend
+from stages.nets.checkpoint import SPEC, read_spec
 from stages.context import StageContext
 from stages.export import ONNX_FILE
-from stages.input_contract import RAW_PIXELS, model_input, per_image_shape, read_contract, takes_raw_pixels
-from stages.onnx_runtime import checked_onnx
+from stages.deploy.input_contract import RAW_PIXELS, model_input, per_image_shape, read_contract, takes_raw_pixels
+from stages.deploy.onnx_runtime import checked_onnx
 from stages.quantize import precision_file
 
 ENGINES_FILE = "engines.json"
@@ -38,7 +38,7 @@ def stand_in_target(target):
 
 def engine_accuracy(backend, engine_path, target, images: np.ndarray, labels: np.ndarray) -> float:
     """Test accuracy of a built engine, run by its own backend."""
-    from stages.benchmark_worker import predicted_classes
+    from stages.deploy.benchmark_worker import predicted_classes
 
     infer = backend.load(engine_path, target)
     return float((predicted_classes(infer, images, EVAL_BATCH) == labels).mean())
@@ -82,7 +82,7 @@ def build_engines(ctx: StageContext) -> dict:
 def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, engines: dict) -> dict:
     """The fp32 and INT8 engines with their own test accuracy; the INT8 one rebuilt from a
     re-quantized model, one more layer in float at a time, while it loses more than the budget."""
-    from stages.data import balanced_subset, load_dataset
+    from stages.training.data import balanced_subset, load_dataset
     from stages.quantize import gated_int8
 
     data = load_dataset(ctx.params["data"])

@@ -9,13 +9,13 @@ import shutil
 import numpy as np
 import torch
 
-from pipeline.errors import ArtifactError
-from stages.checkpoint import SPEC, load_model, read_spec
+from stages.common.errors import ArtifactError
+from stages.nets.checkpoint import SPEC, load_model, read_spec
 from stages.context import StageContext
-from stages.data import load_dataset
-from stages.input_contract import contract, model_input, write_contract
-from stages.onnx_runtime import make_session, run_batched
-from stages.training import accuracy
+from stages.training.data import load_dataset
+from stages.deploy.input_contract import contract, model_input, write_contract
+from stages.deploy.onnx_runtime import make_session, run_batched
+from stages.training.evaluation import accuracy
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -52,7 +52,7 @@ class RawPixels(torch.nn.Module):
 def read_pixels_through_the_cast(path) -> None:
     """Rewire every other reader of a uint8 graph input (the exporter's Shape for the batch size) to
     the Cast's float output, which has the same shape: TensorRT takes a uint8 input only straight
-    into a cast to float (stages.backends.tensorrt_graph.tensorrt_input_problems)."""
+    into a cast to float (stages.deploy.backends.tensorrt_graph.tensorrt_input_problems)."""
     import onnx
     from onnx import TensorProto
 

@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import distributed
-from pipeline.errors import PipelineError
-from stages.architectures import resolve_skips
-from stages.checkpoint import ModelSpec, save_model
+from stages.common import distributed
+from stages.common.errors import PipelineError
+from stages.nets.architectures import resolve_skips
+from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
-from stages.data import load_dataset
-from stages.losses import kd_term
-from stages.tracking import write_tensorboard
-from stages.training import DeviceData, UpdateStep, accuracy, capturing, predict, select_device, train, validation_metrics
+from stages.training.data import load_dataset
+from stages.nets.losses import kd_term
+from stages.training.tracking import write_tensorboard
+from stages.training.evaluation import accuracy, predict, validation_metrics
+from stages.training.loop import DeviceData, UpdateStep, capturing, select_device, train
 
 
 class Peers(nn.Module):

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ArtifactError
+from stages.common.errors import ArtifactError
 from stages.context import StageContext
-from stages.data import balanced_subset, load_dataset
+from stages.training.data import balanced_subset, load_dataset
 from stages.export import ONNX_FILE
-from stages.input_contract import copy_contract, model_input, read_contract, takes_raw_pixels
-from stages.onnx_runtime import checked_onnx, make_session, run_batched
-from stages.training import accuracy
+from stages.deploy.input_contract import copy_contract, model_input, read_contract, takes_raw_pixels
+from stages.deploy.onnx_runtime import checked_onnx, make_session, run_batched
+from stages.training.evaluation import accuracy
 
 INT8_FLAVOURS = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8")}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -170,7 +170,7 @@ MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}
 def quantize_modelopt(source: Path, target: Path, calibration: np.ndarray, method: str, keep_float: list[str],
                       scratch: Path) -> None:
     """INT8 by NVIDIA Model Optimizer's ONNX PTQ, calibrated on this machine's CPU (no GPU, CUDA or
-    TensorRT is needed to quantize), in a process of its own (stages.modelopt_quantize). It rewrites
+    TensorRT is needed to quantize), in a process of its own (stages.deploy.modelopt_quantize). It rewrites
     the file it is given and writes temporaries beside it, so it works on a copy in ``scratch``."""
     import shutil
     import subprocess
@@ -185,7 +185,7 @@ def quantize_modelopt(source: Path, target: Path, calibration: np.ndarray, metho
     shutil.copyfile(source, copy)
     if not images.is_file():
         np.save(images, calibration)
-    done = subprocess.run([sys.executable, "-m", "stages.modelopt_quantize", str(copy), str(output), str(images),
+    done = subprocess.run([sys.executable, "-m", "stages.deploy.modelopt_quantize", str(copy), str(output), str(images),
                            MODELOPT_METHODS[method], *keep_float], capture_output=True, text=True)
     if done.returncode == 3:
         raise ArtifactError(f"quantize.int8_tool is modelopt (the default where TensorRT runs the model), but NVIDIA "

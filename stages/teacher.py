@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stages.architectures import resolve_skips
-from stages.checkpoint import ModelSpec, save_model
+from stages.nets.architectures import resolve_skips
+from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext
-from stages.data import load_dataset
-from stages.stochastic_depth import draw_subnetwork, fixed_subnetwork
-from stages.training import accuracy, fit_and_save, predict, select_device
+from stages.training.data import load_dataset
+from stages.nets.stochastic_depth import draw_subnetwork, fixed_subnetwork
+from stages.training.evaluation import accuracy, predict
+from stages.training.loop import fit_and_save, select_device
 
 SAMPLED_NETWORKS = 8  # sub-networks whose accuracies describe the teacher in sampling mode
 
@@ -30,8 +31,8 @@ def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[to
     """The teacher of ``teacher.checkpoint``, checked against ``spec`` and measured on the test split."""
     from pathlib import Path
 
-    from stages.import_teacher import checkpoint_file, content_hash, load_into, read_state
-    from stages.training import validation_metrics
+    from stages.training.import_teacher import checkpoint_file, content_hash, load_into, read_state
+    from stages.training.evaluation import validation_metrics
 
     source = Path(ctx.params["teacher"].checkpoint)
     file = checkpoint_file(source)

@@ -25,7 +25,7 @@ def standin_tensorrt(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
-    from stages.backends import tensorrt_backend
+    from stages.deploy.backends import tensorrt_backend
 
     monkeypatch.setattr(tensorrt_backend, "_current_stream", lambda: (0, lambda: None))
     monkeypatch.setattr(tensorrt_backend, "device_key", lambda: module.DEVICE)
@@ -39,8 +39,8 @@ def onnx_models(tmp_path_factory):
     import numpy as np
     import torch
 
-    from pipeline.config import QuantizeConfig
-    from stages.architectures import build_model
+    from stages.common.config import QuantizeConfig
+    from stages.nets.architectures import build_model
     from stages.export import export_onnx
     from stages.quantize import convert_fp16, quantize_int8
 

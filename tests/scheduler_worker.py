@@ -16,6 +16,7 @@ stopped = []
 signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
 started = time.time()
 if behaviour.get("fail"):
+    time.sleep(behaviour.get("fail_after", 0.0))
     print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr)
     sys.exit(1)
 while time.time() - started < behaviour.get("seconds", 0.0) and not stopped:

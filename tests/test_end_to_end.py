@@ -65,10 +65,10 @@ def test_every_onnx_model_carries_its_input_contract(first_run):
     accuracy the pipeline measured."""
     import numpy as np
 
-    from pipeline.config import DataConfig
-    from stages.data import load_dataset
-    from stages.input_contract import read_contract
-    from stages.onnx_runtime import make_session
+    from stages.common.config import DataConfig
+    from stages.training.data import load_dataset
+    from stages.deploy.input_contract import read_contract
+    from stages.deploy.onnx_runtime import make_session
 
     artifacts, _ = first_run
     for exported in (artifacts / "store" / "export").glob("*/model.onnx"):
@@ -272,8 +272,8 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pipeline.config import DataConfig
-    from stages.data import load_dataset
+    from stages.common.config import DataConfig
+    from stages.training.data import load_dataset
 
     artifacts, _ = first_run
     done = cli("deploy", str(TINY), "--model", "stochastic_kd", "--precision", "int8", "-o",
@@ -313,9 +313,9 @@ def test_raw_pixel_models_are_built_beside_the_float_ones_and_predict_from_pixel
     import numpy as np
     from PIL import Image
 
-    from pipeline.config import DataConfig
-    from stages.data import load_dataset
-    from stages.input_contract import read_contract
+    from stages.common.config import DataConfig
+    from stages.training.data import load_dataset
+    from stages.deploy.input_contract import read_contract
 
     artifacts = shutil.copytree(first_run[0], tmp_path / "artifacts")
     done = cli("run", str(TINY), "--set", "export.preprocess=graph", artifacts=artifacts)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.bundle import INDEX, pack, unpack
-from pipeline.errors import ArtifactError
+from stages.common.errors import ArtifactError
 from pipeline.plan import build_plan
 from pipeline.profiles import load_profile
 from pipeline.store import ArtifactStore

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DataConfig
+from stages.common.config import DataConfig
 from pipeline.estimate import Probe, data_shape, estimate_plan, known_only, probe_file
 from pipeline.plan import build_plan
 from pipeline.profiles import load_profile

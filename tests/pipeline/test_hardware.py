@@ -1,4 +1,4 @@
-from pipeline import hardware
+from stages.common import hardware
 
 
 def test_tensorrt_version_comes_from_its_module_whatever_installed_it(tmp_path, monkeypatch):

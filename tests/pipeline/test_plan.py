@@ -210,7 +210,7 @@ ON_DIGITS = ["data.dataset=digits", "data.root=null", "teacher.arch=resnet8", "s
 
 
 def test_artifacts_copied_to_the_jetson_rerun_only_engine_benchmark_and_report(monkeypatch):
-    import pipeline.hardware as hardware
+    import stages.common.hardware as hardware
 
     here = {t.id: t.key for t in build_plan(load_profile(JETSON, ON_DIGITS))}
     monkeypatch.setattr(hardware, "cpu_model", lambda: "ARMv8 Processor rev 1 (v8l)")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ProfileError
+from stages.common.errors import ProfileError
 from pipeline.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[2]

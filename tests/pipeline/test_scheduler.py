@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import TargetConfig
-from pipeline.errors import PipelineError
+from stages.common.target_config import TargetConfig
+from stages.common.errors import PipelineError
 from pipeline.plan import Task
 from pipeline.scheduler import Scheduler
 from pipeline.store import ArtifactStore
@@ -66,7 +66,9 @@ def test_a_benchmark_runs_alone_with_every_core(tmp_path):
 
 
 def test_a_failure_stops_the_others_and_names_the_task(tmp_path):
-    tasks = [task("teacher", "slow", tmp_path, seconds=30), task("teacher", "bad", tmp_path, fail=True)]
+    # The failure comes once the slow task is past its start-up: a task stopped before it could do
+    # anything has nothing to save or log.
+    tasks = [task("teacher", "slow", tmp_path, seconds=30), task("teacher", "bad", tmp_path, fail=True, fail_after=1.0)]
     with pytest.raises(PipelineError, match=r"teacher:bad failed \(RuntimeError: boom\); the tasks running beside "
                                             r"it were stopped .* its whole error is in .*logs"):
         scheduler(tmp_path, 2).run(tasks)

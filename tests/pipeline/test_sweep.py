@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.errors import PipelineError
+from stages.common.errors import PipelineError
 from pipeline.sweep import grid, parse_axes, point_values, render_markdown, split_values, summarize
 
 

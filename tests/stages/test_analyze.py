@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from pipeline.config import AnalysisConfig, Augmentation, DataConfig
+from stages.common.config import AnalysisConfig, Augmentation, DataConfig
 from stages.analyze import analyze_teacher, mean_entropy
-from stages.checkpoint import ModelSpec, load_model, save_model
+from stages.nets.checkpoint import ModelSpec, load_model, save_model
 from stages.context import StageContext, StageInput
-from stages.data import balanced_subset, load_dataset
+from stages.training.data import balanced_subset, load_dataset
 
 
 def test_mean_entropy_matches_hand_computation():

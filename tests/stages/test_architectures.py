@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from stages.architectures import ARCHITECTURES, build_model, register
-from stages.measure import count_macs, count_parameters
+from stages.nets.architectures import ARCHITECTURES, build_model, register
+from stages.nets.measure import count_macs, count_parameters
 
 
 @pytest.mark.parametrize("name, params_m, macs_m", [
@@ -23,7 +23,7 @@ def test_other_networks_match_published_parameter_counts(name, params_m):
 
 def test_registry_refuses_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
-        register("resnet20", "stages.models.resnet:cifar_resnet", True, 3, depth=20)
+        register("resnet20", "stages.nets.models.resnet:cifar_resnet", True, 3, depth=20)
     with pytest.raises(ValueError, match="unknown architecture 'resnet21'"):
         build_model("resnet21", 10, 3)
     assert "resnet8" in ARCHITECTURES
@@ -35,7 +35,7 @@ def test_grayscale_small_images_work():
 
 
 def test_depth_must_be_6n_plus_2():
-    from stages.models.resnet import CifarResNet
+    from stages.nets.models.resnet import CifarResNet
 
     with pytest.raises(ValueError, match="6n\\+2"):
         CifarResNet(21, 10)

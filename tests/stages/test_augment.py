@@ -1,6 +1,6 @@
 import torch
 
-from stages.augment import normalize, random_crop, random_flip
+from stages.training.augment import normalize, random_crop, random_flip
 
 
 def test_random_crop_shifts_each_image_within_the_padding():
@@ -38,7 +38,7 @@ def test_normalize_per_channel():
 
 
 def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
-    from stages.augment import augmented_batch, padded_channels_last
+    from stages.training.augment import augmented_batch, padded_channels_last
 
     data = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
     index = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:16]

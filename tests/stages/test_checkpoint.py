@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from pipeline.errors import ArtifactError
-from stages.checkpoint import WEIGHTS, ModelSpec, load_model, save_model
+from stages.common.errors import ArtifactError
+from stages.nets.checkpoint import WEIGHTS, ModelSpec, load_model, save_model
 
 
 class RunsCodeWhenUnpickled:

@@ -6,12 +6,13 @@ import pytest
 import torch
 from contextlib import contextmanager
 
-from pipeline.config import Augmentation, TrainingConfig
-from stages.architectures import build_model
-from stages.cuda_graph_step import CapturedStep, current_lr, lr_on_device, set_lr
-from stages.data import ImageDataset
-from stages.stochastic_depth import DropPath, stochastic_sum, use_drop_execution
-from stages.training import DeviceData, portable_state, train
+from stages.common.config import Augmentation, TrainingConfig
+from stages.nets.architectures import build_model
+from stages.training.cuda_graph_step import CapturedStep, current_lr, lr_on_device, set_lr
+from stages.training.data import ImageDataset
+from stages.nets.stochastic_depth import DropPath, stochastic_sum, use_drop_execution
+from stages.training.loop import DeviceData, train
+from stages.training.run_state import portable_state
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is visible")
 AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
@@ -50,7 +51,7 @@ def largest_difference(a, b) -> float:
 
 
 def test_capture_needs_masks_and_no_second_graph():
-    from stages.training import drop_execution_for
+    from stages.training.loop import drop_execution_for
 
     recipe = TrainingConfig(capture_step=True)
     assert drop_execution_for(recipe, torch.device("cuda")) == "mask"
@@ -187,7 +188,7 @@ def test_fused_sgd_survives_blocks_that_had_no_gradient_yet():
     """Skipped blocks leave some parameters without a gradient (and a momentum buffer) at first; fused
     SGD then fails on the step where they get one. Zero buffers up front give the same values as
     PyTorch's default SGD, which creates them lazily."""
-    from stages.training import zero_momentum_buffers
+    from stages.training.run_state import zero_momentum_buffers
 
     def two_steps(fused: bool, zero_first: bool):
         a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig
-from pipeline.errors import DataError
-from stages.data import balanced_subset, load_dataset
+from stages.common.config import DataConfig
+from stages.common.errors import DataError
+from stages.training.data import balanced_subset, load_dataset
 
 
 def _write_npz(path, **overrides):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import ArtifactError
-from stages.deployed import DEPLOY_FILE, load_image, predict, preprocess
+from stages.common.errors import ArtifactError
+from stages.deploy.deployed import DEPLOY_FILE, load_image, predict, preprocess
 
 CONTRACT = {"input_shape": ["batch", 1, 8, 8], "mean": [0.5], "std": [0.25], "class_names": list("0123456789"),
             "input_dtype": "float32", "input_layout": "NCHW"}

@@ -1,9 +1,10 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import Profile, TargetConfig
-from stages.deployment import budget_verdict, judge_rows, roofline_rows
-from stages.roofline import estimate_latency_ms
+from stages.common.profile import Profile
+from stages.common.target_config import TargetConfig
+from stages.deploy.budgets import budget_verdict, judge_rows, roofline_rows
+from stages.deploy.roofline import estimate_latency_ms
 
 # One 3x3 convolution, 16 -> 16 channels on 8x8: 16*8*8 outputs x 144 MACs each.
 CONV = {"layer": "conv", "kind": "Conv2d", "macs": 16 * 8 * 8 * 144, "weights": 16 * 144,

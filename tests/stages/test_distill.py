@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from pipeline.config import Augmentation, DataConfig, DistillConfig, StudentConfig, TrainingConfig
-from stages.checkpoint import ModelSpec, save_model
+from stages.common.config import Augmentation, DataConfig, DistillConfig, StudentConfig, TrainingConfig
+from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, StageInput
-from stages.data import load_dataset
+from stages.training.data import load_dataset
 from stages.distill import train_student
 
 DATA = DataConfig(dataset="digits", train_images=200, test_images=100,

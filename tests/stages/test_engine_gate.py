@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DataConfig, QuantizeConfig, TargetConfig
-from pipeline.errors import ArtifactError
+from stages.common.config import DataConfig, QuantizeConfig
+from stages.common.target_config import TargetConfig
+from stages.common.errors import ArtifactError
 
 
 @pytest.fixture
 def context(tmp_path):
-    from stages.architectures import build_model
+    from stages.nets.architectures import build_model
     from stages.export import export_onnx
     from stages.quantize import quantize_int8
 
@@ -29,7 +30,7 @@ def context(tmp_path):
 
 
 def engines_for(context, tmp_path):
-    from stages.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from stages.deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend, target = OnnxRuntimeBackend(), TargetConfig()
 
@@ -77,9 +78,9 @@ def test_an_engine_that_cannot_meet_the_gate_fails_with_the_figures(context, tmp
 
 
 def test_engine_accuracy_runs_the_engine_on_the_test_images(context, tmp_path):
-    from stages.data import load_dataset
+    from stages.training.data import load_dataset
     from stages.engine import engine_accuracy
-    from stages.onnx_runtime import make_session, run_batched
+    from stages.deploy.onnx_runtime import make_session, run_batched
 
     backend, target, _, engines = engines_for(context, tmp_path)
     data = load_dataset(DataConfig())

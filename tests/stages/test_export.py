@@ -2,9 +2,9 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline.config import DataConfig
-from stages.architectures import build_model
-from stages.data import load_dataset
+from stages.common.config import DataConfig
+from stages.nets.architectures import build_model
+from stages.training.data import load_dataset
 from stages.export import export_onnx
 
 
@@ -25,8 +25,8 @@ def test_normalized_images_export_to_a_graph_of_network_operators_only(tmp_path)
 
 
 def test_huge_logits_are_judged_relative_to_their_size(tmp_path):
-    from pipeline.config import ExportConfig
-    from stages.checkpoint import ModelSpec, save_model
+    from stages.common.config import ExportConfig
+    from stages.nets.checkpoint import ModelSpec, save_model
     from stages.context import StageContext, StageInput
     from stages.export import export_model
 
@@ -47,7 +47,7 @@ def test_huge_logits_are_judged_relative_to_their_size(tmp_path):
 
 def test_a_raw_pixel_export_takes_uint8_nhwc_and_computes_what_the_network_does_on_normalized_images(tmp_path):
     from stages.export import RawPixels, read_pixels_through_the_cast
-    from stages.onnx_runtime import make_session, run_batched
+    from stages.deploy.onnx_runtime import make_session, run_batched
 
     data = load_dataset(DataConfig())
     torch.manual_seed(0)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig
-from pipeline.errors import DataError
-from stages.data import load_dataset
+from stages.common.config import DataConfig
+from stages.common.errors import DataError
+from stages.training.data import load_dataset
 
 
 def _image(path, color, size=8):

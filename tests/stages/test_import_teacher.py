@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.architectures import build_model
+from stages.nets.architectures import build_model
 
 TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from stages.losses import kd_loss, kd_term
+from stages.nets.losses import kd_loss, kd_term
 
 
 def _kl(p, q):
@@ -62,7 +62,7 @@ def test_unknown_aggregate_is_refused():
 
 
 def test_attention_map_is_the_normalized_channel_mean_of_squares():
-    from stages.losses import attention_map
+    from stages.nets.losses import attention_map
 
     features = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])  # (B=1, C=2, H=1, W=2)
     squares = [(1 + 9) / 2, (4 + 0) / 2]
@@ -71,7 +71,7 @@ def test_attention_map_is_the_normalized_channel_mean_of_squares():
 
 
 def test_attention_term_sums_groups_and_averages_samples():
-    from stages.losses import attention_map, attention_term
+    from stages.nets.losses import attention_map, attention_term
 
     torch.manual_seed(0)
     student = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]

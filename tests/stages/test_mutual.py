@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from stages.models.plain import SkipBlock
+from stages.nets.models.plain import SkipBlock
 from stages.mutual import Peers, mutual_loss
-from stages.stochastic_depth import drop_paths
+from stages.nets.stochastic_depth import drop_paths
 
 
 def _log_softmax(values):
@@ -46,7 +46,7 @@ def test_each_peer_learns_only_from_the_others_detached_outputs():
 
 
 def test_proposed_peers_are_stochastic_and_conventional_ones_plain():
-    from stages.architectures import build_model, resolve_skips
+    from stages.nets.architectures import build_model, resolve_skips
 
     proposed = build_model("mobilenet", 10, 3, 0.5, "batch", resolve_skips("mobilenet", 0.5, None))
     conventional = build_model("mobilenet", 10, 3, 1.0, "batch", resolve_skips("mobilenet", 1.0, None))
@@ -92,11 +92,11 @@ def test_sequential_update_steps_each_peer_from_the_others_latest_predictions():
 def test_sequential_mutual_learning_trains_through_the_training_loop():
     import numpy as np
 
-    from pipeline.config import Augmentation, TrainingConfig
-    from stages.architectures import build_model
-    from stages.data import ImageDataset
+    from stages.common.config import Augmentation, TrainingConfig
+    from stages.nets.architectures import build_model
+    from stages.training.data import ImageDataset
     from stages.mutual import sequential_update
-    from stages.training import DeviceData, train
+    from stages.training.loop import DeviceData, train
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
@@ -111,9 +111,9 @@ def test_sequential_mutual_learning_trains_through_the_training_loop():
 
 
 def test_sequential_updates_under_torchrun_are_refused_in_one_line(monkeypatch, tmp_path):
-    from pipeline import distributed
-    from pipeline.config import DataConfig, MutualConfig
-    from pipeline.errors import PipelineError
+    from stages.common import distributed
+    from stages.common.config import DataConfig, MutualConfig
+    from stages.common.errors import PipelineError
     from stages.context import StageContext
     from stages.mutual import train_peers
 

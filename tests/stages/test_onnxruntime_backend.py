@@ -7,7 +7,7 @@ import pytest
 def test_gpu_providers_may_not_fall_back_to_the_cpu_and_tensorrt_comes_first(monkeypatch, tmp_path):
     import onnxruntime as ort
 
-    from stages.onnx_runtime import make_session
+    from stages.deploy.onnx_runtime import make_session
 
     seen = {}
 
@@ -25,8 +25,8 @@ def test_gpu_providers_may_not_fall_back_to_the_cpu_and_tensorrt_comes_first(mon
 
 
 def test_tensorrt_provider_options_keep_its_caches_and_one_profile_for_every_batch(tmp_path):
-    from pipeline.config import TargetConfig
-    from stages.backends.onnxruntime_backend import tensorrt_provider_options
+    from stages.common.target_config import TargetConfig
+    from stages.deploy.backends.onnxruntime_backend import tensorrt_provider_options
 
     target = TargetConfig(execution_provider="TensorrtExecutionProvider")
     options = tensorrt_provider_options(tmp_path / "engine.int8.ort.onnx", target, "int8", (1, 8, 32), (3, 32, 32),
@@ -43,11 +43,11 @@ def test_an_unfused_qdq_graph_reads_as_float_on_dequantized_values(tmp_path):
     import numpy as np
     import torch
 
-    from pipeline.config import QuantizeConfig
-    from stages.architectures import build_model
-    from stages.backends.onnxruntime_backend import compute_precision
+    from stages.common.config import QuantizeConfig
+    from stages.nets.architectures import build_model
+    from stages.deploy.backends.onnxruntime_backend import compute_precision
     from stages.export import export_onnx
-    from stages.onnx_runtime import make_session
+    from stages.deploy.onnx_runtime import make_session
     from stages.quantize import quantize_int8
 
     torch.manual_seed(0)
@@ -61,9 +61,9 @@ def test_an_unfused_qdq_graph_reads_as_float_on_dequantized_values(tmp_path):
 def test_a_cpu_engine_records_where_its_nodes_ran(tmp_path):
     import torch
 
-    from pipeline.config import TargetConfig
-    from stages.architectures import build_model
-    from stages.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from stages.common.target_config import TargetConfig
+    from stages.nets.architectures import build_model
+    from stages.deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
     from stages.export import export_onnx
 
     torch.manual_seed(0)
@@ -77,8 +77,8 @@ def test_a_cpu_engine_records_where_its_nodes_ran(tmp_path):
 def test_the_tensorrt_provider_engine_is_loaded_with_the_options_it_was_built_with(tmp_path, monkeypatch):
     import json
 
-    import stages.backends.onnxruntime_backend as backend_module
-    from pipeline.config import TargetConfig
+    import stages.deploy.backends.onnxruntime_backend as backend_module
+    from stages.common.target_config import TargetConfig
 
     engine = tmp_path / "engine.fp16.ort.onnx"
     target = TargetConfig(execution_provider="TensorrtExecutionProvider")
@@ -104,9 +104,9 @@ def test_the_tensorrt_provider_engine_is_loaded_with_the_options_it_was_built_wi
 
 
 def test_a_session_that_did_not_take_the_provider_is_refused_at_load(tmp_path, monkeypatch):
-    import stages.backends.onnxruntime_backend as backend_module
-    from pipeline.config import TargetConfig
-    from pipeline.errors import ArtifactError
+    import stages.deploy.backends.onnxruntime_backend as backend_module
+    from stages.common.target_config import TargetConfig
+    from stages.common.errors import ArtifactError
 
     class CpuOnly:
         def get_providers(self):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from stages.architectures import build_model, resolve_skips
-from stages.models.base import ZeroPadShortcut
-from stages.models.plain import SkipBlock
-from stages.models.wide_resnet import WideBlock
-from stages.stochastic_depth import drop_paths, fixed_subnetwork, survival_probabilities
+from stages.nets.architectures import build_model, resolve_skips
+from stages.nets.models.base import ZeroPadShortcut
+from stages.nets.models.plain import SkipBlock
+from stages.nets.models.wide_resnet import WideBlock
+from stages.nets.stochastic_depth import drop_paths, fixed_subnetwork, survival_probabilities
 
 
 def test_skips_go_around_every_block_after_the_first():
@@ -81,7 +81,7 @@ def test_skips_rules_are_explained():
 
 @pytest.mark.parametrize("name", ["vgg13", "mobilenet", "wrn16_2"])
 def test_sampling_draws_different_sub_networks(name):
-    from stages.stochastic_depth import sample_logits
+    from stages.nets.stochastic_depth import sample_logits
 
     torch.manual_seed(0)
     net = build_model(name, 10, 3, p_last=0.5)
@@ -95,7 +95,7 @@ def test_sampling_draws_different_sub_networks(name):
     ("resnet20", [32, 16, 8]), ("wrn16_2", [32, 16, 8]), ("vgg13", [32, 16, 8, 4, 2]),
     ("mobilenet", [32, 16, 8, 4, 2])])
 def test_group_outputs_end_each_resolution(name, resolutions):
-    from stages.architectures import ARCHITECTURES
+    from stages.nets.architectures import ARCHITECTURES
 
     net = build_model(name, 10, 3).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -107,7 +107,7 @@ def test_group_outputs_end_each_resolution(name, resolutions):
 
 
 def test_sampled_groups_come_from_the_same_sub_networks_as_the_logits():
-    from stages.stochastic_depth import sample_with_groups
+    from stages.nets.stochastic_depth import sample_with_groups
 
     torch.manual_seed(0)
     net = build_model("resnet14", 10, 3, p_last=0.5)

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from stages.power import EnergyMeter, RailSampler, jetson_rails
+from stages.deploy.power import EnergyMeter, RailSampler, jetson_rails
 
 
 def fake_hwmon(root, rails):
@@ -33,8 +33,8 @@ def test_rail_sampler_integrates_power_over_time(tmp_path):
 
 
 def test_energy_meter_reads_nothing_it_cannot(monkeypatch):
-    monkeypatch.setattr("stages.power.jetson_rails", lambda: {})
-    monkeypatch.setattr("stages.power.RAPL_ENERGY", __import__("pathlib").Path("/nonexistent/energy_uj"))
+    monkeypatch.setattr("stages.deploy.power.jetson_rails", lambda: {})
+    monkeypatch.setattr("stages.deploy.power.RAPL_ENERGY", __import__("pathlib").Path("/nonexistent/energy_uj"))
     with EnergyMeter("cpu") as meter:
         pass
     assert meter.joules is None and meter.source is None
@@ -45,7 +45,7 @@ def test_a_busy_neighbour_shows_in_the_machine_load():
     import sys
     import time
 
-    from stages.benchmark_worker import MachineLoad
+    from stages.deploy.benchmark_worker import MachineLoad
 
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -107,7 +107,7 @@ def test_other_processes_on_the_gpu_show_in_the_machine_load(monkeypatch):
     import sys
 
     from stages.benchmark import disturbed_row
-    from stages.benchmark_worker import other_gpu_share
+    from stages.deploy.benchmark_worker import other_gpu_share
 
     since = 1_000_000
     samples = [(os.getpid(), since + 10, 95),  # this process: not a neighbour

@@ -4,10 +4,10 @@ import onnxruntime.quantization as ort_quantization
 import pytest
 import torch
 
-from pipeline.config import QuantizeConfig
-from stages.architectures import build_model
+from stages.common.config import QuantizeConfig
+from stages.nets.architectures import build_model
 from stages.export import export_onnx
-from stages.onnx_runtime import make_session, run_batched
+from stages.deploy.onnx_runtime import make_session, run_batched
 from stages.quantize import quantize_int8
 
 
@@ -73,7 +73,7 @@ def test_int8_missing_the_gate_keeps_the_first_conv_then_the_classifier_in_float
 
 
 def test_int8_that_cannot_meet_the_gate_fails_with_the_figures(exported, tmp_path):
-    from pipeline.errors import ArtifactError
+    from stages.common.errors import ArtifactError
     from stages.quantize import gated_int8
 
     with pytest.raises(ArtifactError, match=r"loses 60.00 points .*max_accuracy_drop = 1.0.*4 layers kept in float"):
@@ -85,7 +85,7 @@ def test_int8_that_cannot_meet_the_gate_fails_with_the_figures(exported, tmp_pat
 def test_the_tensorrt_int8_graph_is_what_tensorrt_takes(exported, tmp_path, tool):
     """Float biases, int8 zero points of 0, per-channel weight scales on axis 0, float logits, and
     residual Adds quantized on their skip input; ONNX Runtime's CPU flavour fails these."""
-    from stages.backends.tensorrt_graph import tensorrt_int8_problems
+    from stages.deploy.backends.tensorrt_graph import tensorrt_int8_problems
 
     pytest.importorskip("modelopt.onnx.quantization") if tool == "modelopt" else None
     used, _ = quantize_int8(exported, tmp_path / "trt.onnx", calibration_images(), QuantizeConfig(int8_tool=tool),
@@ -98,7 +98,7 @@ def test_the_tensorrt_int8_graph_is_what_tensorrt_takes(exported, tmp_path, tool
 
 
 def test_the_cpu_int8_graph_is_not_what_tensorrt_takes(exported, tmp_path):
-    from stages.backends.tensorrt_graph import tensorrt_int8_problems
+    from stages.deploy.backends.tensorrt_graph import tensorrt_int8_problems
 
     quantize_int8(exported, tmp_path / "cpu.onnx", calibration_images(), QuantizeConfig(), "u8s8")
     problems = " ".join(tensorrt_int8_problems(tmp_path / "cpu.onnx"))

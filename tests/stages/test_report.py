@@ -1,6 +1,7 @@
 import pytest
 
-from stages.report import method_comparison, model_label, teacher_reading
+from stages.report import method_comparison
+from stages.reporting.names import model_label, teacher_reading
 
 
 def test_each_teacher_reading_gets_its_own_gains_and_names():
@@ -28,7 +29,7 @@ def test_a_plain_teacher_alone_reports_its_gains_at_the_top_level():
 
 
 def test_the_report_gives_validation_accuracy_beside_test_accuracy_where_held_out():
-    from stages.report import render_markdown
+    from stages.reporting.markdown import render_markdown
 
     training = {"student": {"test_accuracy": 0.5, "validation_accuracy": 0.55, "arch": "resnet8"},
                 "plain_teacher": {"test_accuracy": 0.6, "validation_accuracy": 0.61, "arch": "resnet20"}}
@@ -49,7 +50,8 @@ def engine_row(precision, batch, accuracy, p50, throughput, budget=None, runtime
 
 
 def test_the_glance_table_deploys_the_fastest_engine_within_budget():
-    from stages.report import deployed_summary, render_summary
+    from stages.report import deployed_summary
+    from stages.reporting.markdown import render_summary
 
     rows = [engine_row("fp32", 1, 0.70, 1.0, 1000, "within"), engine_row("fp32", 64, 0.70, 20.0, 3200, "within"),
             engine_row("int8", 1, 0.60, 0.5, 2000, "over: accuracy drop 10.00 > 1 points"),
@@ -68,8 +70,9 @@ def test_the_glance_table_deploys_the_fastest_engine_within_budget():
 
 
 def test_raw_pixel_engines_are_judged_against_their_own_fp32_and_can_be_the_one_deployed():
-    from stages.deployment import judge_rows
-    from stages.report import deployed_summary, render_summary
+    from stages.deploy.budgets import judge_rows
+    from stages.report import deployed_summary
+    from stages.reporting.markdown import render_summary
 
     pixels = {"input": "uint8"}
     rows = [engine_row("fp32", 64, 0.70, 20.0, 3200), engine_row("int8", 64, 0.69, 8.0, 8000),

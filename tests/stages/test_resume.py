@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Augmentation, TrainingConfig
-from pipeline.errors import ArtifactError, PipelineError
-from stages.architectures import build_model
-from stages.data import ImageDataset
-from stages.resume import TrainingInterrupted
-from stages.training import DeviceData, cross_entropy_loss, train
+from stages.common.config import Augmentation, TrainingConfig
+from stages.common.errors import ArtifactError, PipelineError
+from stages.nets.architectures import build_model
+from stages.training.data import ImageDataset
+from stages.training.resume import TrainingInterrupted
+from stages.training.loop import DeviceData, cross_entropy_loss, train
 
 AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
 RECIPE = TrainingConfig(epochs=3, batch_size=16, lr=0.05, lr_milestones=(2,), warmup_epochs=1)

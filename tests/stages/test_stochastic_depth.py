@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from stages.models.resnet import BasicBlock, CifarResNet
-from stages.stochastic_depth import (DropPath, draw_subnetwork, drop_paths, fixed_subnetwork, keep_scale,
-                                     sample_logits, sampling, survival_probabilities)
+from stages.nets.models.resnet import BasicBlock, CifarResNet
+from stages.nets.stochastic_depth import (DropPath, draw_subnetwork, drop_paths, fixed_subnetwork, keep_scale,
+                                          sample_logits, sampling, survival_probabilities)
 
 
 def test_survival_probabilities_follow_eq_2():
@@ -127,7 +127,7 @@ def test_draw_subnetwork_is_seeded():
 
 
 def test_kept_groups_draw_what_keep_scale_draws_and_name_the_kept_rows():
-    from stages.stochastic_depth import KeptRows, kept_groups
+    from stages.nets.stochastic_depth import KeptRows, kept_groups
 
     for seed in range(30):
         torch.manual_seed(seed)
@@ -142,7 +142,7 @@ def test_kept_groups_draw_what_keep_scale_draws_and_name_the_kept_rows():
 
 
 def test_branches_are_computed_only_for_the_sub_networks_that_keep_them():
-    from stages.stochastic_depth import stochastic_sum
+    from stages.nets.stochastic_depth import stochastic_sum
 
     drop = DropPath(0.5)
     drop.sampling, drop.groups = True, 4
@@ -163,12 +163,12 @@ def test_branches_are_computed_only_for_the_sub_networks_that_keep_them():
         assert seen[-1] == int(kept.sum()) or not kept.any() or kept.all()
 
 
-@pytest.mark.parametrize("name", sorted(__import__("stages.architectures", fromlist=["ARCHITECTURES"]).ARCHITECTURES))
+@pytest.mark.parametrize("name", sorted(__import__("stages.nets.architectures", fromlist=["ARCHITECTURES"]).ARCHITECTURES))
 def test_k_sub_networks_sampled_in_one_batched_pass_work_on_every_network(name):
     """The batched path a GPU takes, forced on the CPU: each block runs on the rows of the
     sub-networks that keep it, so a block must compute its branch from exactly the rows it is given."""
-    from stages.architectures import build_model
-    from stages.stochastic_depth import sample_with_groups
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import sample_with_groups
 
     torch.manual_seed(0)
     net = build_model(name, 10, 3, p_last=0.5)
@@ -181,7 +181,7 @@ def test_k_sub_networks_sampled_in_one_batched_pass_work_on_every_network(name):
 
 
 def _saved_teacher(tmp_path, trained_p_last: float):
-    from stages.checkpoint import ModelSpec, save_model
+    from stages.nets.checkpoint import ModelSpec, save_model
 
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", 10, 3, 16, trained_p_last, "batch", (0.5,) * 3, (0.25,) * 3)
@@ -196,8 +196,8 @@ def _saved_teacher(tmp_path, trained_p_last: float):
 
 
 def test_a_plain_teachers_sub_network_is_the_trained_network_with_the_dropped_blocks_removed(tmp_path):
-    from stages.checkpoint import load_model
-    from stages.teaching import teaching_teacher
+    from stages.nets.checkpoint import load_model
+    from stages.nets.teaching import teaching_teacher
 
     folder = _saved_teacher(tmp_path, 1.0)
     teacher = teaching_teacher(folder, 0.5, "batch", "trained", torch.device("cpu"))
@@ -221,7 +221,7 @@ def test_a_plain_teachers_sub_network_is_the_trained_network_with_the_dropped_bl
 
 
 def test_kept_blocks_keep_the_scale_they_were_trained_with(tmp_path):
-    from stages.teaching import teaching_teacher
+    from stages.nets.teaching import teaching_teacher
 
     folder = _saved_teacher(tmp_path, 0.8)
     trained = survival_probabilities(9, 0.8)[1:]
@@ -234,7 +234,7 @@ def test_kept_blocks_keep_the_scale_they_were_trained_with(tmp_path):
 
 
 def test_teaching_at_the_trained_p_n_is_the_same_under_both_kept_scales(tmp_path):
-    from stages.teaching import teaching_teacher
+    from stages.nets.teaching import teaching_teacher
 
     folder = _saved_teacher(tmp_path, 0.5)
     x = torch.randn(4, 3, 16, 16)
@@ -250,8 +250,8 @@ def test_teaching_at_the_trained_p_n_is_the_same_under_both_kept_scales(tmp_path
 def test_masks_drop_as_often_as_skipping_and_give_the_same_sub_networks():
     """The mask execution draws the same Bernoulli coins on the device (other generators): the same
     drop frequencies, and for the same decisions, the same outputs."""
-    from stages.architectures import build_model
-    from stages.stochastic_depth import drop_paths, fixed_subnetwork, use_drop_execution
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import drop_paths, fixed_subnetwork, use_drop_execution
 
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3, p_last=0.5)
@@ -274,8 +274,8 @@ def test_masks_drop_as_often_as_skipping_and_give_the_same_sub_networks():
 
 def test_a_masked_network_compiles_without_graph_breaks_and_a_skipping_one_does_not():
     """No host-side decision is left in a masked training step: what CUDA-graph capture needs."""
-    from stages.architectures import build_model
-    from stages.stochastic_depth import use_drop_execution
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import use_drop_execution
 
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 3, p_last=0.5).train()

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import QuantizeConfig, TargetConfig, TensorRTConfig
-from pipeline.errors import ArtifactError
+from stages.common.config import QuantizeConfig
+from stages.common.target_config import TargetConfig, TensorRTConfig
+from stages.common.errors import ArtifactError
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def models(onnx_models):
 
 
 def build(models, tmp_path, precision, target=None, batch_sizes=(1, 8), shared=None):
-    from stages.backends.tensorrt_backend import TensorRTBackend
+    from stages.deploy.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend().build(models / f"{precision}.onnx", tmp_path / f"engine.{precision}.plan", precision,
                                    target or TargetConfig(backend="tensorrt"), batch_sizes=batch_sizes,
@@ -59,7 +60,7 @@ def test_optimization_batch_asks_for_one_dynamic_profile(standin_tensorrt, model
 
 
 def test_without_a_context_the_inspector_gives_no_format_and_that_is_said(standin_tensorrt):
-    from stages.backends.tensorrt_settings import check_built_precision, layer_precisions
+    from stages.deploy.backends.tensorrt_settings import check_built_precision, layer_precisions
 
     plan = {"input": "images", "precision": "int8", "tf32": False, "dla": False, "layers": ["/c1/Conv", "/fc/Gemm"]}
     layers = standin_tensorrt.engine_layers(plan, shapes_known=False, version="10.13.0")
@@ -72,7 +73,7 @@ def test_without_a_context_the_inspector_gives_no_format_and_that_is_said(standi
 
 
 def test_an_engine_in_another_precision_is_refused_and_not_kept(standin_tensorrt, models, tmp_path):
-    from stages.backends.tensorrt_settings import check_built_precision
+    from stages.deploy.backends.tensorrt_settings import check_built_precision
 
     built = {"layers_by_precision": {"fp16": 5}, "heavy_layers": 5}
     with pytest.raises(ArtifactError, match=r"built no int8 layer on this GPU \(heavy layers: \{'fp16': 5\}\)"):
@@ -111,7 +112,7 @@ def test_dla_int8_and_fp32_engines_are_built_for_the_gpu_and_say_why(standin_ten
 
 
 def test_dla_with_one_dynamic_profile_is_refused():
-    from stages.backends.tensorrt_settings import builder_settings
+    from stages.deploy.backends.tensorrt_settings import builder_settings
 
     with pytest.raises(ValueError, match="the DLA .* runs only static shapes"):
         builder_settings(TensorRTConfig(dla_core=0, optimization_batch=8), "fp16", (1, 8, 32), (3, 32, 32))
@@ -138,7 +139,7 @@ def raw_pixel_model(path, cast_first: bool = True):
     ``cast_first`` False) with the transpose ahead of the cast."""
     import torch
 
-    from stages.architectures import build_model
+    from stages.nets.architectures import build_model
     from stages.export import RawPixels, export_onnx, read_pixels_through_the_cast
 
     class TransposeFirst(RawPixels):
@@ -154,7 +155,7 @@ def raw_pixel_model(path, cast_first: bool = True):
 
 
 def test_a_raw_pixel_model_builds_with_nhwc_profiles_and_a_uint8_input(standin_tensorrt, tmp_path):
-    from stages.backends.tensorrt_backend import TensorRTBackend, TensorRTRunner
+    from stages.deploy.backends.tensorrt_backend import TensorRTBackend, TensorRTRunner
 
     onnx_path = raw_pixel_model(tmp_path / "pixels.onnx")
     record = TensorRTBackend().build(onnx_path, tmp_path / "engine.fp32.plan", "fp32", TargetConfig(backend="tensorrt"),
@@ -167,8 +168,8 @@ def test_a_raw_pixel_model_builds_with_nhwc_profiles_and_a_uint8_input(standin_t
 
 
 def test_a_uint8_input_that_does_not_go_straight_into_a_cast_is_refused_before_building(standin_tensorrt, tmp_path):
-    from stages.backends.tensorrt_backend import TensorRTBackend
-    from stages.backends.tensorrt_graph import tensorrt_input_problems
+    from stages.deploy.backends.tensorrt_backend import TensorRTBackend
+    from stages.deploy.backends.tensorrt_graph import tensorrt_input_problems
 
     assert tensorrt_input_problems(raw_pixel_model(tmp_path / "good.onnx")) == []
     bad = raw_pixel_model(tmp_path / "bad.onnx", cast_first=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TargetConfig
+from stages.common.target_config import TargetConfig
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (install the gpu extra on a CUDA machine)")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
@@ -17,8 +17,8 @@ def models(onnx_models):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_builds_records_its_precision_and_matches_onnx_runtime(models, tmp_path, precision):
-    from stages.backends.tensorrt_backend import TensorRTBackend
-    from stages.onnx_runtime import make_session
+    from stages.deploy.backends.tensorrt_backend import TensorRTBackend
+    from stages.deploy.onnx_runtime import make_session
 
     backend, target = TensorRTBackend(), TargetConfig(backend="tensorrt")
     assert backend.unavailable_reason(target) is None
@@ -40,8 +40,8 @@ def test_engine_builds_records_its_precision_and_matches_onnx_runtime(models, tm
 
 
 def test_a_batch_outside_the_engine_profile_is_refused(models, tmp_path):
-    from pipeline.errors import ArtifactError
-    from stages.backends.tensorrt_backend import TensorRTBackend
+    from stages.common.errors import ArtifactError
+    from stages.deploy.backends.tensorrt_backend import TensorRTBackend
 
     backend, target = TensorRTBackend(), TargetConfig(backend="tensorrt")
     backend.build(models / "fp32.onnx", tmp_path / "engine.plan", "fp32", target, batch_sizes=(1, 8),

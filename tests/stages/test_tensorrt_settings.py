@@ -4,10 +4,10 @@ builder config (tests/tensorrt_standin.py), which takes only the real bindings' 
 
 import pytest
 
-from pipeline.config import TensorRTConfig
-from stages.backends.tensorrt_settings import (MIB, apply_settings, attach_timing_cache, batch_profiles,
-                                               builder_settings, check_batch_covered, evaluation_batch,
-                                               layer_precisions, network_flags, recorded_batch_ranges)
+from stages.common.target_config import TensorRTConfig
+from stages.deploy.backends.tensorrt_settings import (MIB, apply_settings, attach_timing_cache, batch_profiles,
+                                                      builder_settings, check_batch_covered, evaluation_batch,
+                                                      layer_precisions, network_flags, recorded_batch_ranges)
 
 
 def test_one_static_profile_per_batch_unless_one_batch_is_named():

@@ -5,7 +5,7 @@ def test_training_history_becomes_tensorboard_scalars(tmp_path):
     pytest.importorskip("tensorboard", reason="the tracking extra (tensorboard) is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from stages.tracking import write_tensorboard
+    from stages.training.tracking import write_tensorboard
 
     history = [{"epoch": 1, "loss": 2.0, "train_accuracy": 0.3, "test_accuracy": 0.25, "lr": 0.1},
                {"epoch": 2, "loss": 1.5, "train_accuracy": 0.5, "test_accuracy": 0.4, "lr": 0.1}]
@@ -26,7 +26,7 @@ def test_without_tensorboard_nothing_is_written(tmp_path, monkeypatch):
             raise ImportError("No module named 'tensorboard'")
         return real_import(name, *args, **kwargs)
 
-    from stages.tracking import write_tensorboard
+    from stages.training.tracking import write_tensorboard
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     assert not write_tensorboard([{"epoch": 1, "loss": 1.0}], tmp_path, "kd")

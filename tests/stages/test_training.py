@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import TrainingConfig
-from stages.training import lr_factor
+from stages.common.config import TrainingConfig
+from stages.training.loop import lr_factor
 
 
 def test_step_schedule_divides_at_milestones():
@@ -26,11 +26,11 @@ def test_a_diverging_loss_names_the_epoch_and_the_batch():
     import numpy as np
     import torch
 
-    from pipeline.config import Augmentation
-    from pipeline.errors import PipelineError
-    from stages.architectures import build_model
-    from stages.data import ImageDataset
-    from stages.training import DeviceData, train
+    from stages.common.config import Augmentation
+    from stages.common.errors import PipelineError
+    from stages.nets.architectures import build_model
+    from stages.training.data import ImageDataset
+    from stages.training.loop import DeviceData, train
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
@@ -53,10 +53,11 @@ def test_evaluating_after_each_epoch_records_curves_and_leaves_the_weights_alone
     import numpy as np
     import torch
 
-    from pipeline.config import Augmentation
-    from stages.architectures import build_model
-    from stages.data import ImageDataset
-    from stages.training import DeviceData, accuracy, predict, train
+    from stages.common.config import Augmentation
+    from stages.nets.architectures import build_model
+    from stages.training.data import ImageDataset
+    from stages.training.evaluation import accuracy, predict
+    from stages.training.loop import DeviceData, train
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)

@@ -1,0 +1,142 @@
+"""Commands for what a run leaves behind: bundles between machines, deployed folders and their
+predictions, and datasets packed once. Registered on the command line by pipeline.cli."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pipeline.cli_options import (ArtifactsOpt, ProfileArg, SetOpt, artifacts_root, check_stage,
+                                  user_errors)
+from pipeline.registry import STAGE_ORDER, stage_index
+from stages.common.errors import PipelineError
+
+
+def bundle(profile: Optional[Path] = ProfileArg,
+           output: Path = typer.Option(..., "-o", "--output", metavar="FILE.tar", help="The bundle to write."),
+           set_: List[str] = SetOpt,
+           until: Optional[str] = typer.Option(None, "--until", metavar="STAGE",
+                                               help="Bundle the stages up to this one (default: all)."),
+           over: List[str] = typer.Option(None, "--over", metavar="KEY=V1,V2,...",
+                                          help="Bundle every point of a sweep grid, as sweep --over takes it."),
+           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Pack what a profile has produced so far (and the checkpoints of unfinished training) into one
+    tar file that unbundle adds to another artifacts folder."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.bundle import pack
+        from pipeline.plan import build_plan
+        from pipeline.profiles import load_profile
+        from pipeline.store import ArtifactStore
+        from pipeline.sweep import grid, parse_axes
+
+        check_stage("--until", until)
+        points = grid(parse_axes(over)) if over else [{}]
+        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
+                    for point in points]
+        last = stage_index(until) if until else len(STAGE_ORDER) - 1
+        tasks = {}
+        for loaded in profiles:
+            for task in build_plan(loaded):
+                if stage_index(task.stage) <= last:
+                    tasks.setdefault((task.stage, task.key), task)
+        store = ArtifactStore(artifacts_root(artifacts), warn=ui.warn)
+        index = pack(store, list(tasks.values()), output, profiles[0].name)
+        finished = sum(e["kind"] == "artifact" for e in index["entries"])
+        resumable = len(index["entries"]) - finished
+        size = output.stat().st_size / (1 << 20)
+        typer.echo(f"{output}: {finished} finished tasks" + (f", {resumable} training checkpoints"
+                                                             if resumable else "") + f", {size:.1f} MiB")
+        if index["not_bundled"]:
+            typer.echo(f"not produced yet, so not bundled: {', '.join(index['not_bundled'])}")
+
+
+def unbundle(bundle_file: Path = typer.Argument(..., metavar="FILE.tar", help="A bundle made by bundle."),
+             artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Check every file of a bundle, then add what this artifacts folder lacks; a rerun of the
+    profile takes it from the cache."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.bundle import unpack
+        from pipeline.store import ArtifactStore
+
+        store = ArtifactStore(artifacts_root(artifacts), warn=ui.warn)
+        outcome = unpack(bundle_file, store)
+        typer.echo(f"{bundle_file}: added {len(outcome['added'])} entries to {store.root}"
+                   + (f"; {len(outcome['present'])} were here already" if outcome["present"] else ""))
+        for task in outcome["added"]:
+            typer.echo(f"  + {task}")
+
+
+def deploy(profile: Optional[Path] = ProfileArg,
+           output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="The folder to write."),
+           set_: List[str] = SetOpt,
+           model: Optional[str] = typer.Option(None, "--model", help="Which model (default: the most accurate "
+                                               "within the target's budgets)."),
+           precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the "
+                                                   "model's fastest engine within budget)."),
+           input_form: Optional[str] = typer.Option(None, "--input", metavar="float|uint8", help="The model "
+                                                    "taking normalized floats, or raw uint8 pixels (made with "
+                                                    "export.preprocess: graph). Default: as chosen."),
+           artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """Write a finished run's deployed model as a folder of its own: the engine, deploy.json and a
+    model card; predict runs it."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.deploy import deploy as write_deployment
+        from pipeline.profiles import load_profile
+        from pipeline.store import ArtifactStore
+
+        if input_form not in (None, "float", "uint8"):
+            raise PipelineError(f"--input {input_form!r}: choose float or uint8")
+        loaded = load_profile(profile, set_ or [])
+        package = write_deployment(loaded, ArtifactStore(artifacts_root(artifacts), warn=ui.warn), output,
+                                   model, precision, {"float": "", "uint8": "uint8"}.get(input_form))
+        typer.echo(f"{output}: {package['label']} ({package['arch']}) at {package['precision']} on "
+                   f"{package['backend']}, {100 * package['test_accuracy']:.2f} % top-1. {package['why']}")
+
+
+def predict(folder: Path = typer.Argument(..., metavar="DIR", help="A folder written by deploy."),
+            images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files, or folders of them."),
+            top_k: int = typer.Option(5, "--top-k", min=1, help="Classes to show per image."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON, for scripts.")) -> None:
+    """Classify images with a deployed model, reading only its folder."""
+    with user_errors():
+        from stages.deploy.deployed import predict as run_predict
+
+        results = run_predict(folder, images, top_k)
+    if as_json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    for result in results:
+        best = ", ".join(f"{t['class']} {100 * t['probability']:.1f} %" for t in result["top"])
+        typer.echo(f"{result['image']}: {best}" + (f" ({'; '.join(result['notes'])})" if "notes" in result else ""))
+
+
+def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
+                 root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),
+                 destination: Path = typer.Argument(..., metavar="OUT.npz", help="The .npz to write."),
+                 image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N",
+                                                          help="Resize every image to N x N.")) -> None:
+    """Decode an image-folder dataset once into an .npz that data.root can name."""
+    with user_errors():
+        from stages.common.config import FOLDER_DATASETS
+
+        if dataset not in FOLDER_DATASETS:
+            raise PipelineError(f"pack-dataset {dataset!r}: allowed: {', '.join(FOLDER_DATASETS)}")
+        if destination.suffix != ".npz":
+            raise PipelineError(f"{destination}: the output must be an .npz file")
+        if not root.is_dir():
+            raise PipelineError(f"{root}: no such folder")
+        from stages.training.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
+
+        loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders
+        arrays = loader(root, image_size)
+        pack_npz(arrays, destination)
+        print(f"{destination}: {len(arrays[0])} training and {len(arrays[2])} test images of "
+              f"{arrays[0].shape[1]}x{arrays[0].shape[2]}, {len(arrays[4])} classes")
+
+

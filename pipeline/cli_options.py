@@ -1,0 +1,67 @@
+"""What every command shares: its options and arguments, where the artifacts live, and how a bad
+input ends (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+from pipeline.registry import STAGE_ORDER, STAGES
+from stages.common.errors import PipelineError
+
+ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
+                            help="Profile YAML (default: profiles/quickstart.yaml).")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
+                      help="Override a profile key, e.g. --set distill.temperature=2 (repeatable).")
+DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda",
+                         help="Training device: auto (CUDA when present), cpu or cuda.")
+ArtifactsOpt = typer.Option(None, "--artifacts", metavar="DIR", show_default=False,
+                            help="Artifact folder (default: $STOCHKD_ARTIFACTS or ./artifacts).")
+NprocOpt = typer.Option(1, "--nproc-per-node", min=1, help="Train on this many processes per node (one per GPU) "
+                        "under torchrun, with DistributedDataParallel.")
+NnodesOpt = typer.Option("1", "--nnodes", help="Nodes taking part (torchrun's --nnodes); the artifacts folder "
+                         "must be shared between them.")
+NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun's --node-rank).")
+MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
+MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
+CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
+                             help="Save training progress this often (and on Ctrl-C); a killed run started "
+                                  "again resumes from the last save.")
+JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
+                       "time, each in its own process (one GPU each where there are several; the CPU's cores "
+                       "split between them). Benchmarks still run alone.")
+
+def artifacts_root(option: Optional[Path]) -> Path:
+    return option or Path(os.environ.get("STOCHKD_ARTIFACTS", "artifacts"))
+
+
+def check_stage(option: str, value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in STAGES:
+        raise PipelineError(f"{option} {value!r}: unknown stage; allowed: {', '.join(STAGE_ORDER)}")
+    return value
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input ends in one line and exit code 2; Ctrl-C says how to go on."""
+    try:
+        yield
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        from stages.training.resume import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"interrupted: {exc}", file=sys.stderr)
+        else:
+            print("interrupted: finished stages are cached, no half-written artifact is kept, and training "
+                  "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+
+

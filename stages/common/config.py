@@ -1,0 +1,310 @@
+"""The profile schema: frozen, typed sections, each field with a type, a default and a description.
+Here the data, training and method sections; the target's in ``target_config``, the whole profile
+in ``profile``.
+
+Validation happens once, in ``pipeline.profiles``; stages receive plain, already-checked values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stages.nets.architectures import ARCHITECTURES, resolve_skips
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+SKIPS_HELP = ("Skips around every block after the first of a plain network (vgg13, mobilenet): the identity, or "
+              "where a block changes shape a parameter-free shortcut (subsample, zero-pad the new channels); "
+              "null: exactly when its blocks are stochastic. Residual networks always have them.")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def skip_shortcuts(archs: tuple[str, ...] | list[str], p_last: float, skips: bool | None) -> dict:
+    """A cache-key entry for plain networks built with skips: since their shape-changing blocks got
+    zero-padding shortcuts, such networks compute something else than the artifacts made before."""
+    added = [a for a in archs if not ARCHITECTURES[a].residual and resolve_skips(a, p_last, skips)]
+    return {"skip_shortcuts": "zero_pad"} if added else {}
+
+
+def each_once(values: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"each {what} at most once, got {list(values)}")
+    return values
+
+
+def _known_architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown network {name!r}; allowed: {', '.join(ARCHITECTURES)}")
+    return name
+
+
+class Augmentation(Section):
+    crop_padding: int = Field(4, ge=0, description="Zero padding before the random crop (pixels); 0 disables cropping.")
+    horizontal_flip: bool = Field(True, description="Random horizontal flips.")
+
+
+FOLDER_DATASETS = ("tiny_imagenet", "folder")
+
+
+class DataConfig(Section):
+    dataset: Literal["digits", "cifar10", "cifar100", "tiny_imagenet", "folder", "npz"] = Field(
+        "digits", description="digits (scikit-learn's bundled 8x8 digits, no download); cifar10 or cifar100 "
+        "(an .npz or a torchvision folder); tiny_imagenet (its official folder, or an .npz packed from it); "
+        "folder (root/train/<class>/*, root/test/<class>/*); npz (x_train, y_train, x_test, y_test, class_names).")
+    root: str | None = Field(
+        None, description="Where the data is: an .npz file, or the dataset's folder. "
+        "Relative paths resolve from the current directory.")
+    download: bool = Field(False, description="Let torchvision download cifar10/cifar100 into data.root.")
+    image_size: int | None = Field(
+        None, ge=8, description="Resize images read from files to this square size (null: keep their size).")
+    train_images: int | None = Field(
+        None, ge=1, description="Use a class-balanced subset of this many training images (null: all).")
+    test_images: int | None = Field(
+        None, ge=1, description="Use a class-balanced subset of this many test images (null: all).")
+    validation_images: int | None = Field(
+        None, ge=1, description="Hold out a class-balanced validation split of this many training images (a fixed, "
+        "seeded choice; train_images then counts the rest). Every trained model reports its accuracy on it, and a "
+        "sweep chooses settings such as p_n by it, never by the test split (null: no validation split).")
+    augmentation: Augmentation = Field(default_factory=Augmentation, description="Training augmentation.")
+
+    @model_validator(mode="after")
+    def _root_fits_dataset(self) -> "DataConfig":
+        if self.dataset == "digits" and self.root is not None:
+            raise ValueError("data.root must be null for dataset 'digits' (it ships with scikit-learn)")
+        if self.dataset == "npz" and (self.root is None or not self.root.endswith(".npz")):
+            raise ValueError(f"dataset 'npz' needs data.root pointing at an .npz file, got {self.root!r}")
+        if self.dataset in FOLDER_DATASETS and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data.root: its folder, or an .npz packed "
+                             f"from it with `stochkd-pipeline pack-dataset`")
+        return self
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(30, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(128, ge=1, description="Images per optimizer step.")
+    lr: float = Field(0.1, gt=0, description="Initial SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
+    lr_schedule: Literal["step", "cosine"] = Field(
+        "step", description="step: multiply by lr_gamma at each of lr_milestones; cosine: anneal to 0.")
+    lr_milestones: tuple[int, ...] = Field((), description="Epochs at which a step schedule decays the LR.")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of the step schedule.")
+    warmup_epochs: float | None = Field(
+        None, gt=0, description="Ramp the LR up linearly over this many epochs (null: no warm-up). "
+        "Very deep ResNets (110 layers) need it to start training at LR 0.1 (He et al. 2016).")
+    precision: Literal["fp32", "bf16"] | None = Field(
+        None, description="Arithmetic of the training step: bf16 autocast or fp32 (null: bf16 on a CUDA GPU, "
+        "fp32 elsewhere).")
+    compile: bool | None = Field(
+        None, description="torch.compile the network for training (null: no). Its compile time is reported "
+        "apart from the steady-state throughput.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
+        None, description="torch.compile's mode when compile is on (null: default). reduce-overhead captures "
+        "CUDA graphs on a GPU; it needs drop_execution: mask, which leaves no host-side decision in a step.")
+    eval_each_epoch: bool | None = Field(
+        None, description="Measure test (and validation) accuracy after every epoch, for the report's curves; its "
+        "time is kept out of the training throughput (null: yes).")
+    drop_execution: Literal["skip", "mask"] | None = Field(
+        None, description="How stochastic blocks drop while training, and while a teacher is sampled for this "
+        "recipe: skip (compute a block only for the rows that keep it, coins drawn on the CPU) or mask (compute "
+        "every block and multiply by a mask drawn on the device, capturable). Same distribution (null: mask where "
+        "capture_step replays the step on a GPU, skip elsewhere).")
+    capture_step: bool | None = Field(
+        None, description="On a CUDA GPU, record each full batch's whole step (forward, loss, backward, optimizer "
+        "step) once as a CUDA graph and replay it, after a few eager steps; stochastic blocks then drop by masks "
+        "(drop_execution null or mask). Ignored on a CPU, where the step runs eagerly (null: no).")
+
+    @model_validator(mode="after")
+    def _capture_needs_masks(self) -> "TrainingConfig":
+        if self.compile_mode == "reduce-overhead" and self.drop_execution != "mask":
+            raise ValueError("training.compile_mode 'reduce-overhead' captures the step in CUDA graphs, which "
+                             "host-side skipping breaks; set training.drop_execution: mask as well")
+        if self.capture_step and self.drop_execution == "skip":
+            raise ValueError("training.capture_step records the step as a CUDA graph, which host-side skipping "
+                             "breaks; set training.drop_execution to mask or leave it out")
+        if self.capture_step and self.compile_mode == "reduce-overhead":
+            raise ValueError("training.capture_step already records the whole step as a CUDA graph; use "
+                             "compile_mode default (or null) with it, not reduce-overhead")
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError("training.compile_mode is set but training.compile is not; set compile: true")
+        return self
+
+
+TEACHER_READINGS = ("stochastic_depth", "plain")
+
+
+class TeacherConfig(Section):
+    arch: str = Field("resnet20", description=f"Teacher network: {', '.join(ARCHITECTURES)}.")
+    p_last: Probability = Field(
+        0.5, description="Survival probability p_n of the deepest block (eq. 2); 1 disables dropping.")
+    drop_mode: Literal["batch", "sample"] = Field(
+        "batch", description="While training: drop a block for the whole batch, or per image.")
+    skips: bool | None = Field(None, description=SKIPS_HELP)
+    readings: tuple[Literal[TEACHER_READINGS], ...] = Field(  # type: ignore[valid-type]
+        ("stochastic_depth",), min_length=1,
+        description="Which teachers teach, each with its own KD baseline: stochastic_depth (trained with "
+        "dropping at p_last) and/or plain (trained without dropping, its blocks dropped only while it teaches, "
+        "at distill.p_last or else p_last; skips added to plain networks as for stochastic_depth).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Teacher recipe.")
+    checkpoint: str | None = Field(
+        None, description="Import this teacher instead of training one: a state dict (.pt, .pth or .safetensors) "
+        "of teacher.arch, or a teacher artifact folder. p_last says how it was trained (1: without dropping). "
+        "Its key is the file's content hash; its accuracy is measured on the test split. Relative paths resolve "
+        "from the current directory.")
+
+    _arch = field_validator("arch")(_known_architecture)
+
+    @field_validator("readings")
+    @classmethod
+    def _distinct_readings(cls, readings: tuple[str, ...]) -> tuple[str, ...]:
+        return each_once(readings, "reading")
+
+    def cache_form(self) -> dict:
+        """What training the teacher reads: not which readings the profile compares. An imported
+        teacher is its weights' content, not its path, and no recipe."""
+        if self.checkpoint is not None:
+            from stages.training.import_teacher import content_hash
+
+            return {**self.model_dump(mode="json", exclude={"readings", "training", "checkpoint"}, exclude_none=True),
+                    "checkpoint_sha256": content_hash(Path(self.checkpoint)),
+                    **skip_shortcuts([self.arch], self.p_last, self.skips)}
+        return {**self.model_dump(mode="json", exclude={"readings"}, exclude_none=True),
+                **skip_shortcuts([self.arch], self.p_last, self.skips)}
+
+    def trained_plain(self) -> "TeacherConfig":
+        """The plain reading's teacher: the same network and recipe, trained without dropping, with
+        the skips the stochastic one has (so that its blocks can drop while it teaches)."""
+        return self.model_copy(update={"p_last": 1.0, "drop_mode": "batch",
+                                       "skips": resolve_skips(self.arch, self.p_last, self.skips)})
+
+    @model_validator(mode="after")
+    def _skips_fit(self) -> "TeacherConfig":
+        resolve_skips(self.arch, self.p_last, self.skips)
+        return self
+
+    @model_validator(mode="after")
+    def _one_imported_teacher(self) -> "TeacherConfig":
+        if self.checkpoint is not None and "plain" in self.readings:
+            raise ValueError("teacher.checkpoint imports one teacher, but teacher.readings includes plain, which "
+                             "trains a second one; use readings [stochastic_depth] with the imported teacher's own "
+                             "p_last (1 for one trained without dropping)")
+        return self
+
+
+class StudentConfig(Section):
+    arch: str = Field("resnet8", description=f"Student network: {', '.join(ARCHITECTURES)}.")
+    skips: bool | None = Field(None, description=SKIPS_HELP)
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="One recipe for every student: alone, KD and stochastic KD.")
+
+    _arch = field_validator("arch")(_known_architecture)
+
+    @model_validator(mode="after")
+    def _skips_fit(self) -> "StudentConfig":
+        resolve_skips(self.arch, 1.0, self.skips)
+        return self
+
+    def cache_form(self) -> dict:
+        return {**self.model_dump(mode="json", exclude_none=True), **skip_shortcuts([self.arch], 1.0, self.skips)}
+
+
+class DistillConfig(Section):
+    transfer: Literal["kd", "at"] = Field(
+        "kd", description="kd: match the teacher's softened outputs (Hinton et al.); at: match its attention "
+        "maps at every group boundary (Zagoruyko & Komodakis), teacher and student groups at equal resolutions.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
+    kd_weight: float = Field(0.9, ge=0, le=1, description="Weight of the KD term; the label CE gets 1 - kd_weight.")
+    at_weight: float = Field(1000.0, ge=0, description="beta of attention transfer: the loss adds beta/2 times "
+                             "the attention distance (Zagoruyko & Komodakis use 1000).")
+    teacher_samples: int = Field(4, ge=1, description="K: teacher sub-networks sampled per batch (stochastic KD).")
+    p_last: Probability | None = Field(
+        None, description="Survival p_n while the teacher teaches; null: the teacher's own p_last.")
+    drop_mode: Literal["batch", "sample"] = Field(
+        "batch", description="batch: each of the K samples is one sub-network for the whole batch; "
+        "sample: an independent mask per image.")
+    aggregate: Literal["individual", "ensemble"] = Field(
+        "individual", description="individual: average the K per-sample KD terms; ensemble: "
+        "average the K distributions first.")
+    kept_scale: Literal["trained", "expectation"] = Field(
+        "trained", description="How a sampled teacher's surviving blocks are scaled when it teaches at another "
+        "p_n than it was trained with: trained (the scale each block was trained with, the paper's sub-network: "
+        "the trained network with the dropped blocks removed) or expectation (divided by the teaching survival, "
+        "so the expected output is the full network's).")
+
+    def cache_form(self) -> dict:
+        """The settings that the chosen transfer reads, and no others."""
+        unused = {"at_weight"} if self.transfer == "kd" else {"temperature", "kd_weight"}
+        return self.model_dump(mode="json", exclude=unused, exclude_none=True)
+
+
+class MutualConfig(Section):
+    peers: tuple[str, ...] = Field(
+        ("resnet32", "resnet32"), min_length=2,
+        description="Deep Mutual Learning: networks trained together from scratch, each learning from the others.")
+    p_last: Probability = Field(
+        0.5, description="Survival p_n of the deepest block of every proposed peer (eq. 2); conventional "
+        "peers never drop.")
+    drop_mode: Literal["batch", "sample"] = Field("batch", description="How proposed peers drop blocks.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the mimicry term (DML uses 1).")
+    mimicry_weight: float = Field(1.0, ge=0, description="Weight of the mean KL to the other peers (CE weighs 1).")
+    update: Literal["simultaneous", "sequential"] = Field(
+        "simultaneous", description="simultaneous: every peer steps on the same batch's predictions; sequential: "
+        "peers step one after another, each learning from the others' latest predictions (DML's Algorithm 1; "
+        "one process only).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="One recipe for every peer.")
+
+    @field_validator("peers")
+    @classmethod
+    def _known_peers(cls, peers: tuple[str, ...]) -> tuple[str, ...]:
+        for name in peers:
+            _known_architecture(name)
+        return peers
+
+    def cache_form(self) -> dict:
+        # The default update stays out, so keys made before it was a setting stay valid.
+        unused = {"update"} if self.update == "simultaneous" else set()
+        return {**self.model_dump(mode="json", exclude=unused, exclude_none=True),
+                **skip_shortcuts(self.peers, self.p_last, None)}
+
+
+class AnalysisConfig(Section):
+    images: int = Field(2000, ge=1, description="Test images (class-balanced) for the teacher analysis.")
+    samples: int = Field(8, ge=1, description="Sub-networks sampled to compare with the deterministic teacher.")
+
+
+class ExportConfig(Section):
+    opset: int = Field(18, ge=13, description="ONNX opset.")
+    tolerance: float = Field(1e-3, gt=0, description="Largest logit difference ONNX Runtime vs PyTorch accepted, "
+                             "relative to the largest logit where that exceeds 1.")
+    preprocess: Literal["graph"] | None = Field(
+        None, description="graph: also export every model taking raw pixels (uint8, N x H x W x C) and normalizing "
+        "them inside the graph, so an engine fuses the preprocessing and a client sends the image as it is. That "
+        "form is quantized, built and benchmarked beside the float one, as MODEL_uint8 (null: the float form only).")
+
+
+class QuantizeConfig(Section):
+    precisions: tuple[Literal["int8", "fp16"], ...] = Field(
+        ("int8", "fp16"), description="Reduced precisions to produce next to fp32.")
+    calibration_images: int = Field(512, ge=1, description="Training images used to calibrate INT8.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
+        None, description="How INT8 activation ranges are chosen from the calibration images (null: minmax, "
+        "or percentile for ONNX Runtime's quantizer writing a graph for TensorRT; chosen by measurement, see "
+        "results/int8_for_tensorrt.md). Model Optimizer takes minmax (its max) and entropy.")
+    per_channel: bool = Field(True, description="Per-channel weight scales (ONNX Runtime's quantizer; Model "
+                              "Optimizer always uses them).")
+    int8_tool: Literal["onnxruntime", "modelopt"] | None = Field(
+        None, description="Who writes the INT8 graph (null: NVIDIA Model Optimizer where TensorRT runs the model, "
+        "its Q/DQ placement being the one TensorRT fuses; ONNX Runtime's quantizer for ONNX Runtime on CPUs).")
+
+    @model_validator(mode="after")
+    def _modelopt_calibrates_its_way(self) -> "QuantizeConfig":
+        if self.int8_tool == "modelopt" and self.calibration_method == "percentile":
+            raise ValueError("quantize.calibration_method 'percentile' is not one of Model Optimizer's (minmax, "
+                             "entropy); choose one of those, or quantize.int8_tool: onnxruntime")
+        return self

@@ -1,0 +1,143 @@
+"""A deployed model as a folder of its own: the engine (or ONNX model) for its target, ``deploy.json``
+with its input contract, runtime, accuracy and latency, and ``model-card.md`` for people. ``predict``
+reads only this folder: it runs where the folder and this package are, with no artifact store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from stages.common.errors import ArtifactError, DataError
+from stages.deploy.input_contract import takes_raw_pixels
+
+DEPLOY_FILE = "deploy.json"
+CARD_FILE = "model-card.md"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def read_package(folder: Path) -> dict[str, Any]:
+    try:
+        package = json.loads((folder / DEPLOY_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: not a deployed model folder ({DEPLOY_FILE} missing or unreadable); make one "
+                            f"with stochkd-pipeline deploy PROFILE -o {folder}") from exc
+    if not (folder / package["file"]).is_file():
+        raise ArtifactError(f"{folder / package['file']}: the deployed model file is missing; deploy again")
+    return package
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The images named, a folder standing for the images in it (sorted)."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such image or folder")
+    if not files:
+        raise DataError(f"{', '.join(map(str, paths))}: no images ({', '.join(IMAGE_SUFFIXES)}) there")
+    return files
+
+
+def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[str]]:
+    """uint8 (size, size, channels) pixels of an image file, converted and resized where needed, and
+    notes saying what was done."""
+    from PIL import Image, UnidentifiedImageError
+
+    notes = []
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = "L" if channels == 1 else "RGB"
+            if image.mode != mode:
+                notes.append(f"converted from {image.mode} to {mode}")
+                image = image.convert(mode)
+            if image.size != (size, size):
+                notes.append(f"resized from {image.size[0]}x{image.size[1]} to {size}x{size}")
+                image = image.resize((size, size), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
+    return pixels.reshape(size, size, channels), notes
+
+
+def preprocess(pixels: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
+    """uint8 (N, H, W, C) pixels as the model takes them: as they are, for a model that normalizes
+    them in its graph; else float32 NCHW, normalized per its contract."""
+    if takes_raw_pixels(contract):
+        return np.ascontiguousarray(pixels)
+    mean = np.asarray(contract["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(contract["std"], np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0 - mean) / std)
+
+
+def load_runtime(folder: Path, package: dict[str, Any]):
+    """The deployed model, run by its own backend: a function from a float32 batch to logits."""
+    from stages.deploy.backends import get_backend
+
+    target = json.loads(json.dumps(package["target"]), object_hook=lambda d: SimpleNamespace(**d))
+    backend = get_backend(package["backend"])
+    missing = backend.unavailable_reason(target)
+    if missing:
+        raise ArtifactError(f"{folder}: this model runs on {package['backend']}, which cannot run here ({missing})")
+    return backend.load(folder / package["file"], target)
+
+
+def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image."""
+    from stages.deploy.benchmark_worker import batched_logits
+
+    package = read_package(folder)
+    contract = package["input_contract"]
+    shape = contract["input_shape"][1:]
+    size, channels = (shape[0], shape[2]) if takes_raw_pixels(contract) else (shape[1], shape[0])
+    files = image_files(paths)
+    loaded = [load_image(path, size, channels) for path in files]
+    infer = load_runtime(folder, package)
+    scores = batched_logits(infer, preprocess(np.stack([pixels for pixels, _ in loaded]), contract), 256)
+    scores = scores.astype(np.float32)
+    probabilities = np.exp(scores - scores.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    names = contract["class_names"]
+    results = []
+    for path, (_, notes), row in zip(files, loaded, probabilities):
+        best = np.argsort(-row)[:top_k]
+        results.append({"image": str(path), "top": [{"class": names[i], "index": int(i),
+                                                     "probability": float(row[i])} for i in best],
+                        **({"notes": notes} if notes else {})})
+    return results
+
+
+def model_card(package: dict[str, Any]) -> str:
+    """The model card: what it is, how it was made, what it scores, how fast it runs, how to feed it."""
+    contract = package["input_contract"]
+    lines = [f"# {package['label']} ({package['arch']}), {package['precision']} on {package['target_name']}", "",
+             f"Deployed by stochkd-pipeline from profile `{package['profile']}`. {package['why']}", "",
+             "## What it is", "",
+             f"- Network: {package['arch']}, {len(contract['class_names'])} classes, input "
+             f"{'x'.join(str(d) for d in contract['input_shape'][1:])} ({contract['input_layout']}).",
+             f"- Method: {package['method']}.",
+             f"- Training: {package['training']}.",
+             f"- Runtime: {package['backend']} ({package['file']}), computing in {package['compute_precision']}"
+             + (f"; measured on a stand-in for {package['stand_in_for']}" if package.get("stand_in_for") else "") + ".",
+             "", "## What it scores", "",
+             f"- Top-1 on the test split at {package['precision']}: {100 * package['test_accuracy']:.2f} %"
+             + (f" ({package['drop_from_fp32_points']:+.2f} points against fp32)."
+                if package.get("drop_from_fp32_points") is not None else "."), "",
+             "| batch | p50 ms | p99 ms | images/s | peak memory MB |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['batch_size']} | {r['latency_p50_ms']:.3f} | {r['latency_p99_ms']:.3f} | "
+              f"{r['throughput_images_per_s']:.0f} | {r['peak_memory_mb']:.1f} |" for r in package["latency"]]
+    lines += ["", f"Measured on {package['machine']}.", "", "## How to feed it", "",
+              f"- Input `{package['input_name']}`: {contract['input_dtype']} {contract['input_layout']}, "
+              f"{contract['preprocessing']}.",
+              f"- mean {contract['mean']}, std {contract['std']} (computed from the training images"
+              + ("; the graph applies them itself)." if takes_raw_pixels(contract) else ")."),
+              f"- Output: {contract['output']}.", f"- `stochkd-pipeline predict {{this folder}} IMAGE...` runs it.",
+              "", "## Versions", "", *[f"- {k} {v}" for k, v in sorted(package["versions"].items())], ""]
+    return "\n".join(lines)

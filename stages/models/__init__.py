@@ -1,1 +1,0 @@
-"""Network definitions. Import them through ``stages.architectures.build_model``."""

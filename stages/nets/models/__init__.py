@@ -1,0 +1,1 @@
+"""Network definitions. Import them through ``stages.nets.architectures.build_model``."""

@@ -1,0 +1,122 @@
+"""A whole training step (forward, loss, backward and the optimizer step) recorded once as a CUDA
+graph and replayed for every full batch: one launch per step instead of hundreds.
+
+What a replay needs from the step, and how it gets it:
+- no host-side decision: stochastic blocks draw their masks on the device (``drop_execution: mask``);
+  the graph-safe CUDA generator gives every replay fresh coins;
+- fixed addresses: each batch is copied into the graph's own input tensors, and the LR is a
+  one-element tensor on the device that the schedule fills in place (a float would be baked in);
+- state that exists before capture: a few eager steps on a side stream first, which also create the
+  momentum buffers (CUDA's documented recipe for capturing a whole network).
+The eager steps are real training steps on the run's own batches, so the run sees the same batches
+either way. Batches of another size (the last of an epoch) run eagerly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stages.common.errors import PipelineError, first_line
+
+# Eager steps before capture (PyTorch's CUDA graphs notes use 3, enough to settle lazy
+# initialisation such as cuBLAS workspaces and autograd's streams).
+WARMUP_STEPS = 3
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make every group's LR a one-element tensor on ``device``, so that a captured optimizer step
+    reads the value of the moment rather than the one it was captured with."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's LR, in place where it is a tensor (see lr_on_device)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+class CapturedStep:
+    """An UpdateStep: ``update(net, optimizer, images, labels, bf16)`` with every full batch replayed from one
+    CUDA graph. Returns what ``update`` returns; the tensors belong to the graph and are
+    overwritten by the next replay, so read them before the next call."""
+
+    def __init__(self, update, net: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool,
+                 device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
+        self.update, self.net, self.optimizer, self.bf16 = update, net, optimizer, bf16
+        self.device = device
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.outputs = None
+        self.side_stream = torch.cuda.Stream(device)
+        lr_on_device(optimizer, device)
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 labels: torch.Tensor, bf16: bool):
+        # The UpdateStep signature: ``net``, ``optimizer`` and ``bf16`` are the ones captured.
+        if self.graph is None and self.eager_steps < WARMUP_STEPS:
+            self.eager_steps += 1
+            return self._on_side_stream(images, labels)
+        if self.graph is None:
+            self._capture(images, labels)
+        elif images.shape != self.inputs[0].shape:
+            return self._on_side_stream(images, labels)
+        self.inputs[0].copy_(images)
+        self.inputs[1].copy_(labels)
+        self.graph.replay()
+        return self.outputs
+
+    def _on_side_stream(self, images, labels):
+        main = torch.cuda.current_stream(self.device)
+        self.side_stream.wait_stream(main)
+        with torch.cuda.stream(self.side_stream):
+            result = detached(self.update(self.net, self.optimizer, images, labels, self.bf16))
+        main.wait_stream(self.side_stream)
+        return result
+
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # The graph's inputs keep the layout of the batches it will be fed (channels_last).
+        static_images = torch.empty_like(images)
+        static_labels = torch.empty_like(labels)
+        static_images.copy_(images)
+        static_labels.copy_(labels)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        # Gradients are allocated inside the capture, from the graph's own memory pool: each replay
+        # writes them afresh, so no zeroing kernel is needed between replays.
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self.update(self.net, self.optimizer, static_images, static_labels, self.bf16)
+        except Exception as exc:  # noqa: BLE001 (any failure inside a capture means the same to the user)
+            # A failed capture leaves the CUDA generator unusable in this process: no eager fallback.
+            raise PipelineError(f"the training step could not be recorded as a CUDA graph ({first_line(exc)}); "
+                                f"set training.capture_step: false to train eagerly") from exc
+        self.graph, self.inputs, self.outputs = graph, (static_images, static_labels), detached(outputs)
+
+
+def detached(value):
+    """``value`` (a tensor, or tuples and lists of them) cut from autograd. A caller holding the last
+    step's outputs would otherwise keep its autograd nodes alive into the next capture, whose
+    gradients would then be accumulated on the stream those nodes were made on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(detached(v) for v in value)
+    return value

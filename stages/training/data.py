@@ -1,0 +1,184 @@
+"""Datasets as uint8 image arrays (N, H, W, C) with labels, from scikit-learn, torchvision or an .npz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.config import DataConfig
+from stages.common.errors import DataError
+from stages.training.image_folders import load_class_folders, load_tiny_imagenet
+
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    x_train: np.ndarray  # (N, H, W, C) uint8
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, pixel values scaled to [0, 1], from the training images
+    std: tuple[float, ...]
+    x_val: np.ndarray | None = None  # held out from the training images (data.validation_images)
+    y_val: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def normalized(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> float32 (N, C, H, W), normalized as the networks expect."""
+        x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        # NumPy keeps the transposed (channels-last) strides; a strided example makes the ONNX
+        # exporter add index arithmetic (Shape, Range, Gather) that some quantizers cannot follow.
+        return np.ascontiguousarray((x - mean) / std)
+
+
+VALIDATION_SEED = 1  # the permutation the validation split is drawn with (subsets use 0)
+
+
+def balanced_subset(labels: np.ndarray, count: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` examples spread evenly over classes, chosen by a fixed permutation so
+    that the subset is part of the data's identity and never varies with the training seed."""
+    if count >= len(labels):
+        return np.arange(len(labels))
+    order = np.random.RandomState(seed).permutation(len(labels))
+    per_class = [order[labels[order] == c] for c in range(num_classes)]
+    base, extra = divmod(count, num_classes)
+    chosen = [idx[: base + (1 if c < extra else 0)] for c, idx in enumerate(per_class)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, in chunks so a large set is never copied to float."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), 4096):
+        chunk = images[start:start + 4096].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    count = images.size // images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std[std == 0] = 1.0
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _load_digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # Pixel values run 0..16; scale them onto the uint8 range every other source uses.
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target.astype(np.int64), test_size=0.2, stratify=digits.target, random_state=0)
+    return x_train, y_train, x_test, y_test, tuple(str(n) for n in digits.target_names)
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, ...]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.root={path}: not a readable .npz archive ({exc})") from exc
+    with archive:
+        missing = [name for name in NPZ_ARRAYS if name not in archive.files]
+        if missing:
+            raise DataError(f"data.root={path}: lacks array(s) {', '.join(missing)} "
+                            f"(has: {', '.join(archive.files)}); an .npz needs {', '.join(NPZ_ARRAYS)}")
+        arrays = {name: archive[name] for name in NPZ_ARRAYS}
+    class_names = tuple(str(n) for n in arrays["class_names"])
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 3:
+            x = arrays[f"x_{split}"] = x[..., None]
+        if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8:
+            raise DataError(f"data.root={path}: x_{split} must be uint8 images shaped (N, H, W, C) with "
+                            f"C = 1 or 3, got {x.dtype} {tuple(x.shape)}")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"data.root={path}: y_{split} must hold one integer label per image "
+                            f"({len(x)}), got {y.dtype} {tuple(y.shape)}")
+        if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
+            raise DataError(f"data.root={path}: y_{split} has labels in [{y.min()}, {y.max()}] but "
+                            f"class_names lists {len(class_names)} classes")
+        arrays[f"y_{split}"] = y.astype(np.int64)
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"data.root={path}: x_train images are {arrays['x_train'].shape[1:]} but "
+                        f"x_test images are {arrays['x_test'].shape[1:]}")
+    return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], class_names
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    from torchvision import datasets
+
+    dataset_cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    try:
+        train = dataset_cls(str(root), train=True, download=download)
+        test = dataset_cls(str(root), train=False, download=download)
+    except RuntimeError as exc:
+        raise DataError(f"data.root={root}: no {name} in torchvision's layout there ({exc}); set "
+                        f"data.download=true to fetch it, or point data.root at an .npz") from exc
+    return (np.asarray(train.data, np.uint8), np.asarray(train.targets, np.int64),
+            np.asarray(test.data, np.uint8), np.asarray(test.targets, np.int64), tuple(train.classes))
+
+
+def resolve_root(cfg: DataConfig) -> Path | None:
+    if cfg.root is None:
+        return None
+    root = Path(cfg.root).expanduser()
+    if not root.exists() and not (cfg.download and root.suffix != ".npz"):
+        raise DataError(f"data.root={cfg.root}: no such file or folder ({root.resolve()}); point "
+                        f"data.root at the dataset (relative paths resolve from the current directory)")
+    return root
+
+
+def load_dataset(cfg: DataConfig) -> ImageDataset:
+    root = resolve_root(cfg)
+    if cfg.dataset == "digits":
+        arrays = _load_digits()
+    elif root is not None and root.suffix == ".npz":
+        arrays = _load_npz(root)
+    elif cfg.dataset == "tiny_imagenet":
+        arrays = load_tiny_imagenet(root, cfg.image_size)
+    elif cfg.dataset == "folder":
+        arrays = load_class_folders(root, cfg.image_size)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        if root is None:
+            raise DataError(f"data.root is not set for dataset {cfg.dataset!r}; point it at an .npz "
+                            f"or a torchvision folder (with data.download=true to fetch it there)")
+        arrays = _load_torchvision(cfg.dataset, root, cfg.download)
+    else:
+        raise DataError(f"data.dataset={cfg.dataset!r} needs data.root pointing at an .npz file")
+    x_train, y_train, x_test, y_test, class_names = arrays
+    x_val = y_val = None
+    if cfg.validation_images is not None:
+        if cfg.validation_images >= len(y_train):
+            raise DataError(f"data.validation_images = {cfg.validation_images} leaves no training images (the "
+                            f"training split has {len(y_train)}); hold out fewer")
+        held_out = balanced_subset(y_train, cfg.validation_images, len(class_names), seed=VALIDATION_SEED)
+        rest = np.setdiff1d(np.arange(len(y_train)), held_out)
+        x_val, y_val = np.ascontiguousarray(x_train[held_out]), y_train[held_out]
+        x_train, y_train = x_train[rest], y_train[rest]
+    if cfg.train_images is not None:
+        keep = balanced_subset(y_train, cfg.train_images, len(class_names))
+        x_train, y_train = x_train[keep], y_train[keep]
+    if cfg.test_images is not None:
+        keep = balanced_subset(y_test, cfg.test_images, len(class_names))
+        x_test, y_test = x_test[keep], y_test[keep]
+    mean, std = _channel_stats(x_train)
+    return ImageDataset(np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test,
+                        class_names, mean, std, x_val, y_val)

@@ -1,0 +1,103 @@
+"""Datasets stored as image files: Tiny ImageNet's official layout, and generic class folders.
+
+Decoding tens of thousands of JPEGs takes a while on a small machine, and every stage reads the
+data again; ``pack_npz`` writes the decoded arrays once as an .npz that ``data.root`` can name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stages.common.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(paths: list[Path], image_size: int | None) -> np.ndarray:
+    """uint8 (N, H, W, 3); every image resized to ``image_size`` when given, else all must match."""
+    from PIL import Image
+
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image_size is not None and image.size != (image_size, image_size):
+                    image = image.resize((image_size, image_size), Image.BILINEAR)
+                arrays.append(np.asarray(image, dtype=np.uint8))
+        except OSError as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from exc
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(f"{path}: {arrays[-1].shape[1]}x{arrays[-1].shape[0]} pixels, but {paths[0]} is "
+                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; set data.image_size to resize them all")
+    if not arrays:
+        return np.zeros((0, image_size or 1, image_size or 1, 3), np.uint8)
+    return np.stack(arrays)
+
+
+def load_class_folders(root: Path, image_size: int | None) -> Arrays:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``)."""
+    train_dir = root / "train"
+    test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(f"data.root={root}: expected class folders under {train_dir} and under "
+                        f"{root / 'test'} (or {root / 'val'})")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise DataError(f"data.root={root}: {test_dir} has classes absent from {train_dir}: {', '.join(unknown[:5])}")
+    splits = []
+    for folder in (train_dir, test_dir):
+        paths, labels = [], []
+        for index, name in enumerate(classes):
+            found = _images_in(folder / name) if (folder / name).is_dir() else []
+            paths += found
+            labels += [index] * len(found)
+        if not paths:
+            raise DataError(f"data.root={root}: no images under {folder}")
+        splits += [read_images(paths, image_size), np.asarray(labels, np.int64)]
+    return splits[0], splits[1], splits[2], splits[3], tuple(classes)
+
+
+def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
+    """The official layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images`` with
+    ``val/val_annotations.txt``. The labelled validation split serves as the test split."""
+    wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
+    for required in (wnids_file, annotations, root / "train"):
+        if not required.exists():
+            raise DataError(f"data.root={root}: {required} is missing; is this Tiny ImageNet's folder "
+                            f"(tiny-imagenet-200)?")
+    wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        found = _images_in(root / "train" / wnid / "images")
+        train_paths += found
+        train_labels += [index[wnid]] * len(found)
+    val_paths, val_labels = [], []
+    for line_number, line in enumerate(annotations.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DataError(f"{annotations}:{line_number}: expected 'file<TAB>wnid...' with a wnid from "
+                            f"{wnids_file}, got {line[:60]!r}")
+        val_paths.append(root / "val" / "images" / fields[0])
+        val_labels.append(index[fields[1]])
+    names = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines()
+                 if "\t" in line) if (root / "words.txt").exists() else {}
+    class_names = tuple(names.get(w, w).split(",")[0].strip() for w in wnids)
+    return (read_images(train_paths, image_size), np.asarray(train_labels, np.int64),
+            read_images(val_paths, image_size), np.asarray(val_labels, np.int64), class_names)
+
+
+def pack_npz(arrays: Arrays, destination: Path) -> None:
+    x_train, y_train, x_test, y_test, class_names = arrays
+    np.savez(destination, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+             class_names=np.asarray(class_names))

@@ -1,0 +1,317 @@
+"""The training loop shared by the teacher and every student."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.common.config import TrainingConfig
+from stages.common.errors import PipelineError
+from stages.context import no_progress
+from stages.nets.checkpoint import save_model
+from stages.nets.stochastic_depth import use_drop_execution
+from stages.training.augment import augmented_batch, normalize, padded_channels_last
+from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
+from stages.training.data import ImageDataset
+from stages.training.evaluation import accuracy, predict, validation_metrics
+from stages.training.resume import TrainingInterrupted, load_state, save_state, stop_on_interrupt
+from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
+from stages.training.tracking import write_tensorboard
+
+# loss(model output, normalized images, labels) -> scalar. The output is the logits, or for a model
+# that returns more (see WithGroups) a tuple whose first element is the logits.
+LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# update(net, optimizer, images, labels, bf16) -> (model output, loss): one optimizer step on a batch.
+UpdateStep = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor, bool],
+                      tuple[torch.Tensor, torch.Tensor]]
+
+
+def joint_update(loss_fn: LossFunction) -> UpdateStep:
+    """The usual step: one forward pass, one loss, one backward pass, one optimizer step."""
+
+    def update(net, optimizer, images, labels, bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16,
+                            cache_enabled=not capturing(images)):
+            output = net(images)
+            loss = loss_fn(output, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return output, loss
+
+    return update
+
+
+def capturing(tensor: torch.Tensor) -> bool:
+    """Whether work on ``tensor``'s device is being recorded into a CUDA graph. Autocast's cache of
+    cast weights must be off then: it would keep graph memory alive past the capture."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def captures_step(recipe: TrainingConfig, device: torch.device) -> bool:
+    """Whether training with ``recipe`` on ``device`` replays its steps from a CUDA graph."""
+    return bool(recipe.capture_step) and device.type == "cuda"
+
+
+def drop_execution_for(recipe: TrainingConfig, device: torch.device) -> str | None:
+    """How stochastic blocks drop under ``recipe`` on ``device``: its ``drop_execution``, else masks
+    where the step is captured (a graph holds no host-side decision) and skipping elsewhere (None)."""
+    return recipe.drop_execution or ("mask" if captures_step(recipe, device) else None)
+
+
+def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(preference)
+
+
+def lr_factor(recipe: TrainingConfig, epoch: float) -> float:
+    """LR multiplier at a (0-based, fractional) point of training: the schedule, times a linear
+    warm-up over the first ``warmup_epochs``."""
+    if recipe.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
+    else:
+        factor = recipe.lr_gamma ** sum(epoch >= m for m in recipe.lr_milestones)
+    if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
+        factor *= epoch / recipe.warmup_epochs
+    return factor
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    wall_s: float  # over every session of a resumed run
+    # Steady state: after each session's first step, which carries any compilation (with capture_step,
+    # after the step that records the graph: the eager steps before it and the capture are the start).
+    images_per_second: float
+    final_train_loss: float
+    final_train_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_step_s: float = 0.0
+    resumed_at: list[dict[str, int]] = field(default_factory=list)  # (epoch, batch) of each resumption
+
+
+class DeviceData:
+    """A dataset held as uint8 tensors on the training device, with its normalization constants."""
+
+    def __init__(self, data: ImageDataset, device: torch.device) -> None:
+        self.device = device
+        self.x_train = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).contiguous().to(device)
+        self.y_train = torch.from_numpy(data.y_train).to(device)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+
+        self._padded: tuple[int, torch.Tensor] | None = None
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        # channels_last on the uint8 batch (a no-op after a crop) is a quarter of the bytes of float.
+        return normalize(images.contiguous(memory_format=torch.channels_last), self.mean, self.std)
+
+    def training_batch(self, index: torch.Tensor, augmentation, generator: torch.Generator) -> torch.Tensor:
+        """The normalized, augmented float batch of the training images ``index``."""
+        if not (augmentation.crop_padding or augmentation.horizontal_flip):
+            return self.prepare(self.x_train[index])
+        padding = augmentation.crop_padding
+        if self._padded is None or self._padded[0] != padding:
+            # Padded once for the whole run: each batch is then a single gather.
+            self._padded = (padding, padded_channels_last(self.x_train, padding))
+        images = augmented_batch(self._padded[1], index, padding, augmentation.horizontal_flip, generator)
+        return self.prepare(images)
+
+
+def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
+          loss_fn: LossFunction = cross_entropy_loss, progress=no_progress, label: str = "training",
+          checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0,
+          update: UpdateStep | None = None,
+          evaluate: Callable[[], dict[str, float]] | None = None) -> TrainResult:
+    """SGD on the recipe's schedule. ``progress(description, total)`` is a context manager factory.
+    ``update`` makes each step (default: ``joint_update(loss_fn)``). ``evaluate()``, called after
+    every epoch (its time kept out of the throughput), adds its figures to that epoch's history.
+
+    With ``checkpoint``, the training state is saved there at the first step boundary after every
+    ``checkpoint_interval_s`` seconds, on Ctrl-C, and at the end; a run that finds one there resumes
+    from it and ends with the weights an uninterrupted run would have given."""
+    from stages.common import distributed
+
+    update = update or joint_update(loss_fn)
+    device = data.device
+    model.to(device=device, memory_format=torch.channels_last).train()
+    # One fused kernel for the whole update on a GPU; PyTorch's default (foreach) elsewhere.
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay, fused=True if device.type == "cuda" else None)
+    bf16 = recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
+    # Under torchrun each rank trains on its slice of every global batch (same order, same seed).
+    ranks, rank = distributed.world_size(), distributed.rank()
+    generator = torch.Generator().manual_seed(seed)
+    n = len(data.y_train)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    run = RunState()
+    saved = load_state(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        # Restored before DDP wraps the model, which copies rank 0's weights to the other ranks.
+        run = RunState.restore(saved, model, optimizer, generator, device, checkpoint, recipe.epochs,
+                                steps_per_epoch)
+    if device.type == "cuda":
+        zero_momentum_buffers(optimizer)
+    net = distributed.data_parallel(model, device) if ranks > 1 else model
+    execution = drop_execution_for(recipe, device)
+    if execution:
+        use_drop_execution(model, execution)
+    if recipe.compile:
+        net = torch.compile(net, mode=recipe.compile_mode)
+    step_with = update
+    if captures_step(recipe, device):
+        if ranks > 1:
+            raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
+                                f"training.capture_step: false")
+        step_with = CapturedStep(update, net, optimizer, bf16, device)
+    saving = checkpoint is not None and rank == 0
+    session_start, last_save = time.perf_counter(), time.monotonic()
+    first_step_end, session_images, evaluating_s = None, 0, 0.0
+
+    def timing() -> dict[str, float]:
+        now = time.perf_counter()
+        steady = now - first_step_end - evaluating_s if first_step_end is not None else 0.0
+        return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
+                "steady_images": run.timing["steady_images"] + session_images,
+                "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
+
+    def save() -> None:
+        if run.first_bad is not None and int(run.first_bad) >= 0 or not all_finite(model):
+            raise non_finite_error(label, run, steps_per_epoch, checkpoint)
+        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, timing()))
+        run.last_saved = (run.epoch, run.step)
+
+    with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:
+        if run.epoch or run.step:
+            advance(run.epoch * steps_per_epoch + run.step)
+        while run.epoch < recipe.epochs:
+            epoch = run.epoch
+            if run.order is None:
+                run.start_epoch(torch.randperm(n, generator=generator).to(device), device)
+            for step in range(run.step, steps_per_epoch):
+                warming = epoch < (recipe.warmup_epochs or 0)
+                if step == 0 or warming or first_step_end is None:
+                    # The LR changes once an epoch, and at every step while warming up.
+                    point = epoch + (step + 1) / steps_per_epoch if warming else epoch
+                    set_lr(optimizer, recipe.lr * lr_factor(recipe, point))
+                index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
+                if ranks > 1:
+                    images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
+                output, loss = step_with(net, optimizer, images, labels, bf16)
+                logits = output[0] if isinstance(output, tuple) else output
+                run.loss_sum += loss.detach() * len(labels)
+                # The first batch whose loss is not finite, kept on the device: no sync per step.
+                run.first_bad = torch.where((run.first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                            torch.full_like(run.first_bad, step + 1), run.first_bad)
+                # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
+                hits = logits.detach().argmax(-1) == labels
+                run.correct += hits.view(-1, len(labels)).float().mean(0).sum()
+                run.step = step + 1
+                advance(1)
+                if first_step_end is None and getattr(step_with, "captured", True):
+                    synchronize(device)
+                    first_step_end = time.perf_counter()
+                    if run.timing["first_step_s"] is None:
+                        run.timing["first_step_s"] = first_step_end - session_start
+                elif first_step_end is not None:
+                    session_images += len(index)
+                if stop or (saving and time.monotonic() - last_save >= checkpoint_interval_s):
+                    if saving:
+                        save()
+                        last_save = time.monotonic()
+                    if stop:
+                        where = (f"; its progress is saved in {checkpoint}: rerun the same command to resume "
+                                 f"from there" if saving else "")
+                        raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} "
+                                                  f"of {steps_per_epoch}{where}")
+            distributed.all_reduce_sum(run.loss_sum)
+            distributed.all_reduce_sum(run.correct)
+            epoch_loss = float(run.loss_sum) / n
+            if not math.isfinite(epoch_loss):
+                raise non_finite_error(label, run, steps_per_epoch, checkpoint, str(epoch_loss))
+            run.history.append({"epoch": epoch + 1, "loss": epoch_loss, "train_accuracy": float(run.correct) / n,
+                                "lr": current_lr(optimizer)})
+            if evaluate is not None:
+                started = time.perf_counter()
+                run.history[-1].update(evaluate())
+                model.train()  # evaluation left it in eval mode
+                evaluating_s += time.perf_counter() - started
+            advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")
+            run.end_epoch()
+        if saving and run.last_saved != (run.epoch, run.step):
+            save()  # a kill while the model is evaluated or written does not cost the training
+    spent = timing()
+    steady = (spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0
+              else recipe.epochs * n / spent["elapsed_s"])
+    return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
+                       run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
+                       run.resumed_at)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class WithGroups(nn.Module):
+    """A network whose forward pass returns (logits, group feature maps), for attention transfer."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.network.forward_with_groups(x)
+
+
+def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augmentation, seed: int,
+                 device: torch.device, loss_fn: LossFunction = cross_entropy_loss, with_groups: bool = False,
+                 label: str) -> tuple[nn.Module, dict]:
+    """Build ``spec``, train it, evaluate it on the test split and save it into ``ctx.output``.
+    ``with_groups`` trains it with a forward pass that also returns its group feature maps."""
+    torch.manual_seed(seed)
+    model = spec.build()
+
+    def each_epoch() -> dict[str, float]:
+        # The curves of the report: evaluation uses no random numbers, so the weights do not change.
+        return {"test_accuracy": accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test),
+                **validation_metrics(model, data, device)}
+
+    result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe,
+                   augmentation=augmentation, seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=label,
+                   checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s,
+                   evaluate=None if recipe.eval_each_epoch is False else each_epoch)
+    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    save_model(model, spec, ctx.output)
+    (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
+    write_tensorboard(result.history, ctx.output, ctx.variant or spec.arch)
+    return model, {
+        "test_accuracy": test_accuracy,
+        **validation_metrics(model, data, device),
+        "final_train_loss": result.final_train_loss,
+        "train_wall_s": result.wall_s,
+        "train_images_per_second": result.images_per_second,
+        "train_first_step_s": result.first_step_s,
+        "train_resumed_at": result.resumed_at,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "arch": spec.arch,
+        "device": str(device),
+    }
+
+

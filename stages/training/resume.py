@@ -1,0 +1,116 @@
+"""Training checkpoints that let a killed or interrupted run go on where it stopped.
+
+A checkpoint holds everything the rest of the run depends on: weights (BatchNorm statistics
+included), optimizer state, the position in the epoch and that epoch's order of batches, every
+random number generator the step draws from, and the running sums of the epoch's loss. Resuming
+from one therefore gives the weights an uninterrupted run would have given, bit for bit where the
+arithmetic is deterministic (the CPU).
+
+It is written to a temporary name and renamed over the previous one, so a kill at any moment leaves
+either the old or the new checkpoint, never half of one. Loading uses ``weights_only=True``: a
+checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from stages.common.errors import ArtifactError, PipelineError
+from stages.nets.checkpoint import could_run_code, write_torch
+
+FORMAT = 1
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, durable once this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    try:
+        write_torch({**state, "format": FORMAT}, partial, durable=True)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise PipelineError(f"{path}: cannot save the training checkpoint ({exc.strerror or exc}); the previous "
+                            f"one is kept. Free space on that disk (or pass --artifacts elsewhere) and rerun "
+                            f"the same command to resume") from exc
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss
+    finally:
+        os.close(directory)
+
+
+def load_state(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None when there is none. Partial files of killed writers are removed."""
+    for partial in path.parent.glob(f"{path.name}.partial-*"):
+        partial.unlink(missing_ok=True)  # the caller holds the task's lock: their writer is gone
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        reason = "it holds more than tensors and could run code" if could_run_code(exc) else "unreadable"
+        raise ArtifactError(f"{path}: training checkpoint refused ({reason}); delete it to start this "
+                            f"stage over") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a training checkpoint of this version; delete it to start this "
+                            f"stage over")
+    return state
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """The global generators a training step draws from (stochastic depth uses the CPU one)."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+class StopRequest:
+    """Set by Ctrl-C while a training loop runs, so the loop stops between two steps, after saving
+    its checkpoint, instead of wherever the signal happened to land. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __bool__(self) -> bool:
+        return self.requested
+
+
+@contextmanager
+def stop_on_interrupt(enabled: bool = True) -> Iterator[StopRequest]:
+    request = StopRequest()
+    # Signal handlers belong to the main thread; under torchrun the ranks must stop together, so
+    # they keep the default (their last periodic checkpoint is what a restart resumes from).
+    if (not enabled or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # a background job: Ctrl-C is not ours
+        yield request
+        return
+
+    def handle(signum, frame):
+        request.requested = True
+        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts at once
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C honoured between two steps, after the checkpoint was saved. Its message says where."""

@@ -1,0 +1,115 @@
+"""Where a training run stands (the next step, the epoch's order and sums, the history, the time
+spent), what its checkpoint saves besides the weights, and the optimizer's state made portable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stages.common.errors import ArtifactError, PipelineError, first_line
+from stages.training.resume import restore_rng_states, rng_states
+
+
+class RunState:
+    """Where a training run stands: the next (epoch, batch), the epoch's order and running sums, the
+    per-epoch history and the time spent so far. What a checkpoint saves besides weights, optimizer
+    and generators."""
+
+    def __init__(self) -> None:
+        self.epoch, self.step = 0, 0
+        self.order: torch.Tensor | None = None
+        self.loss_sum = self.correct = self.first_bad = None
+        self.history: list[dict[str, float]] = []
+        self.timing: dict[str, float | None] = {"elapsed_s": 0.0, "steady_images": 0, "steady_s": 0.0,
+                                                "first_step_s": None}
+        self.resumed_at: list[dict[str, int]] = []
+        self.last_saved: tuple[int, int] | None = None
+
+    def start_epoch(self, order: torch.Tensor, device: torch.device) -> None:
+        self.order, self.step = order, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def end_epoch(self) -> None:
+        self.epoch, self.step, self.order = self.epoch + 1, 0, None
+
+    def snapshot(self, model, optimizer, generator, device, timing) -> dict:
+        on_cpu = (lambda t: None if t is None else t.detach().cpu())
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": portable_state(optimizer), "generator": generator.get_state(), "rng": rng_states(device),
+            "epoch": self.epoch, "step": self.step, "order": on_cpu(self.order),
+            "sums": [on_cpu(self.loss_sum), on_cpu(self.correct), on_cpu(self.first_bad)],
+            "history": self.history, "timing": timing, "resumed_at": self.resumed_at,
+        }
+
+    @classmethod
+    def restore(cls, saved: dict, model, optimizer, generator, device, path: Path, epochs: int,
+                steps_per_epoch: int) -> "RunState":
+        run = cls()
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+            restore_rng_states(saved["rng"], device)
+            run.epoch, run.step = int(saved["epoch"]), int(saved["step"])
+            if run.epoch > epochs or run.step > steps_per_epoch:
+                raise ValueError(f"it stands at epoch {run.epoch + 1}, batch {run.step}, beyond this recipe")
+            run.order = None if saved["order"] is None else saved["order"].to(device)
+            if run.order is not None:
+                run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
+            run.history, run.timing = list(saved["history"]), dict(saved["timing"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line(exc)}); delete it "
+                                f"to start this stage over") from exc
+        run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
+        run.last_saved = (run.epoch, run.step)
+        return run
+
+
+def all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def non_finite_error(label: str, run: RunState, steps_per_epoch: int, checkpoint: Path | None,
+                value: str = "non-finite") -> PipelineError:
+    batch = int(run.first_bad) if run.first_bad is not None and int(run.first_bad) > 0 else "?"
+    if run.last_saved is None:
+        kept = "nothing was saved for this stage"
+    else:
+        epoch, step = run.last_saved
+        kept = f"the last good checkpoint ({position(epoch, step)}) is kept in {checkpoint}"
+    return PipelineError(f"{label}: the loss became {value} in epoch {run.epoch + 1}, batch {batch} of "
+                         f"{steps_per_epoch}; {kept}. Lower the learning rate or add training.warmup_epochs, "
+                         f"and run again")
+
+
+def position(epoch: int, step: int) -> str:
+    return f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, batch {step}"
+
+
+def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter a momentum buffer up front, zero where it has none yet.
+
+    Fused SGD steps the parameters that have gradients and fails (TypeError from _fused_sgd_) when
+    some of them have a buffer and others not yet, which blocks skipped by stochastic depth cause.
+    With no dampening, a zero buffer gives exactly what the first step would put there: the
+    gradient (momentum * 0 + grad), so no value changes."""
+    for group in optimizer.param_groups:
+        if not group["momentum"]:
+            continue
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def portable_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with each LR as a float: a captured run keeps it in a device tensor, and
+    a checkpoint must resume on any device, captured or not."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return state
