@@ -94,7 +94,7 @@ def deploy(profile: Optional[Path] = ProfileArg,
             raise PipelineError(f"--input {input_form!r}: choose float or uint8")
         loaded = load_profile(profile, set_ or [])
         package = write_deployment(loaded, ArtifactStore(artifacts_root(artifacts), warn=ui.warn), output,
-                                   model, precision, {"float": "", "uint8": "uint8"}.get(input_form))
+                                   model, precision, input_form)
         typer.echo(f"{output}: {package['label']} ({package['arch']}) at {package['precision']} on "
                    f"{package['backend']}, {100 * package['test_accuracy']:.2f} % top-1. {package['why']}")
 

@@ -13,15 +13,16 @@ from stages.common.errors import ArtifactError, PipelineError
 def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None,
            form: str | None = None) -> tuple[str, str, str | None, str]:
     """(model, precision, input form, why): what was asked, or the most accurate deployed engine within
-    the target's budgets (of all, where none is within them). The input form is None for normalized
-    floats and "uint8" for raw pixels (export.preprocess: graph)."""
+    the target's budgets (of all, where none is within them). ``form`` asks for "float" or "uint8" (raw
+    pixels, export.preprocess: graph); the form returned is as the report's rows name it: None for
+    normalized floats, "uint8" for raw pixels."""
     if model is not None:
         row = next((r for r in summary if r["model"] == model), None)
         if row is None:
             raise PipelineError(f"--model {model!r}: not a deployed model of this profile; choose one of "
                                 f"{', '.join(r['model'] for r in summary)}")
         chosen = precision or row["precision"]
-        taken = form if form is not None else row.get("input")
+        taken = row.get("input") if form is None else as_row_input(form)
         pixels = f" on {taken} pixels" if taken else ""
         return model, chosen, taken, f"Asked for: {model}" + (
             f" at {precision}{pixels}." if precision else f", at its fastest engine within budget ({chosen}{pixels}).")
@@ -30,10 +31,15 @@ def choose(summary: list[dict[str, Any]], model: str | None, precision: str | No
     best = max(pool, key=lambda r: r["test_accuracy"])
     reason = ("the most accurate deployed engine within every budget of the target" if within else
               "the most accurate deployed engine (the target sets no budget, or none is met)")
-    taken = form if form is not None else best.get("input")
+    taken = best.get("input") if form is None else as_row_input(form)
     return best["model"], precision or best["precision"], taken, (
         f"Chosen as {reason}: {100 * best['test_accuracy']:.2f} % top-1 at {best['precision']}"
         + (f" on {best['input']} pixels." if best.get("input") else "."))
+
+
+def as_row_input(form: str) -> str | None:
+    """--input float or uint8 as the report's rows name the form: no name for floats."""
+    return None if form == "float" else form
 
 
 def deploy(profile, store, output: Path, model: str | None = None, precision: str | None = None,
@@ -54,7 +60,6 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
                             f"(stochkd-pipeline run PROFILE)")
     report = json.loads(report_artifact.file("report.json").read_text())
     model, precision, form, why = choose(report["summary"], model, precision, form)
-    form = form or None  # "" asks for the float form, which rows leave unnamed
     tasks = {(t.stage, t.variant): t for t in plan}
     variant = model + (RAW_PIXELS_SUFFIX if form == RAW_PIXELS else "")
     if ("engine", variant) not in tasks:

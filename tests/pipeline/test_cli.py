@@ -49,6 +49,9 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["status", "--set", "methods=[xyz]"], "methods.0 = 'xyz': Input should be 'kd' or 'dml'"),
     (["status", "--set", "target.backend=tensorrt", "--set", "target.tensorrt.optimization_batch=500"],
      "target.tensorrt.optimization_batch = 500 lies outside benchmark.batch_sizes [1, 64]"),
+    (["deploy", "-o", "nowhere", "--input", "rgb"], "--input 'rgb': choose float or uint8"),
+    (["status", "--set", "teacher.training.capture_step=true", "--set", "teacher.training.drop_execution=skip"],
+     "training.capture_step records the step as a CUDA graph, which host-side skipping breaks"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(args, message):
     done = cli(*args)
