@@ -92,10 +92,7 @@ class CapturedStep:
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         # The graph's inputs keep the layout of the batches it will be fed (channels_last).
-        static_images = torch.empty_like(images)
-        static_labels = torch.empty_like(labels)
-        static_images.copy_(images)
-        static_labels.copy_(labels)
+        static_images, static_labels = images.clone(), labels.clone()
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         # Gradients are allocated inside the capture, from the graph's own memory pool: each replay
