@@ -67,7 +67,7 @@ def build_engines(ctx: StageContext) -> dict:
 
     engines = {precision: build(precision, source) for precision, source in sources.items()}
     if ctx.params.get("max_accuracy_drop") is not None and "int8" in engines:
-        engines.update(gate_int8_engine(ctx, backend, build_target, build, sources["fp32"], engines))
+        engines.update(gate_int8_engine(ctx, backend, build_target, build, sources["fp32"], engines, raw))
     record = {"backend": backend.name, "target": build_target.model_dump(mode="json"), "engines": engines,
               **({"input": RAW_PIXELS} if raw else {})}
     (ctx.output / ENGINES_FILE).write_text(json.dumps(record, indent=2))
@@ -79,14 +79,15 @@ def build_engines(ctx: StageContext) -> dict:
     return metrics
 
 
-def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, engines: dict) -> dict:
+def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, engines: dict,
+                     raw: bool = False) -> dict:
     """The fp32 and INT8 engines with their own test accuracy; the INT8 one rebuilt from a
-    re-quantized model, one more layer in float at a time, while it loses more than the budget."""
+    re-quantized model, one more layer in float at a time, while it loses more than the budget.
+    ``raw``: the engines take raw uint8 pixels (export.preprocess: graph)."""
     from stages.training.data import balanced_subset, load_dataset
     from stages.quantize import gated_int8
 
     data = load_dataset(ctx.params["data"])
-    raw = takes_raw_pixels(read_contract(fp32_source))
     images, labels = model_input(raw, data, data.x_test), data.y_test
 
     def accuracy_of(precision: str) -> float:
