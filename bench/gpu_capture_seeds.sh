@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# On a GPU machine, once CIFAR-100 is there: ResNet-20 for 30 epochs, eager and captured, seeds 0-2
+# (bench/capture_seeds.py), about 7 minutes of H200 time at the speeds in results/gpu_captured_step.md.
+# CIFAR-100 comes from $CIFAR100_NPZ, or is joined from the parts ../shared/datasets/README.md says how
+# to carry (.data/c100/part-*.npz with .data/chunk.py). Wheels in .whl/ are installed into /tmp/site
+# first (see bench/gpu_captured.sh). Output goes to $OUT (default /tmp/gpu-seeds).
+#   bash bench/gpu_capture_seeds.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-seeds}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
+if [ ! -f "$DATA" ]; then
+  python3 .data/chunk.py join .data/c100 "$DATA"
+fi
+python3 bench/capture_seeds.py --data "$DATA" 2>&1 | tee "$OUT/capture_seeds.txt"
