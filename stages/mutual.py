@@ -23,9 +23,10 @@ from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
 from stages.training.data import load_dataset
 from stages.nets.losses import kd_term
+from stages.nets.stochastic_depth import capturing
 from stages.training.tracking import write_tensorboard
 from stages.training.evaluation import accuracy, predict, validation_metrics
-from stages.training.loop import DeviceData, UpdateStep, capturing, select_device, train
+from stages.training.loop import DeviceData, UpdateStep, select_device, train
 
 
 class Peers(nn.Module):

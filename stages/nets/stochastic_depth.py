@@ -173,6 +173,13 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     return residual(x) * scale + shortcut
 
 
+def capturing(tensor: torch.Tensor) -> bool:
+    """Whether work on ``tensor``'s device is being recorded into a CUDA graph (a captured training
+    step, masks drawn inside it). Autocast's cache of cast weights must be off then: it would keep
+    graph memory alive past the capture."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def drop_paths(model: nn.Module) -> list[DropPath]:
     return [m for m in model.modules() if isinstance(m, DropPath)]
 
@@ -278,10 +285,8 @@ def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int, groups: bool =
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    # Autocast's weight cache stays off while a CUDA graph records this pass (see training.capturing).
-    recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
     with (sampling(model, groups=k),
-          torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=not recording)):
+          torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=not capturing(x))):
         logits, features = model.forward_with_groups(batch) if groups else (model(batch), [])
     # Clones outside inference mode are ordinary tensors that a loss may save for backward.
     return (logits.float().view(k, x.shape[0], -1).clone(),

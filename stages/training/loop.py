@@ -17,7 +17,7 @@ from stages.common.config import TrainingConfig
 from stages.common.errors import PipelineError
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
-from stages.nets.stochastic_depth import use_drop_execution
+from stages.nets.stochastic_depth import capturing, use_drop_execution
 from stages.training.augment import augmented_batch, normalize, padded_channels_last
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
@@ -48,12 +48,6 @@ def joint_update(loss_fn: LossFunction) -> UpdateStep:
         return output, loss
 
     return update
-
-
-def capturing(tensor: torch.Tensor) -> bool:
-    """Whether work on ``tensor``'s device is being recorded into a CUDA graph. Autocast's cache of
-    cast weights must be off then: it would keep graph memory alive past the capture."""
-    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def captures_step(recipe: TrainingConfig, device: torch.device) -> bool:
