@@ -7,15 +7,10 @@
 #   bash bench/gpu_capture_seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/gpu_env.sh
 OUT=${OUT:-/tmp/gpu-seeds}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
-if [ ! -f "$DATA" ]; then
-  python3 .data/chunk.py join .data/c100 "$DATA"
-fi
+install_carried_wheels
+join_cifar100
 python3 bench/capture_seeds.py --data "$DATA" 2>&1 | tee "$OUT/capture_seeds.txt"

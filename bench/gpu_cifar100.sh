@@ -6,12 +6,11 @@
 #   bash bench/gpu_cifar100.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/gpu_env.sh
 OUT=${OUT:-/tmp/gpu-bench}
 mkdir -p "$OUT"
-DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
-if [ ! -f "$DATA" ]; then
-  python3 .data/chunk.py join .data/c100 "$DATA"
-fi
+install_carried_wheels
+join_cifar100
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 bench/train_throughput.py --device cuda --steps 100 2>&1 | tee "$OUT/bench.txt"
 python3 bench/train_throughput.py --device cuda --steps 100 --teacher resnet56 --student resnet20 2>&1 \

@@ -1,0 +1,20 @@
+# Sourced by the one-call GPU scripts in bench/: what a bare device machine needs before they run.
+
+# Python packages the machine lacks (pydantic and what it needs), carried as wheels in .whl/, are
+# installed into /tmp/site.
+install_carried_wheels() {
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+  fi
+}
+
+# CIFAR-100 at $CIFAR100_NPZ (default /tmp/cifar100.npz), joined there from the parts that
+# ../shared/datasets/README.md says how to carry (.data/c100/part-*.npz with .data/chunk.py) if absent.
+# Sets DATA to its path.
+join_cifar100() {
+  DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
+  if [ ! -f "$DATA" ]; then
+    python3 .data/chunk.py join .data/c100 "$DATA"
+  fi
+}
