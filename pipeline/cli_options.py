@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import typer
 
 from pipeline.registry import STAGE_ORDER, STAGES
-from stages.common.errors import PipelineError
+from stages.common.errors import PipelineError, exit_code_of, sigterm_raises
 
 ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
                             help="Profile YAML (default: profiles/quickstart.yaml).")
@@ -48,9 +48,10 @@ def check_stage(option: str, value: Optional[str]) -> Optional[str]:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input ends in one line and exit code 2; Ctrl-C says how to go on."""
+    """Bad input ends in one line and exit code 2; Ctrl-C (130) and SIGTERM (143) say how to go on."""
     try:
-        yield
+        with sigterm_raises():
+            yield
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -60,8 +61,9 @@ def user_errors() -> Iterator[None]:
         if isinstance(exc, TrainingInterrupted):
             print(f"interrupted: {exc}", file=sys.stderr)
         else:
-            print("interrupted: finished stages are cached, no half-written artifact is kept, and training "
+            what = "terminated (SIGTERM)" if exit_code_of(exc) == 143 else "interrupted"
+            print(f"{what}: finished stages are cached, no half-written artifact is kept, and training "
                   "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(exit_code_of(exc)) from None
 
 

@@ -4,8 +4,8 @@ of its own (pipeline.task_worker), at most N at once.
 - On one GPU, several small trainings share it; with several GPUs each running task gets a GPU of
   its own (``CUDA_VISIBLE_DEVICES``); on a CPU the cores are split between the running tasks.
 - Benchmarks run alone: a latency measured next to another task measures the other task too.
-- A task that fails stops the others (they get Ctrl-C and save their training checkpoints), and the
-  error names it. Ctrl-C reaches every task the same way.
+- A task that fails stops the others (they get SIGTERM and save their training checkpoints), and
+  the error names it. Ctrl-C and SIGTERM reach every task the same way.
 - The store's per-key locks and atomic commits are what keep the cache right, as with two runs.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stages.common.errors import ArtifactError, PipelineError
+from stages.common.errors import ArtifactError, PipelineError, Terminated
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.runner import Outcome
@@ -94,6 +94,9 @@ class Scheduler:
                         self._record(outcomes, self._finish(item))
                     if not finished:
                         time.sleep(POLL_S)
+            except Terminated:
+                _stop(running)  # SIGTERM may have come to this process alone (Kubernetes, docker stop)
+                raise
             except KeyboardInterrupt:
                 # Ctrl-C at the terminal reached every task already; a second one would cut their
                 # checkpoints short, so they get time to stop on their own first.
@@ -166,6 +169,8 @@ class Scheduler:
         lines = text.strip().splitlines() or [f"exit code {code}"]
         if code == 130:
             raise KeyboardInterrupt(lines[-1])
+        if code == 143:
+            raise Terminated(lines[-1])
         if code == 2:
             raise PipelineError(f"{item.task.id}: {lines[-1]}")
         log = self.store.root / "logs" / f"{item.task.stage}-{item.task.variant or 'all'}-{item.task.key[:12]}.log"
@@ -183,8 +188,9 @@ def _read_status(path: Path) -> dict:
 
 
 def _stop(running: list[Running], grace_s: float = 0.0) -> None:
-    """Ctrl-C to every running task (training saves its checkpoint and stops between two steps),
-    then wait for them. With ``grace_s``, tasks first get that long to stop on their own."""
+    """SIGTERM to every running task (training saves its checkpoint and stops between two steps; a
+    task started from a background shell ignores Ctrl-C but not this), then wait for them. With
+    ``grace_s``, tasks first get that long to stop on their own."""
     deadline = time.monotonic() + grace_s
     for item in running:
         try:
@@ -194,7 +200,7 @@ def _stop(running: list[Running], grace_s: float = 0.0) -> None:
     for item in running:
         if item.process.poll() is None:
             try:
-                item.process.send_signal(signal.SIGINT)
+                item.process.send_signal(signal.SIGTERM)
             except OSError:
                 pass
     deadline = time.monotonic() + 120

@@ -44,7 +44,7 @@ def status_progress(status: Path):
 
 def main(argv: list[str]) -> int:
     spec = pickle.loads(Path(argv[0]).read_bytes())
-    from stages.common.errors import PipelineError
+    from stages.common.errors import PipelineError, exit_code_of, sigterm_raises
     from pipeline.runner import Runner
     from pipeline.store import ArtifactStore
 
@@ -53,19 +53,21 @@ def main(argv: list[str]) -> int:
     runner = Runner(store, device=spec["device"], progress=status_progress(Path(spec["status"])),
                     checkpoint_interval_s=spec["checkpoint_interval_s"], estimates=spec.get("estimates"))
     try:
-        inputs = {}
-        for role, needed in task.needs.items():
-            found = store.lookup(needed.stage, needed.key)
-            if found is None:
-                raise PipelineError(f"{task.id}: its input {needed.id} is not in {store.root}; rerun without --jobs")
-            inputs[role] = found
-        outcome = runner._execute(task, inputs, spec["forced"])
+        with sigterm_raises():  # the scheduler stops its tasks with SIGTERM, which background jobs still get
+            inputs = {}
+            for role, needed in task.needs.items():
+                found = store.lookup(needed.stage, needed.key)
+                if found is None:
+                    raise PipelineError(f"{task.id}: its input {needed.id} is not in {store.root}; "
+                                        f"rerun without --jobs")
+                inputs[role] = found
+            outcome = runner._execute(task, inputs, spec["forced"])
     except PipelineError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"{exc}", file=sys.stderr)
-        return 130
+        return exit_code_of(exc)
     except Exception:  # noqa: BLE001 - reported whole, for the scheduler to quote its last line
         traceback.print_exc()
         return 1

@@ -13,7 +13,8 @@ task = spec["task"]
 behaviour = task.params
 log = Path(behaviour["log"])
 stopped = []
-signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
+for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and what the scheduler stops its tasks with
+    signal.signal(signum, lambda *_: stopped.append(True))
 started = time.time()
 if behaviour.get("fail"):
     time.sleep(behaviour.get("fail_after", 0.0))

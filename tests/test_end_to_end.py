@@ -148,13 +148,15 @@ def uninterrupted_teacher(tmp_path_factory):
     return teacher_weights(artifacts)
 
 
-def test_ctrl_c_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(tmp_path, uninterrupted_teacher):
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(
+        tmp_path, uninterrupted_teacher, signal_name, code):
     import signal
 
-    process = started_teacher(tmp_path, "--checkpoint-every", "3600")  # only Ctrl-C saves
-    process.send_signal(signal.SIGINT)
+    process = started_teacher(tmp_path, "--checkpoint-every", "3600")  # only the signal saves
+    process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and "Traceback" not in stderr
+    assert process.returncode == code and "Traceback" not in stderr
     assert re.fullmatch(r"interrupted: teacher resnet8: stopped in epoch \d+, after batch \d+ of \d+; its progress "
                         r"is saved in \S+/store/teacher/\.resume-\w+/training\.pt: rerun the same command to "
                         r"resume from there\n", stderr), stderr

@@ -137,7 +137,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     every epoch (its time kept out of the throughput), adds its figures to that epoch's history.
 
     With ``checkpoint``, the training state is saved there at the first step boundary after every
-    ``checkpoint_interval_s`` seconds, on Ctrl-C, and at the end; a run that finds one there resumes
+    ``checkpoint_interval_s`` seconds, on Ctrl-C or SIGTERM, and at the end; a run that finds one there resumes
     from it and ends with the weights an uninterrupted run would have given."""
     from stages.common import distributed
 
@@ -233,7 +233,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                         where = (f"; its progress is saved in {checkpoint}: rerun the same command to resume "
                                  f"from there" if saving else "")
                         raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} "
-                                                  f"of {steps_per_epoch}{where}")
+                                                  f"of {steps_per_epoch}{where}", stop.signum)
             distributed.all_reduce_sum(run.loss_sum)
             distributed.all_reduce_sum(run.correct)
             epoch_loss = float(run.loss_sum) / n

@@ -81,14 +81,16 @@ def restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
 
 
 class StopRequest:
-    """Set by Ctrl-C while a training loop runs, so the loop stops between two steps, after saving
-    its checkpoint, instead of wherever the signal happened to land. A second Ctrl-C stops at once."""
+    """Set by Ctrl-C or SIGTERM while a training loop runs, so the loop stops between two steps,
+    after saving its checkpoint, instead of wherever the signal happened to land. ``signum`` is the
+    signal that asked first. A second Ctrl-C stops at once; a second SIGTERM changes nothing (what
+    follows a SIGTERM that is not obeyed in time is SIGKILL, which no handler sees)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
 
     def __bool__(self) -> bool:
-        return self.requested
+        return self.signum is not None
 
 
 @contextmanager
@@ -96,21 +98,33 @@ def stop_on_interrupt(enabled: bool = True) -> Iterator[StopRequest]:
     request = StopRequest()
     # Signal handlers belong to the main thread; under torchrun the ranks must stop together, so
     # they keep the default (their last periodic checkpoint is what a restart resumes from).
-    if (not enabled or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # a background job: Ctrl-C is not ours
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield request
         return
+    previous: dict[int, Any] = {}
 
     def handle(signum, frame):
-        request.requested = True
-        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts at once
+        if request.signum is None:
+            request.signum = signum
+        if signum == signal.SIGINT:
+            signal.signal(signum, previous[signum])  # the next Ctrl-C interrupts at once
 
-    previous = signal.signal(signal.SIGINT, handle)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's Ctrl-C is not ours
+            previous[signum] = signal.signal(signum, handle)
+            if previous[signum] is None:  # installed outside Python: nothing to restore but the default
+                previous[signum] = signal.SIG_DFL
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C honoured between two steps, after the checkpoint was saved. Its message says where."""
+    """Ctrl-C or SIGTERM (``signum``) honoured between two steps, after the checkpoint was saved. Its
+    message says where."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -93,3 +93,25 @@ def test_status_json_lists_every_task_for_scripts(tmp_path):
                                   "key": status["tasks"][0]["key"], "state": "to run", "headline": None,
                                   "folder": None, "estimated_s": None}  # no probe measured in this folder yet
     assert {t["stage"] for t in status["tasks"]} >= {"teacher", "distill", "benchmark", "report"}
+
+
+def test_sigterm_outside_training_unwinds_and_exits_143(capsys):
+    # Between stages (or in one that does not train) SIGTERM raises, so the store discards the
+    # half-written artifact as it does on Ctrl-C, where Python's default would end the process there.
+    import os
+    import signal
+    import time
+
+    from pipeline.cli_options import user_errors
+
+    outside = signal.getsignal(signal.SIGTERM)
+    unwound = []
+    with pytest.raises(SystemExit) as ended, user_errors():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            unwound.append(True)
+    assert ended.value.code == 143 and unwound == [True]
+    assert capsys.readouterr().err.startswith("terminated (SIGTERM): finished stages are cached")
+    assert signal.getsignal(signal.SIGTERM) is outside

@@ -2,12 +2,13 @@
 the others. The workers here are tests/scheduler_worker.py, which only sleep, fail or commit."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from stages.common.target_config import TargetConfig
-from stages.common.errors import PipelineError
+from stages.common.errors import PipelineError, Terminated, sigterm_raises
 from pipeline.plan import Task
 from pipeline.scheduler import Scheduler
 from pipeline.store import ArtifactStore
@@ -74,6 +75,26 @@ def test_a_failure_stops_the_others_and_names_the_task(tmp_path):
         scheduler(tmp_path, 2).run(tasks)
     seen = events(tmp_path)
     assert seen["teacher:slow"]["stopped"] and seen["teacher:slow"]["end"] - seen["teacher:slow"]["start"] < 20
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert all(store.lookup(t.stage, t.key) is None for t in tasks)
+
+
+def test_sigterm_to_the_scheduler_alone_stops_every_task_and_ends_terminated(tmp_path):
+    # Kubernetes and docker stop signal only the main process: the tasks hear it from the scheduler.
+    import os
+    import signal
+    import threading
+
+    tasks = [task("teacher", name, tmp_path, seconds=30) for name in ("a", "b")]
+    sender = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    sender.start()
+    started = time.monotonic()
+    with pytest.raises(Terminated), sigterm_raises():
+        scheduler(tmp_path, 2).run(tasks)
+    sender.join()
+    assert time.monotonic() - started < 8  # stopped at once, not after the grace Ctrl-C gets
+    seen = events(tmp_path)
+    assert seen["teacher:a"]["stopped"] and seen["teacher:b"]["stopped"]
     store = ArtifactStore(tmp_path / "artifacts")
     assert all(store.lookup(t.stage, t.key) is None for t in tasks)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stages.common.config import Augmentation, TrainingConfig
-from stages.common.errors import ArtifactError, PipelineError
+from stages.common.errors import ArtifactError, PipelineError, exit_code_of
 from stages.nets.architectures import build_model
 from stages.training.data import ImageDataset
 from stages.training.resume import TrainingInterrupted
@@ -139,6 +139,32 @@ def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
     train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
     assert_same_weights(model, reference)
 
+
+
+def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothing(tmp_path):
+    import os
+    import signal
+
+    checkpoint = tmp_path / "training.pt"
+    calls: list[int] = []
+    outside = signal.getsignal(signal.SIGTERM)
+
+    def loss_sending_sigterm(logits, images, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # were it passed on to the default, the process would end here
+        return cross_entropy_loss(logits, images, labels)
+
+    with pytest.raises(TrainingInterrupted, match=r"stopped in epoch 1, after batch 2 of 5") as stopped:
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=loss_sending_sigterm, checkpoint=checkpoint, checkpoint_interval_s=3600)
+    assert stopped.value.signum == signal.SIGTERM and exit_code_of(stopped.value) == 143
+    assert signal.getsignal(signal.SIGTERM) is outside  # handler restored
+    reference, _ = uninterrupted()
+    model = stochastic_model()
+    train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
+    assert_same_weights(model, reference)
 
 def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
     checkpoint = tmp_path / "training.pt"
