@@ -188,9 +188,9 @@ def quantize_modelopt(source: Path, target: Path, calibration: np.ndarray, metho
     done = subprocess.run([sys.executable, "-m", "stages.deploy.modelopt_quantize", str(copy), str(output), str(images),
                            MODELOPT_METHODS[method], *keep_float], capture_output=True, text=True)
     if done.returncode == 3:
-        raise ArtifactError(f"quantize.int8_tool is modelopt (the default where TensorRT runs the model), but NVIDIA "
-                            f"Model Optimizer is not installed here; pip install -e '.[tensorrt-int8]', or set "
-                            f"quantize.int8_tool: onnxruntime")
+        raise ArtifactError("quantize.int8_tool is modelopt (the default where TensorRT runs the model), but NVIDIA "
+                            "Model Optimizer is not installed here; pip install -e '.[tensorrt-int8]', or set "
+                            "quantize.int8_tool: onnxruntime")
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ArtifactError(f"{source}: NVIDIA Model Optimizer could not quantize it ({tail}); set "

@@ -138,6 +138,6 @@ def model_card(package: dict[str, Any]) -> str:
               f"{contract['preprocessing']}.",
               f"- mean {contract['mean']}, std {contract['std']} (computed from the training images"
               + ("; the graph applies them itself)." if takes_raw_pixels(contract) else ")."),
-              f"- Output: {contract['output']}.", f"- `stochkd-pipeline predict {{this folder}} IMAGE...` runs it.",
+              f"- Output: {contract['output']}.", "- `stochkd-pipeline predict {this folder} IMAGE...` runs it.",
               "", "## Versions", "", *[f"- {k} {v}" for k, v in sorted(package["versions"].items())], ""]
     return "\n".join(lines)

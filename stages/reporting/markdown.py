@@ -123,9 +123,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               "![accuracy versus latency](report.png)"]
     disturbed = [r for r in report["rows"] if r.get("disturbed")]
     if disturbed:
-        lines += ["", f"**Disturbed measurements.** Other processes used more than 10 % of this machine's cores "
-                  f"(or of its GPU) while these were timed, even after a rerun, so their latencies measure the "
-                  f"neighbours too: "
+        lines += ["", "**Disturbed measurements.** Other processes used more than 10 % of this machine's cores "
+                  "(or of its GPU) while these were timed, even after a rerun, so their latencies measure the "
+                  "neighbours too: "
                   + "; ".join(f"{model_label(r['model'])} {r['runtime']} {precision_label(r)} at batch "
                               f"{r['batch_size']} ({neighbours(r)})" for r in disturbed) + "."]
     lines += render_speedups(report)
