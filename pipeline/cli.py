@@ -205,7 +205,7 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     from pipeline.profiles import load_profile
     from pipeline.runner import Outcome
     from pipeline.store import ArtifactStore
-    from stages.context import TRAINING_CHECKPOINT
+    from stages.context import TRAINING_CHECKPOINT, training_progress
 
     with user_errors():
         loaded = load_profile(profile, set_ or [])
@@ -216,16 +216,20 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
             artifact = store.lookup(task.stage, task.key)
             entry = {"task": task.id, "stage": task.stage, "variant": task.variant, "key": task.key}
             if artifact is None:
-                saved = (store.resume_folder(task.stage, task.key) / TRAINING_CHECKPOINT).is_file()
-                entry.update(state="resumable" if saved else "to run", headline=None, folder=None)
+                resume = store.resume_folder(task.stage, task.key)
+                saved = (resume / TRAINING_CHECKPOINT).is_file()
+                entry.update(state="resumable" if saved else "to run", headline=None, folder=None,
+                             checkpoint_done=training_progress(resume) if saved else None)
             else:
                 entry.update(state="cached", headline=Outcome(task, artifact, False, 0).headline,
-                             folder=str(artifact.path))
+                             folder=str(artifact.path), checkpoint_done=None)
             tasks.append(entry)
         times = _status_estimates(store, loaded, [t for t, e in zip(plan, tasks) if e["state"] != "cached"],
                                   estimate)
         for entry in tasks:
             entry["estimated_s"] = times.get(entry["task"])
+            if entry["estimated_s"] is not None and entry["checkpoint_done"]:
+                entry["estimated_s"] *= 1 - entry["checkpoint_done"]  # what is left of a task that resumes
     if as_json:
         typer.echo(json.dumps({"profile": loaded.name, "artifacts": str(store.root), "tasks": tasks}, indent=1))
         return
@@ -242,6 +246,8 @@ def status(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         else:
             guess = f"about {duration(entry['estimated_s'])}" if entry["estimated_s"] is not None else ""
             resumes = "resumes from its training checkpoint" if entry["state"] == "resumable" else ""
+            if entry["checkpoint_done"] is not None:
+                resumes += f" ({entry['checkpoint_done']:.0%} done)"
             table.add_row(entry["task"], "[yellow]to run[/]", entry["key"][:12], "; ".join(filter(None, [resumes,
                                                                                                           guess])))
     ui.console.print(table)

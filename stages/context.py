@@ -3,6 +3,7 @@ report progress. A stage reads nothing else; the runner alone decides where arti
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,17 @@ from typing import Any, Callable, Iterator, Protocol
 from stages.common.errors import ArtifactError
 
 TRAINING_CHECKPOINT = "training.pt"  # inside a task's resume folder
+TRAINING_PROGRESS = "training.json"  # beside it (stages.training.resume.progress_file): how far it stands
+
+
+def training_progress(resume_folder: Path) -> float | None:
+    """The fraction of its training that a task's checkpoint has done, read without a framework; None
+    where it is not recorded."""
+    try:
+        done = json.loads((resume_folder / TRAINING_PROGRESS).read_text())["done"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(done) if isinstance(done, (int, float)) and 0 <= done <= 1 else None
 
 
 class Advance(Protocol):

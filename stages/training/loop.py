@@ -22,7 +22,7 @@ from stages.training.augment import augmented_batch, normalize, padded_channels_
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy, predict, validation_metrics
-from stages.training.resume import TrainingInterrupted, load_state, save_state, stop_on_interrupt
+from stages.training.resume import TrainingInterrupted, load_state, save_progress, save_state, stop_on_interrupt
 from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
 from stages.training.tracking import write_tensorboard
 
@@ -188,6 +188,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         if run.first_bad is not None and int(run.first_bad) >= 0 or not all_finite(model):
             raise non_finite_error(label, run, steps_per_epoch, checkpoint)
         save_state(checkpoint, run.snapshot(model, optimizer, generator, device, timing()))
+        save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch)
         run.last_saved = (run.epoch, run.step)
 
     with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:

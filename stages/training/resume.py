@@ -13,6 +13,7 @@ checkpoint cannot run code.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -46,6 +47,19 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         os.fsync(directory)  # the rename itself survives a power loss
     finally:
         os.close(directory)
+
+
+def progress_file(checkpoint: Path) -> Path:
+    """Beside each checkpoint, how far it stands, in JSON: ``status`` reads it without a framework."""
+    return checkpoint.with_suffix(".json")
+
+
+def save_progress(checkpoint: Path, epoch: int, step: int, epochs: int, steps_per_epoch: int) -> None:
+    done = epoch * steps_per_epoch + step
+    partial = progress_file(checkpoint).with_name(f"{progress_file(checkpoint).name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps({"epoch": epoch, "step": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                                   "done": done / (epochs * steps_per_epoch)}))
+    os.replace(partial, progress_file(checkpoint))
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

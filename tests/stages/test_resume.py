@@ -8,6 +8,7 @@ import torch
 
 from stages.common.config import Augmentation, TrainingConfig
 from stages.common.errors import ArtifactError, PipelineError, exit_code_of
+from stages.context import training_progress
 from stages.nets.architectures import build_model
 from stages.training.data import ImageDataset
 from stages.training.resume import TrainingInterrupted
@@ -160,6 +161,7 @@ def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothi
         train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
               loss_fn=loss_sending_sigterm, checkpoint=checkpoint, checkpoint_interval_s=3600)
     assert stopped.value.signum == signal.SIGTERM and exit_code_of(stopped.value) == 143
+    assert training_progress(tmp_path) == 2 / (RECIPE.epochs * STEPS_PER_EPOCH)  # what status shows
     assert signal.getsignal(signal.SIGTERM) is outside  # handler restored
     reference, _ = uninterrupted()
     model = stochastic_model()
