@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# On a GPU machine, in one call: grow a paper row by at most $BUDGET_S seconds of training, starting
+# from the bundle an earlier call brought back, and bring back a new bundle with everything the row
+# has so far (finished tasks and the checkpoints of unfinished ones).
+#
+#   bash bench/gpu_paper_row.sh                      # Table II, ResNet-110 -> ResNet-20, 200 epochs
+#
+# In:  CIFAR-100 (see bench/gpu_env.sh), and, from an earlier call, the bundle's parts in
+#      .data/row/row.tar.part-* (carried with the call).
+# Out: $OUT (default /tmp/gpu-row): row.tar.part-00, -01, ... (15 MiB each: what a call brings back
+#      per file), status.json (every task of the row: cached, or how far its checkpoint is), run.log
+#      and machine.txt. Join the parts with `cat row.tar.part-* > row.tar` and unbundle that.
+#
+# Settings (environment): PROFILE, UNTIL (default distill), JOBS (default 3: both teachers and the
+# student alone at once), BUDGET_S (default 420), DEVICE (default cuda), CIFAR100 (default 1; 0 for a
+# profile that does not read it, as the CPU check of this script does with tests/profiles/tiny.yaml),
+# EXTRA_ARGS (more options for run, status and bundle, such as --set KEY=VALUE).
+# The run gets SIGTERM when the budget is spent: each training stops between two steps with its
+# checkpoint saved, and the bundle is made after it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source bench/gpu_env.sh
+OUT=${OUT:-/tmp/gpu-row}
+PROFILE=${PROFILE:-profiles/paper/table2_resnet110_resnet20.yaml}
+UNTIL=${UNTIL:-distill}
+JOBS=${JOBS:-3}
+BUDGET_S=${BUDGET_S:-420}
+DEVICE=${DEVICE:-cuda}
+ARTIFACTS=${ARTIFACTS:-/tmp/row-artifacts}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+install_carried_wheels
+read -r -a settings <<< "${EXTRA_ARGS:-}"  # e.g. "--set teacher.training.epochs=50"
+if [ "${CIFAR100:-1}" = 1 ]; then
+  join_cifar100 || exit 1
+  settings+=(--set "data.root=$DATA")
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  echo "cpus $(nproc)"
+  command -v nvidia-cuda-mps-control >/dev/null && echo "MPS control: present" || echo "MPS control: absent"
+} > "$OUT/machine.txt" 2>&1
+stochkd() { python3 -m pipeline "$@" --artifacts "$ARTIFACTS"; }
+
+if ls .data/row/row.tar.part-* >/dev/null 2>&1; then
+  cat .data/row/row.tar.part-* > /tmp/row-in.tar
+  stochkd unbundle /tmp/row-in.tar 2>&1 | tee "$OUT/run.log" || exit 1
+fi
+start=$(date +%s)
+# timeout signals the whole process group: the scheduler and every task it started.
+timeout -s TERM -k 120 "$BUDGET_S" python3 -m pipeline run "$PROFILE" --until "$UNTIL" --jobs "$JOBS" \
+  --device "$DEVICE" --artifacts "$ARTIFACTS" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
+code=${PIPESTATUS[0]}
+echo "run: exit $code after $(( $(date +%s) - start )) s (124 or 143: the budget ran out, progress saved)" \
+  | tee -a "$OUT/run.log"
+
+stochkd status "$PROFILE" --json "${settings[@]}" > "$OUT/status.json"
+stochkd bundle "$PROFILE" --until "$UNTIL" -o /tmp/row.tar "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
+# At most 8 files, 16 MiB each and 64 MiB together come back from a call; four are taken above.
+rm -f "$OUT"/row.tar.part-*
+split -b 15M -d -a 2 /tmp/row.tar "$OUT/row.tar.part-"
+parts=$(ls "$OUT"/row.tar.part-* | wc -l)
+if [ "$parts" -gt 4 ]; then
+  echo "the bundle needs $parts parts of 15 MiB, more than a call brings back beside the other files" \
+    | tee -a "$OUT/run.log"
+  exit 1
+fi
+python3 - "$OUT/status.json" <<'EOF' | tee -a "$OUT/run.log"
+import json, sys
+for task in json.load(open(sys.argv[1]))["tasks"]:
+    done = task["checkpoint_done"]
+    state = task["state"] + (f", {done:.0%} of its training done" if done is not None else "")
+    print(f"{task['task']:32} {task['key']}  {state}  {task['headline'] or ''}")
+EOF
