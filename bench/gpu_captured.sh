@@ -20,8 +20,8 @@ install_carried_wheels
   nproc
 } 2>&1 | tee "$OUT/machine.txt"
 timeout 60 python3 bench/capture_equivalence.py 2>&1 | tee "$OUT/capture_equivalence.txt"
-timeout 150 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/test_cuda_graph_step.py \
-  tests/stages/test_stochastic_depth.py 2>&1 | tee "$OUT/tests.txt"
+timeout 150 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
+  tests/stages/nets/test_stochastic_depth.py 2>&1 | tee "$OUT/tests.txt"
 timeout 150 python3 bench/captured_step.py --no-compile 2>&1 | tee "$OUT/captured_step_eager_and_graph.txt"
 # The quickstart's teacher and students on the GPU, with the whole step captured and eagerly: accuracy
 # and wall time per stage of each.

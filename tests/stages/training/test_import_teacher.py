@@ -11,7 +11,7 @@ import torch
 
 from stages.nets.architectures import build_model
 
-TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "profiles" / "tiny.yaml"
 
 
 def cli(*args, artifacts):
