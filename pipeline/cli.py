@@ -12,8 +12,8 @@ import typer
 
 from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, unbundle
 from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, DeviceOpt, JobsOpt, MasterAddrOpt, MasterPortOpt,
-                                  NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg, SetOpt, artifacts_root, check_stage,
-                                  user_errors)
+                                  MpsOpt, NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg, SetOpt, artifacts_root,
+                                  check_stage, user_errors)
 from pipeline.registry import STAGE_ORDER, STAGES, stage_index
 from stages.common.errors import PipelineError
 
@@ -58,7 +58,7 @@ def _check_device(device: str) -> str:
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
              device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0,
-             jobs: int = 1) -> None:
+             jobs: int = 1, mps: bool = False) -> None:
     from pipeline import ui
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
@@ -68,6 +68,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     from stages.common import distributed
 
     _check_device(device)
+    _check_mps(mps, jobs, device)
     device = distributed.device_for_rank(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
@@ -87,7 +88,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
     estimates = _estimate_run(store, tasks, forced, profile, device)
-    runner = _runner(store, jobs, device, checkpoint_every, estimates)
+    runner = _runner(store, jobs, device, checkpoint_every, estimates, mps)
     outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)
     ran = sum(o.ran for o in outcomes)
@@ -99,7 +100,14 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
 
 
-def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None):
+def _check_mps(mps: bool, jobs: int, device: str) -> None:
+    if mps and jobs == 1:
+        raise PipelineError("--mps lets tasks run side by side share a GPU; add --jobs 2 or more")
+    if mps and device == "cpu":
+        raise PipelineError("--mps shares a GPU between tasks, and --device cpu uses none; drop --mps")
+
+
+def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
     """The sequential runner, or with ``jobs`` > 1 the scheduler that runs ready tasks side by side."""
     from pipeline import ui
     from stages.common import distributed
@@ -111,9 +119,12 @@ def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=No
                                 "each task already uses every process: leave --jobs at 1")
         from pipeline.scheduler import Scheduler
 
-        return Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
-                         on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
-                         estimates=estimates)
+        scheduler = Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
+                              on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
+                              estimates=estimates, mps=mps)
+        if mps and not scheduler.gpus:
+            raise PipelineError("--mps shares a GPU between tasks, and none is visible here; drop --mps")
+        return scheduler
     return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
                   on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every, estimates=estimates,
                   on_wait=lambda task, holder: ui.warn(
@@ -159,29 +170,29 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
         force: Optional[str] = typer.Option(None, "--force", metavar="STAGE",
                                             help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-        checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, nproc_per_node: int = NprocOpt,
-        nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
-        master_port: int = MasterPortOpt) -> None:
+        checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
+        nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+        master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
         for option, value in (("--until", until), ("--from", start), ("--force", force)):
             check_stage(option, value)
         _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
-                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs)
+                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
 
 
 def _stage_command(name: str):
     def command(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
                 device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-                checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, nproc_per_node: int = NprocOpt,
-                nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt, master_addr: str = MasterAddrOpt,
-                master_port: int = MasterPortOpt) -> None:
+                checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
+                nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+                master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
         with user_errors():
             _launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs)
+                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -282,7 +293,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
           until: str = typer.Option("mutual", "--until", metavar="STAGE",
                                     help="Last stage to run at each point (default: the last training stage)."),
           device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-          checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt) -> None:
+          checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
@@ -295,6 +306,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
 
         check_stage("--until", until)
         _check_device(device)
+        _check_mps(mps, jobs, device)
         if stage_index(until) < stage_index("mutual"):
             raise PipelineError(f"--until {until!r}: a sweep compares trained models; use mutual (the last "
                                 f"training stage) or a later one")
@@ -304,7 +316,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
                     for point in points]  # every point validated before anything runs
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
-        runner = _runner(store, jobs, device, checkpoint_every)
+        runner = _runner(store, jobs, device, checkpoint_every, mps=mps)
         plans = [[t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)] for loaded in profiles]
         if jobs > 1:
             # Every point's tasks in one schedule, so points run side by side; shared tasks once.

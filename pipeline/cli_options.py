@@ -35,6 +35,8 @@ CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
                        "time, each in its own process (one GPU each where there are several; the CPU's cores "
                        "split between them). Benchmarks still run alone.")
+MpsOpt = typer.Option(False, "--mps", help="With --jobs on one GPU: run the tasks under a private NVIDIA MPS daemon, "
+                      "so their kernels overlap instead of taking turns (needs nvidia-cuda-mps-control).")
 
 def artifacts_root(option: Optional[Path]) -> Path:
     return option or Path(os.environ.get("STOCHKD_ARTIFACTS", "artifacts"))

@@ -1,8 +1,9 @@
 """``--jobs N``: the tasks of a plan whose inputs are ready run at the same time, each in a process
 of its own (pipeline.task_worker), at most N at once.
 
-- On one GPU, several small trainings share it; with several GPUs each running task gets a GPU of
-  its own (``CUDA_VISIBLE_DEVICES``); on a CPU the cores are split between the running tasks.
+- On one GPU, several small trainings share it (taking turns, or overlapping under ``--mps``, see
+  pipeline.mps); with several GPUs each running task gets a GPU of its own (``CUDA_VISIBLE_DEVICES``);
+  on a CPU the cores are split between the running tasks.
 - Benchmarks run alone: a latency measured next to another task measures the other task too.
 - A task that fails stops the others (they get SIGTERM and save their training checkpoints), and
   the error names it. Ctrl-C and SIGTERM reach every task the same way.
@@ -19,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from stages.common.errors import ArtifactError, PipelineError, Terminated
+from pipeline.mps import mps_daemon
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.runner import Outcome
@@ -69,8 +72,9 @@ class Scheduler:
                  on_done: Callable[[Outcome], None] = lambda outcome: None,
                  show: Callable[[list[tuple[str, dict]]], None] = lambda states: None,
                  gpus: list[str] | None = None, cores: int | None = None,
-                 estimates: dict[str, float | None] | None = None) -> None:
-        self.store, self.jobs, self.device = store, jobs, device
+                 estimates: dict[str, float | None] | None = None, mps: bool = False) -> None:
+        self.store, self.jobs, self.device, self.mps = store, jobs, device, mps
+        self.task_env: dict[str, str] = {}  # what every task's environment adds (MPS's pipes)
         self.estimates = estimates or {}
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_start, self.on_done, self.show = on_start, on_done, show
@@ -82,8 +86,10 @@ class Scheduler:
         outcomes: dict[int, Outcome] = {}
         waiting = list(tasks)
         running: list[Running] = []
-        with tempfile.TemporaryDirectory(prefix="stochkd-jobs-") as scratch_name:
+        with tempfile.TemporaryDirectory(prefix="stochkd-jobs-") as scratch_name, ExitStack() as stack:
             scratch = Path(scratch_name)
+            if self.mps:
+                self.task_env = stack.enter_context(mps_daemon(scratch))
             try:
                 while waiting or running:
                     self._start_ready(waiting, running, outcomes, forced, scratch)
@@ -140,7 +146,7 @@ class Scheduler:
             "checkpoint_interval_s": self.checkpoint_interval_s, "status": str(paths["status"]),
             "estimates": {task.id: self.estimates.get(task.id)},
             "result": str(paths["result"])}))
-        env = dict(os.environ)
+        env = {**os.environ, **self.task_env}
         gpu = None
         if self.gpus and self.device != "cpu":
             busy = {r.gpu for r in running}

@@ -2,12 +2,16 @@
 (sleep this long, fail, or note being stopped) and commits a real artifact when it succeeds."""
 
 import json
+import os
 import pickle
 import signal
 import sys
 import time
 from pathlib import Path
 
+# The repository first: this file's folder, which Python puts first, holds tests/stages and
+# tests/pipeline, which would otherwise stand in for the packages of the same names.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 spec = pickle.loads(Path(sys.argv[1]).read_bytes())
 task = spec["task"]
 behaviour = task.params
@@ -24,11 +28,11 @@ while time.time() - started < behaviour.get("seconds", 0.0) and not stopped:
     time.sleep(0.02)
 with open(log, "a") as out:
     out.write(json.dumps({"task": task.id, "start": started, "end": time.time(), "stopped": bool(stopped),
-                          "omp": __import__("os").environ.get("OMP_NUM_THREADS")}) + "\n")
+                          "omp": os.environ.get("OMP_NUM_THREADS"),
+                          "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY")}) + "\n")
 if stopped:
     print("stopped between two steps; checkpoint saved", file=sys.stderr)
     sys.exit(130)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.store import ArtifactStore  # noqa: E402
 
 store = ArtifactStore(Path(spec["root"]))

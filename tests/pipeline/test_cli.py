@@ -52,6 +52,9 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["deploy", "-o", "nowhere", "--input", "rgb"], "--input 'rgb': choose float or uint8"),
     (["status", "--set", "teacher.training.capture_step=true", "--set", "teacher.training.drop_execution=skip"],
      "training.capture_step records the step as a CUDA graph, which host-side skipping breaks"),
+    (["run", "--mps"], "--mps lets tasks run side by side share a GPU; add --jobs 2 or more"),
+    (["sweep", "--over", "seed=0,1", "--jobs", "2", "--mps", "--device", "cpu"],
+     "--mps shares a GPU between tasks, and --device cpu uses none; drop --mps"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(args, message):
     done = cli(*args)

@@ -2,6 +2,7 @@
 the others. The workers here are tests/scheduler_worker.py, which only sleep, fail or commit."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ WORKER = str(Path(__file__).resolve().parents[1] / "scheduler_worker.py")
 
 
 def scheduler(tmp_path, jobs, **kwargs):
-    runner = Scheduler(ArtifactStore(tmp_path / "artifacts"), jobs, gpus=[], cores=8, **kwargs)
+    runner = Scheduler(ArtifactStore(tmp_path / "artifacts"), jobs, **{"gpus": [], "cores": 8, **kwargs})
     runner.worker = (WORKER,)
     return runner
 
@@ -97,6 +98,78 @@ def test_sigterm_to_the_scheduler_alone_stops_every_task_and_ends_terminated(tmp
     assert seen["teacher:a"]["stopped"] and seen["teacher:b"]["stopped"]
     store = ArtifactStore(tmp_path / "artifacts")
     assert all(store.lookup(t.stage, t.key) is None for t in tasks)
+
+
+MPS_CONTROL = """#!{python}
+# A stand-in for nvidia-cuda-mps-control, strict about its use: "-d" starts the daemon, whose
+# control pipe then lies in CUDA_MPS_PIPE_DIRECTORY; "quit" on standard input stops it; anything
+# else, or a second daemon on the same pipes, fails.
+import os, sys
+from pathlib import Path
+
+pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+logs = Path(os.environ.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps"))
+record = Path(os.environ["MPS_STANDIN_RECORD"])
+control = pipes / "control"
+if sys.argv[1:] == ["-d"] and not control.exists() and logs.is_dir() and not os.environ.get("MPS_STANDIN_FAIL"):
+    control.write_text("")
+    (logs / "control.log").write_text("daemon started")
+    with record.open("a") as out:
+        out.write("start " + str(pipes) + "\\n")
+    sys.exit(0)
+if sys.argv[1:] == [] and sys.stdin.read().strip() == "quit" and control.exists():
+    control.unlink()
+    with record.open("a") as out:
+        out.write("quit " + str(pipes) + "\\n")
+    sys.exit(0)
+print("daemon could not start", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+@pytest.fixture
+def mps_control(tmp_path, monkeypatch):
+    """The stand-in as the only nvidia-cuda-mps-control on PATH; returns the file it records its use in."""
+    import sys
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    control = folder / "nvidia-cuda-mps-control"
+    control.write_text(MPS_CONTROL.format(python=sys.executable))
+    control.chmod(0o755)
+    record = tmp_path / "mps.txt"
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("MPS_STANDIN_RECORD", str(record))
+    return record
+
+
+def test_mps_tasks_share_one_private_daemon_that_quits_at_the_end(tmp_path, mps_control):
+    tasks = [task("teacher", name, tmp_path, seconds=0.5) for name in ("a", "b")]
+    scheduler(tmp_path, 2, gpus=["0"], mps=True).run(tasks)
+    seen = events(tmp_path)
+    pipes = {seen["teacher:a"]["mps"], seen["teacher:b"]["mps"]}
+    assert len(pipes) == 1 and None not in pipes
+    [folder] = pipes
+    assert mps_control.read_text() == f"start {folder}\nquit {folder}\n"
+    assert not Path(folder).exists()  # in the run's scratch folder, removed with it
+
+
+def test_mps_daemon_quits_when_a_task_fails_too(tmp_path, mps_control):
+    tasks = [task("teacher", "slow", tmp_path, seconds=30), task("teacher", "bad", tmp_path, fail=True, fail_after=1.0)]
+    with pytest.raises(PipelineError, match="teacher:bad failed"):
+        scheduler(tmp_path, 2, gpus=["0"], mps=True).run(tasks)
+    assert [line.split()[0] for line in mps_control.read_text().splitlines()] == ["start", "quit"]
+
+
+def test_mps_without_its_control_program_or_failing_to_start_is_one_line(tmp_path, mps_control, monkeypatch):
+    monkeypatch.setenv("MPS_STANDIN_FAIL", "1")
+    with pytest.raises(PipelineError, match=r"--mps: nvidia-cuda-mps-control -d failed \(daemon could not start\); "
+                                            r"its log is in .*mps-log\. Drop --mps"):
+        scheduler(tmp_path, 2, gpus=["0"], mps=True).run([task("teacher", "a", tmp_path)])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(PipelineError, match="--mps: nvidia-cuda-mps-control is not on PATH"):
+        scheduler(tmp_path, 2, gpus=["0"], mps=True).run([task("teacher", "a", tmp_path)])
+    assert not (tmp_path / "log.jsonl").exists()  # no task started
 
 
 @pytest.mark.slow

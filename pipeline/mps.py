@@ -1,0 +1,45 @@
+"""``--mps``: the tasks that ``--jobs`` runs on one GPU share it through a private NVIDIA MPS daemon.
+
+Without MPS a GPU runs the kernels of one process at a time and switches between processes, so small
+trainings side by side take turns rather than overlap. Under MPS their kernels run together. The
+daemon here is this run's own: its pipes and logs live in the run's scratch folder
+(``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_LOG_DIRECTORY``), only the tasks started with that
+environment connect to it, and it is told to quit when the run ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from stages.common.errors import PipelineError
+
+CONTROL = "nvidia-cuda-mps-control"
+
+
+@contextmanager
+def mps_daemon(scratch: Path) -> Iterator[dict[str, str]]:
+    """Start the daemon; yield the environment a task needs to use it; make it quit afterwards."""
+    control = shutil.which(CONTROL)
+    if control is None:
+        raise PipelineError(f"--mps: {CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities); "
+                            f"install them, or drop --mps to let the tasks take turns on the GPU")
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(scratch / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(scratch / "mps-log")}
+    for folder in env.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **env}
+    started = subprocess.run([control, "-d"], env=full_env, capture_output=True, text=True, timeout=60)
+    if started.returncode != 0:
+        said = (started.stderr or started.stdout).strip().splitlines() or [f"exit code {started.returncode}"]
+        raise PipelineError(f"--mps: {CONTROL} -d failed ({said[-1]}); its log is in {env['CUDA_MPS_LOG_DIRECTORY']}. "
+                            f"Drop --mps to let the tasks take turns on the GPU")
+    try:
+        yield env
+    finally:
+        # Clients have exited by now; "quit" stops the daemon and the server it started for them.
+        subprocess.run([control], input="quit\n", env=full_env, capture_output=True, text=True, timeout=60)
+
