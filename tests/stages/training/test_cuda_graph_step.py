@@ -204,3 +204,58 @@ def test_fused_sgd_survives_blocks_that_had_no_gradient_yet():
     reference = two_steps(fused=False, zero_first=False)
     assert torch.equal(two_steps(fused=True, zero_first=True), reference)
     assert torch.equal(two_steps(fused=False, zero_first=True), reference)
+
+
+def method_run(device: str, method: str, capture: bool):
+    """One short training of a method other than plain CE: the student (or both peers) and its loss
+    as the distill and mutual stages build them, with masks; returns (trained module, result)."""
+    from stages.common.config import DistillConfig
+    from stages.distill import attention_transfer_loss, distillation_loss
+    from stages.mutual import Peers, mutual_loss, sequential_update
+    from stages.training.loop import WithGroups
+
+    kwargs = {}
+    if method.startswith("dml"):
+        torch.manual_seed(0)
+        net = Peers([model(0.5, seed) for seed in (0, 1)])
+        if method == "dml sequential":
+            kwargs["update"] = sequential_update(net, 4.0, 1.0)
+        else:
+            kwargs["loss_fn"] = lambda logits, images, labels: mutual_loss(logits, labels, 4.0, 1.0)
+    else:
+        teacher = model(0.5, seed=7).to(device=device, memory_format=torch.channels_last)
+        student = model(1.0)
+        if method == "at":
+            net = WithGroups(student)
+            kwargs["loss_fn"] = attention_transfer_loss(teacher, DistillConfig(transfer="at", teacher_samples=2))
+        else:
+            net = student
+            kwargs["loss_fn"] = distillation_loss(teacher, DistillConfig(teacher_samples=2))
+    result = train(net, data_on(device), RECIPE.model_copy(update={"capture_step": capture or None}),
+                   augmentation=AUGMENT, seed=3, **kwargs)
+    return net, result
+
+
+METHODS = ["kd K=2", "at", "dml simultaneous", "dml sequential"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_the_same_with_capture_ignored_on_a_cpu(method):
+    captured, result = method_run("cpu", method, capture=True)
+    eager, reference = method_run("cpu", method, capture=False)
+    assert largest_difference(captured, eager) == 0.0
+    assert result.history == reference.history
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_captured_matches_its_eager_step(method, deterministic_cudnn):
+    """The teacher's K sampled passes, attention maps, and peers stepping together or one after
+    another, all inside the one graph: the same weights as the eager steps."""
+    captured, result = method_run("cuda", method, capture=True)
+    eager, reference = method_run("cuda", method, capture=False)
+    difference = largest_difference(captured, eager)
+    print(f"\ncapture_step {method}: largest difference against eager {difference:.3g}")
+    assert difference <= 1e-5, f"{method}: captured and eager weights differ by up to {difference:.3g}"
+    for ours, theirs in zip(result.history, reference.history):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
