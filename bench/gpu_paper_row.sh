@@ -14,7 +14,8 @@
 # Settings (environment): PROFILE, UNTIL (default distill), JOBS (default 3: both teachers and the
 # student alone at once), BUDGET_S (default 420), DEVICE (default cuda), CIFAR100 (default 1; 0 for a
 # profile that does not read it, as the CPU check of this script does with tests/profiles/tiny.yaml),
-# EXTRA_ARGS (more options for run, status and bundle, such as --set KEY=VALUE).
+# EXTRA_ARGS (more options for run, status and bundle, such as --set KEY=VALUE), MPS (1: the tasks
+# share the GPU through --mps; default 0, as bench/gpu_sharing.py has not measured MPS on this machine).
 # The run gets SIGTERM when the budget is spent: each training stops between two steps with its
 # checkpoint saved, and the bundle is made after it.
 set -uo pipefail
@@ -49,8 +50,10 @@ if ls .data/row/row.tar.part-* >/dev/null 2>&1; then
 fi
 start=$(date +%s)
 # timeout signals the whole process group: the scheduler and every task it started.
+sharing=()
+[ "${MPS:-0}" = 1 ] && sharing=(--mps)
 timeout -s TERM -k 120 "$BUDGET_S" python3 -m pipeline run "$PROFILE" --until "$UNTIL" --jobs "$JOBS" \
-  --device "$DEVICE" --artifacts "$ARTIFACTS" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
+  "${sharing[@]}" --device "$DEVICE" --artifacts "$ARTIFACTS" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
 code=${PIPESTATUS[0]}
 echo "run: exit $code after $(( $(date +%s) - start )) s (124 or 143: the budget ran out, progress saved)" \
   | tee -a "$OUT/run.log"
