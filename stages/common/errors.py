@@ -1,4 +1,5 @@
-"""Errors a user can fix. The CLI prints their message on one line and exits with code 2."""
+"""Errors a user can fix (the CLI prints their message on one line and exits with code 2), and
+SIGTERM, which ends a command as Ctrl-C does (exit code 143)."""
 
 from __future__ import annotations
 

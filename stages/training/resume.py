@@ -55,11 +55,11 @@ def progress_file(checkpoint: Path) -> Path:
 
 
 def save_progress(checkpoint: Path, epoch: int, step: int, epochs: int, steps_per_epoch: int) -> None:
-    done = epoch * steps_per_epoch + step
-    partial = progress_file(checkpoint).with_name(f"{progress_file(checkpoint).name}.partial-{os.getpid()}")
+    target = progress_file(checkpoint)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     partial.write_text(json.dumps({"epoch": epoch, "step": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-                                   "done": done / (epochs * steps_per_epoch)}))
-    os.replace(partial, progress_file(checkpoint))
+                                   "done": (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)}))
+    os.replace(partial, target)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:
