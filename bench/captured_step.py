@@ -10,6 +10,7 @@ autocast on a GPU):
 - pipeline skip: the pipeline's eager step, blocks skipped on the host (the default);
 - pipeline mask: eager, blocks multiplied by masks drawn on the device;
 - pipeline graph: training.capture_step (the whole step replayed from one CUDA graph), masks;
+- graph, cudnn benchmark: the pipeline graph with cuDNN timing its algorithms per shape first;
 - pipeline graph, no aug: the same without crops and flips (what the augmentation costs);
 - pipeline graph+compile: the same with training.compile (default mode) inside the graph;
 - pipeline compiled: training.compile with compile_mode reduce-overhead (torch.compile's own CUDA
@@ -19,7 +20,7 @@ autocast on a GPU):
 Then a distill step (ResNet-56 teacher, ResNet-20 student) per K: eager skip, graph, graph+compile.
 On a CPU there are no CUDA graphs: the graph rows are left out and compile uses its default mode.
 
-Goals (issue 13): the captured pipeline step >= 2x the eager pipeline for ResNet-20 on an H100 or
+Goals: the captured pipeline step >= 2x the eager pipeline for ResNet-20 on an H100 or
 H200, and >= 1.0x the plain captured loop. Compilation time is left out (a warm-up run compiles first).
 """
 
@@ -41,6 +42,17 @@ from stages.common.config import DistillConfig  # noqa: E402
 from stages.nets.architectures import build_model  # noqa: E402
 from stages.distill import distillation_loss  # noqa: E402
 from stages.nets.stochastic_depth import use_drop_execution  # noqa: E402
+
+
+def with_cudnn_benchmark(run):
+    """``run()`` with cuDNN timing its algorithms for each convolution's shape first (the warm-up
+    steps before capture do that), which the pipeline leaves off."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        return run()
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def main() -> None:
@@ -89,6 +101,8 @@ def main() -> None:
         if gpu:
             measure(table, arch, "pipeline graph", lambda: pipeline_images_per_s(
                 fresh(arch, "mask"), data, device, args.batch, args.steps, **graph))
+            measure(table, arch, "graph, cudnn benchmark", lambda: with_cudnn_benchmark(
+                lambda: pipeline_images_per_s(fresh(arch, "mask"), data, device, args.batch, args.steps, **graph)))
             measure(table, arch, "pipeline graph, no aug", lambda: pipeline_images_per_s(
                 fresh(arch, "mask"), data, device, args.batch, args.steps, augment=False, **graph))
             measure(table, arch, "plain graph", lambda: reference_images_per_s(
@@ -121,9 +135,11 @@ def main() -> None:
                     fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
                     distillation_loss(teacher, config), compile=True, **graph))
 
-    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "pipeline graph, no aug",
+    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "graph, cudnn benchmark",
+               "pipeline graph, no aug",
                "pipeline graph+compile", "pipeline compiled", "plain eager", "plain graph", "plain compiled"]
-    captured_columns = ["pipeline graph", "pipeline graph+compile", "pipeline compiled"]
+    captured_columns = ["pipeline graph", "graph, cudnn benchmark", "pipeline graph+compile",
+                        "pipeline compiled"]
     print(f"\n{'images/s':24s}" + "".join(f"{c:>24s}" for c in columns)
           + f"{'best captured / skip':>22s}{'/ plain graph':>15s}")
     for name, table in rows.items():
