@@ -113,7 +113,7 @@ def main() -> None:
                 mps_note = "MPS: left out on a CPU"
             else:
                 try:
-                    with mps_daemon(scratch) as env:
+                    with mps_daemon(scratch / "mps", scratch / "mps-log") as env:
                         rows.append(("MPS", args.tasks,
                                      side_by_side(arch, args.tasks, steps, args.batch, args.device, env, scratch)))
                 except PipelineError as exc:

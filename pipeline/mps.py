@@ -2,9 +2,9 @@
 
 Without MPS a GPU runs the kernels of one process at a time and switches between processes, so small
 trainings side by side take turns rather than overlap. Under MPS their kernels run together. The
-daemon here is this run's own: its pipes and logs live in the run's scratch folder
-(``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_LOG_DIRECTORY``), only the tasks started with that
-environment connect to it, and it is told to quit when the run ends, however it ends.
+daemon here is this run's own: its pipes live in the run's scratch folder (``CUDA_MPS_PIPE_DIRECTORY``)
+and its logs in the artifact folder's ``logs/`` (``CUDA_MPS_LOG_DIRECTORY``), only the tasks started
+with that environment connect to it, and it is told to quit when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ CONTROL = "nvidia-cuda-mps-control"
 
 
 @contextmanager
-def mps_daemon(scratch: Path) -> Iterator[dict[str, str]]:
-    """Start the daemon; yield the environment a task needs to use it; make it quit afterwards."""
+def mps_daemon(pipes: Path, logs: Path) -> Iterator[dict[str, str]]:
+    """Start the daemon with its pipes in ``pipes`` (keep the path short: a UNIX socket's name has a
+    limit of about 100 characters) and its logs in ``logs``; yield the environment a task needs to use
+    it; make it quit afterwards."""
     control = shutil.which(CONTROL)
     if control is None:
         raise PipelineError(f"--mps: {CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities); "
                             f"install them, or drop --mps to let the tasks take turns on the GPU")
-    env = {"CUDA_MPS_PIPE_DIRECTORY": str(scratch / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(scratch / "mps-log")}
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
     for folder in env.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env}

@@ -89,7 +89,7 @@ class Scheduler:
         with tempfile.TemporaryDirectory(prefix="stochkd-jobs-") as scratch_name, ExitStack() as stack:
             scratch = Path(scratch_name)
             if self.mps:
-                self.task_env = stack.enter_context(mps_daemon(scratch))
+                self.task_env = stack.enter_context(mps_daemon(scratch / "mps", self.store.root / "logs" / "mps"))
             try:
                 while waiting or running:
                     self._start_ready(waiting, running, outcomes, forced, scratch)

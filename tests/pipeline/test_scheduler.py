@@ -164,12 +164,13 @@ def test_mps_daemon_quits_when_a_task_fails_too(tmp_path, mps_control):
 def test_mps_without_its_control_program_or_failing_to_start_is_one_line(tmp_path, mps_control, monkeypatch):
     monkeypatch.setenv("MPS_STANDIN_FAIL", "1")
     with pytest.raises(PipelineError, match=r"--mps: nvidia-cuda-mps-control -d failed \(daemon could not start\); "
-                                            r"its log is in .*mps-log\. Drop --mps"):
+                                            r"its log is in .*artifacts/logs/mps\. Drop --mps"):
         scheduler(tmp_path, 2, gpus=["0"], mps=True).run([task("teacher", "a", tmp_path)])
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PipelineError, match="--mps: nvidia-cuda-mps-control is not on PATH"):
         scheduler(tmp_path, 2, gpus=["0"], mps=True).run([task("teacher", "a", tmp_path)])
     assert not (tmp_path / "log.jsonl").exists()  # no task started
+    assert (tmp_path / "artifacts" / "logs" / "mps").is_dir()  # where the message says, after the run
 
 
 @pytest.mark.slow
