@@ -114,6 +114,13 @@ def test_a_finished_checkpoint_skips_training(tmp_path):
     assert_same_weights(again, first)
 
 
+def assert_resumes_to_the_uninterrupted_weights(checkpoint):
+    reference, _ = uninterrupted()
+    model = stochastic_model()
+    train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
+    assert_same_weights(model, reference)
+
+
 def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
     import os
     import signal
@@ -135,11 +142,7 @@ def test_ctrl_c_stops_between_steps_after_saving(tmp_path):
               loss_fn=loss_pressing_ctrl_c, checkpoint=checkpoint, checkpoint_interval_s=3600)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     signal.signal(signal.SIGINT, outside)
-    reference, _ = uninterrupted()
-    model = stochastic_model()
-    train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
-    assert_same_weights(model, reference)
-
+    assert_resumes_to_the_uninterrupted_weights(checkpoint)
 
 
 def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothing(tmp_path):
@@ -163,10 +166,8 @@ def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothi
     assert stopped.value.signum == signal.SIGTERM and exit_code_of(stopped.value) == 143
     assert training_progress(tmp_path) == 2 / (RECIPE.epochs * STEPS_PER_EPOCH)  # what status shows
     assert signal.getsignal(signal.SIGTERM) is outside  # handler restored
-    reference, _ = uninterrupted()
-    model = stochastic_model()
-    train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
-    assert_same_weights(model, reference)
+    assert_resumes_to_the_uninterrupted_weights(checkpoint)
+
 
 def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
     checkpoint = tmp_path / "training.pt"
