@@ -67,7 +67,10 @@ def side_by_side(arch: str, tasks: int, steps: int, batch: int, device: str, env
     for number in range(tasks):
         arguments = [sys.executable, __file__, "--child", arch, str(steps), str(batch), device, str(go),
                      str(folder / f"ready-{number}"), str(folder / f"out-{number}.json")]
-        processes.append(subprocess.Popen(arguments, env={**os.environ, **env}))
+        child_env = {**os.environ, **env}
+        if env:
+            child_env.pop("CUDA_VISIBLE_DEVICES", None)  # under MPS the daemon alone picks the GPU
+        processes.append(subprocess.Popen(arguments, env=child_env))
     while not all((folder / f"ready-{n}").exists() for n in range(tasks)):
         if any(p.poll() not in (None, 0) for p in processes):
             raise SystemExit(f"a training process failed ({arch}, {tasks} at once)")
@@ -113,7 +116,8 @@ def main() -> None:
                 mps_note = "MPS: left out on a CPU"
             else:
                 try:
-                    with mps_daemon(scratch / "mps", scratch / "mps-log") as env:
+                    with mps_daemon(scratch / "mps", scratch / "mps-log",
+                                    os.environ.get("CUDA_VISIBLE_DEVICES")) as env:
                         rows.append(("MPS", args.tasks,
                                      side_by_side(arch, args.tasks, steps, args.batch, args.device, env, scratch)))
                 except PipelineError as exc:

@@ -122,8 +122,11 @@ def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=No
         scheduler = Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
                               on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
                               estimates=estimates, mps=mps)
-        if mps and not scheduler.gpus:
-            raise PipelineError("--mps shares a GPU between tasks, and none is visible here; drop --mps")
+        if mps and len(scheduler.gpus) != 1:
+            raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
+                                if not scheduler.gpus else
+                                f"--mps shares one GPU between tasks, and {len(scheduler.gpus)} are visible, each "
+                                f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
         return scheduler
     return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
                   on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every, estimates=estimates,

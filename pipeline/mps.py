@@ -22,10 +22,15 @@ CONTROL = "nvidia-cuda-mps-control"
 
 
 @contextmanager
-def mps_daemon(pipes: Path, logs: Path) -> Iterator[dict[str, str]]:
-    """Start the daemon with its pipes in ``pipes`` (keep the path short: a UNIX socket's name has a
-    limit of about 100 characters) and its logs in ``logs``; yield the environment a task needs to use
-    it; make it quit afterwards."""
+def mps_daemon(pipes: Path, logs: Path, gpu: str | None = None) -> Iterator[dict[str, str]]:
+    """Start the daemon for ``gpu`` (an index or UUID as CUDA_VISIBLE_DEVICES takes it; None: what this
+    process sees) with its pipes in ``pipes`` (keep the path short: a UNIX socket's name has a limit of
+    about 100 characters) and its logs in ``logs``; yield the environment a task needs to use it; make
+    it quit afterwards.
+
+    The daemon alone is given CUDA_VISIBLE_DEVICES. Its server numbers the GPUs it sees from 0, so a
+    client that kept the variable would ask for a device by a number the server does not have; a task
+    started with the environment yielded here must not have it (its GPU is the server's device 0)."""
     control = shutil.which(CONTROL)
     if control is None:
         raise PipelineError(f"--mps: {CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities); "
@@ -33,8 +38,8 @@ def mps_daemon(pipes: Path, logs: Path) -> Iterator[dict[str, str]]:
     env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
     for folder in env.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env}
-    started = subprocess.run([control, "-d"], env=full_env, capture_output=True, text=True, timeout=60)
+    daemon_env = {**os.environ, **env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
+    started = subprocess.run([control, "-d"], env=daemon_env, capture_output=True, text=True, timeout=60)
     if started.returncode != 0:
         said = (started.stderr or started.stdout).strip().splitlines() or [f"exit code {started.returncode}"]
         raise PipelineError(f"--mps: {CONTROL} -d failed ({said[-1]}); its log is in {env['CUDA_MPS_LOG_DIRECTORY']}. "
@@ -43,5 +48,4 @@ def mps_daemon(pipes: Path, logs: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         # Clients have exited by now; "quit" stops the daemon and the server it started for them.
-        subprocess.run([control], input="quit\n", env=full_env, capture_output=True, text=True, timeout=60)
-
+        subprocess.run([control], input="quit\n", env=daemon_env, capture_output=True, text=True, timeout=60)

@@ -89,7 +89,9 @@ class Scheduler:
         with tempfile.TemporaryDirectory(prefix="stochkd-jobs-") as scratch_name, ExitStack() as stack:
             scratch = Path(scratch_name)
             if self.mps:
-                self.task_env = stack.enter_context(mps_daemon(scratch / "mps", self.store.root / "logs" / "mps"))
+                [gpu] = self.gpus  # one GPU, shared (the command line refuses --mps with more)
+                self.task_env = stack.enter_context(mps_daemon(scratch / "mps", self.store.root / "logs" / "mps",
+                                                               gpu))
             try:
                 while waiting or running:
                     self._start_ready(waiting, running, outcomes, forced, scratch)
@@ -146,9 +148,14 @@ class Scheduler:
             "checkpoint_interval_s": self.checkpoint_interval_s, "status": str(paths["status"]),
             "estimates": {task.id: self.estimates.get(task.id)},
             "result": str(paths["result"])}))
-        env = {**os.environ, **self.task_env}
+        # A benchmark, running alone, measures the GPU as a deployment has it: without MPS.
+        sharing = bool(self.task_env) and not runs_alone(task)
+        env = {**os.environ, **(self.task_env if sharing else {})}
         gpu = None
-        if self.gpus and self.device != "cpu":
+        if sharing:
+            env.pop("CUDA_VISIBLE_DEVICES", None)  # MPS's server numbers its one GPU 0 (pipeline.mps)
+            gpu = self.gpus[0]
+        elif self.gpus and self.device != "cpu":
             busy = {r.gpu for r in running}
             gpu = next((g for g in self.gpus if g not in busy), None) if len(self.gpus) > 1 else self.gpus[0]
             if gpu is not None:

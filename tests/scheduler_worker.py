@@ -29,7 +29,8 @@ while time.time() - started < behaviour.get("seconds", 0.0) and not stopped:
 with open(log, "a") as out:
     out.write(json.dumps({"task": task.id, "start": started, "end": time.time(), "stopped": bool(stopped),
                           "omp": os.environ.get("OMP_NUM_THREADS"),
-                          "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY")}) + "\n")
+                          "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
+                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
 if stopped:
     print("stopped between two steps; checkpoint saved", file=sys.stderr)
     sys.exit(130)

@@ -115,7 +115,7 @@ if sys.argv[1:] == ["-d"] and not control.exists() and logs.is_dir() and not os.
     control.write_text("")
     (logs / "control.log").write_text("daemon started")
     with record.open("a") as out:
-        out.write("start " + str(pipes) + "\\n")
+        out.write("start " + str(pipes) + " on " + os.environ.get("CUDA_VISIBLE_DEVICES", "every GPU") + "\\n")
     sys.exit(0)
 if sys.argv[1:] == [] and sys.stdin.read().strip() == "quit" and control.exists():
     control.unlink()
@@ -143,14 +143,18 @@ def mps_control(tmp_path, monkeypatch):
     return record
 
 
-def test_mps_tasks_share_one_private_daemon_that_quits_at_the_end(tmp_path, mps_control):
-    tasks = [task("teacher", name, tmp_path, seconds=0.5) for name in ("a", "b")]
-    scheduler(tmp_path, 2, gpus=["0"], mps=True).run(tasks)
+def test_mps_tasks_share_one_private_daemon_that_quits_at_the_end(tmp_path, mps_control, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    tasks = [*(task("teacher", name, tmp_path, seconds=0.5) for name in ("a", "b")),
+             task("benchmark", "m", tmp_path, seconds=0.1)]
+    scheduler(tmp_path, 2, gpus=["3"], mps=True).run(tasks)
     seen = events(tmp_path)
     pipes = {seen["teacher:a"]["mps"], seen["teacher:b"]["mps"]}
     assert len(pipes) == 1 and None not in pipes
     [folder] = pipes
-    assert mps_control.read_text() == f"start {folder}\nquit {folder}\n"
+    assert mps_control.read_text() == f"start {folder} on 3\nquit {folder}\n"  # the daemon alone picks the GPU
+    assert seen["teacher:a"]["gpus"] is None and seen["teacher:b"]["gpus"] is None  # the server's device 0
+    assert seen["benchmark:m"]["mps"] is None and seen["benchmark:m"]["gpus"] == "3"  # measured without MPS
     assert not Path(folder).exists()  # in the run's scratch folder, removed with it
 
 
