@@ -72,7 +72,8 @@ fi
 python3 - "$OUT/status.json" <<'EOF' | tee -a "$OUT/run.log"
 import json, sys
 for task in json.load(open(sys.argv[1]))["tasks"]:
-    done = task["checkpoint_done"]
-    state = task["state"] + (f", {done:.0%} of its training done" if done is not None else "")
+    point = task["checkpoint"]
+    state = task["state"] + (f", {point['done']:.0%} done at {point['images_per_second'] or 0:,.0f} images/s"
+                             if point else "")
     print(f"{task['task']:32} {task['key']}  {state}  {task['headline'] or ''}")
 EOF

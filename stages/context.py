@@ -15,14 +15,19 @@ TRAINING_CHECKPOINT = "training.pt"  # inside a task's resume folder
 TRAINING_PROGRESS = "training.json"  # beside it (stages.training.resume.progress_file): how far it stands
 
 
-def training_progress(resume_folder: Path) -> float | None:
-    """The fraction of its training that a task's checkpoint has done, read without a framework; None
-    where it is not recorded."""
+def training_progress(resume_folder: Path) -> dict | None:
+    """How far a task's checkpoint stands, read without a framework: ``done`` (the fraction of its
+    training), ``images_per_second`` and ``device`` (where it trained last); None where not recorded."""
     try:
-        done = json.loads((resume_folder / TRAINING_PROGRESS).read_text())["done"]
+        record = json.loads((resume_folder / TRAINING_PROGRESS).read_text())
+        done = float(record["done"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return float(done) if isinstance(done, (int, float)) and 0 <= done <= 1 else None
+    if not 0 <= done <= 1:
+        return None
+    speed = record.get("images_per_second")
+    return {"done": done, "images_per_second": float(speed) if isinstance(speed, (int, float)) else None,
+            "device": str(record.get("device") or "") or None}
 
 
 class Advance(Protocol):

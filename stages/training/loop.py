@@ -15,6 +15,7 @@ from torch import nn
 
 from stages.common.config import TrainingConfig
 from stages.common.errors import PipelineError
+from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
 from stages.nets.stochastic_depth import capturing, use_drop_execution
@@ -187,8 +188,10 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     def save() -> None:
         if run.first_bad is not None and int(run.first_bad) >= 0 or not all_finite(model):
             raise non_finite_error(label, run, steps_per_epoch, checkpoint)
-        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, timing()))
-        save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch)
+        spent = timing()
+        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, spent))
+        speed = spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0 else None
+        save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch, speed, device_name(device))
         run.last_saved = (run.epoch, run.step)
 
     with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:
@@ -257,6 +260,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
                        run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
                        run.resumed_at)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model, as a checkpoint records where it trained."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def synchronize(device: torch.device) -> None:

@@ -54,11 +54,13 @@ def progress_file(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
-def save_progress(checkpoint: Path, epoch: int, step: int, epochs: int, steps_per_epoch: int) -> None:
+def save_progress(checkpoint: Path, epoch: int, step: int, epochs: int, steps_per_epoch: int,
+                  images_per_second: float | None, device: str) -> None:
     target = progress_file(checkpoint)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     partial.write_text(json.dumps({"epoch": epoch, "step": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-                                   "done": (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)}))
+                                   "done": (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch),
+                                   "images_per_second": images_per_second, "device": device}))
     os.replace(partial, target)
 
 

@@ -94,7 +94,7 @@ def test_status_json_lists_every_task_for_scripts(tmp_path):
     assert status["profile"] == "tiny" and status["artifacts"] == str(tmp_path)
     assert status["tasks"][0] == {"task": "teacher:teacher", "stage": "teacher", "variant": "teacher",
                                   "key": status["tasks"][0]["key"], "state": "to run", "headline": None,
-                                  "folder": None, "checkpoint_done": None,
+                                  "folder": None, "checkpoint": None,
                                   "estimated_s": None}  # no probe measured in this folder yet
     assert {t["stage"] for t in status["tasks"]} >= {"teacher", "distill", "benchmark", "report"}
 
