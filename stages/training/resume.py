@@ -66,8 +66,9 @@ def save_progress(checkpoint: Path, epoch: int, step: int, epochs: int, steps_pe
 
 def load_state(path: Path) -> dict[str, Any] | None:
     """The checkpoint at ``path``, or None when there is none. Partial files of killed writers are removed."""
-    for partial in path.parent.glob(f"{path.name}.partial-*"):
-        partial.unlink(missing_ok=True)  # the caller holds the task's lock: their writer is gone
+    for name in (path.name, progress_file(path).name):
+        for partial in path.parent.glob(f"{name}.partial-*"):
+            partial.unlink(missing_ok=True)  # the caller holds the task's lock: their writer is gone
     if not path.is_file():
         return None
     try:
