@@ -7,9 +7,11 @@ next to one training alone, measured in one run.
 
 Each training is the pipeline's ``train`` with ``training.capture_step`` (on a GPU), a stochastic
 network at p_n 0.5, batch 128, synthetic 32x32 images with crops and flips. Each process warms up
-(capture included) and then waits, so that the timed windows start together. The total is all
-images over the span from the first start to the last end; "per task" is each process's own steady
-rate. Without nvidia-cuda-mps-control, or on a CPU, the MPS rows are left out and say why.
+(capture included) and then waits, so that the timed windows start together. "Total" is all images
+over the span from the first start to the last end, which also holds each process's own start of
+training (three eager steps and the capture); "sum of steady" adds each process's rate after its
+first replay, as the pipeline reports it, and "per task" lists those rates. Without
+nvidia-cuda-mps-control, or on a CPU, the MPS rows are left out and say why.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def side_by_side(arch: str, tasks: int, steps: int, batch: int, device: str, env
             raise SystemExit(f"a training process failed ({arch}, {tasks} at once)")
     runs = [json.loads((folder / f"out-{n}.json").read_text()) for n in range(tasks)]
     span = max(r["end"] for r in runs) - min(r["start"] for r in runs)
-    return {"total": sum(r["images"] for r in runs) / span, "each": [r["steady"] for r in runs]}
+    return {"total": sum(r["images"] for r in runs) / span, "steady": sum(r["steady"] for r in runs),
+            "each": [r["steady"] for r in runs]}
 
 
 def main() -> None:
@@ -103,8 +106,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gpu-sharing-") as scratch_name:
         scratch = Path(scratch_name)
-        print("| network | how | trainings | total images/s | per task | total / one alone |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| network | how | trainings | total images/s | sum of steady | per task | total / one alone |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for arch in args.archs:
             steps = args.steps or (1000 if arch == "resnet20" else 300)
             alone = side_by_side(arch, 1, steps, args.batch, args.device, {}, scratch)
@@ -124,7 +127,8 @@ def main() -> None:
                     mps_note = f"MPS: left out ({exc})"
             for how, tasks, measured in rows:
                 each = ", ".join(f"{v:,.0f}" for v in measured["each"])
-                print(f"| {arch} | {how} | {tasks} | {measured['total']:,.0f} | {each} | "
+                print(f"| {arch} | {how} | {tasks} | {measured['total']:,.0f} | {measured['steady']:,.0f} | "
+                      f"{each} | "
                       f"{measured['total'] / alone['total']:.2f}x |", flush=True)
             if mps_note:
                 print(mps_note, flush=True)
