@@ -36,14 +36,14 @@ def mps_daemon(pipes: Path, logs: Path, gpu: str | None = None) -> Iterator[dict
         raise PipelineError(f"--mps: {CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities); "
                             f"install them, or drop --mps to let the tasks take turns on the GPU")
     env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
-    for folder in env.values():
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    for folder in (pipes, logs):
+        folder.mkdir(parents=True, exist_ok=True)
     daemon_env = {**os.environ, **env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
     started = subprocess.run([control, "-d"], env=daemon_env, capture_output=True, text=True, timeout=60)
     if started.returncode != 0:
         said = (started.stderr or started.stdout).strip().splitlines() or [f"exit code {started.returncode}"]
-        raise PipelineError(f"--mps: {CONTROL} -d failed ({said[-1]}); its log is in {env['CUDA_MPS_LOG_DIRECTORY']}. "
-                            f"Drop --mps to let the tasks take turns on the GPU")
+        raise PipelineError(f"--mps: {CONTROL} -d failed ({said[-1]}); its log is in {logs}. Drop --mps to "
+                            f"let the tasks take turns on the GPU")
     try:
         yield env
     finally:
