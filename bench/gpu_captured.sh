@@ -14,11 +14,7 @@ OUT=${OUT:-/tmp/gpu-captured}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 install_carried_wheels
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  nproc
-} 2>&1 | tee "$OUT/machine.txt"
+describe_machine | tee "$OUT/machine.txt"
 timeout 60 python3 bench/capture_equivalence.py 2>&1 | tee "$OUT/capture_equivalence.txt"
 timeout 150 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
   tests/stages/nets/test_stochastic_depth.py 2>&1 | tee "$OUT/tests.txt"

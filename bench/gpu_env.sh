@@ -18,3 +18,15 @@ join_cifar100() {
     python3 .data/chunk.py join .data/c100 "$DATA"
   fi
 }
+
+# The machine a result came from: GPU, driver and clock, torch and CUDA, cores, and whether MPS's
+# control program is there (for --mps). Printed to standard output.
+describe_machine() {
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+                torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU visible')"
+    echo "cpus $(nproc)"
+    command -v nvidia-cuda-mps-control || echo "nvidia-cuda-mps-control: absent"
+  } 2>&1
+}

@@ -36,12 +36,7 @@ if [ "${CIFAR100:-1}" = 1 ]; then
   join_cifar100 || exit 1
   settings+=(--set "data.root=$DATA")
 fi
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  echo "cpus $(nproc)"
-  command -v nvidia-cuda-mps-control >/dev/null && echo "MPS control: present" || echo "MPS control: absent"
-} > "$OUT/machine.txt" 2>&1
+describe_machine > "$OUT/machine.txt"
 stochkd() { python3 -m pipeline "$@" --artifacts "$ARTIFACTS"; }
 
 if ls .data/row/row.tar.part-* >/dev/null 2>&1; then

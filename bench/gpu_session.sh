@@ -26,12 +26,7 @@ export PYTHONUNBUFFERED=1
 install_carried_wheels
 case "$1" in
   1)
-    {
-      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-      python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-      echo "cpus $(nproc)"
-      command -v nvidia-cuda-mps-control || echo "nvidia-cuda-mps-control: absent"
-    } 2>&1 | tee "$OUT/machine.txt"
+    describe_machine | tee "$OUT/machine.txt"
     timeout 120 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
       2>&1 | tee "$OUT/capture_tests.txt"
     timeout 150 python3 bench/gpu_sharing.py 2>&1 | tee "$OUT/gpu_sharing.txt"
