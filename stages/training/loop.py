@@ -190,8 +190,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
             raise non_finite_error(label, run, steps_per_epoch, checkpoint)
         spent = timing()
         save_state(checkpoint, run.snapshot(model, optimizer, generator, device, spent))
-        speed = spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0 else None
-        save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch, speed, device_name(device))
+        save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch, steady_rate(spent),
+                      device_name(device))
         run.last_saved = (run.epoch, run.step)
 
     with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:
@@ -255,11 +255,18 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         if saving and run.last_saved != (run.epoch, run.step):
             save()  # a kill while the model is evaluated or written does not cost the training
     spent = timing()
-    steady = (spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0
-              else recipe.epochs * n / spent["elapsed_s"])
+    steady = steady_rate(spent)
+    if steady is None:  # no step after the first one was timed
+        steady = recipe.epochs * n / spent["elapsed_s"]
     return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
                        run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
                        run.resumed_at)
+
+
+def steady_rate(spent: dict[str, float]) -> float | None:
+    """Images per second after the first step (compilation, capture), from ``train``'s timing; None
+    before any such step was timed."""
+    return spent["steady_images"] / spent["steady_s"] if spent["steady_s"] > 0 else None
 
 
 def device_name(device: torch.device) -> str:
