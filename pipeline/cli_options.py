@@ -30,7 +30,7 @@ NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torc
 MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
 MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
 CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
-                             help="Save training progress this often (and on Ctrl-C); a killed run started "
+                             help="Save training progress this often (and on Ctrl-C or SIGTERM); a killed run started "
                                   "again resumes from the last save.")
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
                        "time, each in its own process (one GPU each where there are several; the CPU's cores "
@@ -58,9 +58,15 @@ def user_errors() -> Iterator[None]:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
+        from stages.common import distributed
         from stages.training.resume import TrainingInterrupted
 
-        if isinstance(exc, TrainingInterrupted):
+        if distributed.launched():
+            # Under torchrun, rank 0 says where training stopped, and the command that launched the
+            # ranks says the rest once.
+            if isinstance(exc, TrainingInterrupted) and distributed.rank() == 0:
+                print(f"interrupted: {exc}", file=sys.stderr)
+        elif isinstance(exc, TrainingInterrupted):
             print(f"interrupted: {exc}", file=sys.stderr)
         else:
             what = "terminated (SIGTERM)" if exit_code_of(exc) == 143 else "interrupted"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,50 @@ def test_two_processes_train_like_one_and_cache_under_the_same_key(tmp_path):
     losses = [[epoch["loss"] for epoch in json.loads((f / "history.json").read_text())] for f in (one, two)]
     for single, parallel in zip(*losses):
         assert abs(parallel - single) <= LOSS_TOLERANCE * single
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of this machine's processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended meanwhile
+            continue
+        if text in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_path, signal_name, code):
+    """Ctrl-C or SIGTERM to the command reaches torchrun once; every rank stops after the same step,
+    rank 0 saves, nothing keeps running, and the rerun ends with the weights and history of an
+    uninterrupted two-process run."""
+    import signal
+
+    longer = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")
+    reference = teacher(tmp_path / "reference", *longer)
+    artifacts = tmp_path / "stopped"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts), *longer,
+         "--checkpoint-every", "3600"],  # only the signal saves
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
+    for line in process.stdout:
+        if "epoch 2/20" in line:
+            break
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert processes_naming(str(artifacts)) == []  # no rank left training on its own
+    stopped = re.findall(r"^interrupted: teacher resnet8: stopped in epoch \d+, after batch \d+ of \d+; its progress "
+                         r"is saved in \S+/training\.pt: rerun the same command to resume from there$", stderr, re.M)
+    assert len(stopped) == 1, stderr  # rank 0 speaks for both
+    assert "Traceback" not in stderr
+    assert [p.name[:8] for p in (artifacts / "store" / "teacher").iterdir()] == [".resume-"]
+    resumed = teacher(artifacts, *longer)
+    assert (resumed / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
+    history = [[{k: e[k] for k in ("loss", "train_accuracy")} for e in json.loads((f / "history.json").read_text())]
+               for f in (reference, resumed)]
+    assert history[0] == history[1]

@@ -23,13 +23,34 @@ def launched() -> bool:
 
 def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, master_addr: str,
              master_port: int) -> int:
-    """Run ``python -m pipeline argv`` under torchrun; returns its exit code."""
+    """Run ``python -m pipeline argv`` under torchrun; returns its exit code.
+
+    A Ctrl-C or SIGTERM here is passed on to torchrun once, and this process waits for it: torchrun
+    passes it to every rank, the ranks stop together between two steps with their checkpoint saved,
+    and torchrun kills any rank still running after ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` (30) seconds.
+    torchrun gets a session of its own so that a terminal's Ctrl-C reaches it only from here: a
+    second copy of the signal during its shutdown would end torchrun with its ranks still running.
+    Killing torchrun, as ``subprocess.call`` does on Ctrl-C, would leave them training on their own.
+    The interrupt is raised again once torchrun has ended."""
+    import signal
     import subprocess
 
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
+    command = [sys.executable, "-m", "stages.common.torchrun", f"--nproc-per-node={nproc_per_node}",
                f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
                f"--master-port={master_port}", "-m", "pipeline", *argv]
-    return subprocess.call(command)
+    launcher = subprocess.Popen(command, start_new_session=True)
+    interrupt: KeyboardInterrupt | None = None
+    while True:
+        try:
+            code = launcher.wait()
+            break
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as Terminated
+            if interrupt is None:
+                interrupt = exc
+                launcher.send_signal(getattr(exc, "signum", signal.SIGINT))
+    if interrupt is not None:
+        raise interrupt
+    return code
 
 
 def initialize() -> None:
@@ -96,6 +117,43 @@ def data_parallel(model, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(drop_paths(model)))
+
+
+def agree(signum: int, save: bool) -> tuple[int, bool]:
+    """Every rank's view combined, so that all stop or save at the same step: the highest signal
+    any rank was sent (0 for none), and whether any rank asks for a checkpoint. Through a CPU (gloo)
+    group, so a GPU run does not wait for its device here."""
+    import torch
+    import torch.distributed as dist
+
+    flags = torch.tensor([signum, int(save)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=_cpu_group())
+    return int(flags[0]), bool(flags[1])
+
+
+def gather(values: list[float]) -> list[list[float]]:
+    """Each rank's ``values`` (the same length on every rank), in rank order, on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    mine = torch.tensor(values, dtype=torch.float64)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine, group=_cpu_group())
+    return [t.tolist() for t in every]
+
+
+_CPU_GROUP = None
+
+
+def _cpu_group():
+    """The default group where it is gloo already, else a gloo group over the same ranks. Made on
+    first use, which every rank reaches at the same step of the same task."""
+    global _CPU_GROUP
+    import torch.distributed as dist
+
+    if _CPU_GROUP is None:
+        _CPU_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _CPU_GROUP
 
 
 def all_reduce_sum(tensor):

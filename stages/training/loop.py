@@ -27,6 +27,9 @@ from stages.training.resume import TrainingInterrupted, load_state, save_progres
 from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
 from stages.training.tracking import write_tensorboard
 
+# Under torchrun, the ranks agree on stopping and saving every this many steps (a small exchange
+# between processes): a signal is honoured within that many steps, well inside torchrun's 30 s.
+AGREE_EVERY_STEPS = 4
 # loss(model output, normalized images, labels) -> scalar. The output is the logits, or for a model
 # that returns more (see WithGroups) a tuple whose first element is the logits.
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -159,7 +162,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     if saved is not None:
         # Restored before DDP wraps the model, which copies rank 0's weights to the other ranks.
         run = RunState.restore(saved, model, optimizer, generator, device, checkpoint, recipe.epochs,
-                                steps_per_epoch)
+                                steps_per_epoch, rank, ranks)
     if device.type == "cuda":
         zero_momentum_buffers(optimizer)
     net = distributed.data_parallel(model, device) if ranks > 1 else model
@@ -174,7 +177,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")
         step_with = CapturedStep(update, net, optimizer, bf16, device)
-    saving = checkpoint is not None and rank == 0
+    saving = checkpoint is not None  # under torchrun every rank takes part, rank 0 writes
     session_start, last_save = time.perf_counter(), time.monotonic()
     first_step_end, session_images, evaluating_s = None, 0, 0.0
 
@@ -186,15 +189,20 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
 
     def save() -> None:
-        if run.first_bad is not None and int(run.first_bad) >= 0 or not all_finite(model):
+        sums_by_rank = gather_sums(run) if ranks > 1 else None
+        bad = [s[2] for s in sums_by_rank] if sums_by_rank else [run.first_bad]
+        if any(b is not None and int(b) >= 0 for b in bad) or not all_finite(model):
             raise non_finite_error(label, run, steps_per_epoch, checkpoint)
+        run.last_saved = (run.epoch, run.step)
+        if rank != 0:
+            return
         spent = timing()
-        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, spent))
+        save_state(checkpoint, run.snapshot(model, optimizer, generator, device, spent, sums_by_rank))
         save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch, steady_rate(spent),
                       device_name(device))
-        run.last_saved = (run.epoch, run.step)
 
-    with progress(label, recipe.epochs * steps_per_epoch) as advance, stop_on_interrupt(ranks == 1) as stop:
+    total_steps = recipe.epochs * steps_per_epoch
+    with progress(label, total_steps) as advance, stop_on_interrupt() as stop:
         if run.epoch or run.step:
             advance(run.epoch * steps_per_epoch + run.step)
         while run.epoch < recipe.epochs:
@@ -229,15 +237,20 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                         run.timing["first_step_s"] = first_step_end - session_start
                 elif first_step_end is not None:
                     session_images += len(index)
-                if stop or (saving and time.monotonic() - last_save >= checkpoint_interval_s):
-                    if saving:
+                done_steps = epoch * steps_per_epoch + step + 1
+                if ranks == 1 or done_steps % AGREE_EVERY_STEPS == 0 or done_steps == total_steps:
+                    signum = stop.signum or 0
+                    due = saving and time.monotonic() - last_save >= checkpoint_interval_s
+                    if ranks > 1:  # every rank stops, or saves, after the same step
+                        signum, due = distributed.agree(signum, due and rank == 0)
+                    if saving and (signum or due):
                         save()
                         last_save = time.monotonic()
-                    if stop:
+                    if signum:
                         where = (f"; its progress is saved in {checkpoint}: rerun the same command to resume "
                                  f"from there" if saving else "")
                         raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} "
-                                                  f"of {steps_per_epoch}{where}", stop.signum)
+                                                  f"of {steps_per_epoch}{where}", signum)
             distributed.all_reduce_sum(run.loss_sum)
             distributed.all_reduce_sum(run.correct)
             epoch_loss = float(run.loss_sum) / n
@@ -261,6 +274,16 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
                        run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
                        run.resumed_at)
+
+
+def gather_sums(run: RunState) -> list[list[float]] | None:
+    """Every rank's running sums of the epoch (loss, correct, first bad batch), for a checkpoint
+    that resumes each rank where it stood; None between epochs."""
+    from stages.common import distributed
+
+    if run.order is None:
+        return None
+    return distributed.gather([float(run.loss_sum), float(run.correct), float(run.first_bad)])
 
 
 def steady_rate(spent: dict[str, float]) -> float | None:

@@ -111,11 +111,11 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_interrupt(enabled: bool = True) -> Iterator[StopRequest]:
+def stop_on_interrupt() -> Iterator[StopRequest]:
+    """Ctrl-C and SIGTERM set the request the loop checks between two steps. One that came after the
+    loop's last check is delivered again on leaving, to the handlers that were there before."""
     request = StopRequest()
-    # Signal handlers belong to the main thread; under torchrun the ranks must stop together, so
-    # they keep the default (their last periodic checkpoint is what a restart resumes from).
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
         yield request
         return
     previous: dict[int, Any] = {}
@@ -126,6 +126,10 @@ def stop_on_interrupt(enabled: bool = True) -> Iterator[StopRequest]:
         if signum == signal.SIGINT:
             signal.signal(signum, previous[signum])  # the next Ctrl-C interrupts at once
 
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's Ctrl-C is not ours
             previous[signum] = signal.signal(signum, handle)
@@ -133,9 +137,12 @@ def stop_on_interrupt(enabled: bool = True) -> Iterator[StopRequest]:
                 previous[signum] = signal.SIG_DFL
     try:
         yield request
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    except BaseException:
+        restore()
+        raise
+    restore()
+    if request:
+        signal.raise_signal(request.signum)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -36,19 +36,23 @@ class RunState:
     def end_epoch(self) -> None:
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
 
-    def snapshot(self, model, optimizer, generator, device, timing) -> dict:
+    def snapshot(self, model, optimizer, generator, device, timing,
+                 sums_by_rank: list[list[float]] | None = None) -> dict:
+        """What a checkpoint holds. ``sums_by_rank``: under torchrun, every rank's running sums of the
+        epoch, so that each resumes with its own."""
         on_cpu = (lambda t: None if t is None else t.detach().cpu())
         return {
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": portable_state(optimizer), "generator": generator.get_state(), "rng": rng_states(device),
             "epoch": self.epoch, "step": self.step, "order": on_cpu(self.order),
             "sums": [on_cpu(self.loss_sum), on_cpu(self.correct), on_cpu(self.first_bad)],
+            "sums_by_rank": sums_by_rank,
             "history": self.history, "timing": timing, "resumed_at": self.resumed_at,
         }
 
     @classmethod
     def restore(cls, saved: dict, model, optimizer, generator, device, path: Path, epochs: int,
-                steps_per_epoch: int) -> "RunState":
+                steps_per_epoch: int, rank: int = 0, ranks: int = 1) -> "RunState":
         run = cls()
         try:
             model.load_state_dict(saved["model"])
@@ -61,6 +65,11 @@ class RunState:
             run.order = None if saved["order"] is None else saved["order"].to(device)
             if run.order is not None:
                 run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
+                by_rank = saved.get("sums_by_rank")
+                if by_rank is not None or ranks > 1:
+                    run.loss_sum, run.correct, run.first_bad = own_sums(
+                        by_rank or [[float(t) for t in saved["sums"]]], rank, ranks,
+                        (run.loss_sum, run.correct, run.first_bad))
             run.history, run.timing = list(saved["history"]), dict(saved["timing"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line(exc)}); delete it "
@@ -68,6 +77,22 @@ class RunState:
         run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
         run.last_saved = (run.epoch, run.step)
         return run
+
+
+def own_sums(by_rank: list[list[float]], rank: int, ranks: int,
+             like: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """This rank's running sums (loss, correct, first bad batch) from a checkpoint's per-rank sums.
+    Resumed on as many processes as saved it, each rank takes its own, and the epoch's totals come
+    out as in an uninterrupted run. On another number, rank 0 takes the totals and the others start
+    from nothing: the epoch's totals stay right, summed in another order."""
+    if len(by_rank) == ranks:
+        values = by_rank[rank]
+    elif rank == 0:
+        bad = [int(b[2]) for b in by_rank if b[2] >= 0]
+        values = [sum(b[0] for b in by_rank), sum(b[1] for b in by_rank), min(bad) if bad else -1]
+    else:
+        values = [0.0, 0.0, -1]
+    return tuple(torch.tensor(v, dtype=t.dtype, device=t.device) for v, t in zip(values, like))
 
 
 def all_finite(model: nn.Module) -> bool:

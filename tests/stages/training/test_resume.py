@@ -170,6 +170,38 @@ def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothi
     assert_resumes_to_the_uninterrupted_weights(checkpoint)
 
 
+def test_a_sigterm_after_the_last_step_reaches_the_outer_handler_once_training_has_saved(tmp_path):
+    import os
+    import signal
+
+    from stages.common.errors import Terminated, sigterm_raises
+
+    checkpoint = tmp_path / "training.pt"
+    epochs_evaluated: list[int] = []
+
+    def evaluate_then_sigterm():
+        epochs_evaluated.append(1)
+        if len(epochs_evaluated) == RECIPE.epochs:  # after the last step: no step boundary is left
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    with sigterm_raises(), pytest.raises(Terminated):
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              evaluate=evaluate_then_sigterm, checkpoint=checkpoint, checkpoint_interval_s=3600)
+    assert training_progress(tmp_path)["done"] == 1  # the final save came first
+
+
+def test_each_rank_resumes_with_its_own_running_sums_or_rank_0_with_the_totals():
+    from stages.training.run_state import own_sums
+
+    like = (torch.zeros(()), torch.zeros(()), torch.full((), -1, dtype=torch.long))
+    by_rank = [[3.5, 7.0, -1.0], [2.25, 5.0, 4.0]]
+    assert [float(t) for t in own_sums(by_rank, 1, 2, like)] == [2.25, 5.0, 4]
+    assert [float(t) for t in own_sums(by_rank, 0, 1, like)] == [5.75, 12.0, 4]  # resumed on one process
+    assert [float(t) for t in own_sums(by_rank, 2, 4, like)] == [0.0, 0.0, -1]  # ... or on four
+    assert [t.dtype for t in own_sums(by_rank, 0, 1, like)] == [torch.float32, torch.float32, torch.long]
+
+
 def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
     checkpoint = tmp_path / "training.pt"
     calls: list[int] = []
