@@ -41,13 +41,16 @@ def trajectory(initial, data, device, captured: bool):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True)
     zero_momentum_buffers(optimizer)
     update = joint_update(lambda logits, images, labels: F.cross_entropy(logits, labels))
-    step = CapturedStep(update, model, optimizer, False, device) if captured else update
+    def eager_step(images, labels):
+        return update(model, optimizer, images, labels, False)
+
+    step = CapturedStep(eager_step, optimizer, device) if captured else eager_step
     if not captured:
         lr_on_device(optimizer, device)  # the same LR arithmetic as the graph's
     torch.manual_seed(7)
     states = []
     for images, labels in data:
-        step(model, optimizer, images, labels, False)
+        step(images, labels)
         torch.cuda.synchronize(device)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     return states

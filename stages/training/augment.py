@@ -43,20 +43,32 @@ def augmented_batch(padded: torch.Tensor, index: torch.Tensor, padding: int, fli
     random offset and (with ``flip``) mirrored at random, in one gather. The draws, in the order
     crop rows, crop columns, flips, are those of ``random_flip(random_crop(...))``, so the batch is
     the same; it comes out (N, C, H, W) in channels-last memory."""
-    n = len(index)
-    h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
-    device = padded.device
-    # Drawn on the CPU, in that order, and sent to the device as one tensor. On a GPU it is sent from
-    # pinned memory without blocking: a blocking copy would wait for the previous step to finish.
+    draws = augmentation_draws(len(index), padding, flip, generator, padded.device)
+    return gathered_batch(padded, index, draws, padding, flip)
+
+
+def augmentation_draws(n: int, padding: int, flip: bool, generator: torch.Generator | None,
+                       device: torch.device) -> torch.Tensor:
+    """A batch's random crop offsets and flips, (3, n) int64: rows, columns, mirrored. Drawn on the
+    CPU in that order; for a GPU the tensor is left in pinned memory, so that its copy to the device
+    does not block (a blocking copy would wait for the previous step to finish)."""
     draws = torch.zeros((3, n), dtype=torch.long)
     if padding:
         draws[0] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
         draws[1] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     if flip:
         draws[2] = torch.rand(n, generator=generator) < 0.5
-    if device.type == "cuda":
-        draws = draws.pin_memory().to(device, non_blocking=True)
-    dy, dx, mirrored = (row.view(n, 1, 1) for row in draws)
+    return draws.pin_memory() if device.type == "cuda" else draws
+
+
+def gathered_batch(padded: torch.Tensor, index: torch.Tensor, draws: torch.Tensor, padding: int,
+                   flip: bool) -> torch.Tensor:
+    """``augmented_batch`` with its ``augmentation_draws`` given: device work only, no host-side
+    decision, so a CUDA graph can hold it."""
+    n = len(index)
+    h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
+    device = padded.device
+    dy, dx, mirrored = (row.view(n, 1, 1) for row in draws.to(device, non_blocking=True))
     columns = torch.arange(w, device=device).view(1, 1, w)
     if flip:
         columns = torch.where(mirrored.bool(), w - 1 - columns, columns)

@@ -4,18 +4,19 @@ graph and replayed for every full batch: one launch per step instead of hundreds
 What a replay needs from the step, and how it gets it:
 - no host-side decision: stochastic blocks draw their masks on the device (``drop_execution: mask``);
   the graph-safe CUDA generator gives every replay fresh coins;
-- fixed addresses: each batch is copied into the graph's own input tensors, and the LR is a
-  one-element tensor on the device that the schedule fills in place (a float would be baked in);
+- fixed addresses: each step's inputs (the batch's indices and its random crops and flips) are
+  copied into the graph's own input tensors, the sums it counts are added to in place, and the LR is
+  a one-element tensor on the device that the schedule fills in place (a float would be baked in);
 - state that exists before capture: a few eager steps on a side stream first, which also create the
   momentum buffers (CUDA's documented recipe for capturing a whole network).
 The eager steps are real training steps on the run's own batches, so the run sees the same batches
-either way. Batches of another size (the last of an epoch) run eagerly.
+either way. Batches of another size (the last of an epoch) run eagerly. The graph holds the whole
+step, from gathering the batch to counting its loss: only the copies of its inputs run outside it.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from stages.common.errors import PipelineError, first_line
 
@@ -46,19 +47,19 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class CapturedStep:
-    """An UpdateStep: ``update(net, optimizer, images, labels, bf16)`` with every full batch replayed from one
-    CUDA graph. Returns what ``update`` returns; the tensors belong to the graph and are
-    overwritten by the next replay, so read them before the next call."""
+    """``step(*inputs)`` (a whole training step: its batch made on the device, forward, loss,
+    backward, optimizer step and whatever it counts), with every call whose inputs have the shapes of
+    the recorded ones replayed from one CUDA graph. Calls with other shapes (the last, smaller batch
+    of an epoch) run eagerly. Returns what ``step`` returns; tensors it returns belong to the graph
+    and are overwritten by the next replay."""
 
-    def __init__(self, update, net: nn.Module, optimizer: torch.optim.Optimizer, bf16: bool,
-                 device: torch.device) -> None:
+    def __init__(self, step, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
         if device.type != "cuda":
             raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
-        self.update, self.net, self.optimizer, self.bf16 = update, net, optimizer, bf16
-        self.device = device
+        self.step, self.optimizer, self.device = step, optimizer, device
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.inputs: tuple[torch.Tensor, ...] | None = None
         self.outputs = None
         self.side_stream = torch.cuda.Stream(device)
         lr_on_device(optimizer, device)
@@ -67,32 +68,30 @@ class CapturedStep:
     def captured(self) -> bool:
         return self.graph is not None
 
-    def __call__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                 labels: torch.Tensor, bf16: bool):
-        # The UpdateStep signature: ``net``, ``optimizer`` and ``bf16`` are the ones captured.
+    def __call__(self, *inputs: torch.Tensor):
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            return self._on_side_stream(images, labels)
+            return self._on_side_stream(inputs)
         if self.graph is None:
-            self._capture(images, labels)
-        elif images.shape != self.inputs[0].shape:
-            return self._on_side_stream(images, labels)
-        self.inputs[0].copy_(images)
-        self.inputs[1].copy_(labels)
+            self._capture(inputs)
+        elif any(x.shape != static.shape for x, static in zip(inputs, self.inputs)):
+            return self._on_side_stream(inputs)
+        for static, x in zip(self.inputs, inputs):
+            static.copy_(x, non_blocking=True)  # from pinned host memory, or on the device
         self.graph.replay()
         return self.outputs
 
-    def _on_side_stream(self, images, labels):
+    def _on_side_stream(self, inputs):
         main = torch.cuda.current_stream(self.device)
         self.side_stream.wait_stream(main)
         with torch.cuda.stream(self.side_stream):
-            result = detached(self.update(self.net, self.optimizer, images, labels, self.bf16))
+            result = detached(self.step(*(x.to(self.device, non_blocking=True) for x in inputs)))
         main.wait_stream(self.side_stream)
         return result
 
-    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        # The graph's inputs keep the layout of the batches it will be fed (channels_last).
-        static_images, static_labels = images.clone(), labels.clone()
+    def _capture(self, inputs) -> None:
+        # The graph's inputs live on the device, in the layout of what they will be fed.
+        static = tuple(x.to(self.device, copy=True) for x in inputs)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         # Gradients are allocated inside the capture, from the graph's own memory pool: each replay
@@ -100,12 +99,12 @@ class CapturedStep:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with torch.cuda.graph(graph):
-                outputs = self.update(self.net, self.optimizer, static_images, static_labels, self.bf16)
+                outputs = self.step(*static)
         except Exception as exc:  # noqa: BLE001 (any failure inside a capture means the same to the user)
             # A failed capture leaves the CUDA generator unusable in this process: no eager fallback.
             raise PipelineError(f"the training step could not be recorded as a CUDA graph ({first_line(exc)}); "
                                 f"set training.capture_step: false to train eagerly") from exc
-        self.graph, self.inputs, self.outputs = graph, (static_images, static_labels), detached(outputs)
+        self.graph, self.inputs, self.outputs = graph, static, detached(outputs)
 
 
 def detached(value):

@@ -19,7 +19,7 @@ from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
 from stages.nets.stochastic_depth import capturing, use_drop_execution
-from stages.training.augment import augmented_batch, normalize, padded_channels_last
+from stages.training.augment import augmentation_draws, gathered_batch, normalize, padded_channels_last
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy, predict, validation_metrics
@@ -119,16 +119,26 @@ class DeviceData:
         # channels_last on the uint8 batch (a no-op after a crop) is a quarter of the bytes of float.
         return normalize(images.contiguous(memory_format=torch.channels_last), self.mean, self.std)
 
-    def training_batch(self, index: torch.Tensor, augmentation, generator: torch.Generator) -> torch.Tensor:
-        """The normalized, augmented float batch of the training images ``index``."""
+    def draws(self, n: int, augmentation, generator: torch.Generator) -> torch.Tensor | None:
+        """The random crops and flips of a batch of ``n`` (see ``augmentation_draws``), or None
+        without augmentation."""
         if not (augmentation.crop_padding or augmentation.horizontal_flip):
-            return self.prepare(self.x_train[index])
+            return None
+        return augmentation_draws(n, augmentation.crop_padding, augmentation.horizontal_flip, generator,
+                                  self.device)
+
+    def training_batch(self, index: torch.Tensor, draws: torch.Tensor | None,
+                       augmentation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalized, augmented float images of the training images ``index``, and their labels:
+        device work only, which a captured step holds."""
+        if draws is None:
+            return self.prepare(self.x_train[index]), self.y_train[index]
         padding = augmentation.crop_padding
         if self._padded is None or self._padded[0] != padding:
             # Padded once for the whole run: each batch is then a single gather.
             self._padded = (padding, padded_channels_last(self.x_train, padding))
-        images = augmented_batch(self._padded[1], index, padding, augmentation.horizontal_flip, generator)
-        return self.prepare(images)
+        images = gathered_batch(self._padded[1], index, draws, padding, augmentation.horizontal_flip)
+        return self.prepare(images), self.y_train[index]
 
 
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
@@ -171,12 +181,22 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         use_drop_execution(model, execution)
     if recipe.compile:
         net = torch.compile(net, mode=recipe.compile_mode)
-    step_with = update
+
+    def counted_step(index: torch.Tensor, draws: torch.Tensor | None = None):
+        """One step on the training images ``index``, and its count in the epoch's sums: work on the
+        device only, so that a captured step holds all of it."""
+        images, labels = data.training_batch(index, draws, augmentation)
+        if ranks > 1:
+            images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
+        output, loss = update(net, optimizer, images, labels, bf16)
+        run.count(output, loss, labels)
+
+    step_with = counted_step
     if captures_step(recipe, device):
         if ranks > 1:
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")
-        step_with = CapturedStep(update, net, optimizer, bf16, device)
+        step_with = CapturedStep(counted_step, optimizer, device)
     saving = checkpoint is not None  # under torchrun every rank takes part, rank 0 writes
     session_start, last_save = time.perf_counter(), time.monotonic()
     first_step_end, session_images, evaluating_s = None, 0, 0.0
@@ -216,18 +236,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                     point = epoch + (step + 1) / steps_per_epoch if warming else epoch
                     set_lr(optimizer, recipe.lr * lr_factor(recipe, point))
                 index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                images, labels = data.training_batch(index, augmentation, generator), data.y_train[index]
-                if ranks > 1:
-                    images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
-                output, loss = step_with(net, optimizer, images, labels, bf16)
-                logits = output[0] if isinstance(output, tuple) else output
-                run.loss_sum += loss.detach() * len(labels)
-                # The first batch whose loss is not finite, kept on the device: no sync per step.
-                run.first_bad = torch.where((run.first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                            torch.full_like(run.first_bad, step + 1), run.first_bad)
-                # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
-                hits = logits.detach().argmax(-1) == labels
-                run.correct += hits.view(-1, len(labels)).float().mean(0).sum()
+                draws = data.draws(len(index), augmentation, generator)
+                step_with(index) if draws is None else step_with(index, draws)
                 run.step = step + 1
                 advance(1)
                 if first_step_end is None and getattr(step_with, "captured", True):

@@ -20,7 +20,8 @@ class RunState:
     def __init__(self) -> None:
         self.epoch, self.step = 0, 0
         self.order: torch.Tensor | None = None
-        self.loss_sum = self.correct = self.first_bad = None
+        # The epoch's sums, and the batches it has counted, on the training device: no sync per step.
+        self.loss_sum = self.correct = self.first_bad = self.batches = None
         self.history: list[dict[str, float]] = []
         self.timing: dict[str, float | None] = {"elapsed_s": 0.0, "steady_images": 0, "steady_s": 0.0,
                                                 "first_step_s": None}
@@ -29,9 +30,26 @@ class RunState:
 
     def start_epoch(self, order: torch.Tensor, device: torch.device) -> None:
         self.order, self.step = order, 0
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), device=device)
+            self.correct = torch.zeros((), device=device)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            self.batches = torch.zeros((), dtype=torch.long, device=device)
+        else:  # in place: a captured step adds to these very tensors
+            self.loss_sum.zero_(), self.correct.zero_(), self.first_bad.fill_(-1), self.batches.zero_()
+
+    def count(self, output, loss: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a step's loss and hits to the epoch's sums, in place, and note the first batch whose
+        loss is not finite."""
+        loss = loss.detach()
+        self.batches += 1
+        self.loss_sum += loss * len(labels)
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self.batches,
+                                         self.first_bad))
+        # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
+        logits = output[0] if isinstance(output, tuple) else output
+        hits = logits.detach().argmax(-1) == labels
+        self.correct += hits.view(-1, len(labels)).float().mean(0).sum()
 
     def end_epoch(self) -> None:
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
@@ -65,6 +83,7 @@ class RunState:
             run.order = None if saved["order"] is None else saved["order"].to(device)
             if run.order is not None:
                 run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
+                run.batches = torch.tensor(run.step, device=device)
                 by_rank = saved.get("sums_by_rank")
                 if by_rank is not None or ranks > 1:
                     run.loss_sum, run.correct, run.first_bad = own_sums(

@@ -70,10 +70,27 @@ def test_on_a_cpu_the_step_runs_eagerly_to_the_bit():
     assert result.history == reference.history
 
 
+def test_the_epoch_sums_stay_the_same_tensors_from_epoch_to_epoch():
+    """A captured step adds to the sums' memory; a new epoch must reset them in place, not replace
+    them, or the replays would count into tensors the run no longer reads."""
+    from stages.training.run_state import RunState
+
+    run = RunState()
+    run.start_epoch(torch.arange(4), torch.device("cpu"))
+    sums = (run.loss_sum, run.correct, run.first_bad, run.batches)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    run.count(logits, torch.tensor(float("nan")), torch.tensor([0, 0]))
+    run.count(logits, torch.tensor(0.5), torch.tensor([0, 1]))
+    assert (int(run.batches), int(run.first_bad), float(run.correct)) == (2, 1, 3.0)
+    run.start_epoch(torch.arange(4), torch.device("cpu"))
+    assert all(a is b for a, b in zip(sums, (run.loss_sum, run.correct, run.first_bad, run.batches)))
+    assert (float(run.loss_sum), float(run.correct), int(run.first_bad), int(run.batches)) == (0.0, 0.0, -1, 0)
+
+
 def test_a_captured_graph_needs_a_gpu():
     net = model(1.0)
     with pytest.raises(ValueError, match="CUDA device"):
-        CapturedStep(lambda *a: None, net, torch.optim.SGD(net.parameters(), lr=0.1), False, torch.device("cpu"))
+        CapturedStep(lambda *a: None, torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"))
 
 
 def test_the_lr_lives_in_a_tensor_filled_in_place_and_is_saved_as_a_float():
@@ -143,11 +160,11 @@ def test_each_replay_draws_fresh_masks():
         optimizer.step()
         return output, loss
 
-    step = CapturedStep(update, net, optimizer, False, device)
+    step = CapturedStep(lambda images, labels: update(net, optimizer, images, labels, False), optimizer, device)
     images, labels = torch.ones(64, 1, 1, 1, device=device), torch.zeros(64, device=device)
     patterns = set()
     for _ in range(12):
-        output, _ = step(net, optimizer, images, labels, False)
+        output, _ = step(images, labels)
         patterns.add(tuple(output.view(-1).tolist()))
     assert step.captured
     assert len(patterns) >= 10, f"only {len(patterns)} distinct masks in 12 steps"
