@@ -237,7 +237,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                     set_lr(optimizer, recipe.lr * lr_factor(recipe, point))
                 index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 draws = data.draws(len(index), augmentation, generator)
-                step_with(index) if draws is None else step_with(index, draws)
+                step_with(*((index,) if draws is None else (index, draws)))
                 run.step = step + 1
                 advance(1)
                 if first_step_end is None and getattr(step_with, "captured", True):
