@@ -53,8 +53,32 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, 
     return code
 
 
-def initialize() -> None:
-    """Join the process group torchrun set up (NCCL between GPUs, gloo on CPUs)."""
+def backend_for(requested: str, nproc_per_node: int) -> str:
+    """The process group's backend for training on ``requested`` (``--device``) with this many
+    processes per node: NCCL where each process takes a GPU of its own, gloo on CPUs. Raises
+    PipelineError where that cannot work, before any process starts."""
+    import torch
+
+    from stages.common.errors import PipelineError
+
+    if requested.startswith("cuda:") and nproc_per_node > 1:
+        raise PipelineError(f"--device {requested} with --nproc-per-node {nproc_per_node}: each process takes a GPU "
+                            f"of its own (local rank N uses cuda:N); use --device cuda")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return "gloo"
+    gpus = torch.cuda.device_count()
+    if requested == "cuda" and gpus == 0:
+        raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if nproc_per_node > gpus:
+        raise PipelineError(f"--nproc-per-node {nproc_per_node}: this node has {gpus} visible GPU"
+                            f"{'s' if gpus != 1 else ''} and each process takes one; use --nproc-per-node {gpus}, "
+                            f"or --device cpu to train on CPU processes")
+    return "nccl"
+
+
+def initialize(requested: str = "auto") -> None:
+    """Join the process group torchrun set up (NCCL between GPUs, gloo on CPUs) for training on
+    ``requested`` (``--device``)."""
     import torch
     import torch.distributed as dist
 
@@ -62,7 +86,7 @@ def initialize() -> None:
         return
     from datetime import timedelta
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend_for(requested, int(os.environ["LOCAL_WORLD_SIZE"]))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # The other ranks wait at a barrier while rank 0 alone exports, quantizes and benchmarks.
@@ -165,10 +189,10 @@ def all_reduce_sum(tensor):
 
 
 def device_for_rank(requested: str) -> str:
-    """Each rank's own GPU; CPUs are shared."""
+    """Each rank's own GPU where the process group is NCCL's; CPUs are shared."""
     if active() and requested in ("auto", "cuda"):
-        import torch
+        import torch.distributed as dist
 
-        if torch.cuda.is_available():
+        if dist.get_backend() == "nccl":
             return f"cuda:{os.environ['LOCAL_RANK']}"
     return requested

@@ -53,6 +53,9 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["status", "--set", "teacher.training.capture_step=true", "--set", "teacher.training.drop_execution=skip"],
      "training.capture_step records the step as a CUDA graph, which host-side skipping breaks"),
     (["run", "--mps"], "--mps lets tasks run side by side share a GPU; add --jobs 2 or more"),
+    (["teacher", "--device", "cuda:0", "--nproc-per-node", "2"],
+     "--device cuda:0 with --nproc-per-node 2: each process takes a GPU of its own (local rank N uses cuda:N); "
+     "use --device cuda"),
     (["sweep", "--over", "seed=0,1", "--jobs", "2", "--mps", "--device", "cpu"],
      "--mps shares a GPU between tasks, and --device cpu uses none; drop --mps"),
 ])
