@@ -39,14 +39,18 @@ def _without_launch_options(argv: list[str]) -> list[str]:
     return kept
 
 
-def _launch(device: str, nproc: int, nnodes: str, node_rank: int, master_addr: str, master_port: int) -> None:
+def _launch(profile: Optional[Path], overrides: List[str], device: str, nproc: int, nnodes: str, node_rank: int,
+            master_addr: str, master_port: int) -> None:
     """Several processes asked for and not yet launched: run this command under torchrun instead."""
+    from pipeline.profiles import load_profile
     from stages.common import distributed
 
     if distributed.launched():
         distributed.initialize(_check_device(device))
     elif nproc > 1 or nnodes != "1":
-        distributed.backend_for(_check_device(device), nproc)  # a device that cannot work stops here, once
+        # A profile or a device that cannot work stops here, in one line, before any process starts.
+        load_profile(profile, overrides)
+        distributed.backend_for(_check_device(device), nproc)
         raise typer.Exit(distributed.relaunch(_without_launch_options(sys.argv[1:]), nproc, nnodes, node_rank,
                                               master_addr, master_port))
 
@@ -151,7 +155,7 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
     with user_errors():
         for option, value in (("--until", until), ("--from", start), ("--force", force)):
             check_stage(option, value)
-        _launch(device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
                  artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
 
@@ -164,7 +168,7 @@ def _stage_command(name: str):
                 nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
                 master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
         with user_errors():
-            _launch(device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+            _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
                      artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
 

@@ -55,7 +55,11 @@ def user_errors() -> Iterator[None]:
         with sigterm_raises():
             yield
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from stages.common import distributed
+
+        # Under torchrun each rank that fails says so; rank 0's line reads as it would in one process.
+        rank = distributed.rank() if distributed.launched() else 0
+        print(f"error (rank {rank}): {exc}" if rank else f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         from stages.common import distributed

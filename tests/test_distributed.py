@@ -81,3 +81,20 @@ def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_
     history = [[{k: e[k] for k in ("loss", "train_accuracy")} for e in json.loads((f / "history.json").read_text())]
                for f in (reference, resumed)]
     assert history[0] == history[1]
+
+
+def test_an_error_in_the_ranks_is_each_ranks_line_and_exit_2_not_a_traceback(tmp_path):
+    """torchrun's own report of a failed rank (a traceback and a summary) gives way to the ranks'
+    messages and their exit code."""
+    bogus = tmp_path / "teacher.pt"
+    bogus.write_text("not a state dict")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path / "a"),
+                           "--set", f"teacher.checkpoint={bogus}", "--nproc-per-node", "2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+    message = (f"{bogus}: refused: not a plain state dict of tensors (it holds objects whose loading could run "
+               f"code, or it is damaged); save the model's state_dict() alone with torch.save, or as .safetensors")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    # Both ranks fail alike; torchrun stops the other once one has failed, which may be before it says so.
+    assert errors and set(errors) <= {f"error: {message}", f"error (rank 1): {message}"}, done.stderr

@@ -1,17 +1,24 @@
-"""torchrun, ending with the shell's code for the signal that stopped it (130 for Ctrl-C, 143 for
-SIGTERM) instead of a traceback: a stop that the ranks honoured is not a crash."""
+"""torchrun, ending with an exit code instead of a traceback: the shell's code for the signal that
+stopped it (130 for Ctrl-C, 143 for SIGTERM), or the code a rank ended with (2 for bad input), whose
+own message is already printed. A stop the ranks honoured, or an error they reported, is not a crash."""
 
 import sys
 
 
 def main() -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
         torchrun(sys.argv[1:])
     except SignalException as exc:
         return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        # torchrun stops the other ranks once one fails, and they end with 143: the code that tells
+        # what happened is another one, where there is one. A rank a signal killed has a negative code.
+        codes = [failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0]
+        return next((code for code in codes if code not in (130, 143)), codes[0] if codes else 1)
     return 0
 
 

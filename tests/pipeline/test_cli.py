@@ -53,6 +53,8 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["status", "--set", "teacher.training.capture_step=true", "--set", "teacher.training.drop_execution=skip"],
      "training.capture_step records the step as a CUDA graph, which host-side skipping breaks"),
     (["run", "--mps"], "--mps lets tasks run side by side share a GPU; add --jobs 2 or more"),
+    (["teacher", "--nproc-per-node", "2", "--set", "teacher.p_lst=0.5"],  # before torchrun starts any rank
+     "unknown key 'teacher.p_lst' (did you mean 'p_last'?)"),
     (["teacher", "--device", "cuda:0", "--nproc-per-node", "2"],
      "--device cuda:0 with --nproc-per-node 2: each process takes a GPU of its own (local rank N uses cuda:N); "
      "use --device cuda"),
