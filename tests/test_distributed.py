@@ -98,3 +98,17 @@ def test_an_error_in_the_ranks_is_each_ranks_line_and_exit_2_not_a_traceback(tmp
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     # Both ranks fail alike; torchrun stops the other once one has failed, which may be before it says so.
     assert errors and set(errors) <= {f"error: {message}", f"error (rank 1): {message}"}, done.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path),
+                               "--nproc-per-node", "2", "--master-port", str(port)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert f"port: {port}" in error and "address already in use" in error and "--master-port" in error, error

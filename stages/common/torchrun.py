@@ -1,6 +1,7 @@
 """torchrun, ending with an exit code instead of a traceback: the shell's code for the signal that
-stopped it (130 for Ctrl-C, 143 for SIGTERM), or the code a rank ended with (2 for bad input), whose
-own message is already printed. A stop the ranks honoured, or an error they reported, is not a crash."""
+stopped it (130 for Ctrl-C, 143 for SIGTERM), the code a rank ended with (2 for bad input), whose own
+message is already printed, or 2 with one line when the processes cannot meet (a port in use). A stop
+the ranks honoured, or an error they reported, is not a crash."""
 
 import sys
 
@@ -10,8 +11,15 @@ def main() -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    from torch.distributed import DistNetworkError
+
     try:
         torchrun(sys.argv[1:])
+    except DistNetworkError as exc:  # the rendezvous: a port taken, node 0 out of reach
+        message = str(exc).strip().splitlines()[-1]
+        print(f"error: torchrun could not connect its processes ({message}); if another run holds the port, "
+              f"pass a free one with --master-port; on several nodes, check --master-addr", file=sys.stderr)
+        return 2
     except SignalException as exc:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
