@@ -36,12 +36,15 @@ def test_two_processes_train_like_one_and_cache_under_the_same_key(tmp_path):
         assert abs(parallel - single) <= LOSS_TOLERANCE * single
 
 
-def processes_naming(text: str) -> list[str]:
-    """Command lines of this machine's processes that contain ``text``."""
+def processes_naming(text: str, with_pid: bool = False) -> list[str]:
+    """Command lines of this machine's processes that contain ``text``; ``with_pid``: each as "PID
+    COMMAND LINE ENVIRONMENT"."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for folder in Path("/proc").glob("[0-9]*"):
         try:
-            line = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            line = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if with_pid:
+                line = f"{folder.name} {line} {(folder / 'environ').read_bytes().replace(bytes(1), b' ').decode()}"
         except OSError:  # the process ended meanwhile
             continue
         if text in line:
@@ -49,24 +52,48 @@ def processes_naming(text: str) -> list[str]:
     return found
 
 
+LONGER = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory) -> Path:
+    """The teacher of a two-process run of 20 epochs, never interrupted."""
+    return teacher(tmp_path_factory.mktemp("reference"), *LONGER)
+
+
+def started_two_process_teacher(artifacts: Path, *extra: str) -> subprocess.Popen:
+    """A two-process teacher run of 20 epochs, returned once its second epoch is done."""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts), *LONGER, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
+    for line in process.stdout:
+        if "epoch 2/20" in line:
+            return process
+    raise AssertionError(process.communicate()[1])
+
+
+def assert_ends_like(artifacts: Path, reference: Path) -> None:
+    """Rerun, ``artifacts``' teacher ends with the reference's weights and per-epoch history."""
+    resumed = teacher(artifacts, *LONGER)
+    assert (resumed / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
+    history = [[{k: e[k] for k in ("loss", "train_accuracy")} for e in json.loads((f / "history.json").read_text())]
+               for f in (reference, resumed)]
+    assert history[0] == history[1]
+
+
 @pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_path, signal_name, code):
+def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_path, two_process_reference,
+                                                                            signal_name, code):
     """Ctrl-C or SIGTERM to the command reaches torchrun once; every rank stops after the same step,
     rank 0 saves, nothing keeps running, and the rerun ends with the weights and history of an
     uninterrupted two-process run."""
     import signal
 
-    longer = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")
-    reference = teacher(tmp_path / "reference", *longer)
     artifacts = tmp_path / "stopped"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts), *longer,
-         "--checkpoint-every", "3600"],  # only the signal saves
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
-    for line in process.stdout:
-        if "epoch 2/20" in line:
-            break
+    process = started_two_process_teacher(artifacts, "--checkpoint-every", "3600")  # only the signal saves
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
@@ -76,11 +103,26 @@ def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_
     assert len(stopped) == 1, stderr  # rank 0 speaks for both
     assert "Traceback" not in stderr
     assert [p.name[:8] for p in (artifacts / "store" / "teacher").iterdir()] == [".resume-"]
-    resumed = teacher(artifacts, *longer)
-    assert (resumed / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
-    history = [[{k: e[k] for k in ("loss", "train_accuracy")} for e in json.loads((f / "history.json").read_text())]
-               for f in (reference, resumed)]
-    assert history[0] == history[1]
+    assert_ends_like(artifacts, two_process_reference)
+
+
+def test_a_rank_killed_outright_is_named_and_the_rerun_resumes_to_the_same_weights(tmp_path,
+                                                                                   two_process_reference):
+    """SIGKILL (the out-of-memory killer, kill -9) leaves rank 1 no word of its own: the command
+    names it, exits 137, leaves nothing running, and the rerun resumes from the last periodic save."""
+    import signal
+
+    artifacts = tmp_path / "killed"
+    process = started_two_process_teacher(artifacts, "--checkpoint-every", "0.2")
+    [rank_1] = [int(line.split(maxsplit=1)[0]) for line in processes_naming(str(artifacts), with_pid=True)
+                if "LOCAL_RANK=1" in line.split(maxsplit=1)[1]]
+    os.kill(rank_1, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 137, stderr
+    assert ("error: rank 1 was killed by SIGKILL; rerun the same command to resume from the last training "
+            "checkpoint") in stderr.splitlines()
+    assert processes_naming(str(artifacts)) == []
+    assert_ends_like(artifacts, two_process_reference)
 
 
 def test_an_error_in_the_ranks_is_each_ranks_line_and_exit_2_not_a_traceback(tmp_path):
