@@ -58,21 +58,19 @@ def user_errors() -> Iterator[None]:
         from stages.common import distributed
 
         # Under torchrun each rank that fails says so; rank 0's line reads as it would in one process.
-        rank = distributed.rank() if distributed.launched() else 0
+        rank = distributed.rank()  # 0 outside torchrun
         print(f"error (rank {rank}): {exc}" if rank else f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         from stages.common import distributed
         from stages.training.resume import TrainingInterrupted
 
-        if distributed.launched():
-            # Under torchrun, rank 0 says where training stopped, and the command that launched the
-            # ranks says the rest once.
-            if isinstance(exc, TrainingInterrupted) and distributed.rank() == 0:
+        # Under torchrun, rank 0 says where training stopped, and the command that launched the ranks
+        # says the rest once.
+        if isinstance(exc, TrainingInterrupted):
+            if distributed.rank() == 0:
                 print(f"interrupted: {exc}", file=sys.stderr)
-        elif isinstance(exc, TrainingInterrupted):
-            print(f"interrupted: {exc}", file=sys.stderr)
-        else:
+        elif not distributed.launched():
             what = "terminated (SIGTERM)" if exit_code_of(exc) == 143 else "interrupted"
             print(f"{what}: finished stages are cached, no half-written artifact is kept, and training "
                   "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
