@@ -23,18 +23,27 @@ def main() -> int:
     except SignalException as exc:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        codes = []
-        for rank, failure in sorted(exc.failures.items()):
-            # Killed by a signal, with no word of its own (the out-of-memory killer, kill -9). SIGTERM is
-            # what torchrun itself sends the other ranks once one has failed.
-            if failure.exitcode < 0 and -failure.exitcode not in (signal.SIGTERM, signal.SIGINT):
-                print(f"error: rank {rank} was killed by {failure.signal_name()}; rerun the same command to resume "
-                      f"from the last training checkpoint", file=sys.stderr)
-            codes.append(failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode)
-        # torchrun stops the other ranks once one fails, and they end with 143: the code that tells
-        # what happened is another one, where there is one.
-        return next((code for code in codes if code not in (130, 143)), codes[0] if codes else 1)
+        return failed_ranks_code(exc.failures)
     return 0
+
+
+def failed_ranks_code(failures: dict) -> int:
+    """The exit code that tells what happened to the ranks (torchrun's ProcessFailure by rank), naming
+    a rank a signal killed. Once one rank fails, the others fail in its wake: torchrun stops them with
+    SIGTERM (143), and a rank whose collective lost its peer crashes (1). So the code comes from a rank
+    killed outright if there is one (no word of its own: the out-of-memory killer, kill -9), else from a
+    rank's own verdict (2 for bad input), else from a crash."""
+    killed, codes = [], []
+    for rank, failure in sorted(failures.items()):
+        signum = -failure.exitcode if failure.exitcode < 0 else None
+        if signum is not None and signum not in (signal.SIGTERM, signal.SIGINT):
+            print(f"error: rank {rank} was killed by {failure.signal_name()}; rerun the same command to resume "
+                  f"from the last training checkpoint", file=sys.stderr)
+            killed.append(128 + signum)
+        codes.append(failure.exitcode if signum is None else 128 + signum)
+    verdicts = [code for code in codes if code not in (1, 130, 143)]
+    crashes = [code for code in codes if code == 1]
+    return next(iter(killed + verdicts + crashes + codes), 1)
 
 
 if __name__ == "__main__":

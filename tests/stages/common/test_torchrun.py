@@ -1,0 +1,27 @@
+"""The exit code the command ends with when torchrun's ranks fail: the rank that failed first in
+kind, not those that failed in its wake."""
+
+import pytest
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+from stages.common.torchrun import failed_ranks_code
+
+
+def failures(*exitcodes: int) -> dict:
+    return {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="")
+            for rank, code in enumerate(exitcodes)}
+
+
+@pytest.mark.parametrize("exitcodes, code", [
+    ((1, -9), 137),    # rank 1 killed outright; rank 0's collective then lost its peer and crashed
+    ((-15, -9), 137),  # ... or torchrun stopped rank 0 first
+    ((2, -15), 2),     # rank 0's own verdict; torchrun stopped rank 1
+    ((143, 2), 2),     # rank 1's verdict; rank 0 stopped by torchrun, between two steps
+    ((1, -15), 1),     # a crash
+    ((143, 143), 143),
+])
+def test_the_code_comes_from_the_rank_that_failed_first_in_kind(exitcodes, code, capsys):
+    assert failed_ranks_code(failures(*exitcodes)) == code
+    killed = [line for line in capsys.readouterr().err.splitlines() if "was killed" in line]
+    assert killed == (["error: rank 1 was killed by SIGKILL; rerun the same command to resume from the last "
+                       "training checkpoint"] if -9 in exitcodes else [])
