@@ -77,7 +77,7 @@ def captured_quickstart(device: str, work: Path) -> None:
         return
     for task in json.loads(output)["tasks"]:
         if task["state"] != "to run":  # the stages after distill are not part of this check
-                print(f"   {task['task']:32} {task['state']:8} {task['headline'] or ''}")
+            print(f"   {task['task']:32} {task['state']:8} {task['headline'] or ''}")
 
 
 def stopped_and_resumed(device: str, work: Path, epochs: int) -> None:
