@@ -15,7 +15,9 @@
 # student alone at once), BUDGET_S (default 420), DEVICE (default cuda), CIFAR100 (default 1; 0 for a
 # profile that does not read it, as the CPU check of this script does with tests/profiles/tiny.yaml),
 # EXTRA_ARGS (more options for run, status and bundle, such as --set KEY=VALUE), MPS (1: the tasks
-# share the GPU through --mps; default 0, as bench/gpu_sharing.py has not measured MPS on this machine).
+# share the GPU through --mps; three trainings under MPS gave 1.6x the images/s of one alone on an H200,
+# results/gpu_sharing.md, but the scheduler's --mps has not run on a GPU yet: default 0 until
+# bench/gpu_pipeline_check.py --mps has passed there).
 # The run gets SIGTERM when the budget is spent: each training stops between two steps with its
 # checkpoint saved, and the bundle is made after it.
 set -uo pipefail

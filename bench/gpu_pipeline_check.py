@@ -5,7 +5,8 @@
 
 1. ``run profiles/quickstart.yaml --until distill --jobs 3`` with ``training.capture_step`` for the teacher and
    the students: the captured step (batch, augmentation and epoch sums inside the graph) through the CLI, and
-   tasks side by side on one GPU. Prints each task's headline and the wall time.
+   tasks side by side on one GPU (``--mps``: under the scheduler's MPS daemon). Prints each task's headline and
+   the wall time.
 2. A teacher under torchrun with one rank (``--nnodes 1:1``, so NCCL on a GPU), stopped with SIGTERM after its
    second epoch, then rerun: prints the exit codes, and whether the resumed ``model.pt`` equals an
    uninterrupted run's to the bit (and, when it does not, whether two uninterrupted runs do).
@@ -61,13 +62,14 @@ def largest_difference(a: Path, b: Path) -> float:
                if hasattr(left[k], "dtype") and left[k].is_floating_point())
 
 
-def captured_quickstart(device: str, work: Path) -> None:
+def captured_quickstart(device: str, work: Path, mps: bool) -> None:
     settings = ["--set", "teacher.training.capture_step=true", "--set", "student.training.capture_step=true"]
     artifacts = work / "quickstart"
-    code, seconds, output = run(pipeline("run", str(QUICKSTART), "--until", "distill", "--jobs", "3",
+    sharing = ["--mps"] if mps else []
+    code, seconds, output = run(pipeline("run", str(QUICKSTART), "--until", "distill", "--jobs", "3", *sharing,
                                          "--device", device, "--artifacts", str(artifacts), *settings))
-    print(f"1. run quickstart --until distill --jobs 3, captured steps, --device {device}: exit {code}, "
-          f"{seconds:.1f} s", flush=True)
+    print(f"1. run quickstart --until distill --jobs 3{' --mps' if mps else ''}, captured steps, --device {device}: "
+          f"exit {code}, {seconds:.1f} s", flush=True)
     if code != 0:
         print(output[-4000:])
         return
@@ -131,13 +133,14 @@ def stopped_and_resumed(device: str, work: Path, epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--epochs", type=int, default=40, help="the stopped teacher's epochs")
+    parser.add_argument("--epochs", type=int, default=8, help="the stopped teacher's epochs (8: about 80 s on an H200)")
     parser.add_argument("--only", choices=["quickstart", "torchrun"], default=None)
+    parser.add_argument("--mps", action="store_true", help="run the quickstart's tasks under --mps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         if args.only in (None, "quickstart"):
-            captured_quickstart(args.device, work)
+            captured_quickstart(args.device, work, args.mps)
         if args.only in (None, "torchrun"):
             stopped_and_resumed(args.device, work, args.epochs)
 
