@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import typer
 
 from pipeline.registry import STAGE_ORDER, STAGES
-from stages.common.errors import PipelineError, exit_code_of, sigterm_raises
+from stages.common.errors import PipelineError, exit_code_of, stop_signals_raise
 
 ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
                             help="Profile YAML (default: profiles/quickstart.yaml).")
@@ -30,8 +30,8 @@ NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torc
 MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
 MasterPortOpt = typer.Option(29500, "--master-port", help="Free port on node 0 (torchrun's --master-port).")
 CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
-                             help="Save training progress this often (and on Ctrl-C or SIGTERM); a killed run started "
-                                  "again resumes from the last save.")
+                             help="Save training progress this often (and on Ctrl-C, SIGTERM or SIGHUP); a killed "
+                                  "run started again resumes from the last save.")
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks whose inputs are ready at the same "
                        "time, each in its own process (one GPU each where there are several; the CPU's cores "
                        "split between them). Benchmarks still run alone.")
@@ -50,9 +50,10 @@ def check_stage(option: str, value: Optional[str]) -> Optional[str]:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input ends in one line and exit code 2; Ctrl-C (130) and SIGTERM (143) say how to go on."""
+    """Bad input ends in one line and exit code 2; Ctrl-C (130), SIGTERM (143) and SIGHUP (129) say how
+    to go on."""
     try:
-        with sigterm_raises():
+        with stop_signals_raise():
             yield
     except PipelineError as exc:
         from stages.common import distributed
@@ -71,7 +72,7 @@ def user_errors() -> Iterator[None]:
             if distributed.rank() == 0:
                 print(f"interrupted: {exc}", file=sys.stderr)
         elif not distributed.launched():
-            what = "terminated (SIGTERM)" if exit_code_of(exc) == 143 else "interrupted"
+            what = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(exit_code_of(exc), "interrupted")
             print(f"{what}: finished stages are cached, no half-written artifact is kept, and training "
                   "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(exit_code_of(exc)) from None

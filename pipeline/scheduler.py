@@ -182,8 +182,8 @@ class Scheduler:
         lines = text.strip().splitlines() or [f"exit code {code}"]
         if code == 130:
             raise KeyboardInterrupt(lines[-1])
-        if code == 143:
-            raise Terminated(lines[-1])
+        if code in (143, 129):
+            raise Terminated(lines[-1], code - 128)
         if code == 2:
             raise PipelineError(f"{item.task.id}: {lines[-1]}")
         log = self.store.root / "logs" / f"{item.task.stage}-{item.task.variant or 'all'}-{item.task.key[:12]}.log"

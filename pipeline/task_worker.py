@@ -44,7 +44,7 @@ def status_progress(status: Path):
 
 def main(argv: list[str]) -> int:
     spec = pickle.loads(Path(argv[0]).read_bytes())
-    from stages.common.errors import PipelineError, exit_code_of, sigterm_raises
+    from stages.common.errors import PipelineError, exit_code_of, stop_signals_raise
     from pipeline.runner import Runner
     from pipeline.store import ArtifactStore
 
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     runner = Runner(store, device=spec["device"], progress=status_progress(Path(spec["status"])),
                     checkpoint_interval_s=spec["checkpoint_interval_s"], estimates=spec.get("estimates"))
     try:
-        with sigterm_raises():  # the scheduler stops its tasks with SIGTERM, which background jobs still get
+        with stop_signals_raise():  # the scheduler stops its tasks with SIGTERM, which background jobs still get
             inputs = {}
             for role, needed in task.needs.items():
                 found = store.lookup(needed.stage, needed.key)

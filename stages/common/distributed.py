@@ -25,9 +25,9 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, 
              master_port: int) -> int:
     """Run ``python -m pipeline argv`` under torchrun; returns its exit code.
 
-    A Ctrl-C or SIGTERM here is passed on to torchrun once, and this process waits for it: torchrun
-    passes it to every rank, the ranks stop together between two steps with their checkpoint saved,
-    and torchrun kills any rank still running after ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` (30) seconds.
+    A Ctrl-C, SIGTERM or SIGHUP here is passed on to torchrun once, and this process waits for it:
+    torchrun passes it to every rank, the ranks stop together between two steps with their checkpoint
+    saved, and torchrun kills any rank still running after ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` (30) seconds.
     torchrun gets a session of its own so that a terminal's Ctrl-C reaches it only from here: a
     second copy of the signal during its shutdown would end torchrun with its ranks still running.
     Killing torchrun, as ``subprocess.call`` does on Ctrl-C, would leave them training on their own.
@@ -44,7 +44,7 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, 
         try:
             code = launcher.wait()
             break
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as Terminated
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM or SIGHUP raised as Terminated
             if interrupt is None:
                 interrupt = exc
                 launcher.send_signal(getattr(exc, "signum", signal.SIGINT))

@@ -1,5 +1,5 @@
 """Errors a user can fix (the CLI prints their message on one line and exits with code 2), and
-SIGTERM, which ends a command as Ctrl-C does (exit code 143)."""
+SIGTERM and SIGHUP, which end a command as Ctrl-C does (exit codes 143 and 129)."""
 
 from __future__ import annotations
 
@@ -32,31 +32,65 @@ class ArtifactError(PipelineError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, honoured as Ctrl-C is: it is what a spot instance's preemption notice, ``timeout``,
-    Slurm, Kubernetes and ``docker stop`` send before they kill. Training stops between two steps
-    with its checkpoint saved; anything else unwinds, discarding half-written artifacts."""
+    """SIGTERM or SIGHUP (``signum``), honoured as Ctrl-C is. SIGTERM is what a spot instance's
+    preemption notice, ``timeout``, Slurm, Kubernetes and ``docker stop`` send before they kill;
+    SIGHUP is what a closed terminal or SSH session sends. Training stops between two steps with its
+    checkpoint saved; anything else unwinds, discarding half-written artifacts."""
 
-    signum = signal.SIGTERM
+    def __init__(self, message: str = "terminated (SIGTERM)", signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+# Signals that stop a command the way Ctrl-C does, besides SIGINT itself.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def detach_from_terminal() -> None:
+    """Standard input, output and error that were a terminal now point at /dev/null. After SIGHUP the
+    terminal is gone and every write to it fails (EIO): the stop that follows must still save its
+    checkpoint and unwind cleanly, so its messages go nowhere rather than raise. Files and pipes stay."""
+    import os
+    import stat
+
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        null_device = os.fstat(null).st_rdev
+        for fd in (0, 1, 2):
+            try:
+                status = os.fstat(fd)
+            except OSError:  # closed
+                continue
+            if stat.S_ISCHR(status.st_mode) and status.st_rdev != null_device:
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within this block SIGTERM raises Terminated, so ``finally`` blocks and the store's cleanup run
-    instead of the process vanishing (Python's default for SIGTERM)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+def stop_signals_raise() -> Iterator[None]:
+    """Within this block SIGTERM and SIGHUP raise Terminated, so ``finally`` blocks and the store's
+    cleanup run instead of the process vanishing (Python's default for both). A signal ignored when
+    the block starts stays ignored: ``nohup`` ignores SIGHUP, a background job's shell may ignore more."""
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
         yield
         return
 
     def raise_terminated(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
+            raise Terminated("hung up (SIGHUP)", signum)
+        raise Terminated("terminated (SIGTERM)", signum)
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = {signum: signal.signal(signum, raise_terminated) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
-    """128 + the signal, as a shell reports a process that the signal ended: 130 or 143."""
+    """128 + the signal, as a shell reports a process that the signal ended: 130, 143 or 129."""
     return 128 + int(getattr(interrupt, "signum", signal.SIGINT))

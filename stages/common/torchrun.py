@@ -1,10 +1,13 @@
 """torchrun, ending with an exit code instead of a traceback: the shell's code for the signal that
-stopped it (130 for Ctrl-C, 143 for SIGTERM), the code a rank ended with (2 for bad input), whose own
+stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the code a rank ended with (2 for bad input), whose own
 message is already printed, or 2 with one line when the processes cannot meet (a port in use). A stop
 the ranks honoured, or an error they reported, is not a crash."""
 
 import signal
 import sys
+
+# How the command stops its ranks (torchrun passes on the signal it got): a stop, not a kill.
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def main() -> int:
@@ -36,12 +39,12 @@ def failed_ranks_code(failures: dict) -> int:
     killed, codes = [], []
     for rank, failure in sorted(failures.items()):
         signum = -failure.exitcode if failure.exitcode < 0 else None
-        if signum is not None and signum not in (signal.SIGTERM, signal.SIGINT):
+        if signum is not None and signum not in STOPS:
             print(f"error: rank {rank} was killed by {failure.signal_name()}; rerun the same command to resume "
                   f"from the last training checkpoint", file=sys.stderr)
             killed.append(128 + signum)
         codes.append(failure.exitcode if signum is None else 128 + signum)
-    verdicts = [code for code in codes if code not in (1, 130, 143)]
+    verdicts = [code for code in codes if code != 1 and code - 128 not in STOPS]
     crashes = [code for code in codes if code == 1]
     return next(iter(killed + verdicts + crashes + codes), 1)
 

@@ -151,8 +151,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     every epoch (its time kept out of the throughput), adds its figures to that epoch's history.
 
     With ``checkpoint``, the training state is saved there at the first step boundary after every
-    ``checkpoint_interval_s`` seconds, on Ctrl-C or SIGTERM, and at the end; a run that finds one there resumes
-    from it and ends with the weights an uninterrupted run would have given."""
+    ``checkpoint_interval_s`` seconds, on Ctrl-C, SIGTERM or SIGHUP, and at the end; a run that finds
+    one there resumes from it and ends with the weights an uninterrupted run would have given."""
     from stages.common import distributed
 
     update = update or joint_update(loss_fn)

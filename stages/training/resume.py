@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from stages.common.errors import ArtifactError, PipelineError
+from stages.common.errors import STOP_SIGNALS, ArtifactError, PipelineError, detach_from_terminal
 from stages.nets.checkpoint import could_run_code, write_torch
 
 FORMAT = 1
@@ -98,10 +98,10 @@ def restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
 
 
 class StopRequest:
-    """Set by Ctrl-C or SIGTERM while a training loop runs, so the loop stops between two steps,
-    after saving its checkpoint, instead of wherever the signal happened to land. ``signum`` is the
-    signal that asked first. A second Ctrl-C stops at once; a second SIGTERM changes nothing (what
-    follows a SIGTERM that is not obeyed in time is SIGKILL, which no handler sees)."""
+    """Set by Ctrl-C, SIGTERM or SIGHUP while a training loop runs, so the loop stops between two
+    steps, after saving its checkpoint, instead of wherever the signal happened to land. ``signum`` is
+    the signal that asked first. A second Ctrl-C stops at once; a second SIGTERM or SIGHUP changes
+    nothing (what follows a SIGTERM that is not obeyed in time is SIGKILL, which no handler sees)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -112,8 +112,9 @@ class StopRequest:
 
 @contextmanager
 def stop_on_interrupt() -> Iterator[StopRequest]:
-    """Ctrl-C and SIGTERM set the request the loop checks between two steps. One that came after the
-    loop's last check is delivered again on leaving, to the handlers that were there before."""
+    """Ctrl-C, SIGTERM and SIGHUP set the request the loop checks between two steps. One that came
+    after the loop's last check is delivered again on leaving, to the handlers that were there before.
+    After SIGHUP the terminal is gone: output that went to it is dropped from then on."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
         yield request
@@ -123,6 +124,8 @@ def stop_on_interrupt() -> Iterator[StopRequest]:
     def handle(signum, frame):
         if request.signum is None:
             request.signum = signum
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
         if signum == signal.SIGINT:
             signal.signal(signum, previous[signum])  # the next Ctrl-C interrupts at once
 
@@ -130,8 +133,8 @@ def stop_on_interrupt() -> Iterator[StopRequest]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's Ctrl-C is not ours
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's Ctrl-C, nohup's SIGHUP
             previous[signum] = signal.signal(signum, handle)
             if previous[signum] is None:  # installed outside Python: nothing to restore but the default
                 previous[signum] = signal.SIG_DFL
@@ -146,7 +149,7 @@ def stop_on_interrupt() -> Iterator[StopRequest]:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM (``signum``) honoured between two steps, after the checkpoint was saved. Its
+    """Ctrl-C, SIGTERM or SIGHUP (``signum``) honoured between two steps, after the checkpoint was saved. Its
     message says where."""
 
     def __init__(self, message: str, signum: int = signal.SIGINT) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stages.common.target_config import TargetConfig
-from stages.common.errors import PipelineError, Terminated, sigterm_raises
+from stages.common.errors import PipelineError, Terminated, stop_signals_raise
 from pipeline.plan import Task
 from pipeline.scheduler import Scheduler
 from pipeline.store import ArtifactStore
@@ -80,18 +80,26 @@ def test_a_failure_stops_the_others_and_names_the_task(tmp_path):
     assert all(store.lookup(t.stage, t.key) is None for t in tasks)
 
 
-def test_sigterm_to_the_scheduler_alone_stops_every_task_and_ends_terminated(tmp_path):
-    # Kubernetes and docker stop signal only the main process: the tasks hear it from the scheduler.
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_to_the_scheduler_alone_stops_every_task_and_ends_terminated(tmp_path, monkeypatch,
+                                                                                   signal_name):
+    # Kubernetes and docker stop signal only the main process, as a closed terminal does a job whose
+    # shell passes SIGHUP on: the tasks hear it from the scheduler.
     import os
     import signal
     import threading
 
+    from stages.common import errors
+
+    monkeypatch.setattr(errors, "detach_from_terminal", lambda: None)  # keep this test's output
+    signum = getattr(signal, signal_name)
     tasks = [task("teacher", name, tmp_path, seconds=30) for name in ("a", "b")]
-    sender = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    sender = threading.Timer(1.5, os.kill, (os.getpid(), signum))
     sender.start()
     started = time.monotonic()
-    with pytest.raises(Terminated), sigterm_raises():
+    with pytest.raises(Terminated) as stopped, stop_signals_raise():
         scheduler(tmp_path, 2).run(tasks)
+    assert stopped.value.signum == signum
     sender.join()
     assert time.monotonic() - started < 8  # stopped at once, not after the grace Ctrl-C gets
     seen = events(tmp_path)

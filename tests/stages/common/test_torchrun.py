@@ -19,6 +19,8 @@ def failures(*exitcodes: int) -> dict:
     ((143, 2), 2),     # rank 1's verdict; rank 0 stopped by torchrun, between two steps
     ((1, -15), 1),     # a crash
     ((143, 143), 143),
+    ((129, 129), 129), # a closed terminal: SIGHUP passed on to the ranks, which stopped between two steps
+    ((129, -1), 129),  # ... or rank 1 was still starting, with Python's default for SIGHUP
 ])
 def test_the_code_comes_from_the_rank_that_failed_first_in_kind(exitcodes, code, capsys):
     assert failed_ranks_code(failures(*exitcodes)) == code

@@ -170,11 +170,38 @@ def test_sigterm_stops_between_steps_after_saving_and_a_second_one_changes_nothi
     assert_resumes_to_the_uninterrupted_weights(checkpoint)
 
 
+def test_sighup_stops_between_steps_after_saving_and_drops_the_terminal(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from stages.training import resume
+
+    checkpoint = tmp_path / "training.pt"
+    calls: list[int] = []
+    detached: list[int] = []
+    monkeypatch.setattr(resume, "detach_from_terminal", lambda: detached.append(1))  # not this test's output
+    outside = signal.getsignal(signal.SIGHUP)
+
+    def loss_hanging_up(logits, images, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGHUP)  # a closed terminal; without a handler the process would end
+        return cross_entropy_loss(logits, images, labels)
+
+    with pytest.raises(TrainingInterrupted, match=r"stopped in epoch 1, after batch 3 of 5") as stopped:
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=loss_hanging_up, checkpoint=checkpoint, checkpoint_interval_s=3600)
+    assert stopped.value.signum == signal.SIGHUP and exit_code_of(stopped.value) == 129
+    assert detached == [1]
+    assert signal.getsignal(signal.SIGHUP) is outside
+    assert_resumes_to_the_uninterrupted_weights(checkpoint)
+
+
 def test_a_sigterm_after_the_last_step_reaches_the_outer_handler_once_training_has_saved(tmp_path):
     import os
     import signal
 
-    from stages.common.errors import Terminated, sigterm_raises
+    from stages.common.errors import Terminated, stop_signals_raise
 
     checkpoint = tmp_path / "training.pt"
     epochs_evaluated: list[int] = []
@@ -185,7 +212,7 @@ def test_a_sigterm_after_the_last_step_reaches_the_outer_handler_once_training_h
             os.kill(os.getpid(), signal.SIGTERM)
         return {}
 
-    with sigterm_raises(), pytest.raises(Terminated):
+    with stop_signals_raise(), pytest.raises(Terminated):
         train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
               evaluate=evaluate_then_sigterm, checkpoint=checkpoint, checkpoint_interval_s=3600)
     assert training_progress(tmp_path)["done"] == 1  # the final save came first
