@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine, once CIFAR-100 is there: ResNet-20 for 30 epochs, eager and captured, seeds 0-2
-# (bench/capture_seeds.py), about 7 minutes of H200 time at the speeds in results/gpu_captured_step.md.
+# (bench/capture_seeds.py), the six trainings side by side under MPS: about 3 to 4 minutes of H200 time
+# (an estimate from results/gpu_captured_step.md and results/gpu_sharing.md; one after another, about 7).
 # CIFAR-100 comes from $CIFAR100_NPZ, or is joined from the parts ../shared/datasets/README.md says how
 # to carry (.data/c100/part-*.npz with .data/chunk.py). Wheels in .whl/ are installed into /tmp/site
 # first (see bench/gpu_captured.sh). Output goes to $OUT (default /tmp/gpu-seeds).
@@ -13,4 +14,4 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 install_carried_wheels
 join_cifar100
-python3 bench/capture_seeds.py --data "$DATA" 2>&1 | tee "$OUT/capture_seeds.txt"
+python3 bench/capture_seeds.py --data "$DATA" --side-by-side 2>&1 | tee "$OUT/capture_seeds.txt"

@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_session.sh 1   # carry .whl .data/chunk.py .data/c100/part-00.npz   about 4 min
 #   bash bench/gpu_session.sh 2   # carry .data/c100/part-01.npz                         about 3 min
-#   bash bench/gpu_session.sh 3   # carry .data/c100/part-02.npz .data/c100/part-03.npz  about 7.5 min
+#   bash bench/gpu_session.sh 3   # carry .data/c100/part-02.npz .data/c100/part-03.npz  about 4 min
 #   bash bench/gpu_session.sh nodata  # carry .whl: one call of about 8 min, no CIFAR-100
 #
 # (Parts made as ../shared/datasets/README.md says: chunk.py split ... .data/c100 --max-mb 58.)
@@ -14,7 +14,8 @@
 # 2: the captured step of ResNet-56, WRN-16-2 and a distill step with K = 4 at 200 timed steps (measured
 #    so far at 50 steps, with the capture inside the timed window); the quickstart's tasks under the
 #    scheduler's --mps (bench/gpu_pipeline_check.py --mps).
-# 3: joins CIFAR-100, then eager against captured top-1 over three seeds (bench/gpu_capture_seeds.sh);
+# 3: joins CIFAR-100, then eager against captured top-1 over three seeds, side by side under MPS
+#    (bench/gpu_capture_seeds.sh);
 #    THEN=row grows the Table II row instead (bench/gpu_paper_row.sh, BUDGET_S seconds).
 # nodata (what the 2026-11-27 session ran, results/gpu_captured_step.md and results/gpu_sharing.md): the
 #    capture tests, the captured step of ResNet-20 and ResNet-110 without compile, the pipeline's
