@@ -2,8 +2,9 @@
 (pickled), the store's folder and the run's settings; it reports progress through a status file and
 its outcome through a result file. Run as ``python -m pipeline.task_worker SPEC.pickle``.
 
-Exit codes: 0 done, 2 a user-fixable error (its one line on stderr), 130 stopped by Ctrl-C (or by
-the scheduler, after another task failed) with its training checkpoint saved, 1 anything else.
+Exit codes: 0 done, 2 a user-fixable error (its one line on stderr), 130, 143 or 129 stopped by
+Ctrl-C, SIGTERM (the scheduler's, after another task failed) or SIGHUP with its training checkpoint
+saved, 1 anything else.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """torchrun, ending with an exit code instead of a traceback: the shell's code for the signal that
-stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the code a rank ended with (2 for bad input), whose own
-message is already printed, or 2 with one line when the processes cannot meet (a port in use). A stop
-the ranks honoured, or an error they reported, is not a crash."""
+stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the code a rank ended with (2 for bad
+input), whose own message is already printed, or 2 with one line when the processes cannot meet (a
+port in use). A stop the ranks honoured, or an error they reported, is not a crash."""
 
 import signal
 import sys
