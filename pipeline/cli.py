@@ -65,11 +65,8 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
              device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0,
              jobs: int = 1, mps: bool = False) -> None:
-    from pipeline import ui
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
-    from pipeline.runner import Runner, publish_report
-    from pipeline.store import ArtifactStore
 
     from stages.common import distributed
 
@@ -86,6 +83,19 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     first_forced = stage_index(start) if start else len(STAGE_ORDER)
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
     root = artifacts_root(artifacts)
+    with distributed.crash_logged(root / "logs"):
+        _run(root, profile, tasks, forced, only=only, device=device, checkpoint_every=checkpoint_every, jobs=jobs,
+             mps=mps)
+
+
+def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str, checkpoint_every: float,
+         jobs: int, mps: bool) -> None:
+    from pipeline import ui
+    from pipeline.runner import Runner, publish_report
+    from pipeline.store import ArtifactStore
+
+    from stages.common import distributed
+
     if distributed.rank() != 0:
         # One rank speaks for all of them.
         Runner(ArtifactStore(root), device=device, checkpoint_interval_s=checkpoint_every).run(tasks, forced)

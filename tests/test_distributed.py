@@ -121,6 +121,9 @@ def test_a_rank_killed_outright_is_named_and_the_rerun_resumes_to_the_same_weigh
     assert process.returncode == 137, stderr
     assert ("error: rank 1 was killed by SIGKILL; rerun the same command to resume from the last training "
             "checkpoint") in stderr.splitlines()
+    # Rank 0 either crashed in its wake (a collective lost its peer: one line, its traceback in a log)
+    # or was stopped by torchrun between two steps; either way no traceback reaches the terminal.
+    assert "Traceback" not in stderr, stderr
     assert processes_naming(str(artifacts)) == []
     assert_ends_like(artifacts, two_process_reference)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 TRAINING_STAGES = ("teacher", "distill", "mutual")
 
@@ -107,6 +109,38 @@ def rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1)) if active() else 1
+
+
+@contextmanager
+def crash_logged(logs: Path) -> Iterator[None]:
+    """Under torchrun, a rank's crash (neither bad input nor a stop) ends in one line on standard error
+    and exit code 1, with its traceback in ``logs/rank-N.log``. Otherwise every rank prints its
+    traceback into the same terminal, interleaved; and when a rank dies outright (the out-of-memory
+    killer), the others' collectives fail in its wake, and their tracebacks would come before the line
+    that names the rank that died."""
+    if not launched():
+        yield
+        return
+    from stages.common.errors import PipelineError, first_line
+
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported in one line, whole in the log
+        import traceback
+
+        number = int(os.environ.get("RANK", 0))
+        log = logs / f"rank-{number}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f" (its traceback is in {log})"
+        except OSError:
+            traceback.print_exc()
+            where = ""
+        print(f"error (rank {number}): {type(exc).__name__}: {first_line(exc)[:300]}{where}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def barrier() -> None:
