@@ -103,7 +103,7 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
     store = ArtifactStore(root, warn=ui.warn)
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
-    estimates = estimate_run(store, tasks, forced, profile, device)
+    estimates = estimate_run(store, tasks, forced, profile, device, jobs, mps)
     runner = _runner(store, jobs, device, checkpoint_every, estimates, mps)
     outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)

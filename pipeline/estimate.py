@@ -328,6 +328,38 @@ def known_only(tasks, probe: Probe, data_cfg) -> dict[str, float | None]:
     return estimates
 
 
+def side_by_side_seconds(tasks, estimates: dict[str, float | None], jobs: int, alone) -> float | None:
+    """The wall time of ``tasks`` (those to run) when the scheduler runs up to ``jobs`` of them at a
+    time, each as long as its estimate alone, as on a GPU of its own: the scheduler's order replayed.
+    A task starts once the tasks it needs among ``tasks`` are done; ``alone(task)`` runs with nothing
+    beside it; a task with the key of one already done comes from the cache. None where an estimate
+    is unknown."""
+    if any(estimates.get(t.id) is None for t in tasks):
+        return None
+    to_run = {(t.stage, t.key) for t in tasks}
+    waiting, running, done, now = list(tasks), [], set(), 0.0
+    while waiting or running:
+        for task in list(waiting):
+            if any((n.stage, n.key) in to_run - done for n in task.needs.values()):
+                continue
+            if (task.stage, task.key) in done:
+                waiting.remove(task)
+                continue
+            if any((r.stage, r.key) == (task.stage, task.key) for _, r in running):
+                continue
+            if len(running) >= jobs or (running and (alone(task) or any(alone(r) for _, r in running))):
+                continue
+            waiting.remove(task)
+            running.append((now + estimates[task.id], task))
+            if alone(task):
+                break
+        if not running:  # nothing can start: needs outside the plan
+            return None
+        now, finished = running.pop(min(range(len(running)), key=lambda i: running[i][0]))
+        done.add((finished.stage, finished.key))
+    return now
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"

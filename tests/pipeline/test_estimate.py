@@ -65,3 +65,38 @@ def test_the_estimate_holds_within_two_times_on_the_quickstart(tmp_path):
     assert len(pairs) == 5  # teacher, its analysis, student alone, KD, stochastic KD
     total_estimated, total_measured = sum(e for e, _ in pairs), sum(m for _, m in pairs)
     assert 0.5 <= total_measured / total_estimated <= 2.0, pairs
+
+
+def test_side_by_side_replays_the_schedulers_order_with_a_gpu_per_task():
+    from pipeline.estimate import side_by_side_seconds
+
+    tasks = [t for t in build_plan(load_profile(TINY)) if t.stage in ("teacher", "analyze", "distill")]
+    seconds = {"teacher:teacher": 10, "analyze:teacher": 1, "distill:student": 3, "distill:kd": 5,
+               "distill:stochastic_kd": 5}
+    never = lambda task: False  # noqa: E731
+    assert side_by_side_seconds(tasks, seconds, 1, never) == 24  # one after another
+    # teacher and student alone at once; at 10 s analyze and KD, then stochastic KD once analyze is done
+    assert side_by_side_seconds(tasks, seconds, 2, never) == 16
+    assert side_by_side_seconds(tasks, seconds, 3, never) == 15  # the three after the teacher at once
+    # a task that runs alone (as a benchmark does) holds the others back
+    assert side_by_side_seconds(tasks, seconds, 4, lambda task: task.stage == "analyze") == 16
+    # the same work twice runs once, the second taken from the cache
+    [kd] = [t for t in tasks if t.id == "distill:kd"]
+    assert side_by_side_seconds(tasks + [kd], seconds, 4, never) == 15
+    assert side_by_side_seconds(tasks, {**seconds, "distill:kd": None}, 4, never) is None
+
+
+def test_what_jobs_change_is_said_beside_the_estimate(monkeypatch):
+    from pipeline.cli_status import _side_by_side
+
+    tasks = [t for t in build_plan(load_profile(TINY)) if t.stage in ("teacher", "distill")]
+    seconds = {"teacher:teacher": 40, "distill:student": 10, "distill:kd": 20, "distill:stochastic_kd": 20}
+    assert _side_by_side(tasks, seconds, 1, False, "cuda") == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert _side_by_side(tasks, seconds, 4, False, "cuda") == "; about 60 s with --jobs 4 on 4 GPUs, a GPU per task"
+    assert _side_by_side(tasks, seconds, 2, False, "cuda") == "; about 60 s with --jobs 2 on 4 GPUs, a GPU per task"
+    assert _side_by_side(tasks, seconds, 2, False, "cpu") != _side_by_side(tasks, seconds, 2, False, "cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert "take turns" in _side_by_side(tasks, seconds, 4, False, "cuda")
+    assert "--mps" in _side_by_side(tasks, seconds, 4, True, "cuda")
+    assert "split the cores" in _side_by_side(tasks, seconds, 4, False, "cpu")
