@@ -74,9 +74,9 @@ def still_running(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "torchrun, two processes"])
-def test_a_closed_terminal_stops_training_with_its_progress_saved(tmp_path, processes):
-    extra = ("--nproc-per-node", "2") if processes == 2 else ()
+@pytest.mark.parametrize("extra", [(), ("--jobs", "2"), ("--nproc-per-node", "2")],
+                         ids=["one process", "a task of --jobs", "torchrun, two processes"])
+def test_a_closed_terminal_stops_training_with_its_progress_saved(tmp_path, extra):
     reference = finished_teacher(tmp_path / "reference", *extra)
     artifacts = tmp_path / "hung-up"
     assert hung_up_in_training(artifacts, *extra) == 129
