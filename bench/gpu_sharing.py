@@ -90,7 +90,10 @@ def side_by_side(arch: str, tasks: int, steps: int, batch: int, device: str, env
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         arch, steps, batch, device, go, ready, out = sys.argv[2:]
-        child(arch, int(steps), int(batch), device, Path(go), Path(ready), Path(out))
+        try:
+            child(arch, int(steps), int(batch), device, Path(go), Path(ready), Path(out))
+        except KeyboardInterrupt as exc:  # a time limit's SIGTERM: training stopped, nothing to report
+            raise SystemExit(128 + getattr(exc, "signum", 2)) from None
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
