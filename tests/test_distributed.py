@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_naming
+
 TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 pytestmark = pytest.mark.slow
 # Stated tolerance: per-epoch training loss within 5 % of the single-process run. The global batch,
@@ -34,22 +36,6 @@ def test_two_processes_train_like_one_and_cache_under_the_same_key(tmp_path):
     losses = [[epoch["loss"] for epoch in json.loads((f / "history.json").read_text())] for f in (one, two)]
     for single, parallel in zip(*losses):
         assert abs(parallel - single) <= LOSS_TOLERANCE * single
-
-
-def processes_naming(text: str, with_pid: bool = False) -> list[str]:
-    """Command lines of this machine's processes that contain ``text``; ``with_pid``: each as "PID
-    COMMAND LINE ENVIRONMENT"."""
-    found = []
-    for folder in Path("/proc").glob("[0-9]*"):
-        try:
-            line = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if with_pid:
-                line = f"{folder.name} {line} {(folder / 'environ').read_bytes().replace(bytes(1), b' ').decode()}"
-        except OSError:  # the process ended meanwhile
-            continue
-        if text in line:
-            found.append(line)
-    return found
 
 
 LONGER = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")

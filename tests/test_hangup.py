@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_naming
+
 TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 EPOCHS = ("--set", "teacher.training.epochs=8")
 pytestmark = pytest.mark.slow
@@ -62,25 +64,13 @@ def _read_available(fd: int) -> bytes:
     return b""
 
 
-def still_running(text: str) -> list[str]:
-    found = []
-    for folder in Path("/proc").glob("[0-9]*"):
-        try:
-            line = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in line:
-            found.append(line)
-    return found
-
-
 @pytest.mark.parametrize("extra", [(), ("--jobs", "2"), ("--nproc-per-node", "2")],
                          ids=["one process", "a task of --jobs", "torchrun, two processes"])
 def test_a_closed_terminal_stops_training_with_its_progress_saved(tmp_path, extra):
     reference = finished_teacher(tmp_path / "reference", *extra)
     artifacts = tmp_path / "hung-up"
     assert hung_up_in_training(artifacts, *extra) == 129
-    assert still_running(str(artifacts)) == []
+    assert processes_naming(str(artifacts)) == []
     assert [p.name[:8] for p in (artifacts / "store" / "teacher").iterdir()] == [".resume-"]  # stopped, saved
     resumed = finished_teacher(artifacts, *extra)
     assert (resumed / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
