@@ -81,17 +81,16 @@ def side_by_side(args: argparse.Namespace, ways: dict) -> dict[str, list[tuple[f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from contextlib import ExitStack
 
-    from pipeline.mps import mps_daemon
+    from pipeline.mps import client_environment, mps_daemon
     from stages.common.errors import PipelineError
 
     passed = [a for a in sys.argv[1:] if a != "--side-by-side"]
     with tempfile.TemporaryDirectory(prefix="seeds-") as scratch, ExitStack() as stack:
-        env = dict(os.environ)
+        env = None  # this process's
         if args.device != "cpu" and torch.cuda.is_available():
             try:
-                env.update(stack.enter_context(mps_daemon(Path(scratch) / "mps", Path(scratch) / "mps-log",
-                                                          os.environ.get("CUDA_VISIBLE_DEVICES"))))
-                env.pop("CUDA_VISIBLE_DEVICES", None)  # under MPS the daemon alone picks the GPU
+                env = client_environment(stack.enter_context(mps_daemon(
+                    Path(scratch) / "mps", Path(scratch) / "mps-log", os.environ.get("CUDA_VISIBLE_DEVICES"))))
                 print("side by side under MPS", flush=True)
             except PipelineError as exc:
                 print(f"side by side, taking turns: {exc}", flush=True)

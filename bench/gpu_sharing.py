@@ -62,17 +62,17 @@ def child(arch: str, steps: int, batch: int, device_name: str, go: Path, ready: 
 
 def side_by_side(arch: str, tasks: int, steps: int, batch: int, device: str, env: dict[str, str],
                  scratch: Path) -> dict:
-    """``tasks`` trainings at once; their total images/s and each one's own."""
+    """``tasks`` trainings at once; their total images/s and each one's own. ``env``: the MPS
+    daemon's, or empty for trainings that take turns."""
+    from pipeline.mps import client_environment
+
     folder = Path(tempfile.mkdtemp(dir=scratch))
     go = folder / "go"
     processes = []
     for number in range(tasks):
         arguments = [sys.executable, __file__, "--child", arch, str(steps), str(batch), device, str(go),
                      str(folder / f"ready-{number}"), str(folder / f"out-{number}.json")]
-        child_env = {**os.environ, **env}
-        if env:
-            child_env.pop("CUDA_VISIBLE_DEVICES", None)  # under MPS the daemon alone picks the GPU
-        processes.append(subprocess.Popen(arguments, env=child_env))
+        processes.append(subprocess.Popen(arguments, env=client_environment(env) if env else None))
     while not all((folder / f"ready-{n}").exists() for n in range(tasks)):
         if any(p.poll() not in (None, 0) for p in processes):
             raise SystemExit(f"a training process failed ({arch}, {tasks} at once)")

@@ -49,3 +49,12 @@ def mps_daemon(pipes: Path, logs: Path, gpu: str | None = None) -> Iterator[dict
     finally:
         # Clients have exited by now; "quit" stops the daemon and the server it started for them.
         subprocess.run([control], input="quit\n", env=daemon_env, capture_output=True, text=True, timeout=60)
+
+
+def client_environment(daemon_env: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a task that uses the daemon ``mps_daemon`` yielded
+    ``daemon_env`` for: its variables added, CUDA_VISIBLE_DEVICES removed (the server numbers its one
+    GPU 0)."""
+    env = {**os.environ, **daemon_env}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env

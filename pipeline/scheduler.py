@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from stages.common.errors import ArtifactError, PipelineError, Terminated
-from pipeline.mps import mps_daemon
+from pipeline.mps import client_environment, mps_daemon
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.runner import Outcome
@@ -150,10 +150,9 @@ class Scheduler:
             "result": str(paths["result"])}))
         # A benchmark, running alone, measures the GPU as a deployment has it: without MPS.
         sharing = bool(self.task_env) and not runs_alone(task)
-        env = {**os.environ, **(self.task_env if sharing else {})}
+        env = client_environment(self.task_env) if sharing else dict(os.environ)
         gpu = None
         if sharing:
-            env.pop("CUDA_VISIBLE_DEVICES", None)  # MPS's server numbers its one GPU 0 (pipeline.mps)
             gpu = self.gpus[0]
         elif self.gpus and self.device != "cpu":
             busy = {r.gpu for r in running}
