@@ -102,7 +102,8 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
         return
     store = ArtifactStore(root, warn=ui.warn)
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
-    ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} tasks{ranks} · artifacts in {root}")
+    ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} task{'s' if len(tasks) != 1 else ''}{ranks} · "
+                     f"artifacts in {root}")
     estimates = estimate_run(store, tasks, forced, profile, device, jobs, mps)
     runner = _runner(store, jobs, device, checkpoint_every, estimates, mps)
     outcomes = runner.run(tasks, forced)

@@ -35,7 +35,8 @@ def estimate_run(store, tasks, forced, profile, device: str, jobs: int = 1, mps:
     if known:
         total = sum(known)
         unknown = len(estimates) - len(known)
-        ui.console.print(f"estimated {duration(total)} for {len(known)} tasks to run on this {probe.device.upper()}"
+        counted = f"{len(known)} task{'s' if len(known) != 1 else ''}"
+        ui.console.print(f"estimated {duration(total)} for {counted} to run on this {probe.device.upper()}"
                          + (f" ({unknown} more not estimated)" if unknown else "")
                          + (" one after another" if jobs > 1 else "") + " (an estimate)"
                          + _side_by_side(pending, estimates, jobs, mps, probe.device))
