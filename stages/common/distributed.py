@@ -36,6 +36,7 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, 
     The interrupt is raised again once torchrun has ended."""
     import signal
     import subprocess
+    import time
 
     command = [sys.executable, "-m", "stages.common.torchrun", f"--nproc-per-node={nproc_per_node}",
                f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
@@ -44,8 +45,12 @@ def relaunch(argv: list[str], nproc_per_node: int, nnodes: str, node_rank: int, 
     interrupt: KeyboardInterrupt | None = None
     while True:
         try:
-            code = launcher.wait()
-            break
+            # Polled, not Popen.wait(): on a KeyboardInterrupt (Terminated is one) wait() first gives
+            # the child 0.25 s to end, and torchrun has not been told yet.
+            code = launcher.poll()
+            if code is not None:
+                break
+            time.sleep(0.05)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM or SIGHUP raised as Terminated
             if interrupt is None:
                 interrupt = exc
