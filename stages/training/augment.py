@@ -33,25 +33,16 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
 
 def padded_channels_last(images: torch.Tensor, padding: int) -> torch.Tensor:
     """A whole (N, C, H, W) dataset zero-padded once and stored (N, H + 2p, W + 2p, C), the layout
-    ``augmented_batch`` gathers from."""
+    ``gathered_batch`` gathers from."""
     return F.pad(images, (padding,) * 4).permute(0, 2, 3, 1).contiguous()
-
-
-def augmented_batch(padded: torch.Tensor, index: torch.Tensor, padding: int, flip: bool,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """The images ``index`` of a ``padded_channels_last`` dataset, each cropped back to its size at a
-    random offset and (with ``flip``) mirrored at random, in one gather. The draws, in the order
-    crop rows, crop columns, flips, are those of ``random_flip(random_crop(...))``, so the batch is
-    the same; it comes out (N, C, H, W) in channels-last memory."""
-    draws = augmentation_draws(len(index), padding, flip, generator, padded.device)
-    return gathered_batch(padded, index, draws, padding, flip)
 
 
 def augmentation_draws(n: int, padding: int, flip: bool, generator: torch.Generator | None,
                        device: torch.device) -> torch.Tensor:
     """A batch's random crop offsets and flips, (3, n) int64: rows, columns, mirrored. Drawn on the
-    CPU in that order; for a GPU the tensor is left in pinned memory, so that its copy to the device
-    does not block (a blocking copy would wait for the previous step to finish)."""
+    CPU in that order, which is that of ``random_flip(random_crop(...))``, so the batch is the same;
+    for a GPU the tensor is left in pinned memory, so that its copy to the device does not block (a
+    blocking copy would wait for the previous step to finish)."""
     draws = torch.zeros((3, n), dtype=torch.long)
     if padding:
         draws[0] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -63,8 +54,9 @@ def augmentation_draws(n: int, padding: int, flip: bool, generator: torch.Genera
 
 def gathered_batch(padded: torch.Tensor, index: torch.Tensor, draws: torch.Tensor, padding: int,
                    flip: bool) -> torch.Tensor:
-    """``augmented_batch`` with its ``augmentation_draws`` given: device work only, no host-side
-    decision, so a CUDA graph can hold it."""
+    """The images ``index`` of a ``padded_channels_last`` dataset, each cropped back to its size at
+    the offset ``draws`` gives and (with ``flip``) mirrored where it says, in one gather; (N, C, H, W)
+    in channels-last memory. Device work only, no host-side decision, so a CUDA graph can hold it."""
     n = len(index)
     h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
     device = padded.device

@@ -38,7 +38,7 @@ def test_normalize_per_channel():
 
 
 def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
-    from stages.training.augment import augmented_batch, padded_channels_last
+    from stages.training.augment import augmentation_draws, gathered_batch, padded_channels_last
 
     data = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
     index = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:16]
@@ -49,7 +49,7 @@ def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
             expected = random_crop(expected, padding, generator)
         if flip:
             expected = random_flip(expected, generator)
-        out = augmented_batch(padded_channels_last(data, padding), index, padding, flip,
-                              torch.Generator().manual_seed(7))
+        draws = augmentation_draws(len(index), padding, flip, torch.Generator().manual_seed(7), data.device)
+        out = gathered_batch(padded_channels_last(data, padding), index, draws, padding, flip)
         assert torch.equal(out, expected)
         assert out.is_contiguous(memory_format=torch.channels_last)
