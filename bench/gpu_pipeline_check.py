@@ -52,14 +52,14 @@ def teacher_weights(artifacts: Path) -> dict[str, str]:
 
 
 def largest_difference(a: Path, b: Path) -> float:
-    import torch
+    """The largest difference between the weights of the first teacher in two artifact folders."""
+    sys.path.insert(0, str(REPO))
+    from stages.nets.checkpoint import load_model
 
-    left, right = (torch.load(sorted((p / "store" / "teacher").glob("*/model.pt"))[0], map_location="cpu")
+    left, right = (load_model(sorted((p / "store" / "teacher").glob("*/model.pt"))[0].parent).state_dict()
                    for p in (a, b))
-    left = left.get("state_dict", left) if isinstance(left, dict) else left.state_dict()
-    right = right.get("state_dict", right) if isinstance(right, dict) else right.state_dict()
     return max(float((left[k].float() - right[k].float()).abs().max()) for k in left
-               if hasattr(left[k], "dtype") and left[k].is_floating_point())
+               if left[k].is_floating_point())
 
 
 def captured_quickstart(device: str, work: Path, mps: bool) -> None:
