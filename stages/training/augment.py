@@ -37,36 +37,45 @@ def padded_channels_last(images: torch.Tensor, padding: int) -> torch.Tensor:
     return F.pad(images, (padding,) * 4).permute(0, 2, 3, 1).contiguous()
 
 
-def augmentation_draws(n: int, padding: int, flip: bool, generator: torch.Generator | None,
+def augmentation_draws(n: int, padding: int, flip: bool, width: int, generator: torch.Generator | None,
                        device: torch.device) -> torch.Tensor:
-    """A batch's random crop offsets and flips, (3, n) int64: rows, columns, mirrored. Drawn on the
-    CPU in that order, which is that of ``random_flip(random_crop(...))``, so the batch is the same;
-    for a GPU the tensor is left in pinned memory, so that its copy to the device does not block (a
-    blocking copy would wait for the previous step to finish)."""
+    """A batch's random crops and flips, (3, n) int64: for each image the first row of its crop, the
+    column its first output column comes from, and the step to the next (-1 where it is mirrored).
+    The offsets and flips are drawn on the CPU in the order of ``random_flip(random_crop(...))``, so
+    the batch is the same; turning them into a start and a step here leaves the step one kernel to
+    make each image's columns. For a GPU the tensor is left in pinned memory, so that its copy to the
+    device does not block (a blocking copy would wait for the previous step to finish)."""
     draws = torch.zeros((3, n), dtype=torch.long)
+    draws[2] = 1
     if padding:
         draws[0] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
         draws[1] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     if flip:
-        draws[2] = torch.rand(n, generator=generator) < 0.5
+        mirrored = (torch.rand(n, generator=generator) < 0.5).long()
+        draws[1] += mirrored * (width - 1)
+        draws[2] -= 2 * mirrored
     return draws.pin_memory() if device.type == "cuda" else draws
 
 
-def gathered_batch(padded: torch.Tensor, index: torch.Tensor, draws: torch.Tensor, padding: int,
-                   flip: bool) -> torch.Tensor:
-    """The images ``index`` of a ``padded_channels_last`` dataset, each cropped back to its size at
-    the offset ``draws`` gives and (with ``flip``) mirrored where it says, in one gather; (N, C, H, W)
-    in channels-last memory. Device work only, no host-side decision, so a CUDA graph can hold it."""
+def pixel_grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row and column positions of an image, shaped (1, height, 1) and (1, 1, width): made once
+    per run, so that a step spends no kernel on them."""
+    return (torch.arange(height, device=device).view(1, height, 1),
+            torch.arange(width, device=device).view(1, 1, width))
+
+
+def gathered_batch(padded: torch.Tensor, index: torch.Tensor, draws: torch.Tensor,
+                   grid: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The images ``index`` of a ``padded_channels_last`` dataset, each cropped back to the size of
+    ``grid`` (``pixel_grid``) and mirrored as ``draws`` (``augmentation_draws``) says, in one gather;
+    (N, C, H, W) in channels-last memory. Device work only, no host-side decision, so a CUDA graph
+    can hold it: one kernel for the rows, one for the columns, one for the gather."""
     n = len(index)
-    h, w = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
-    device = padded.device
-    dy, dx, mirrored = (row.view(n, 1, 1) for row in draws.to(device, non_blocking=True))
-    columns = torch.arange(w, device=device).view(1, 1, w)
-    if flip:
-        columns = torch.where(mirrored.bool(), w - 1 - columns, columns)
-    rows = (torch.arange(h, device=device).view(1, h, 1) + dy).expand(n, h, w)
-    cols = (columns + dx).expand(n, h, w)
-    return padded[index.view(n, 1, 1).expand(n, h, w), rows, cols].permute(0, 3, 1, 2)
+    rows_at, columns_at = grid
+    top, first_column, column_step = (row.view(n, 1, 1) for row in draws.to(padded.device, non_blocking=True))
+    # (n, 1, 1), (n, h, 1) and (n, 1, w) broadcast to (n, h, w) inside the gather.
+    rows, columns = rows_at + top, torch.addcmul(first_column, column_step, columns_at)
+    return padded[index.view(n, 1, 1), rows, columns].permute(0, 3, 1, 2)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

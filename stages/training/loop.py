@@ -19,7 +19,8 @@ from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
 from stages.nets.stochastic_depth import capturing, use_drop_execution
-from stages.training.augment import augmentation_draws, gathered_batch, normalize, padded_channels_last
+from stages.training.augment import (augmentation_draws, gathered_batch, normalize, padded_channels_last,
+                                     pixel_grid)
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy, predict, validation_metrics
@@ -113,7 +114,8 @@ class DeviceData:
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
 
-        self._padded: tuple[int, torch.Tensor] | None = None
+        # (padding, the padded training images, their pixel grid), made at the first batch.
+        self._padded: tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         # channels_last on the uint8 batch (a no-op after a crop) is a quarter of the bytes of float.
@@ -124,8 +126,8 @@ class DeviceData:
         without augmentation."""
         if not (augmentation.crop_padding or augmentation.horizontal_flip):
             return None
-        return augmentation_draws(n, augmentation.crop_padding, augmentation.horizontal_flip, generator,
-                                  self.device)
+        return augmentation_draws(n, augmentation.crop_padding, augmentation.horizontal_flip,
+                                  self.x_train.shape[3], generator, self.device)
 
     def training_batch(self, index: torch.Tensor, draws: torch.Tensor | None,
                        augmentation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +138,10 @@ class DeviceData:
         padding = augmentation.crop_padding
         if self._padded is None or self._padded[0] != padding:
             # Padded once for the whole run: each batch is then a single gather.
-            self._padded = (padding, padded_channels_last(self.x_train, padding))
-        images = gathered_batch(self._padded[1], index, draws, padding, augmentation.horizontal_flip)
+            self._padded = (padding, padded_channels_last(self.x_train, padding),
+                            pixel_grid(*self.x_train.shape[2:], self.device))
+        _, padded, grid = self._padded
+        images = gathered_batch(padded, index, draws, grid)
         return self.prepare(images), self.y_train[index]
 
 

@@ -38,9 +38,9 @@ def test_normalize_per_channel():
 
 
 def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
-    from stages.training.augment import augmentation_draws, gathered_batch, padded_channels_last
+    from stages.training.augment import augmentation_draws, gathered_batch, padded_channels_last, pixel_grid
 
-    data = torch.randint(0, 255, (50, 3, 8, 8), dtype=torch.uint8)
+    data = torch.randint(0, 255, (50, 3, 8, 6), dtype=torch.uint8)  # not square: rows and columns differ
     index = torch.randperm(50, generator=torch.Generator().manual_seed(1))[:16]
     for padding, flip in ((4, True), (4, False), (0, True), (2, True)):
         expected = data[index]
@@ -49,7 +49,7 @@ def test_one_gather_from_the_padded_dataset_equals_crop_then_flip():
             expected = random_crop(expected, padding, generator)
         if flip:
             expected = random_flip(expected, generator)
-        draws = augmentation_draws(len(index), padding, flip, torch.Generator().manual_seed(7), data.device)
-        out = gathered_batch(padded_channels_last(data, padding), index, draws, padding, flip)
+        draws = augmentation_draws(len(index), padding, flip, 6, torch.Generator().manual_seed(7), data.device)
+        out = gathered_batch(padded_channels_last(data, padding), index, draws, pixel_grid(8, 6, data.device))
         assert torch.equal(out, expected)
         assert out.is_contiguous(memory_format=torch.channels_last)
