@@ -20,8 +20,9 @@ class RunState:
     def __init__(self) -> None:
         self.epoch, self.step = 0, 0
         self.order: torch.Tensor | None = None
-        # The epoch's sums, and the batches it has counted, on the training device: no sync per step.
-        self.loss_sum = self.correct = self.first_bad = self.batches = None
+        # The epoch's sums on the training device (no sync per step): loss, hits, and how many
+        # batches had been counted while the loss sum was still finite.
+        self.loss_sum = self.correct = self.finite_batches = None
         self.history: list[dict[str, float]] = []
         self.timing: dict[str, float | None] = {"elapsed_s": 0.0, "steady_images": 0, "steady_s": 0.0,
                                                 "first_step_s": None}
@@ -33,23 +34,29 @@ class RunState:
         if self.loss_sum is None:
             self.loss_sum = torch.zeros((), device=device)
             self.correct = torch.zeros((), device=device)
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-            self.batches = torch.zeros((), dtype=torch.long, device=device)
+            self.finite_batches = torch.zeros((), dtype=torch.long, device=device)
         else:  # in place: a captured step adds to these very tensors
-            self.loss_sum.zero_(), self.correct.zero_(), self.first_bad.fill_(-1), self.batches.zero_()
+            self.loss_sum.zero_(), self.correct.zero_(), self.finite_batches.zero_()
 
     def count(self, output, loss: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a step's loss and hits to the epoch's sums, in place, and note the first batch whose
-        loss is not finite."""
-        loss = loss.detach()
-        self.batches += 1
-        self.loss_sum += loss * len(labels)
-        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self.batches,
-                                         self.first_bad))
+        """Add a step's loss and hits to the epoch's sums, in place. Seven kernels, which a captured
+        step replays every step: each costs the GPU a few microseconds."""
+        self.loss_sum.add_(loss.detach(), alpha=len(labels))
+        # A sum that is not finite stays so (inf and nan absorb whatever is added), so this count
+        # stops at the first batch whose loss was not finite: no comparison or select needed.
+        self.finite_batches.add_(torch.isfinite(self.loss_sum))
         # Logits are (B, C), or (peers, B, C) for models trained together: average over peers.
         logits = output[0] if isinstance(output, tuple) else output
         hits = logits.detach().argmax(-1) == labels
-        self.correct += hits.view(-1, len(labels)).float().mean(0).sum()
+        self.correct.add_(hits.sum(), alpha=len(labels) / hits.numel())
+
+    @property
+    def first_bad(self) -> torch.Tensor | None:
+        """The epoch's first batch (1-based) whose loss was not finite, -1 if none; None before the
+        first epoch."""
+        if self.loss_sum is None:
+            return None
+        return torch.where(torch.isfinite(self.loss_sum), -1, self.finite_batches + 1)
 
     def end_epoch(self) -> None:
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
@@ -82,13 +89,13 @@ class RunState:
                 raise ValueError(f"it stands at epoch {run.epoch + 1}, batch {run.step}, beyond this recipe")
             run.order = None if saved["order"] is None else saved["order"].to(device)
             if run.order is not None:
-                run.loss_sum, run.correct, run.first_bad = (t.to(device) for t in saved["sums"])
-                run.batches = torch.tensor(run.step, device=device)
+                loss_sum, correct, first_bad = (t.to(device) for t in saved["sums"])
                 by_rank = saved.get("sums_by_rank")
                 if by_rank is not None or ranks > 1:
-                    run.loss_sum, run.correct, run.first_bad = own_sums(
-                        by_rank or [[float(t) for t in saved["sums"]]], rank, ranks,
-                        (run.loss_sum, run.correct, run.first_bad))
+                    loss_sum, correct, first_bad = own_sums(by_rank or [[float(t) for t in saved["sums"]]],
+                                                            rank, ranks, (loss_sum, correct, first_bad))
+                run.loss_sum, run.correct = loss_sum, correct
+                run.finite_batches = torch.where(first_bad < 0, run.step, first_bad - 1)
             run.history, run.timing = list(saved["history"]), dict(saved["timing"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ArtifactError(f"{path}: training checkpoint does not fit this run ({first_line(exc)}); delete it "

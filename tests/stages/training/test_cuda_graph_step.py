@@ -77,14 +77,30 @@ def test_the_epoch_sums_stay_the_same_tensors_from_epoch_to_epoch():
 
     run = RunState()
     run.start_epoch(torch.arange(4), torch.device("cpu"))
-    sums = (run.loss_sum, run.correct, run.first_bad, run.batches)
+    sums = (run.loss_sum, run.correct, run.finite_batches)
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    run.count(logits, torch.tensor(0.5), torch.tensor([0, 0]))
+    assert int(run.first_bad) == -1
     run.count(logits, torch.tensor(float("nan")), torch.tensor([0, 0]))
     run.count(logits, torch.tensor(0.5), torch.tensor([0, 1]))
-    assert (int(run.batches), int(run.first_bad), float(run.correct)) == (2, 1, 3.0)
+    assert (int(run.first_bad), float(run.correct)) == (2, 4.0)
     run.start_epoch(torch.arange(4), torch.device("cpu"))
-    assert all(a is b for a, b in zip(sums, (run.loss_sum, run.correct, run.first_bad, run.batches)))
-    assert (float(run.loss_sum), float(run.correct), int(run.first_bad), int(run.batches)) == (0.0, 0.0, -1, 0)
+    assert all(a is b for a, b in zip(sums, (run.loss_sum, run.correct, run.finite_batches)))
+    assert (float(run.loss_sum), float(run.correct), int(run.first_bad)) == (0.0, 0.0, -1)
+
+
+def test_the_sums_count_peers_hits_as_their_mean_and_find_the_first_infinite_loss():
+    from stages.training.run_state import RunState
+
+    run = RunState()
+    run.start_epoch(torch.arange(4), torch.device("cpu"))
+    two_peers = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [2.0, 0.0]]])  # (peers, B, C)
+    run.count(two_peers, torch.tensor(1.0), torch.tensor([0, 1]))  # hits: 2 of 2, then 1 of 2
+    assert float(run.correct) == 1.5 and float(run.loss_sum) == 2.0
+    run.count(two_peers, torch.tensor(float("inf")), torch.tensor([0, 1]))
+    run.count(two_peers, torch.tensor(float("-inf")), torch.tensor([0, 1]))  # inf + -inf: nan, still bad
+    run.count(two_peers, torch.tensor(1.0), torch.tensor([0, 1]))
+    assert int(run.first_bad) == 2
 
 
 def test_a_captured_graph_needs_a_gpu():

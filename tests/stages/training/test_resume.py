@@ -247,6 +247,24 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
 
 
+def test_a_non_finite_loss_after_a_resumption_names_its_batch_in_the_whole_epoch(tmp_path):
+    checkpoint = tmp_path / "training.pt"
+    with pytest.raises(Killed):  # in epoch 2, batch 3: saved after batch 2
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=killed_at([], 8), checkpoint=checkpoint, checkpoint_interval_s=0)
+    calls: list[int] = []
+
+    def loss_going_bad_at_the_second_batch(logits, images, labels):
+        calls.append(1)
+        loss = cross_entropy_loss(logits, images, labels)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    with pytest.raises(PipelineError, match=r"the loss became non-finite in epoch 2, batch 4 of 5; the last good "
+                                            r"checkpoint \(epoch 2, batch 3\)"):
+        train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3,
+              loss_fn=loss_going_bad_at_the_second_batch, checkpoint=checkpoint, checkpoint_interval_s=0)
+
+
 def test_a_checkpoint_that_could_run_code_is_refused(tmp_path):
     checkpoint = tmp_path / "training.pt"
 
