@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one call: the training throughput bench, then the shortened CIFAR-100 run
 # (ResNet-56 -> ResNet-20, 30 epochs each) with the wall time of each stage. CIFAR-100 comes from
-# $CIFAR100_NPZ, or is joined from the parts that ../shared/datasets/README.md says how to carry
-# (.data/c100/part-*.npz with .data/chunk.py). Output goes to $OUT (default /tmp/gpu-bench).
+# $CIFAR100_NPZ, or is made from the parts carried with the calls before (see join_cifar100 in
+# bench/gpu_env.sh). Output goes to $OUT (default /tmp/gpu-bench).
 #   bash bench/gpu_cifar100.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,13 +9,18 @@ install_carried_wheels() {
   fi
 }
 
-# CIFAR-100 at $CIFAR100_NPZ (default /tmp/cifar100.npz), joined there from the parts that
-# ../shared/datasets/README.md says how to carry (.data/c100/part-*.npz with .data/chunk.py) if absent.
-# Sets DATA to its path.
+# CIFAR-100 at $CIFAR100_NPZ (default /tmp/cifar100.npz), made there if absent: unpacked from the two
+# parts of bench/carry_npz.py (.data/c100x: manifest.json, part-00.xz, part-01.xz; two calls), or else
+# joined from the four parts of ../shared/datasets/README.md (.data/c100/part-*.npz with .data/chunk.py;
+# three calls). Sets DATA to its path.
 join_cifar100() {
   DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
   if [ ! -f "$DATA" ]; then
-    python3 .data/chunk.py join .data/c100 "$DATA"
+    if [ -f .data/c100x/manifest.json ]; then
+      python3 bench/carry_npz.py unpack .data/c100x "$DATA"
+    else
+      python3 .data/chunk.py join .data/c100 "$DATA"
+    fi
   fi
 }
 

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Three calls on a GPU machine that has 15 minutes for everything and carries at most 64 MiB per call:
-# CIFAR-100 travels in parts beside work that does not need it, and what needs it runs last. A warm
-# machine is given back 30 s after a call ends, so each call follows the last at once.
+# Calls on a GPU machine that has 15 minutes for everything and carries at most 64 MiB per call:
+# CIFAR-100 travels in two parts beside work that does not need it, and what needs it runs once the
+# second part is there. A warm machine is given back 30 s after a call ends, so each call follows the
+# last at once.
 #
-#   bash bench/gpu_session.sh 1   # carry .whl .data/chunk.py .data/c100/part-00.npz   about 4 min
-#   bash bench/gpu_session.sh 2   # carry .data/c100/part-01.npz                         about 3 min
-#   bash bench/gpu_session.sh 3   # carry .data/c100/part-02.npz .data/c100/part-03.npz  about 4 min
+#   bash bench/gpu_session.sh 1   # carry .whl .data/c100x/manifest.json .data/c100x/part-00.xz  about 5 min
+#   bash bench/gpu_session.sh 2   # carry .data/c100x/part-01.xz                                   about 4 min
+#   bash bench/gpu_session.sh 3   # carry nothing (if time is left)                                about 3 min
 #   bash bench/gpu_session.sh nodata  # carry .whl: one call of about 8 min, no CIFAR-100
 #
-# (Parts made as ../shared/datasets/README.md says: chunk.py split ... .data/c100 --max-mb 58.)
-# 1: the capture tests on the GPU (the version in hand against eager, KD, AT and DML among them), then
+# The parts are made here once: python bench/carry_npz.py pack ../shared/datasets/cifar100.npz .data/c100x
+# (two parts of 51.8 MB; 3 min 40 s on 2 cores). Wheels in .whl/: see bench/gpu_env.sh.
+# 1: checks that part-00 arrived whole and that Python has lzma (so a failing unpack is known a call
+#    early); the capture tests on the GPU; the captured step of ResNet-20 and ResNet-110 without
+#    compile (the step that adds 15 kernels instead of 28, against the plain captured loop); then
 #    ResNet-110 with compile inside the graph (not measured yet: its compilation alone takes a minute).
-# 2: the captured step of ResNet-56, WRN-16-2 and a distill step with K = 4 at 200 timed steps (measured
-#    so far at 50 steps, with the capture inside the timed window); the quickstart's tasks under the
-#    scheduler's --mps (bench/gpu_pipeline_check.py --mps).
-# 3: joins CIFAR-100, then eager against captured top-1 over three seeds, side by side under MPS
-#    (bench/gpu_capture_seeds.sh);
-#    THEN=row grows the Table II row instead (bench/gpu_paper_row.sh, BUDGET_S seconds).
+# 2: unpacks CIFAR-100, then eager against captured top-1 over three seeds, side by side under MPS
+#    (bench/gpu_capture_seeds.sh); THEN=row grows the Table II row instead (bench/gpu_paper_row.sh,
+#    BUDGET_S seconds).
+# 3: the captured step of ResNet-56, WRN-16-2 and a distill step with K = 4 at 200 timed steps
+#    (measured so far at 50 steps, with the capture inside the timed window); the quickstart's tasks
+#    under the scheduler's --mps (bench/gpu_pipeline_check.py --mps).
 # nodata (what the 2026-11-27 session ran, results/gpu_captured_step.md and results/gpu_sharing.md): the
 #    capture tests, the captured step of ResNet-20 and ResNet-110 without compile, the pipeline's
 #    commands on the GPU (bench/gpu_pipeline_check.py) and the sharing bench.
@@ -35,12 +39,23 @@ install_carried_wheels
 case "$1" in
   1)
     describe_machine | tee "$OUT/machine.txt"
+    python3 bench/carry_npz.py check .data/c100x 2>&1 | tee "$OUT/parts.txt"
     timeout -k 5 60 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
       2>&1 | tee "$OUT/capture_tests.txt"
+    timeout -k 5 90 python3 bench/captured_step.py --archs resnet20 resnet110 --k 1 --steps 200 --no-compile 2>&1 \
+      | tee "$OUT/captured_step.txt"
     timeout -k 5 180 python3 bench/captured_step.py --archs resnet110 --k 1 --steps 200 2>&1 \
       | tee "$OUT/captured_step_resnet110_compile.txt"
     ;;
   2)
+    python3 bench/carry_npz.py check .data/c100x 2>&1 | tee "$OUT/parts.txt"
+    if [ "${THEN:-seeds}" = row ]; then
+      OUT="$OUT" bash bench/gpu_paper_row.sh
+    else
+      OUT="$OUT" timeout 450 bash bench/gpu_capture_seeds.sh
+    fi
+    ;;
+  3)
     timeout -k 5 110 python3 bench/captured_step.py --archs resnet56 wrn16_2 --k 4 --steps 200 --no-compile 2>&1 \
       | tee "$OUT/captured_step_more.txt"
     timeout -k 5 80 python3 bench/gpu_pipeline_check.py --only quickstart --mps 2>&1 | tee "$OUT/pipeline_check_mps.txt"
@@ -55,13 +70,5 @@ case "$1" in
       | tee "$OUT/captured_step.txt"
     timeout -k 5 150 python3 bench/gpu_pipeline_check.py 2>&1 | tee "$OUT/pipeline_check.txt"
     timeout -k 5 170 python3 bench/gpu_sharing.py 2>&1 | tee "$OUT/gpu_sharing.txt"
-    ;;
-  3)
-    ls -l .data/c100 | tee "$OUT/parts.txt"
-    if [ "${THEN:-seeds}" = row ]; then
-      OUT="$OUT" bash bench/gpu_paper_row.sh
-    else
-      OUT="$OUT" timeout 450 bash bench/gpu_capture_seeds.sh
-    fi
     ;;
 esac
