@@ -4,6 +4,8 @@ measured side by side in one run. Each figure is printed as soon as it is measur
 
     python bench/captured_step.py                         # on a GPU: the networks below, K = 1 and 4
     python bench/captured_step.py --archs resnet20 --k 1 --steps 5   # a quick CPU check that it runs
+    python bench/captured_step.py --archs resnet110 --k --rows "pipeline graph+compile" "plain graph"
+                                                          # one row and what it is compared with
 
 Rows per network (trained with stochastic depth, p_n 0.5, batch 128, synthetic 32x32 images, bf16
 autocast on a GPU):
@@ -44,6 +46,10 @@ from stages.distill import distillation_loss  # noqa: E402
 from stages.nets.stochastic_depth import use_drop_execution  # noqa: E402
 
 
+COLUMNS = ["pipeline skip", "pipeline mask", "pipeline graph", "graph, cudnn benchmark", "pipeline graph, no aug",
+           "pipeline graph+compile", "pipeline compiled", "plain eager", "plain graph", "plain compiled"]
+
+
 def with_cudnn_benchmark(run):
     """``run()`` with cuDNN timing its algorithms for each convolution's shape first (the warm-up
     steps before capture do that), which the pipeline leaves off."""
@@ -59,10 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--archs", nargs="+", default=["resnet20", "resnet110", "resnet56", "wrn16_2"])
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--k", type=int, nargs="*", default=[1, 4],
+                        help="teacher samples of the distill rows (--k alone: no distill rows)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--rows", nargs="+", choices=COLUMNS, metavar="ROW",
+                        help=f"measure only these rows (default: all); one of: {', '.join(COLUMNS)}")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -78,6 +87,8 @@ def main() -> None:
         return use_drop_execution(build_model(arch, CLASSES, 3, p_last), execution)
 
     def measure(table: dict, name: str, label: str, run) -> None:
+        if args.rows and label not in args.rows:
+            return
         try:
             table[label] = run()
             print(f"  {name:24s} {label:22s} {table[label]:9.0f} images/s", flush=True)
@@ -135,19 +146,19 @@ def main() -> None:
                     fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,
                     distillation_loss(teacher, config), compile=True, **graph))
 
-    columns = ["pipeline skip", "pipeline mask", "pipeline graph", "graph, cudnn benchmark",
-               "pipeline graph, no aug",
-               "pipeline graph+compile", "pipeline compiled", "plain eager", "plain graph", "plain compiled"]
+    columns = [c for c in COLUMNS if not args.rows or c in args.rows]
     captured_columns = ["pipeline graph", "graph, cudnn benchmark", "pipeline graph+compile",
                         "pipeline compiled"]
     print(f"\n{'images/s':24s}" + "".join(f"{c:>24s}" for c in columns)
           + f"{'best captured / skip':>22s}{'/ plain graph':>15s}")
     for name, table in rows.items():
-        captured = max((table.get(c, float("nan")) for c in captured_columns if table.get(c) == table.get(c)),
+        # Rows measured and not failed (nan): a nan first would make max() return nan.
+        captured = max((table[c] for c in captured_columns if c in table and table[c] == table[c]),
                        default=float("nan"))
         cells = "".join(f"{table[c]:24.0f}" if c in table else f"{'-':>24s}" for c in columns)
         plain = table.get("plain graph", float("nan"))
-        print(f"{name:24s}{cells}{captured / table['pipeline skip']:22.2f}{captured / plain:15.2f}", flush=True)
+        skip = table.get("pipeline skip", float("nan"))
+        print(f"{name:24s}{cells}{captured / skip:22.2f}{captured / plain:15.2f}", flush=True)
 
 
 if __name__ == "__main__":

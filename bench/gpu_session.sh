@@ -44,8 +44,8 @@ case "$1" in
       2>&1 | tee "$OUT/capture_tests.txt"
     timeout -k 5 90 python3 bench/captured_step.py --archs resnet20 resnet110 --k 1 --steps 200 --no-compile 2>&1 \
       | tee "$OUT/captured_step.txt"
-    timeout -k 5 180 python3 bench/captured_step.py --archs resnet110 --k 1 --steps 200 2>&1 \
-      | tee "$OUT/captured_step_resnet110_compile.txt"
+    timeout -k 5 180 python3 bench/captured_step.py --archs resnet110 --k --steps 200 \
+      --rows "pipeline skip" "pipeline graph+compile" "plain graph" 2>&1 | tee "$OUT/captured_step_resnet110_compile.txt"
     ;;
   2)
     python3 bench/carry_npz.py check .data/c100x 2>&1 | tee "$OUT/parts.txt"
