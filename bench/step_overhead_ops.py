@@ -44,8 +44,8 @@ def launched(run) -> list[str]:
     return names
 
 
-def main() -> None:
-    batch = 128
+def step_overhead(batch: int = 128) -> tuple[list[str], list[str]]:
+    """The kernel-launching operators that make a batch (crops and flips) and that count it."""
     data = DeviceData(synthetic_data(4 * batch), torch.device("cpu"))
     augmentation = Augmentation(crop_padding=4, horizontal_flip=True)
     index = torch.arange(batch)
@@ -54,8 +54,13 @@ def main() -> None:
     run = RunState()
     run.start_epoch(torch.randperm(4 * batch), torch.device("cpu"))
     logits, loss, labels = torch.randn(batch, 100), torch.tensor(2.0), torch.randint(0, 100, (batch,))
-    made = launched(lambda: data.training_batch(index, draws, augmentation))
-    counted = launched(lambda: run.count(logits, loss, labels))
+    return (launched(lambda: data.training_batch(index, draws, augmentation)),
+            launched(lambda: run.count(logits, loss, labels)))
+
+
+def main() -> None:
+    batch = 128
+    made, counted = step_overhead(batch)
     print(f"the batch (crops and flips, batch {batch}): {len(made)} operators: {', '.join(made)}")
     print(f"the epoch's sums and the non-finite check: {len(counted)} operators: {', '.join(counted)}")
     print(f"in all: {len(made) + len(counted)} kernels a step beyond the network's")
