@@ -9,15 +9,26 @@ install_carried_wheels() {
   fi
 }
 
+# The parts of bench/carry_npz.py that calls carried (.data/c100x), copied to $CARRIED_PARTS (default
+# /tmp/c100x), outside the checkout: there they stay until the machine is given back, whatever becomes
+# of the checkout's ignored files between calls.
+CARRIED_PARTS=${CARRIED_PARTS:-/tmp/c100x}
+keep_carried_parts() {
+  if [ -d .data/c100x ]; then
+    mkdir -p "$CARRIED_PARTS" && cp -pR .data/c100x/. "$CARRIED_PARTS"/
+  fi
+}
+
 # CIFAR-100 at $CIFAR100_NPZ (default /tmp/cifar100.npz), made there if absent: unpacked from the two
-# parts of bench/carry_npz.py (.data/c100x: manifest.json, part-00.xz, part-01.xz; two calls), or else
+# parts of bench/carry_npz.py (manifest.json, part-00.xz, part-01.xz; carried in two calls), or else
 # joined from the four parts of ../shared/datasets/README.md (.data/c100/part-*.npz with .data/chunk.py;
 # three calls). Sets DATA to its path.
 join_cifar100() {
   DATA=${CIFAR100_NPZ:-/tmp/cifar100.npz}
   if [ ! -f "$DATA" ]; then
-    if [ -f .data/c100x/manifest.json ]; then
-      python3 bench/carry_npz.py unpack .data/c100x "$DATA"
+    keep_carried_parts
+    if [ -f "$CARRIED_PARTS/manifest.json" ]; then
+      python3 bench/carry_npz.py unpack "$CARRIED_PARTS" "$DATA"
     else
       python3 .data/chunk.py join .data/c100 "$DATA"
     fi
