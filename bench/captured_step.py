@@ -19,7 +19,8 @@ autocast on a GPU):
   graphs, optimizer step outside them), masks;
 - plain eager / plain graph / plain compiled: the minimal loop of bench/train_throughput.py, eager,
   recorded as one CUDA graph the documented way, and compiled with reduce-overhead; same masks.
-Then a distill step (ResNet-56 teacher, ResNet-20 student) per K: eager skip, graph, graph+compile.
+Then a distill step (a ResNet-56 teacher, or --teacher; a ResNet-20 student) per K: eager skip, graph,
+graph+compile.
 On a CPU there are no CUDA graphs: the graph rows are left out and compile uses its default mode.
 
 Goals: the captured pipeline step >= 2x the eager pipeline for ResNet-20 on an H100 or
@@ -64,9 +65,12 @@ def with_cudnn_benchmark(run):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--archs", nargs="+", default=["resnet20", "resnet110", "resnet56", "wrn16_2"])
+    parser.add_argument("--archs", nargs="*", default=["resnet20", "resnet110", "resnet56", "wrn16_2"],
+                        help="networks trained alone (--archs alone: none, only the distill rows)")
     parser.add_argument("--k", type=int, nargs="*", default=[1, 4],
                         help="teacher samples of the distill rows (--k alone: no distill rows)")
+    parser.add_argument("--teacher", default="resnet56",
+                        help="the distill rows' teacher (default resnet56; Table II's is resnet110)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
@@ -129,9 +133,9 @@ def main() -> None:
                 fresh(arch, "mask"), data, device, args.batch, args.steps, compile_mode=mode))
 
     for k in args.k:
-        table = rows[f"distill 56->20 K={k}"] = {}
-        name = f"distill 56->20 K={k}"
-        teacher = fresh("resnet56", "mask").to(device=device, memory_format=torch.channels_last).eval()
+        name = f"distill {args.teacher.removeprefix('resnet')}->20 K={k}"
+        table = rows[name] = {}
+        teacher = fresh(args.teacher, "mask").to(device=device, memory_format=torch.channels_last).eval()
         config = DistillConfig(teacher_samples=k, p_last=0.5)
         measure(table, name, "pipeline skip", lambda: pipeline_images_per_s(
             fresh("resnet20", p_last=1.0), data, device, args.batch, args.steps,

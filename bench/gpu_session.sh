@@ -6,21 +6,23 @@
 #
 #   bash bench/gpu_session.sh 1   # carry .whl .data/c100x/manifest.json .data/c100x/part-00.xz  about 5 min
 #   bash bench/gpu_session.sh 2   # carry .data/c100x/part-01.xz                                   about 4 min
-#   bash bench/gpu_session.sh 3   # carry nothing (if time is left)                                about 3 min
+#   bash bench/gpu_session.sh 3   # carry nothing (if time is left)                                about 5 min
 #   bash bench/gpu_session.sh nodata  # carry .whl: one call of about 8 min, no CIFAR-100
 #
 # The parts are made here once: python bench/carry_npz.py pack ../shared/datasets/cifar100.npz .data/c100x
 # (two parts of 51.8 MB; 3 min 40 s on 2 cores). Wheels in .whl/: see bench/gpu_env.sh.
 # 1: keeps part-00 outside the checkout (keep_carried_parts in bench/gpu_env.sh) and checks that it
-#    arrived whole and that Python has lzma (so a failing unpack is known a call early); the capture tests on the GPU; the captured step of ResNet-20 and ResNet-110 without
-#    compile (the step that adds 15 kernels instead of 28, against the plain captured loop); then
-#    ResNet-110 with compile inside the graph (not measured yet: its compilation alone takes a minute).
+#    arrived whole and that Python has lzma (so a failing unpack is known a call early); the capture
+#    tests on the GPU; the captured step of ResNet-20 and ResNet-110 without compile (the step that
+#    adds 15 kernels instead of 28, against the plain captured loop); then ResNet-110 with compile
+#    inside the graph (not measured yet: its compilation alone takes a minute).
 # 2: unpacks CIFAR-100, then eager against captured top-1 over three seeds, side by side under MPS
 #    (bench/gpu_capture_seeds.sh); THEN=row grows the Table II row instead (bench/gpu_paper_row.sh,
 #    BUDGET_S seconds).
-# 3: the captured step of ResNet-56, WRN-16-2 and a distill step with K = 4 at 200 timed steps
-#    (measured so far at 50 steps, with the capture inside the timed window); the quickstart's tasks
-#    under the scheduler's --mps (bench/gpu_pipeline_check.py --mps).
+# 3: the quickstart's tasks under the scheduler's --mps (bench/gpu_pipeline_check.py --mps); Table II's
+#    distill step (ResNet-110 teacher, K = 1 and 4), which the row's estimate only assumes; the captured
+#    step of ResNet-56, WRN-16-2 and a distill step with K = 4 at 200 timed steps (measured so far at 50
+#    steps, with the capture inside the timed window).
 # nodata (what the 2026-11-27 session ran, results/gpu_captured_step.md and results/gpu_sharing.md): the
 #    capture tests, the captured step of ResNet-20 and ResNet-110 without compile, the pipeline's
 #    commands on the GPU (bench/gpu_pipeline_check.py) and the sharing bench.
@@ -58,9 +60,11 @@ case "$1" in
     fi
     ;;
   3)
+    timeout -k 5 80 python3 bench/gpu_pipeline_check.py --only quickstart --mps 2>&1 | tee "$OUT/pipeline_check_mps.txt"
+    timeout -k 5 100 python3 bench/captured_step.py --archs --k 1 4 --teacher resnet110 --steps 200 --no-compile 2>&1 \
+      | tee "$OUT/captured_step_table2_distill.txt"
     timeout -k 5 110 python3 bench/captured_step.py --archs resnet56 wrn16_2 --k 4 --steps 200 --no-compile 2>&1 \
       | tee "$OUT/captured_step_more.txt"
-    timeout -k 5 80 python3 bench/gpu_pipeline_check.py --only quickstart --mps 2>&1 | tee "$OUT/pipeline_check_mps.txt"
     ;;
   nodata)
     # Measured on an H200: tests 20 s, captured step 74 s, pipeline check 47 s + 78 s, sharing about
