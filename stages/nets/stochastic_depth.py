@@ -26,6 +26,8 @@ DROP_MODES: tuple[str, ...] = ("batch", "sample")
 # the CPU, a host-side decision per block); "mask" computes every branch and multiplies it by a mask
 # drawn on the device, with no host-side decision, so that a whole training step can be captured
 # (torch.compile with CUDA graphs). Both draw the same Bernoulli coins, only from other generators.
+# A training step treats a dropped block differently: masked, its BatchNorm running statistics update
+# and it gets a zero gradient, so SGD's weight decay and momentum still move it; skipped, neither.
 DropExecution = Literal["skip", "mask"]
 DROP_EXECUTIONS: tuple[str, ...] = ("skip", "mask")
 

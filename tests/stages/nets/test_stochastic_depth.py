@@ -272,6 +272,33 @@ def test_masks_drop_as_often_as_skipping_and_give_the_same_sub_networks():
             assert bool((kept.view(2000, 4, 100).std(-1) == 0).all())
 
 
+@pytest.mark.parametrize("execution", ["skip", "mask"])
+def test_what_a_training_step_does_to_a_dropped_block_depends_on_the_execution(execution):
+    """The forward pass is the same either way (above); the side effects on a dropped block are not.
+    Masked, its branch is computed and multiplied by 0: its BatchNorm running statistics update and
+    SGD's weight decay and momentum move its weights, as with torchvision's and timm's stochastic
+    depth. Skipped, it is not computed and gets no gradient: neither happens that step."""
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import drop_paths, use_drop_execution
+
+    torch.manual_seed(0)
+    model = use_drop_execution(build_model("resnet8", 4, 1, p_last=0.5), execution).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    dropped = [block for block in model.modules() if getattr(block, "drop", None) in drop_paths(model)]
+    assert len(dropped) == 2  # ResNet-8's second and third blocks; the first always survives
+    before = [{k: v.clone() for k, v in block.state_dict().items()} for block in dropped]
+    for drop in drop_paths(model):
+        drop.forced = False  # this training step drops every stochastic block
+    model(torch.randn(8, 1, 8, 8)).logsumexp(1).mean().backward()
+    optimizer.step()
+    for block, old in zip(dropped, before):
+        moved = {k for k, v in block.state_dict().items() if not torch.equal(v, old[k])}
+        if execution == "skip":
+            assert moved == set()
+        else:
+            assert {"conv1.weight", "conv2.weight", "bn1.running_mean", "bn2.running_var"} <= moved
+
+
 def test_a_masked_network_compiles_without_graph_breaks_and_a_skipping_one_does_not():
     """No host-side decision is left in a masked training step: what CUDA-graph capture needs."""
     from stages.nets.architectures import build_model
