@@ -19,6 +19,13 @@ keep_carried_parts() {
   fi
 }
 
+# What has arrived so far: each part in $CARRIED_PARTS whole or still to come, and whether Python has
+# lzma (bench/carry_npz.py check), after keeping this call's parts there. Printed to standard output.
+check_carried_parts() {
+  keep_carried_parts
+  python3 bench/carry_npz.py check "$CARRIED_PARTS" 2>&1
+}
+
 # CIFAR-100 at $CIFAR100_NPZ (default /tmp/cifar100.npz), made there if absent: unpacked from the two
 # parts of bench/carry_npz.py (manifest.json, part-00.xz, part-01.xz; carried in two calls), or else
 # joined from the four parts of ../shared/datasets/README.md (.data/c100/part-*.npz with .data/chunk.py;

@@ -11,7 +11,7 @@
 #
 # The parts are made here once: python bench/carry_npz.py pack ../shared/datasets/cifar100.npz .data/c100x
 # (two parts of 51.8 MB; 3 min 40 s on 2 cores). Wheels in .whl/: see bench/gpu_env.sh.
-# 1: keeps part-00 outside the checkout (keep_carried_parts in bench/gpu_env.sh) and checks that it
+# 1: keeps part-00 outside the checkout (check_carried_parts in bench/gpu_env.sh) and checks that it
 #    arrived whole and that Python has lzma (so a failing unpack is known a call early); the capture
 #    tests on the GPU; the captured step of ResNet-20 and ResNet-110 without compile (the step that
 #    adds 15 kernels instead of 28, against the plain captured loop); then ResNet-110 with compile
@@ -41,8 +41,7 @@ install_carried_wheels
 case "$1" in
   1)
     describe_machine | tee "$OUT/machine.txt"
-    keep_carried_parts
-    python3 bench/carry_npz.py check "$CARRIED_PARTS" 2>&1 | tee "$OUT/parts.txt"
+    check_carried_parts | tee "$OUT/parts.txt"
     timeout -k 5 60 python3 -m pytest -q -s -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
       2>&1 | tee "$OUT/capture_tests.txt"
     timeout -k 5 90 python3 bench/captured_step.py --archs resnet20 resnet110 --k 1 --steps 200 --no-compile 2>&1 \
@@ -51,8 +50,7 @@ case "$1" in
       --rows "pipeline skip" "pipeline graph+compile" "plain graph" 2>&1 | tee "$OUT/captured_step_resnet110_compile.txt"
     ;;
   2)
-    keep_carried_parts
-    python3 bench/carry_npz.py check "$CARRIED_PARTS" 2>&1 | tee "$OUT/parts.txt"
+    check_carried_parts | tee "$OUT/parts.txt"
     if [ "${THEN:-seeds}" = row ]; then
       OUT="$OUT" bash bench/gpu_paper_row.sh
     else
