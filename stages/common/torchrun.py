@@ -6,8 +6,10 @@ port in use). A stop the ranks honoured, or an error they reported, is not a cra
 import signal
 import sys
 
+from stages.common.errors import STOP_SIGNALS
+
 # How the command stops its ranks (torchrun passes on the signal it got): a stop, not a kill.
-STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPS = (signal.SIGINT, *STOP_SIGNALS)
 
 
 def main() -> int:
