@@ -116,6 +116,15 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1)) if active() else 1
 
 
+def rank_rows(rows: int, rank: int, ranks: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of a global batch of ``rows`` that ``rank`` of ``ranks`` computes:
+    consecutive slices whose sizes differ by at most one (``torch.tensor_split``'s), none empty while
+    ``rows >= ranks``."""
+    size, extra = divmod(rows, ranks)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
 @contextmanager
 def crash_logged(logs: Path) -> Iterator[None]:
     """Under torchrun, a rank's crash (neither bad input nor a stop) ends in one line on standard error

@@ -14,6 +14,7 @@ The two agree whenever the teaching and the training survival are the same.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -30,6 +31,41 @@ DROP_MODES: tuple[str, ...] = ("batch", "sample")
 # and it gets a zero gradient, so SGD's weight decay and momentum still move it; skipped, neither.
 DropExecution = Literal["skip", "mask"]
 DROP_EXECUTIONS: tuple[str, ...] = ("skip", "mask")
+
+
+# Rows [start, stop) of a global batch of `total` rows: the part of every batch that this process
+# computes under torchrun (set by the training loop around each step), else None.
+_BATCH_SLICE: ContextVar[tuple[int, int, int] | None] = ContextVar("stochkd_batch_slice", default=None)
+
+
+@contextmanager
+def computing_rows(start: int, stop: int, total: int) -> Iterator[None]:
+    """Forward passes inside compute rows ``[start, stop)`` of a global batch of ``total`` rows.
+
+    Per-row coins (``drop_mode: sample``) are then drawn for the whole global batch and sliced. Every
+    rank's generator is in the same state, so the ranks' rows together get the coins one process
+    would draw for the whole batch; drawn for the slice alone, row i of every rank would keep and drop
+    the same blocks."""
+    token = _BATCH_SLICE.set((start, stop, total))
+    try:
+        yield
+    finally:
+        _BATCH_SLICE.reset(token)
+
+
+def row_coins(n_rows: int, survival: float, device: torch.device) -> torch.Tensor:
+    """One Bernoulli(``survival``) coin (1.0 keep, 0.0 drop) per row, drawn on ``device``; within
+    ``computing_rows``, this slice's coins of a draw for the whole global batch. ``n_rows`` may be
+    several stacked copies of the slice (K teacher samples): each copy is a copy of the global batch."""
+    part = _BATCH_SLICE.get()
+    if part is None:
+        return torch.empty(n_rows, device=device).bernoulli_(survival)
+    start, stop, total = part
+    copies, rest = divmod(n_rows, stop - start)
+    if rest or not copies:
+        raise ValueError(f"{n_rows} rows are not copies of this process's {stop - start} rows of the batch")
+    coins = torch.empty(copies * total, device=device).bernoulli_(survival)
+    return coins.view(copies, total)[:, start:stop].reshape(-1)
 
 
 def survival_probabilities(n_blocks: int, p_last: float) -> list[float]:
@@ -89,8 +125,7 @@ def keep_scale(n_rows: int, survival: float, mode: DropMode, groups: int, device
         rows[decision.index] = decision.factor
         return rows.view(-1, 1, 1, 1)
     if mode == "sample":
-        rows = torch.empty(n_rows, device=device).bernoulli_(survival)
-        return (rows * factor).view(-1, 1, 1, 1)
+        return (row_coins(n_rows, survival, device) * factor).view(-1, 1, 1, 1)
     raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
 
 
@@ -134,7 +169,7 @@ class DropPath(nn.Module):
         if self.forced is not None:
             return self.kept_factor if self.forced else 0.0
         if self.mode == "sample":
-            rows = torch.empty(n_rows, device=device).bernoulli_(self.survival)
+            rows = row_coins(n_rows, self.survival, device)
         else:
             coins = (torch.rand(self.groups, device=device) < self.survival).float()
             # An expand, not repeat_interleave: no output size to compute, nothing to wait for.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from stages.common.errors import PipelineError
 from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
-from stages.nets.stochastic_depth import capturing, use_drop_execution
+from stages.nets.stochastic_depth import capturing, computing_rows, use_drop_execution
 from stages.training.augment import (augmentation_draws, gathered_batch, normalize, padded_channels_last,
                                      pixel_grid)
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
@@ -171,6 +172,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     generator = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
+    smallest_batch = min(recipe.batch_size, n - (steps_per_epoch - 1) * recipe.batch_size)
+    if smallest_batch < ranks:
+        raise PipelineError(f"{label}: training.batch_size {recipe.batch_size} over {n} training images leaves a "
+                            f"last batch of {smallest_batch}, which {ranks} processes cannot share; choose a batch "
+                            f"size that leaves at least {ranks}, or train on fewer processes")
     run = RunState()
     saved = load_state(checkpoint) if checkpoint is not None else None
     if saved is not None:
@@ -190,9 +196,13 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         """One step on the training images ``index``, and its count in the epoch's sums: work on the
         device only, so that a captured step holds all of it."""
         images, labels = data.training_batch(index, draws, augmentation)
+        rows = nullcontext()
         if ranks > 1:
-            images, labels = images.chunk(ranks)[rank], labels.chunk(ranks)[rank]
-        output, loss = update(net, optimizer, images, labels, bf16)
+            start, stop = distributed.rank_rows(len(index), rank, ranks)
+            images, labels = images[start:stop], labels[start:stop]
+            rows = computing_rows(start, stop, len(index))
+        with rows:
+            output, loss = update(net, optimizer, images, labels, bf16)
         run.count(output, loss, labels)
 
     step_with = counted_step

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from stages.common.distributed import backend_for
+from stages.common.distributed import backend_for, rank_rows
 from stages.common.errors import PipelineError
 
 
@@ -43,3 +43,13 @@ def test_a_device_the_processes_cannot_share_is_refused_before_they_start(gpus, 
     gpus(visible)
     with pytest.raises(PipelineError, match="^" + re.escape(message)):
         backend_for(requested, nproc)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 10, 80, 128])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_each_rank_computes_tensor_splits_slice_of_the_batch(rows, ranks):
+    slices = [rank_rows(rows, rank, ranks) for rank in range(ranks)]
+    batch = torch.arange(rows)
+    assert [batch[a:b].tolist() for a, b in slices] == [part.tolist() for part in batch.tensor_split(ranks)]
+    if rows >= ranks:
+        assert all(b > a for a, b in slices)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from stages.nets.models.resnet import BasicBlock, CifarResNet
-from stages.nets.stochastic_depth import (DropPath, draw_subnetwork, drop_paths, fixed_subnetwork, keep_scale,
-                                          sample_logits, sampling, survival_probabilities)
+from stages.nets.stochastic_depth import (DropPath, computing_rows, draw_subnetwork, drop_paths, fixed_subnetwork,
+                                          keep_scale, row_coins, sample_logits, sampling, survival_probabilities)
 
 
 def test_survival_probabilities_follow_eq_2():
@@ -112,6 +112,35 @@ def test_sample_mode_draws_per_example():
     kept = (scale.flatten() > 0).float().mean().item()
     assert 0.65 < kept < 0.75
     assert torch.allclose(scale.flatten()[scale.flatten() > 0], torch.tensor(1 / 0.7))
+
+
+@pytest.mark.parametrize("slices", [[(0, 5), (5, 10)], [(0, 4), (4, 7), (7, 10)]], ids=["two-ranks", "three-uneven"])
+@pytest.mark.parametrize("copies", [1, 3], ids=["one-copy", "k-3"])
+def test_per_row_coins_of_the_ranks_slices_are_the_coins_one_process_draws(slices, copies):
+    """Under torchrun every rank's generator is in one state; each slice must still get its own rows'
+    coins, so that together they are one process's draw (and rows of different ranks independent)."""
+    total, drawn = 10, []
+    for start, stop in slices:
+        torch.manual_seed(7)
+        with computing_rows(start, stop, total):
+            drawn.append(row_coins(copies * (stop - start), 0.5, torch.device("cpu")).view(copies, -1))
+    torch.manual_seed(7)
+    whole = row_coins(copies * total, 0.5, torch.device("cpu")).view(copies, total)
+    assert torch.equal(torch.cat(drawn, dim=1), whole)
+    assert not torch.equal(drawn[0][:, :3], drawn[1][:, :3])  # seed 7: the ranks' first rows differ
+
+
+def test_a_sampling_layer_inside_a_slice_draws_through_it_and_refuses_rows_that_are_not_copies_of_it():
+    drop = DropPath(0.5, "sample").train()
+    torch.manual_seed(1)
+    with computing_rows(2, 4, 6):
+        sliced = drop.scale(2, torch.device("cpu")).flatten()
+        masked = drop.mask(2, torch.device("cpu")).flatten()
+        with pytest.raises(ValueError, match="3 rows are not copies of this process's 2 rows"):
+            row_coins(3, 0.5, torch.device("cpu"))
+    torch.manual_seed(1)
+    assert torch.equal(sliced, (row_coins(6, 0.5, torch.device("cpu")) * 2.0)[2:4])
+    assert torch.equal(masked, (row_coins(6, 0.5, torch.device("cpu")) * 2.0)[2:4])
 
 
 def test_drop_path_rejects_a_bad_survival():
