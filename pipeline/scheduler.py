@@ -12,6 +12,7 @@ of its own (pipeline.task_worker), at most N at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -43,14 +44,26 @@ def runs_alone(task: Task) -> bool:
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES, else nvidia-smi."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    if listed is None:
+        return list(_gpus_nvidia_smi_lists())
+    gpus = []
+    for entry in (e.strip() for e in listed.split(",")):
+        if not entry or entry.startswith("-"):
+            break  # CUDA ignores the list from its first invalid entry on ("-1" hides every GPU)
+        gpus.append(entry)
+    return gpus
+
+
+@functools.cache
+def _gpus_nvidia_smi_lists() -> tuple[str, ...]:
+    # Asked once a process: the estimate and the scheduler both want the list, and on a busy machine
+    # nvidia-smi takes a noticeable part of a second.
     try:
         done = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                               text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+        return ()
+    return tuple(line.strip() for line in done.stdout.splitlines() if line.strip()) if done.returncode == 0 else ()
 
 
 @dataclass

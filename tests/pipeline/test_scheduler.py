@@ -151,6 +151,46 @@ def mps_control(tmp_path, monkeypatch):
     return record
 
 
+NVIDIA_SMI = """#!{python}
+# A stand-in for nvidia-smi that answers only the query the scheduler makes, and records each call.
+import os, sys
+from pathlib import Path
+
+with Path(os.environ["SMI_STANDIN_RECORD"]).open("a") as out:
+    out.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1:] != ["--query-gpu=index", "--format=csv,noheader"]:
+    print("unexpected arguments", file=sys.stderr)
+    sys.exit(2)
+print("0\\n1\\n2")
+"""
+
+
+def test_visible_gpus_follow_cuda_visible_devices_else_ask_nvidia_smi_once(tmp_path, monkeypatch):
+    import sys
+
+    from pipeline import scheduler
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(NVIDIA_SMI.format(python=sys.executable))
+    (folder / "nvidia-smi").chmod(0o755)
+    record = tmp_path / "smi.txt"
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("SMI_STANDIN_RECORD", str(record))
+    scheduler._gpus_nvidia_smi_lists.cache_clear()
+    for listed, gpus in [("3,-1,2", ["3"]), ("-1,3", []), ("", []), ("0, 2", ["0", "2"])]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+        assert scheduler.visible_gpus() == gpus, listed
+    assert not record.exists()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert scheduler.visible_gpus() == ["0", "1", "2"] == scheduler.visible_gpus()
+    assert record.read_text() == "--query-gpu=index --format=csv,noheader\n"  # asked once
+    scheduler._gpus_nvidia_smi_lists.cache_clear()
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert scheduler.visible_gpus() == []
+    scheduler._gpus_nvidia_smi_lists.cache_clear()
+
+
 def test_mps_tasks_share_one_private_daemon_that_quits_at_the_end(tmp_path, mps_control, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     tasks = [*(task("teacher", name, tmp_path, seconds=0.5) for name in ("a", "b")),
