@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import typer
 
 from pipeline.registry import STAGE_ORDER, STAGES
-from stages.common.errors import PipelineError, exit_code_of, stop_signals_raise
+from stages.common.errors import PipelineError, exit_code_of, stop_signals_raise, stop_words
 
 ProfileArg = typer.Argument(None, metavar="PROFILE", show_default=False,
                             help="Profile YAML (default: profiles/quickstart.yaml).")
@@ -72,8 +72,7 @@ def user_errors() -> Iterator[None]:
             if distributed.rank() == 0:
                 print(f"interrupted: {exc}", file=sys.stderr)
         elif not distributed.launched():
-            what = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(exit_code_of(exc), "interrupted")
-            print(f"{what}: finished stages are cached, no half-written artifact is kept, and training "
+            print(f"{stop_words(exc)}: finished stages are cached, no half-written artifact is kept, and training "
                   "resumes from its last checkpoint; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(exit_code_of(exc)) from None
 

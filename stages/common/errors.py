@@ -31,13 +31,17 @@ class ArtifactError(PipelineError):
     """An artifact that is missing or cannot be used."""
 
 
+# What a stop by each signal says of itself.
+STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP (``signum``), honoured as Ctrl-C is. SIGTERM is what a spot instance's
     preemption notice, ``timeout``, Slurm, Kubernetes and ``docker stop`` send before they kill;
     SIGHUP is what a closed terminal or SSH session sends. Training stops between two steps with its
     checkpoint saved; anything else unwinds, discarding half-written artifacts."""
 
-    def __init__(self, message: str = "terminated (SIGTERM)", signum: int = signal.SIGTERM) -> None:
+    def __init__(self, message: str = STOP_WORDS[signal.SIGTERM], signum: int = signal.SIGTERM) -> None:
         super().__init__(message)
         self.signum = signum
 
@@ -79,8 +83,7 @@ def stop_signals_raise() -> Iterator[None]:
     def raise_terminated(signum, frame):
         if signum == signal.SIGHUP:
             detach_from_terminal()
-            raise Terminated("hung up (SIGHUP)", signum)
-        raise Terminated("terminated (SIGTERM)", signum)
+        raise Terminated(STOP_WORDS[signum], signum)
 
     previous = {signum: signal.signal(signum, raise_terminated) for signum in STOP_SIGNALS
                 if signal.getsignal(signum) is not signal.SIG_IGN}
@@ -89,6 +92,11 @@ def stop_signals_raise() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def stop_words(interrupt: KeyboardInterrupt) -> str:
+    """How a stop says what stopped it: "interrupted" (Ctrl-C), "terminated (SIGTERM)", "hung up (SIGHUP)"."""
+    return STOP_WORDS.get(int(getattr(interrupt, "signum", signal.SIGINT)), STOP_WORDS[signal.SIGINT])
 
 
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
