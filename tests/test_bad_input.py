@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.store import MANIFEST, ArtifactStore, sha256_file
+from tests.commands import cli, TINY
 
-TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 pytestmark = pytest.mark.slow
-
-
-def cli(*args, artifacts):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(artifacts)],
-                          capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ})
 
 
 def finished(artifacts: Path) -> set[str]:

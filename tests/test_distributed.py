@@ -4,14 +4,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.commands import cli, pipeline_command, TINY
 from tests.processes import processes_naming
 
-TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 pytestmark = pytest.mark.slow
 # Stated tolerance: per-epoch training loss within 5 % of the single-process run. The global batch,
 # its order, its augmentation and the seed are the same; on CPUs each rank's BatchNorm sees only its
@@ -21,8 +20,7 @@ LOSS_TOLERANCE = 0.05
 
 
 def teacher(artifacts: Path, *extra: str) -> Path:
-    done = subprocess.run([sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts),
-                           *extra], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    done = cli("teacher", TINY, *extra, artifacts=artifacts)
     assert done.returncode == 0, done.stdout + done.stderr
     folders = [p for p in (artifacts / "store" / "teacher").iterdir()]
     assert len(folders) == 1, folders  # only rank 0 wrote, and nothing half-written stayed behind
@@ -52,7 +50,7 @@ def started_two_process_teacher(artifacts: Path, *extra: str) -> subprocess.Pope
     import signal
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts), *LONGER, *extra],
+        pipeline_command("teacher", TINY, *LONGER, *extra, artifacts=artifacts),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
     for line in process.stdout:
@@ -119,9 +117,8 @@ def test_an_error_in_the_ranks_is_each_ranks_line_and_exit_2_not_a_traceback(tmp
     messages and their exit code."""
     bogus = tmp_path / "teacher.pt"
     bogus.write_text("not a state dict")
-    done = subprocess.run([sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path / "a"),
-                           "--set", f"teacher.checkpoint={bogus}", "--nproc-per-node", "2"],
-                          capture_output=True, text=True)
+    done = cli("teacher", TINY, "--set", f"teacher.checkpoint={bogus}", "--nproc-per-node", "2",
+               artifacts=tmp_path / "a")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
     message = (f"{bogus}: refused: not a plain state dict of tensors (it holds objects whose loading could run "
@@ -138,8 +135,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path),
-                               "--nproc-per-node", "2", "--master-port", str(port)], capture_output=True, text=True)
+        done = cli("teacher", TINY, "--nproc-per-node", "2", "--master-port", str(port), artifacts=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     [error] = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert f"port: {port}" in error and "address already in use" in error and "--master-port" in error, error

@@ -4,18 +4,11 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tests.commands import cli, pipeline_command, TINY, WIDE
 
-TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 pytestmark = pytest.mark.slow
-
-
-def cli(*args, artifacts):
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(artifacts)],
-                          capture_output=True, text=True, env={"COLUMNS": "200", **__import__("os").environ})
-    return done
 
 
 def ran_tasks(output: str) -> set[str]:
@@ -124,8 +117,7 @@ def started_teacher(artifacts, *extra):
     import signal
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--set", "teacher.training.epochs=20",
-         "--artifacts", str(artifacts), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        pipeline_command("teacher", TINY, "--set", "teacher.training.epochs=20", *extra, artifacts=artifacts), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -252,12 +244,9 @@ def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first
 
 
 def test_two_runs_at_once_build_each_artifact_once(tmp_path):
-    import os
-
     # Long enough that the second run certainly arrives while the first is still training.
-    command = [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(tmp_path),
-               "--set", "teacher.training.epochs=6"]
-    env = {**os.environ, "COLUMNS": "200"}
+    command = pipeline_command("teacher", TINY, "--set", "teacher.training.epochs=6", artifacts=tmp_path)
+    env = WIDE
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in first.stdout:
         if line.startswith("▶ teacher:teacher"):

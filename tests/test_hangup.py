@@ -6,22 +6,21 @@ which the test closes, as sshd does."""
 import fcntl
 import os
 import subprocess
-import sys
 import termios
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.commands import pipeline_command, TINY
 from tests.processes import processes_naming
 
-TINY = Path(__file__).parent / "profiles" / "tiny.yaml"
 EPOCHS = ("--set", "teacher.training.epochs=8")
 pytestmark = pytest.mark.slow
 
 
 def teacher_command(artifacts: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "teacher", str(TINY), "--artifacts", str(artifacts), *EPOCHS, *extra]
+    return pipeline_command("teacher", TINY, *EPOCHS, *extra, artifacts=artifacts)
 
 
 def finished_teacher(artifacts: Path, *extra: str) -> Path:

@@ -3,8 +3,6 @@ refused in one line with nothing added."""
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,8 +13,8 @@ from stages.common.errors import ArtifactError
 from pipeline.plan import build_plan
 from pipeline.profiles import load_profile
 from pipeline.store import ArtifactStore
+from tests.commands import cli, TINY
 
-TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
 
 
 @pytest.fixture
@@ -102,9 +100,6 @@ def test_a_bad_bundle_is_refused_with_nothing_added(produced, tmp_path, damage, 
 
 def test_bundle_and_unbundle_from_the_command_line(produced, tmp_path):
     store, *_ = produced
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
 
     done = cli("bundle", str(TINY), "--until", "distill", "-o", str(tmp_path / "b.tar"), "--artifacts",
                str(store.root))

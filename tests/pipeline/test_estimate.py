@@ -3,7 +3,6 @@ probe; a damaged probe cache is one line and exit 2."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,8 @@ from stages.common.config import DataConfig
 from pipeline.estimate import Probe, data_shape, estimate_plan, known_only, probe_file
 from pipeline.plan import build_plan
 from pipeline.profiles import load_profile
+from tests.commands import TINY
 
-TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
 
 
 def probe() -> Probe:

@@ -13,6 +13,7 @@ from stages.common.errors import PipelineError, Terminated, stop_signals_raise
 from pipeline.plan import Task
 from pipeline.scheduler import Scheduler
 from pipeline.store import ArtifactStore
+from tests.commands import cli, TINY
 
 WORKER = str(Path(__file__).resolve().parents[1] / "scheduler_worker.py")
 
@@ -229,17 +230,8 @@ def test_mps_without_its_control_program_or_failing_to_start_is_one_line(tmp_pat
 def test_the_real_pipeline_with_two_jobs_then_from_the_cache(tmp_path):
     """The tiny profile's training stages through pipeline.task_worker, two at a time; a second run
     without --jobs finds every task cached."""
-    import subprocess
-    import sys
-
-    tiny = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(tmp_path / "a")],
-                              capture_output=True, text=True)
-
-    done = cli("run", str(tiny), "--until", "distill", "--jobs", "2")
+    done = cli("run", TINY, "--until", "distill", "--jobs", "2", artifacts=tmp_path / "a")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("✓") == 5  # teacher, analysis, student alone, KD, stochastic KD
-    again = cli("run", str(tiny), "--until", "distill")
+    again = cli("run", TINY, "--until", "distill", artifacts=tmp_path / "a")
     assert again.returncode == 0 and "0 ran, 5 from the cache" in again.stdout

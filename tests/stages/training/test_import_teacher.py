@@ -2,22 +2,13 @@
 refused in one line."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from stages.nets.architectures import build_model
-
-TINY = Path(__file__).resolve().parents[2] / "profiles" / "tiny.yaml"
-
-
-def cli(*args, artifacts):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--artifacts", str(artifacts)],
-                          capture_output=True, text=True)
-
+from tests.commands import cli, TINY
 
 def teacher_weights(classes=10, arch="resnet8"):
     torch.manual_seed(0)
