@@ -175,11 +175,36 @@ def broadcast(value: Any) -> Any:
     return holder[0]
 
 
-def data_parallel(model, device):
+class SliceShare:
+    """How much this rank's gradient weighs when DistributedDataParallel averages the ranks'.
+
+    Each rank's gradient is the mean over its own slice of the batch, and DDP averages them. Where
+    the slices differ in size (a batch of 128 on 3 GPUs: 43, 43 and 42 images), that average weighs
+    the images of a smaller slice more than one process does. Multiplied by ``rows * ranks / total``
+    first, the ranks' gradients average to the mean over the whole batch, as in one process (for a
+    loss that is a mean over images, as every loss here is)."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+
+    def set(self, rows: int, total: int, ranks: int) -> None:
+        self.factor = rows * ranks / total
+
+
+def _share_weighted_allreduce(share: SliceShare, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    if share.factor != 1.0:
+        bucket.buffer().mul_(share.factor)
+    return allreduce_hook(None, bucket)  # DDP's own average: divide by the ranks, then sum
+
+
+def data_parallel(model, device, share: SliceShare | None = None):
     """``model`` wrapped for DistributedDataParallel. On GPUs BatchNorm is synchronized across ranks,
     so its statistics cover the global batch as in one process; PyTorch synchronizes it only on GPUs,
     so on CPUs (gloo) each rank normalizes with its own slice's statistics. Blocks a sub-network
-    drops get no gradient in that step: DDP is told to expect unused parameters where blocks drop."""
+    drops get no gradient in that step: DDP is told to expect unused parameters where blocks drop.
+    With ``share``, each rank's gradient is weighed by it before the average (see SliceShare)."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
@@ -188,7 +213,10 @@ def data_parallel(model, device):
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(drop_paths(model)))
+    wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(drop_paths(model)))
+    if share is not None:
+        wrapped.register_comm_hook(share, _share_weighted_allreduce)
+    return wrapped
 
 
 def agree(signum: int, save: bool) -> tuple[int, bool]:

@@ -185,7 +185,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                                 steps_per_epoch, rank, ranks)
     if device.type == "cuda":
         zero_momentum_buffers(optimizer)
-    net = distributed.data_parallel(model, device) if ranks > 1 else model
+    # Slices of unequal size get their gradients weighed by their images (DDP's plain average is kept
+    # where every slice of every batch is the same size).
+    uneven = ranks > 1 and any(size % ranks for size in (recipe.batch_size, smallest_batch))
+    share = distributed.SliceShare() if uneven else None
+    net = distributed.data_parallel(model, device, share) if ranks > 1 else model
     execution = drop_execution_for(recipe, device)
     if execution:
         use_drop_execution(model, execution)
@@ -200,6 +204,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         if ranks > 1:
             start, stop = distributed.rank_rows(len(index), rank, ranks)
             images, labels = images[start:stop], labels[start:stop]
+            if share is not None:
+                share.set(stop - start, len(index), ranks)
             rows = computing_rows(start, stop, len(index))
         with rows:
             output, loss = update(net, optimizer, images, labels, bf16)

@@ -27,7 +27,7 @@ def data(images: int) -> DeviceData:
 def as_rank(monkeypatch, rank: int, ranks: int) -> None:
     monkeypatch.setattr(distributed, "world_size", lambda: ranks)
     monkeypatch.setattr(distributed, "rank", lambda: rank)
-    monkeypatch.setattr(distributed, "data_parallel", lambda model, device: model)
+    monkeypatch.setattr(distributed, "data_parallel", lambda model, device, share=None: model)
     monkeypatch.setattr(distributed, "all_reduce_sum", lambda tensor: None)
     monkeypatch.setattr(distributed, "agree", lambda signum, save: (signum, save))
 

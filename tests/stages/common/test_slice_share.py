@@ -1,0 +1,54 @@
+"""DistributedDataParallel's average of the ranks' gradients where a batch splits unevenly: two gloo
+processes on this CPU against one process on the whole batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+ROWS = 5  # split 3 and 2 between the two ranks
+
+
+def batch():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3), torch.randn(ROWS, 4), torch.randint(0, 3, (ROWS,))
+
+
+def rank_gradient(rank: int, port: int, weighed: bool, folder: str) -> None:
+    import torch.distributed as dist
+
+    from stages.common.distributed import SliceShare, data_parallel, rank_rows
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model, x, y = batch()
+        share = SliceShare() if weighed else None
+        net = data_parallel(model, torch.device("cpu"), share)
+        start, stop = rank_rows(ROWS, rank, 2)
+        if share is not None:
+            share.set(stop - start, ROWS, 2)
+        F.cross_entropy(net(x[start:stop]), y[start:stop]).backward()
+        torch.save([p.grad for p in model.parameters()], os.path.join(folder, f"rank-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("weighed", [True, False], ids=["weighed-by-slice", "ddp-plain-average"])
+def test_uneven_slices_weighed_by_their_images_give_one_processs_gradient(tmp_path, weighed):
+    mp.spawn(rank_gradient, args=(free_port(), weighed, str(tmp_path)), nprocs=2)
+    model, x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank-{rank}.pt")
+        same = all(torch.allclose(g, p.grad, atol=1e-7, rtol=1e-5) for g, p in zip(got, model.parameters()))
+        assert same == weighed  # DDP's plain average of the 3-image and the 2-image means is another gradient
