@@ -25,7 +25,7 @@ from stages.training.data import load_dataset
 from stages.nets.losses import kd_term
 from stages.nets.stochastic_depth import capturing
 from stages.training.tracking import write_tensorboard
-from stages.training.evaluation import accuracy, predict, validation_metrics
+from stages.training.evaluation import accuracy_on_test, validation_metrics
 from stages.training.loop import DeviceData, UpdateStep, select_device, train
 
 
@@ -110,7 +110,7 @@ def train_peers(ctx: StageContext) -> dict:
         folder.mkdir()
         save_model(peer, spec, folder)
         members[peer_folder(index)] = {
-            "test_accuracy": accuracy(predict(peer, data.x_test, data.mean, data.std, device), data.y_test),
+            "test_accuracy": accuracy_on_test(peer, data, device),
             **validation_metrics(peer, data, device),
             "arch": spec.arch,
             "parameters": sum(p.numel() for p in peer.parameters()),

@@ -10,7 +10,7 @@ from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext
 from stages.training.data import load_dataset
 from stages.nets.stochastic_depth import draw_subnetwork, fixed_subnetwork
-from stages.training.evaluation import accuracy, predict
+from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import fit_and_save, select_device
 
 SAMPLED_NETWORKS = 8  # sub-networks whose accuracies describe the teacher in sampling mode
@@ -22,8 +22,7 @@ def sampled_accuracies(model, data, device, count: int, seed: int) -> list[float
     accuracies = []
     for _ in range(count):
         with fixed_subnetwork(model, draw_subnetwork(model, generator)):
-            logits = predict(model, data.x_test, data.mean, data.std, device)
-        accuracies.append(accuracy(logits, data.y_test))
+            accuracies.append(accuracy_on_test(model, data, device))
     return accuracies
 
 
@@ -40,7 +39,7 @@ def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[to
     model = spec.build()
     load_into(model, state, file, spec.arch)
     save_model(model, spec, ctx.output)
-    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    test_accuracy = accuracy_on_test(model, data, device)
     return model, {"test_accuracy": test_accuracy, **validation_metrics(model, data, device),
                    "imported": {"path": str(source.resolve()), "sha256": content_hash(source), "layout": notes},
                    "parameters": sum(p.numel() for p in model.parameters()), "arch": spec.arch,

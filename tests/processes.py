@@ -1,4 +1,4 @@
-"""What a test that stops a command checks afterwards: which of its processes still run."""
+"""Processes in tests: which of a stopped command's processes still run, and two ranks of a process group."""
 
 from pathlib import Path
 
@@ -17,3 +17,33 @@ def processes_naming(text: str, with_pid: bool = False) -> list[str]:
         if text in line:
             found.append(line)
     return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def on_two_gloo_ranks(function, *args) -> None:
+    """``function(rank, *args)`` in two processes of one gloo process group, seen as torchrun's ranks
+    (RANK, WORLD_SIZE and LOCAL_RANK set). ``function`` must be importable: a module-level function."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(free_port(), function, args), nprocs=2)
+
+
+def _gloo_rank(rank: int, port: int, function, args) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        function(rank, *args)
+    finally:
+        dist.destroy_process_group()

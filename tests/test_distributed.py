@@ -34,6 +34,22 @@ def test_two_processes_train_like_one_and_cache_under_the_same_key(tmp_path):
     losses = [[epoch["loss"] for epoch in json.loads((f / "history.json").read_text())] for f in (one, two)]
     for single, parallel in zip(*losses):
         assert abs(parallel - single) <= LOSS_TOLERANCE * single
+    assert recorded_accuracy(two) == one_process_accuracy(two)  # the ranks measured it on halves of the images
+
+
+def recorded_accuracy(folder: Path) -> float:
+    return json.loads((folder / "manifest.json").read_text())["metrics"]["test_accuracy"]
+
+
+def one_process_accuracy(folder: Path) -> float:
+    import torch
+
+    from pipeline.profiles import load_profile
+    from stages.nets.checkpoint import load_model
+    from stages.training.data import load_dataset
+    from stages.training.evaluation import accuracy_on_test
+
+    return accuracy_on_test(load_model(folder), load_dataset(load_profile(TINY).data), torch.device("cpu"))
 
 
 LONGER = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")

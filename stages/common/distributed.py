@@ -175,6 +175,16 @@ def broadcast(value: Any) -> Any:
     return holder[0]
 
 
+def take_rank_0_buffers(model) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) in ``model`` on every rank. On CPUs each rank's
+    statistics follow its own slices; rank 0's model is the one that is saved. DDP copies rank 0's
+    buffers to the others before every training step anyway."""
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 class SliceShare:
     """How much this rank's gradient weighs when DistributedDataParallel averages the ranks'.
 

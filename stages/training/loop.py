@@ -24,7 +24,7 @@ from stages.training.augment import (augmentation_draws, gathered_batch, normali
                                      pixel_grid)
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
-from stages.training.evaluation import accuracy, predict, validation_metrics
+from stages.training.evaluation import accuracy_on_test, validation_metrics
 from stages.training.resume import TrainingInterrupted, load_state, save_progress, save_state, stop_on_interrupt
 from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
 from stages.training.tracking import write_tensorboard
@@ -353,14 +353,13 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
 
     def each_epoch() -> dict[str, float]:
         # The curves of the report: evaluation uses no random numbers, so the weights do not change.
-        return {"test_accuracy": accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test),
-                **validation_metrics(model, data, device)}
+        return {"test_accuracy": accuracy_on_test(model, data, device), **validation_metrics(model, data, device)}
 
     result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe,
                    augmentation=augmentation, seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=label,
                    checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s,
                    evaluate=None if recipe.eval_each_epoch is False else each_epoch)
-    test_accuracy = accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test)
+    test_accuracy = accuracy_on_test(model, data, device)
     save_model(model, spec, ctx.output)
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
     write_tensorboard(result.history, ctx.output, ctx.variant or spec.arch)

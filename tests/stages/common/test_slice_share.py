@@ -2,12 +2,12 @@
 processes on this CPU against one process on the whole batch."""
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from tests.processes import on_two_gloo_ranks
 
 ROWS = 5  # split 3 and 2 between the two ranks
 
@@ -17,35 +17,22 @@ def batch():
     return torch.nn.Linear(4, 3), torch.randn(ROWS, 4), torch.randint(0, 3, (ROWS,))
 
 
-def rank_gradient(rank: int, port: int, weighed: bool, folder: str) -> None:
-    import torch.distributed as dist
-
+def rank_gradient(rank: int, weighed: bool, folder: str) -> None:
     from stages.common.distributed import SliceShare, data_parallel, rank_rows
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        model, x, y = batch()
-        share = SliceShare() if weighed else None
-        net = data_parallel(model, torch.device("cpu"), share)
-        start, stop = rank_rows(ROWS, rank, 2)
-        if share is not None:
-            share.set(stop - start, ROWS, 2)
-        F.cross_entropy(net(x[start:stop]), y[start:stop]).backward()
-        torch.save([p.grad for p in model.parameters()], os.path.join(folder, f"rank-{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    model, x, y = batch()
+    share = SliceShare() if weighed else None
+    net = data_parallel(model, torch.device("cpu"), share)
+    start, stop = rank_rows(ROWS, rank, 2)
+    if share is not None:
+        share.set(stop - start, ROWS, 2)
+    F.cross_entropy(net(x[start:stop]), y[start:stop]).backward()
+    torch.save([p.grad for p in model.parameters()], os.path.join(folder, f"rank-{rank}.pt"))
 
 
 @pytest.mark.parametrize("weighed", [True, False], ids=["weighed-by-slice", "ddp-plain-average"])
 def test_uneven_slices_weighed_by_their_images_give_one_processs_gradient(tmp_path, weighed):
-    mp.spawn(rank_gradient, args=(free_port(), weighed, str(tmp_path)), nprocs=2)
+    on_two_gloo_ranks(rank_gradient, weighed, str(tmp_path))
     model, x, y = batch()
     F.cross_entropy(model(x), y).backward()
     for rank in (0, 1):
