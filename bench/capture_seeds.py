@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.common.config import Augmentation, DataConfig, TrainingConfig  # noqa: E402
 from stages.nets.architectures import build_model  # noqa: E402
 from stages.training.data import load_dataset  # noqa: E402
-from stages.training.evaluation import accuracy, predict  # noqa: E402
+from stages.training.evaluation import accuracy_on_test  # noqa: E402
 from stages.training.loop import DeviceData, select_device, train  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def train_once(args: argparse.Namespace, data, data_cfg, recipe, seed: int, devi
     started = time.perf_counter()
     train(model, DeviceData(data, device), recipe, augmentation=data_cfg.augmentation, seed=seed)
     seconds = time.perf_counter() - started
-    return accuracy(predict(model, data.x_test, data.mean, data.std, device), data.y_test), seconds
+    return accuracy_on_test(model, data, device), seconds
 
 
 def side_by_side(args: argparse.Namespace, ways: dict) -> dict[str, list[tuple[float, float]]]:
