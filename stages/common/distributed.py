@@ -66,7 +66,7 @@ def backend_for(requested: str, nproc_per_node: int) -> str:
     PipelineError where that cannot work, before any process starts."""
     import torch
 
-    from stages.common.errors import PipelineError
+    from stages.common.errors import PipelineError, no_cuda_device
 
     if requested.startswith("cuda:") and nproc_per_node > 1:
         raise PipelineError(f"--device {requested} with --nproc-per-node {nproc_per_node}: each process takes a GPU "
@@ -75,7 +75,7 @@ def backend_for(requested: str, nproc_per_node: int) -> str:
         return "gloo"
     gpus = torch.cuda.device_count()
     if requested == "cuda" and gpus == 0:
-        raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        raise no_cuda_device()
     if nproc_per_node > gpus:
         raise PipelineError(f"--nproc-per-node {nproc_per_node}: this node has {gpus} visible GPU"
                             f"{'s' if gpus != 1 else ''} and each process takes one; use --nproc-per-node {gpus}, "

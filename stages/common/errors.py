@@ -19,6 +19,11 @@ class PipelineError(Exception):
     """Bad input: the message names the file, key or value at fault and how to fix it."""
 
 
+def no_cuda_device() -> PipelineError:
+    """``--device cuda`` where no GPU is visible, refused the same way by every command."""
+    return PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+
+
 class ProfileError(PipelineError):
     """A profile that cannot be read or does not validate."""
 

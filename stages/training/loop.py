@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.common.config import TrainingConfig
-from stages.common.errors import PipelineError
+from stages.common.errors import PipelineError, no_cuda_device
 from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
@@ -75,7 +75,7 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        raise no_cuda_device()
     return torch.device(preference)
 
 
