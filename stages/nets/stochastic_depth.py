@@ -61,9 +61,10 @@ def row_coins(n_rows: int, survival: float, device: torch.device) -> torch.Tenso
     if part is None:
         return torch.empty(n_rows, device=device).bernoulli_(survival)
     start, stop, total = part
-    copies, rest = divmod(n_rows, stop - start)
-    if rest or not copies:
-        raise ValueError(f"{n_rows} rows are not copies of this process's {stop - start} rows of the batch")
+    rows = stop - start
+    copies = n_rows // rows  # not divmod, which torch.compile does not trace
+    if n_rows % rows or not copies:
+        raise ValueError(f"{n_rows} rows are not copies of this process's {rows} rows of the batch")
     coins = torch.empty(copies * total, device=device).bernoulli_(survival)
     return coins.view(copies, total)[:, start:stop].reshape(-1)
 

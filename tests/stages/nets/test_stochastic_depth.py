@@ -344,3 +344,20 @@ def test_a_masked_network_compiles_without_graph_breaks_and_a_skipping_one_does_
     with pytest.raises(Exception, match="(?i)graph break|data-dependent|Unsupported|generic_jump"):
         skipping(x)
     torch._dynamo.reset()
+
+
+def test_a_compiled_forward_follows_the_slice_it_is_told_each_step():
+    """torch.compile under torchrun: a graph traced for one slice must not reuse it for another (the
+    last batch's), so the slice is guarded on, not baked in."""
+    def coins(x):
+        return x * row_coins(x.shape[0], 0.5, x.device)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(coins, fullgraph=True, backend="eager")
+    for start, stop, total in [(0, 4, 8), (4, 8, 8), (2, 4, 5)]:
+        torch.manual_seed(3)
+        with computing_rows(start, stop, total):
+            got = compiled(torch.ones(stop - start))
+        torch.manual_seed(3)
+        assert torch.equal(got, torch.empty(total).bernoulli_(0.5)[start:stop]), (start, stop, total)
+    torch._dynamo.reset()
