@@ -213,7 +213,8 @@ def data_parallel(model, device, share: SliceShare | None = None):
     """``model`` wrapped for DistributedDataParallel. On GPUs BatchNorm is synchronized across ranks,
     so its statistics cover the global batch as in one process; PyTorch synchronizes it only on GPUs,
     so on CPUs (gloo) each rank normalizes with its own slice's statistics. Blocks a sub-network
-    drops get no gradient in that step: DDP is told to expect unused parameters where blocks drop.
+    skips get no gradient in that step: DDP is told to expect unused parameters where blocks may be
+    skipped (masked blocks are computed, so their parameters are always used).
     With ``share``, each rank's gradient is weighed by it before the average (see SliceShare)."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
@@ -223,7 +224,8 @@ def data_parallel(model, device, share: SliceShare | None = None):
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device] if device.type == "cuda" else None
-    wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(drop_paths(model)))
+    skipping = any(drop.execution == "skip" for drop in drop_paths(model))
+    wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skipping)
     if share is not None:
         wrapped.register_comm_hook(share, _share_weighted_allreduce)
     return wrapped

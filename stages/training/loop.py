@@ -187,12 +187,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         zero_momentum_buffers(optimizer)
     # Slices of unequal size get their gradients weighed by their images (DDP's plain average is kept
     # where every slice of every batch is the same size).
+    execution = drop_execution_for(recipe, device)
+    if execution:
+        use_drop_execution(model, execution)  # before DDP, which asks whether blocks may go unused
     uneven = ranks > 1 and any(size % ranks for size in (recipe.batch_size, smallest_batch))
     share = distributed.SliceShare() if uneven else None
     net = distributed.data_parallel(model, device, share) if ranks > 1 else model
-    execution = drop_execution_for(recipe, device)
-    if execution:
-        use_drop_execution(model, execution)
     if recipe.compile:
         net = torch.compile(net, mode=recipe.compile_mode)
 

@@ -1,5 +1,6 @@
-"""DistributedDataParallel's average of the ranks' gradients where a batch splits unevenly: two gloo
-processes on this CPU against one process on the whole batch."""
+"""The model as DistributedDataParallel wraps it, in two gloo processes on this CPU: the ranks'
+gradients averaged where a batch splits unevenly, against one process on the whole batch, and
+unused parameters expected only where blocks may be skipped."""
 
 import os
 
@@ -39,3 +40,23 @@ def test_uneven_slices_weighed_by_their_images_give_one_processs_gradient(tmp_pa
         got = torch.load(tmp_path / f"rank-{rank}.pt")
         same = all(torch.allclose(g, p.grad, atol=1e-7, rtol=1e-5) for g, p in zip(got, model.parameters()))
         assert same == weighed  # DDP's plain average of the 3-image and the 2-image means is another gradient
+
+
+def rank_wrapping(rank: int, folder: str) -> None:
+    from stages.common.distributed import data_parallel
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import use_drop_execution
+
+    found = {}
+    for execution in ("skip", "mask"):
+        model = use_drop_execution(build_model("resnet8", 4, 1, 0.5), execution)
+        found[execution] = data_parallel(model, torch.device("cpu")).find_unused_parameters
+    found["no drops"] = data_parallel(build_model("resnet8", 4, 1, 1.0), torch.device("cpu")).find_unused_parameters
+    torch.save(found, os.path.join(folder, f"rank-{rank}.pt"))
+
+
+def test_unused_parameters_are_expected_only_where_blocks_may_be_skipped(tmp_path):
+    """A skipped block's parameters get no gradient in that step; a masked one is computed (times 0)."""
+    on_two_gloo_ranks(rank_wrapping, str(tmp_path))
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank-{rank}.pt") == {"skip": True, "mask": False, "no drops": False}
