@@ -199,14 +199,15 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     def counted_step(index: torch.Tensor, draws: torch.Tensor | None = None):
         """One step on the training images ``index``, and its count in the epoch's sums: work on the
         device only, so that a captured step holds all of it."""
-        images, labels = data.training_batch(index, draws, augmentation)
         rows = nullcontext()
         if ranks > 1:
+            # Each rank makes only its own rows of the batch; the draws were made for all of them.
             start, stop = distributed.rank_rows(len(index), rank, ranks)
-            images, labels = images[start:stop], labels[start:stop]
+            rows = computing_rows(start, stop, len(index))
             if share is not None:
                 share.set(stop - start, len(index), ranks)
-            rows = computing_rows(start, stop, len(index))
+            index, draws = index[start:stop], None if draws is None else draws[:, start:stop]
+        images, labels = data.training_batch(index, draws, augmentation)
         with rows:
             output, loss = update(net, optimizer, images, labels, bf16)
         run.count(output, loss, labels)

@@ -33,8 +33,8 @@ def as_rank(monkeypatch, rank: int, ranks: int) -> None:
 
 
 def trained(monkeypatch, images: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The per-row coins every stochastic block drew, and the labels every step trained on."""
-    coins, labels = [], []
+    """The per-row coins every stochastic block drew, and each step's rows: augmented image and label."""
+    coins, rows = [], []
     draw = stochastic_depth.row_coins
 
     def recorded(*args):
@@ -42,21 +42,21 @@ def trained(monkeypatch, images: int) -> tuple[list[torch.Tensor], list[torch.Te
         return coins[-1]
 
     def loss(logits, images_, labels_):
-        labels.append(labels_.clone())
+        rows.append(torch.cat([images_.flatten(1), labels_.view(-1, 1).float()], dim=1))
         return cross_entropy_loss(logits, labels=labels_, images=images_)
 
     monkeypatch.setattr(stochastic_depth, "row_coins", recorded)
     torch.manual_seed(0)
     model = build_model("resnet8", 4, 1, 0.5, "sample")
     train(model, data(images), RECIPE, augmentation=AUGMENT, seed=3, loss_fn=loss)
-    return coins, labels
+    return coins, rows
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_the_ranks_rows_and_per_row_coins_together_are_one_processs(monkeypatch, ranks):
+def test_the_ranks_images_labels_and_per_row_coins_together_are_one_processs(monkeypatch, ranks):
     """83 images in batches of 16: the last batch of 3 splits unevenly over two ranks."""
     with monkeypatch.context() as patch:
-        whole_coins, whole_labels = trained(patch, 83)
+        whole_coins, whole_rows = trained(patch, 83)
     by_rank = []
     for rank in range(ranks):
         with monkeypatch.context() as patch:
@@ -65,8 +65,8 @@ def test_the_ranks_rows_and_per_row_coins_together_are_one_processs(monkeypatch,
     assert len(whole_coins) == 6 * 2 and all(len(c) == len(whole_coins) for c, _ in by_rank)  # 6 steps, 2 blocks
     for step, whole in enumerate(whole_coins):
         assert torch.equal(torch.cat([c[step] for c, _ in by_rank]), whole)
-    for step, whole in enumerate(whole_labels):
-        assert torch.equal(torch.cat([l[step] for _, l in by_rank]), whole)
+    for step, whole in enumerate(whole_rows):
+        assert torch.equal(torch.cat([r[step] for _, r in by_rank]), whole)
 
 
 def test_a_last_batch_smaller_than_the_number_of_processes_is_refused_before_training(monkeypatch):
