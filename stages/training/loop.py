@@ -185,11 +185,11 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                                 steps_per_epoch, rank, ranks)
     if device.type == "cuda":
         zero_momentum_buffers(optimizer)
-    # Slices of unequal size get their gradients weighed by their images (DDP's plain average is kept
-    # where every slice of every batch is the same size).
     execution = drop_execution_for(recipe, device)
     if execution:
         use_drop_execution(model, execution)  # before DDP, which asks whether blocks may go unused
+    # Slices of unequal size get their gradients weighed by their images (DDP's plain average is kept
+    # where every slice of every batch is the same size).
     uneven = ranks > 1 and any(size % ranks for size in (recipe.batch_size, smallest_batch))
     share = distributed.SliceShare() if uneven else None
     net = distributed.data_parallel(model, device, share) if ranks > 1 else model
