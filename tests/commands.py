@@ -6,8 +6,12 @@ import sys
 from pathlib import Path
 
 TINY = Path(__file__).resolve().parent / "profiles" / "tiny.yaml"
-# A wide terminal, so that rich does not wrap the lines the tests read.
-WIDE = {**os.environ, "COLUMNS": "200"}
+
+
+def wide() -> dict[str, str]:
+    """This process's environment as it is now (a test may have changed it), with a wide terminal, so
+    that rich does not wrap the lines the tests read."""
+    return {**os.environ, "COLUMNS": "200"}
 
 
 def pipeline_command(*args, artifacts: Path | None = None) -> list[str]:
@@ -17,4 +21,4 @@ def pipeline_command(*args, artifacts: Path | None = None) -> list[str]:
 
 def cli(*args, artifacts: Path | None = None) -> subprocess.CompletedProcess:
     """The pipeline's command line run to its end, its output captured."""
-    return subprocess.run(pipeline_command(*args, artifacts=artifacts), capture_output=True, text=True, env=WIDE)
+    return subprocess.run(pipeline_command(*args, artifacts=artifacts), capture_output=True, text=True, env=wide())

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.commands import cli, pipeline_command, TINY, WIDE
+from tests.commands import cli, pipeline_command, TINY, wide
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +246,7 @@ def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first
 def test_two_runs_at_once_build_each_artifact_once(tmp_path):
     # Long enough that the second run certainly arrives while the first is still training.
     command = pipeline_command("teacher", TINY, "--set", "teacher.training.epochs=6", artifacts=tmp_path)
-    env = WIDE
+    env = wide()
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in first.stdout:
         if line.startswith("▶ teacher:teacher"):
