@@ -106,6 +106,12 @@ class TrainingConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
         None, description="torch.compile's mode when compile is on (null: default). reduce-overhead captures "
         "CUDA graphs on a GPU; it needs drop_execution: mask, which leaves no host-side decision in a step.")
+    compile_scope: Literal["network", "blocks"] | None = Field(
+        None, description="What compile compiles (null: network): the whole network as one graph, or each block "
+        "on its own (blocks), so that one compiled graph serves every block of the same shape and compile time "
+        "stops growing with depth (ResNet-110 compiles as few graphs as ResNet-20), at the cost of fusing "
+        "across block boundaries. Blocks then drop by masks (drop_execution null or mask); compile_mode default or "
+        "max-autotune.")
     eval_each_epoch: bool | None = Field(
         None, description="Measure test (and validation) accuracy after every epoch, for the report's curves; its "
         "time is kept out of the training throughput (null: yes).")
@@ -113,7 +119,7 @@ class TrainingConfig(Section):
         None, description="How stochastic blocks drop while training, and while a teacher is sampled for this "
         "recipe: skip (compute a block only for the rows that keep it, coins drawn on the CPU) or mask (compute "
         "every block and multiply by a mask drawn on the device, capturable). Same distribution (null: mask where "
-        "capture_step replays the step on a GPU, skip elsewhere).")
+        "capture_step replays the step on a GPU or compile_scope is blocks, skip elsewhere).")
     capture_step: bool | None = Field(
         None, description="On a CUDA GPU, record each full batch's whole step (forward, loss, backward, optimizer "
         "step) once as a CUDA graph and replay it, after a few eager steps; stochastic blocks then drop by masks "
@@ -132,6 +138,15 @@ class TrainingConfig(Section):
                              "compile_mode default (or null) with it, not reduce-overhead")
         if self.compile_mode is not None and not self.compile:
             raise ValueError("training.compile_mode is set but training.compile is not; set compile: true")
+        if self.compile_scope is not None and not self.compile:
+            raise ValueError("training.compile_scope is set but training.compile is not; set compile: true")
+        if self.compile_scope == "blocks":
+            if self.drop_execution == "skip":
+                raise ValueError("training.compile_scope 'blocks' shares one compiled graph between blocks, which "
+                                 "host-side skipping breaks apart; set training.drop_execution to mask or leave it out")
+            if self.compile_mode == "reduce-overhead":
+                raise ValueError("training.compile_scope 'blocks' with compile_mode 'reduce-overhead' would record "
+                                 "a CUDA graph per block; use capture_step: true for one graph of the whole step")
         return self
 
 

@@ -22,6 +22,7 @@ from stages.nets.checkpoint import save_model
 from stages.nets.stochastic_depth import capturing, computing_rows, use_drop_execution
 from stages.training.augment import (augmentation_draws, gathered_batch, normalize, padded_channels_last,
                                      pixel_grid)
+from stages.training.compiling import compiled_for_training, uncompiled
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy_on_test, validation_metrics
@@ -63,8 +64,10 @@ def captures_step(recipe: TrainingConfig, device: torch.device) -> bool:
 
 def drop_execution_for(recipe: TrainingConfig, device: torch.device) -> str | None:
     """How stochastic blocks drop under ``recipe`` on ``device``: its ``drop_execution``, else masks
-    where the step is captured (a graph holds no host-side decision) and skipping elsewhere (None)."""
-    return recipe.drop_execution or ("mask" if captures_step(recipe, device) else None)
+    where the step is captured (a graph holds no host-side decision) or its blocks share compiled
+    graphs, and skipping elsewhere (None)."""
+    masks = captures_step(recipe, device) or (recipe.compile and recipe.compile_scope == "blocks")
+    return recipe.drop_execution or ("mask" if masks else None)
 
 
 def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -193,8 +196,6 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     uneven = ranks > 1 and any(size % ranks for size in (recipe.batch_size, smallest_batch))
     share = distributed.SliceShare() if uneven else None
     net = distributed.data_parallel(model, device, share) if ranks > 1 else model
-    if recipe.compile:
-        net = torch.compile(net, mode=recipe.compile_mode)
 
     def counted_step(index: torch.Tensor, draws: torch.Tensor | None = None):
         """One step on the training images ``index``, and its count in the epoch's sums: work on the
@@ -243,7 +244,9 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                       device_name(device))
 
     total_steps = recipe.epochs * steps_per_epoch
-    with progress(label, total_steps) as advance, stop_on_interrupt() as stop:
+    # ``counted_step`` runs ``net`` as rebound here: compiled, where the recipe says so.
+    with (progress(label, total_steps) as advance, stop_on_interrupt() as stop,
+          compiled_for_training(model, net, recipe) as net):
         if run.epoch or run.step:
             advance(run.epoch * steps_per_epoch + run.step)
         while run.epoch < recipe.epochs:
@@ -291,7 +294,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                                 "lr": current_lr(optimizer)})
             if evaluate is not None:
                 started = time.perf_counter()
-                run.history[-1].update(evaluate())
+                with uncompiled():
+                    run.history[-1].update(evaluate())
                 model.train()  # evaluation left it in eval mode
                 evaluating_s += time.perf_counter() - started
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")

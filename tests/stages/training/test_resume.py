@@ -80,11 +80,14 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, kills):
     assert result.resumed_at[0] == {"epoch": first // STEPS_PER_EPOCH + 1, "batch": first % STEPS_PER_EPOCH}
 
 
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [None, pytest.param("network", marks=pytest.mark.slow),
+                                      pytest.param("blocks", marks=pytest.mark.slow)],
+                         ids=["eager", "compiled", "compiled-blocks"])
 def test_masked_blocks_resume_bit_identical_too(tmp_path, compiled):
     """Masks drawn on the device (drop_execution: mask) come from a generator the checkpoint holds;
-    torch.compile (its CPU path here) changes nothing of that."""
-    recipe = RECIPE.model_copy(update={"drop_execution": "mask", "compile": compiled or None})
+    torch.compile (its CPU path here), of the whole network or block by block, changes nothing of that."""
+    recipe = RECIPE.model_copy(update={"drop_execution": "mask", "compile": bool(compiled) or None,
+                                       "compile_scope": compiled})
     reference = stochastic_model()
     reference_result = train(reference, digits_like_data(), recipe, augmentation=AUGMENT, seed=3)
     checkpoint, calls = tmp_path / "training.pt", []

@@ -1,0 +1,124 @@
+"""training.compile_scope: the network compiled whole, or block by block with graphs shared between
+blocks of one kind. Dynamo's eager backend keeps these tests fast: it traces and guards as Inductor
+would, and runs the traced operators as they are, so a run can be compared with eager to the bit."""
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from stages.common.config import Augmentation, TrainingConfig
+from stages.nets.architectures import build_model
+from stages.training import compiling
+from stages.training.data import ImageDataset
+from stages.training.evaluation import accuracy_on_test
+from stages.training.loop import DeviceData, drop_execution_for, train
+
+AUGMENT = Augmentation(crop_padding=1, horizontal_flip=True)
+# 84 images in batches of 32: two full batches and a last one of 20, which compiles again.
+RECIPE = TrainingConfig(epochs=2, batch_size=32, lr=0.05, drop_execution="mask")
+BLOCKS = RECIPE.model_copy(update={"compile": True, "compile_scope": "blocks"})
+
+
+def images() -> ImageDataset:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (84, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, 84)
+    return ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,) * 3, (0.25,) * 3)
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """torch.compile with Dynamo's eager backend, and Dynamo's caches and counters fresh."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compile_(fn, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def trained(arch: str, recipe: TrainingConfig, evaluate: bool = False, p_last: float = 0.5):
+    torch.manual_seed(0)
+    model = build_model(arch, 4, 3, p_last, "batch")
+    data = images()
+    each_epoch = (lambda: {"test_accuracy": accuracy_on_test(model, data, torch.device("cpu"))}) if evaluate else None
+    result = train(model, DeviceData(data, torch.device("cpu")), recipe, augmentation=AUGMENT, seed=1,
+                   evaluate=each_epoch)
+    return model, result
+
+
+def graphs_compiled() -> int:
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_blocks_compile_as_many_graphs_at_any_depth(eager_backend):
+    """Blocks of one kind share their graphs, so a deeper network compiles no more of them; the
+    epoch's shorter last batch compiles each kind once more, within the raised recompile limit."""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never eager behind our back
+        trained("resnet20", BLOCKS)
+        shallow = graphs_compiled()
+        torch._dynamo.reset()
+        counters.clear()
+        trained("resnet110", BLOCKS)
+    assert graphs_compiled() == shallow
+    # The first block (never dropped), the first stochastic one (its survival still a constant), one
+    # with its survival an input, two that downsample and one of each wider width: 7, and 6 again at
+    # the last batch's size.
+    assert shallow == 13
+    assert shallow <= compiling.BLOCK_ENTRIES
+
+
+def test_blocks_compiled_train_to_the_bit_what_eager_masks_train(eager_backend):
+    """A survival probability that becomes an input of a shared graph still draws each block's own
+    coins: the weights and the history are eager's."""
+    reference, reference_result = trained("resnet20", RECIPE)
+    model, result = trained("resnet20", BLOCKS)
+    assert result.history == reference_result.history
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_blocks_run_eagerly_again_after_training_and_while_it_evaluates(eager_backend):
+    model, _ = trained("resnet14", BLOCKS, evaluate=True)
+    assert not any("forward" in vars(block) for block in compiling.network_blocks(model))
+    with_evaluation = graphs_compiled()
+    torch._dynamo.reset()
+    counters.clear()
+    trained("resnet14", BLOCKS)
+    assert graphs_compiled() == with_evaluation  # evaluation (eval mode, another batch size) compiled nothing
+
+
+def test_every_peer_and_a_wrapped_network_has_its_blocks_found():
+    from stages.mutual import Peers
+    from stages.training.loop import WithGroups
+
+    peers = Peers([build_model("resnet8", 4, 3), build_model("resnet14", 4, 3)])
+    assert len(compiling.network_blocks(peers)) == 3 + 6
+    assert len(compiling.network_blocks(WithGroups(build_model("vgg13", 4, 3)))) > 0
+
+
+def test_compile_scope_needs_compile_and_masks():
+    with pytest.raises(ValueError, match="compile_scope is set but training.compile is not"):
+        TrainingConfig(compile_scope="blocks")
+    with pytest.raises(ValueError, match="set training.drop_execution to mask or leave it out"):
+        TrainingConfig(compile=True, compile_scope="blocks", drop_execution="skip")
+    with pytest.raises(ValueError, match="use capture_step: true for one graph"):
+        TrainingConfig(compile=True, compile_scope="blocks", drop_execution="mask", compile_mode="reduce-overhead")
+    # Unset, blocks drop by masks wherever their graphs are shared, a CPU included.
+    recipe = TrainingConfig(compile=True, compile_scope="blocks")
+    assert drop_execution_for(recipe, torch.device("cpu")) == "mask"
+    assert drop_execution_for(TrainingConfig(compile=True, compile_scope="network"), torch.device("cpu")) is None
+
+
+@pytest.mark.slow
+def test_inductor_blocks_train_what_eager_trains_without_drops():
+    """With Inductor itself (its fused kernels round otherwise; with no block dropping there are no
+    coins, which Inductor draws from a generator of its own)."""
+    torch._dynamo.reset()
+    reference, _ = trained("resnet8", RECIPE, p_last=1.0)
+    model, _ = trained("resnet8", BLOCKS, p_last=1.0)
+    torch._dynamo.reset()
+    largest = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(),
+                                                              reference.state_dict().values()))
+    assert largest < 1e-3
