@@ -151,6 +151,26 @@ def test_captured_training_matches_the_eager_step(p_last, deterministic_cudnn):
 
 
 @needs_cuda
+@pytest.mark.parametrize("scope", ["network", "blocks"])
+def test_compiled_inside_the_graph_trains_what_eager_trains(scope, deterministic_cudnn):
+    """Compile inside the captured step, whole or block by block, follows the eager step. No block
+    drops (Inductor draws its coins from a generator of its own), a gentle LR, and losses compared, not
+    weights: Inductor's fused kernels round otherwise, and training amplifies that. On a CPU, these two
+    epochs left one BatchNorm bias of the whole compiled network 8 % from eager's, with the losses within
+    0.4 %; at the recipe's LR 0.05 with warm-up, the blocks' losses drifted by 0.8 %."""
+    recipe = RECIPE.model_copy(update={"lr": 0.01, "warmup_epochs": None})
+    reference = train(model(1.0), data_on("cuda"), recipe, augmentation=AUGMENT, seed=3)
+    compiled = recipe.model_copy(update={"capture_step": True, "compile": True, "compile_scope": scope})
+    result = train(model(1.0), data_on("cuda"), compiled, augmentation=AUGMENT, seed=3)
+    torch._dynamo.reset()
+    gaps = [abs(ours["loss"] - theirs["loss"]) / theirs["loss"] for ours, theirs in zip(result.history,
+                                                                                         reference.history)]
+    print(f"\ncapture_step + compile_scope {scope}: per-epoch loss against eager, relative {gaps}")
+    assert max(gaps) <= 1e-2
+    assert result.images_per_second > 0 and len(result.history) == recipe.epochs
+
+
+@needs_cuda
 def test_each_replay_draws_fresh_masks():
     device = torch.device("cuda")
     drop = DropPath(0.5, "sample")
