@@ -15,6 +15,9 @@ autocast on a GPU):
 - graph, cudnn benchmark: the pipeline graph with cuDNN timing its algorithms per shape first;
 - pipeline graph, no aug: the same without crops and flips (what the augmentation costs);
 - pipeline graph+compile: the same with training.compile (default mode) inside the graph;
+- graph+compile blocks: the same, compiled block by block (training.compile_scope: blocks), which
+  compiles a handful of graphs shared between blocks whatever the depth (bench/compile_scope.py
+  times the compilation);
 - pipeline compiled: training.compile with compile_mode reduce-overhead (torch.compile's own CUDA
   graphs, optimizer step outside them), masks;
 - plain eager / plain graph / plain compiled: the minimal loop of bench/train_throughput.py, eager,
@@ -48,7 +51,8 @@ from stages.nets.stochastic_depth import use_drop_execution  # noqa: E402
 
 
 COLUMNS = ["pipeline skip", "pipeline mask", "pipeline graph", "graph, cudnn benchmark", "pipeline graph, no aug",
-           "pipeline graph+compile", "pipeline compiled", "plain eager", "plain graph", "plain compiled"]
+           "pipeline graph+compile", "graph+compile blocks", "pipeline compiled", "plain eager", "plain graph",
+           "plain compiled"]
 
 
 def with_cudnn_benchmark(run):
@@ -126,6 +130,9 @@ def main() -> None:
             if gpu:
                 measure(table, arch, "pipeline graph+compile", lambda: pipeline_images_per_s(
                     fresh(arch, "mask"), data, device, args.batch, args.steps, compile=True, **graph))
+                measure(table, arch, "graph+compile blocks", lambda: pipeline_images_per_s(
+                    fresh(arch, "mask"), data, device, args.batch, args.steps, compile=True,
+                    compile_scope="blocks", **graph))
             measure(table, arch, "pipeline compiled", lambda: pipeline_images_per_s(
                 fresh(arch, "mask"), data, device, args.batch, args.steps, compile=True, compile_mode=mode,
                 drop_execution="mask"))
@@ -152,7 +159,7 @@ def main() -> None:
 
     columns = [c for c in COLUMNS if not args.rows or c in args.rows]
     captured_columns = ["pipeline graph", "graph, cudnn benchmark", "pipeline graph+compile",
-                        "pipeline compiled"]
+                        "graph+compile blocks", "pipeline compiled"]
     print(f"\n{'images/s':24s}" + "".join(f"{c:>24s}" for c in columns)
           + f"{'best captured / skip':>22s}{'/ plain graph':>15s}")
     for name, table in rows.items():
