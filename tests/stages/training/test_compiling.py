@@ -13,6 +13,7 @@ from stages.training import compiling
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import DeviceData, drop_execution_for, train
+from tests.weights import assert_same_weights, largest_difference
 
 AUGMENT = Augmentation(crop_padding=1, horizontal_flip=True)
 # 84 images in batches of 32: two full batches and a last one of 20, which compiles again.
@@ -75,8 +76,7 @@ def test_blocks_compiled_train_to_the_bit_what_eager_masks_train(eager_backend):
     reference, reference_result = trained("resnet20", RECIPE)
     model, result = trained("resnet20", BLOCKS)
     assert result.history == reference_result.history
-    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(model, reference)
 
 
 def test_blocks_run_eagerly_again_after_training_and_while_it_evaluates(eager_backend):
@@ -119,6 +119,4 @@ def test_inductor_blocks_train_what_eager_trains_without_drops():
     reference, _ = trained("resnet8", RECIPE, p_last=1.0)
     model, _ = trained("resnet8", BLOCKS, p_last=1.0)
     torch._dynamo.reset()
-    largest = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(),
-                                                              reference.state_dict().values()))
-    assert largest < 1e-3
+    assert largest_difference(model, reference) < 1e-3

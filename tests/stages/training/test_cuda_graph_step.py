@@ -13,6 +13,7 @@ from stages.training.data import ImageDataset
 from stages.nets.stochastic_depth import DropPath, stochastic_sum, use_drop_execution
 from stages.training.loop import DeviceData, train
 from stages.training.run_state import portable_state
+from tests.weights import largest_difference
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is visible")
 AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
@@ -43,11 +44,6 @@ def run(device: str, p_last: float, capture: bool, **kwargs):
     result = train(net, data_on(device), RECIPE.model_copy(update={"capture_step": capture or None}),
                    augmentation=AUGMENT, seed=3, **kwargs)
     return net, result
-
-
-def largest_difference(a, b) -> float:
-    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.state_dict().values(),
-                                                                          b.state_dict().values()))
 
 
 def test_capture_needs_masks_and_no_second_graph():

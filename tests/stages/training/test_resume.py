@@ -13,6 +13,7 @@ from stages.nets.architectures import build_model
 from stages.training.data import ImageDataset
 from stages.training.resume import TrainingInterrupted
 from stages.training.loop import DeviceData, cross_entropy_loss, train
+from tests.weights import assert_same_weights
 
 AUGMENT = Augmentation(crop_padding=2, horizontal_flip=True)
 RECIPE = TrainingConfig(epochs=3, batch_size=16, lr=0.05, lr_milestones=(2,), warmup_epochs=1)
@@ -49,13 +50,6 @@ def uninterrupted():
     model = stochastic_model()
     result = train(model, digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3)
     return model, result
-
-
-def assert_same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for name in sa:
-        assert torch.equal(sa[name], sb[name]), name
 
 
 @pytest.mark.parametrize("kills", [[3], [5], [2, 9, 13]], ids=["mid-epoch", "epoch-end", "three-kills"])
