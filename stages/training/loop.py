@@ -66,7 +66,7 @@ def drop_execution_for(recipe: TrainingConfig, device: torch.device) -> str | No
     """How stochastic blocks drop under ``recipe`` on ``device``: its ``drop_execution``, else masks
     where the step is captured (a graph holds no host-side decision) or its blocks share compiled
     graphs, and skipping elsewhere (None)."""
-    masks = captures_step(recipe, device) or (recipe.compile and recipe.compile_scope == "blocks")
+    masks = captures_step(recipe, device) or recipe.compile_scope == "blocks"  # a scope needs compile
     return recipe.drop_execution or ("mask" if masks else None)
 
 
