@@ -1,5 +1,7 @@
 """The command line as tests run it: the test profile, and the pipeline started as a user starts it."""
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +16,38 @@ def wide() -> dict[str, str]:
     return {**os.environ, "COLUMNS": "200"}
 
 
+@functools.cache
+def _session_probe() -> str:
+    from dataclasses import asdict
+
+    from pipeline.estimate import measure_probe
+
+    return json.dumps(asdict(measure_probe("auto")))
+
+
+def with_this_machines_probe(artifacts: Path) -> None:
+    """Give an artifacts folder the throughput probe that a run measures once per folder before its
+    estimate, measured once for the whole test session: each fresh folder would otherwise spend
+    seconds measuring it again. Tests of the probe itself name their folder with ``--artifacts``
+    among the arguments, so their folder measures its own. Best effort: a folder a test has made
+    unwritable, or a file in its place, stays as the test made it."""
+    from pipeline.estimate import probe_file
+
+    for device in ("auto", "cpu"):
+        path = probe_file(artifacts, device)
+        if path.exists():
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_session_probe())
+        except OSError:
+            return
+
+
 def pipeline_command(*args, artifacts: Path | None = None) -> list[str]:
-    """``python -m pipeline ARGS [--artifacts ARTIFACTS]``."""
+    """``python -m pipeline ARGS [--artifacts ARTIFACTS]``, ARTIFACTS holding this machine's probe."""
+    if artifacts is not None:
+        with_this_machines_probe(Path(artifacts))
     return [sys.executable, "-m", "pipeline", *map(str, args), *(["--artifacts", str(artifacts)] if artifacts else [])]
 
 
