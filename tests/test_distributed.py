@@ -52,17 +52,19 @@ def one_process_accuracy(folder: Path) -> float:
     return accuracy_on_test(load_model(folder), load_dataset(load_profile(TINY).data), torch.device("cpu"))
 
 
-LONGER = ("--set", "teacher.training.epochs=20", "--nproc-per-node", "2")
+# Long enough that a signal sent once epoch 2 is done arrives mid-training, with epochs to spare.
+LONGER_EPOCHS = 10
+LONGER = ("--set", f"teacher.training.epochs={LONGER_EPOCHS}", "--nproc-per-node", "2")
 
 
 @pytest.fixture(scope="module")
 def two_process_reference(tmp_path_factory) -> Path:
-    """The teacher of a two-process run of 20 epochs, never interrupted."""
+    """The teacher of a two-process run of LONGER_EPOCHS epochs, never interrupted."""
     return teacher(tmp_path_factory.mktemp("reference"), *LONGER)
 
 
 def started_two_process_teacher(artifacts: Path, *extra: str) -> subprocess.Popen:
-    """A two-process teacher run of 20 epochs, returned once its second epoch is done."""
+    """A two-process teacher run of LONGER_EPOCHS epochs, returned once its second epoch is done."""
     import signal
 
     process = subprocess.Popen(
@@ -70,7 +72,7 @@ def started_two_process_teacher(artifacts: Path, *extra: str) -> subprocess.Pope
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
     for line in process.stdout:
-        if "epoch 2/20" in line:
+        if f"epoch 2/{LONGER_EPOCHS}" in line:
             return process
     raise AssertionError(process.communicate()[1])
 
