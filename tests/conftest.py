@@ -14,6 +14,26 @@ def cifar100_npz() -> Path:
     return CIFAR100_NPZ
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """The tiny profile run once, fresh, through every stage: its artifacts folder, the finished
+    command, and a copy of its store taken at once as it stood up to the engines (what ``run --until
+    engine`` leaves). The end-to-end and the bad-input tests share it rather than building the same
+    artifacts twice; the copy is taken before any test changes the run's folder."""
+    import shutil
+
+    from tests.commands import cli, TINY
+
+    artifacts = tmp_path_factory.mktemp("tiny-run")
+    done = cli("run", str(TINY), artifacts=artifacts)
+    assert done.returncode == 0, done.stdout + done.stderr
+    until_engine = tmp_path_factory.mktemp("tiny-until-engine")
+    shutil.copytree(artifacts / "store", until_engine / "store",
+                    ignore=lambda folder, names: [n for n in names if Path(folder) == artifacts / "store"
+                                                  and n in ("benchmark", "report")])
+    return artifacts, done, until_engine
+
+
 @pytest.fixture
 def standin_tensorrt(monkeypatch):
     """The strict stand-in for TensorRT (tests/tensorrt_standin.py) as the ``tensorrt`` module, fresh

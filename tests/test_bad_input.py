@@ -25,12 +25,9 @@ def finished(artifacts: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory):
-    """The tiny profile built up to its engines, once for the whole module."""
-    artifacts = tmp_path_factory.mktemp("cached")
-    done = cli("run", str(TINY), "--until", "engine", artifacts=artifacts)
-    assert done.returncode == 0, done.stderr
-    return artifacts
+def cached(tiny_pipeline):
+    """The tiny profile built up to its engines, once for the whole module (conftest.tiny_pipeline)."""
+    return tiny_pipeline[2]
 
 
 @pytest.fixture

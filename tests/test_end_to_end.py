@@ -16,10 +16,9 @@ def ran_tasks(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    done = cli("run", str(TINY), artifacts=artifacts)
-    assert done.returncode == 0, done.stdout + done.stderr
+def first_run(tiny_pipeline):
+    """The tiny profile's first run, every stage from nothing (conftest.tiny_pipeline)."""
+    artifacts, done, _ = tiny_pipeline
     return artifacts, done
 
 
