@@ -38,13 +38,25 @@ def estimate_run(store, tasks, forced, profile, device: str, jobs: int = 1, mps:
         counted = f"{len(known)} task{'s' if len(known) != 1 else ''}"
         ui.console.print(f"estimated {duration(total)} for {counted} to run on this {probe.device.upper()}"
                          + (f" ({unknown} more not estimated)" if unknown else "")
-                         + (" one after another" if jobs > 1 else "") + " (an estimate)"
+                         + (" one after another" if jobs > 1 else "") + _what_it_counts(pending, probe.device)
                          + _side_by_side(pending, estimates, jobs, mps, probe.device))
         if probe.device == "cpu" and total > LONG_ON_A_CPU_S:
             ui.warn(f"about {duration(total)} on this CPU: train on a GPU (--device cuda), use a CPU-sized profile "
                     f"(profiles/cifar100_cpu.yaml), or unbundle models trained elsewhere "
                     f"(stochkd-pipeline unbundle FILE.tar); going on")
     return estimates
+
+
+def _what_it_counts(pending, device: str) -> str:
+    from pipeline.estimate import compiled_or_captured
+
+    faster = compiled_or_captured(pending, device)
+    if not faster:
+        return " (an estimate)"
+    one = faster == 1
+    return (f" (an estimate from eager steps: {faster} task{'' if one else 's'} compile{'s' if one else ''} or "
+            f"capture{'s' if one else ''} {'its' if one else 'their'} training step, and it leaves out that compile "
+            f"time and the faster steps after it)")
 
 
 def _side_by_side(pending, estimates: dict, jobs: int, mps: bool, device: str) -> str:

@@ -234,6 +234,25 @@ def _arch_of(task, member: str | None) -> str:
     return task.params["mutual"].peers[int(member[len("peer"):]) - 1] if member else task.params["mutual"].peers[0]
 
 
+def training_recipe(task):
+    """The recipe a task trains by; None for a task that trains nothing (an imported teacher among them)."""
+    if task.stage == "teacher" and task.params["teacher"].checkpoint is None:
+        return task.params["teacher"].training
+    if task.stage == "distill":
+        return task.params["student"].training
+    if task.stage == "mutual":
+        return task.params["mutual"].training
+    return None
+
+
+def compiled_or_captured(tasks, device: str) -> int:
+    """How many of the tasks compile their network or, on a GPU, capture their step as a CUDA graph.
+    The probe times plain eager steps, so their estimates leave out both the compile time (minutes for
+    a deep network) and the faster steps that follow."""
+    recipes = [training_recipe(task) for task in tasks]
+    return sum(1 for r in recipes if r is not None and (r.compile or (r.capture_step and device == "cuda")))
+
+
 def task_seconds(task, probe: Probe, shape, count) -> float | None:
     """The estimated wall time of one task; ``count(arch)`` gives [MACs, layers] of a network on this
     data. None for a task whose network cannot be told."""

@@ -99,3 +99,25 @@ def test_what_jobs_change_is_said_beside_the_estimate(monkeypatch):
     assert "take turns" in _side_by_side(tasks, seconds, 4, False, "cuda")
     assert "--mps" in _side_by_side(tasks, seconds, 4, True, "cuda")
     assert "split the cores" in _side_by_side(tasks, seconds, 4, False, "cpu")
+
+
+def test_compiled_or_captured_training_is_said_to_be_outside_the_estimate():
+    """The probe times eager steps: a task that compiles its network, or captures its step on a GPU,
+    has an estimate without its compile time or its faster steps, and the line before the run says so."""
+    from pipeline.cli_status import _what_it_counts
+
+    def training(*overrides):
+        return [t for t in build_plan(load_profile(TINY, list(overrides))) if t.stage in ("teacher", "distill")]
+
+    plain = training()
+    assert _what_it_counts(plain, "cuda") == " (an estimate)"
+    compiled = training("teacher.training.compile=true")
+    assert _what_it_counts(compiled, "cpu") == (" (an estimate from eager steps: 1 task compiles or captures its "
+                                                "training step, and it leaves out that compile time and the "
+                                                "faster steps after it)")
+    captured = training("student.training.capture_step=true")  # the student alone, KD and stochastic KD
+    assert _what_it_counts(captured, "cpu") == " (an estimate)"  # a CPU runs the step eagerly
+    assert "3 tasks compile or capture their training step" in _what_it_counts(captured, "cuda")
+    imported = [t for t in training("teacher.training.compile=true", "teacher.checkpoint=/some/teacher.pt")
+                if t.stage == "teacher"]
+    assert _what_it_counts(imported, "cuda") == " (an estimate)"  # an imported teacher trains nothing
