@@ -16,13 +16,19 @@ def wide() -> dict[str, str]:
     return {**os.environ, "COLUMNS": "200"}
 
 
+def _session_probe(device: str) -> str:
+    import torch
+
+    return _measured_probe("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+
+
 @functools.cache
-def _session_probe() -> str:
+def _measured_probe(device: str) -> str:
     from dataclasses import asdict
 
     from pipeline.estimate import measure_probe
 
-    return json.dumps(asdict(measure_probe("auto")))
+    return json.dumps(asdict(measure_probe(device)))
 
 
 def with_this_machines_probe(artifacts: Path) -> None:
@@ -39,7 +45,7 @@ def with_this_machines_probe(artifacts: Path) -> None:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(_session_probe())
+            path.write_text(_session_probe(device))
         except OSError:
             return
 
