@@ -60,3 +60,24 @@ def pipeline_command(*args, artifacts: Path | None = None) -> list[str]:
 def cli(*args, artifacts: Path | None = None) -> subprocess.CompletedProcess:
     """The pipeline's command line run to its end, its output captured."""
     return subprocess.run(pipeline_command(*args, artifacts=artifacts), capture_output=True, text=True, env=wide())
+
+
+# Long enough that a signal sent once epoch 2 is done arrives mid-training, with epochs to spare.
+INTERRUPTED_EPOCHS = 10
+INTERRUPTED = ("--set", f"teacher.training.epochs={INTERRUPTED_EPOCHS}")
+
+
+def started_teacher(artifacts: Path, *extra: str) -> subprocess.Popen:
+    """A teacher run of INTERRUPTED_EPOCHS epochs (EXTRA added), started as a terminal's foreground
+    job and returned once its second epoch is done."""
+    import signal
+
+    process = subprocess.Popen(
+        pipeline_command("teacher", TINY, *INTERRUPTED, *extra, artifacts=artifacts), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in process.stdout:
+        if f"epoch 2/{INTERRUPTED_EPOCHS}" in line:
+            return process
+    raise AssertionError(process.communicate()[1])

@@ -3,12 +3,11 @@
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.commands import cli, pipeline_command, TINY
+from tests.commands import cli, INTERRUPTED, started_teacher, TINY
 from tests.processes import processes_naming
 
 pytestmark = pytest.mark.slow
@@ -52,29 +51,14 @@ def one_process_accuracy(folder: Path) -> float:
     return accuracy_on_test(load_model(folder), load_dataset(load_profile(TINY).data), torch.device("cpu"))
 
 
-# Long enough that a signal sent once epoch 2 is done arrives mid-training, with epochs to spare.
-LONGER_EPOCHS = 10
-LONGER = ("--set", f"teacher.training.epochs={LONGER_EPOCHS}", "--nproc-per-node", "2")
+TWO_PROCESSES = ("--nproc-per-node", "2")
+LONGER = (*INTERRUPTED, *TWO_PROCESSES)
 
 
 @pytest.fixture(scope="module")
 def two_process_reference(tmp_path_factory) -> Path:
-    """The teacher of a two-process run of LONGER_EPOCHS epochs, never interrupted."""
+    """The teacher of a two-process run of INTERRUPTED_EPOCHS epochs, never interrupted."""
     return teacher(tmp_path_factory.mktemp("reference"), *LONGER)
-
-
-def started_two_process_teacher(artifacts: Path, *extra: str) -> subprocess.Popen:
-    """A two-process teacher run of LONGER_EPOCHS epochs, returned once its second epoch is done."""
-    import signal
-
-    process = subprocess.Popen(
-        pipeline_command("teacher", TINY, *LONGER, *extra, artifacts=artifacts),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal's foreground
-    for line in process.stdout:
-        if f"epoch 2/{LONGER_EPOCHS}" in line:
-            return process
-    raise AssertionError(process.communicate()[1])
 
 
 def assert_ends_like(artifacts: Path, reference: Path) -> None:
@@ -95,7 +79,7 @@ def test_a_signal_stops_every_rank_at_one_step_and_the_rerun_ends_identical(tmp_
     import signal
 
     artifacts = tmp_path / "stopped"
-    process = started_two_process_teacher(artifacts, "--checkpoint-every", "3600")  # only the signal saves
+    process = started_teacher(artifacts, *TWO_PROCESSES, "--checkpoint-every", "3600")  # only the signal saves
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
@@ -115,7 +99,7 @@ def test_a_rank_killed_outright_is_named_and_the_rerun_resumes_to_the_same_weigh
     import signal
 
     artifacts = tmp_path / "killed"
-    process = started_two_process_teacher(artifacts, "--checkpoint-every", "0.2")
+    process = started_teacher(artifacts, *TWO_PROCESSES, "--checkpoint-every", "0.2")
     [rank_1] = [int(line.split(maxsplit=1)[0]) for line in processes_naming(str(artifacts), with_pid=True)
                 if "LOCAL_RANK=1" in line.split(maxsplit=1)[1]]
     os.kill(rank_1, signal.SIGKILL)

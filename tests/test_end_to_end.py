@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.commands import cli, pipeline_command, TINY, wide
+from tests.commands import cli, INTERRUPTED, INTERRUPTED_EPOCHS, pipeline_command, started_teacher, TINY, wide
 
 pytestmark = pytest.mark.slow
 
@@ -110,28 +110,6 @@ def test_single_stage_command_runs_only_what_it_needs(first_run):
     assert ran_tasks(done.stdout) == {"export:teacher", "export:student", "export:kd", "export:stochastic_kd"}
 
 
-# Long enough that a signal sent once epoch 2 is done arrives mid-training, with epochs to spare.
-LONGER_EPOCHS = 10
-LONGER = ("--set", f"teacher.training.epochs={LONGER_EPOCHS}")
-
-
-def started_teacher(artifacts, *extra):
-    """A teacher run of LONGER_EPOCHS epochs, returned once its second epoch is done."""
-    import os
-    import signal
-
-    process = subprocess.Popen(
-        pipeline_command("teacher", TINY, *LONGER, *extra, artifacts=artifacts), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in process.stdout:
-        if f"epoch 2/{LONGER_EPOCHS}" in line:
-            return process
-    raise AssertionError(process.communicate()[1])
-
-
 def teacher_weights(artifacts) -> bytes:
     [folder] = [p for p in (artifacts / "store" / "teacher").iterdir() if not p.name.startswith(".")]
     return (folder / "model.pt").read_bytes()
@@ -140,7 +118,7 @@ def teacher_weights(artifacts) -> bytes:
 @pytest.fixture(scope="module")
 def uninterrupted_teacher(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("uninterrupted")
-    done = cli("teacher", str(TINY), *LONGER, artifacts=artifacts)
+    done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=artifacts)
     assert done.returncode == 0, done.stderr
     return teacher_weights(artifacts)
 
@@ -159,14 +137,15 @@ def test_ctrl_c_or_sigterm_saves_progress_says_how_to_resume_and_the_rerun_ends_
                         r"resume from there\n", stderr), stderr
     store = tmp_path / "store" / "teacher"
     assert [p.name[:8] for p in store.iterdir()] == [".resume-"]  # no artifact, no scratch, no lock
-    status = cli("status", str(TINY), *LONGER, artifacts=tmp_path)
+    status = cli("status", str(TINY), *INTERRUPTED, artifacts=tmp_path)
     # The table wraps its cells to the terminal's width; the figures are checked in the JSON below.
     assert re.search(r"teacher:teacher .*to run .*resumes from its", status.stdout), status.stdout
-    listed = cli("status", str(TINY), "--json", *LONGER, artifacts=tmp_path)
+    listed = cli("status", str(TINY), "--json", *INTERRUPTED, artifacts=tmp_path)
     [entry] = [t for t in json.loads(listed.stdout)["tasks"] if t["task"] == "teacher:teacher"]
-    assert entry["state"] == "resumable" and 2 / LONGER_EPOCHS - 1e-9 <= entry["checkpoint"]["done"] < 1  # past epoch 2
+    past_epoch_2 = 2 / INTERRUPTED_EPOCHS - 1e-9
+    assert entry["state"] == "resumable" and past_epoch_2 <= entry["checkpoint"]["done"] < 1
     assert entry["checkpoint"]["images_per_second"] > 0 and entry["checkpoint"]["device"]
-    done = cli("teacher", str(TINY), *LONGER, artifacts=tmp_path)
+    done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=tmp_path)
     assert done.returncode == 0, done.stderr
     assert teacher_weights(tmp_path) == uninterrupted_teacher
     assert not list(store.glob(".resume-*"))  # committed: nothing left to resume
@@ -179,7 +158,7 @@ def test_a_killed_run_resumes_and_ends_identical(tmp_path, uninterrupted_teacher
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert list((tmp_path / "store" / "teacher").glob(".resume-*/training.pt"))
-    done = cli("teacher", str(TINY), *LONGER, artifacts=tmp_path)
+    done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "removed, left behind by a run that was killed" in done.stderr
     assert teacher_weights(tmp_path) == uninterrupted_teacher
