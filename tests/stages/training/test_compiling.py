@@ -13,6 +13,7 @@ from stages.training import compiling
 from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import DeviceData, drop_execution_for, train
+from tests.processes import on_two_gloo_ranks
 from tests.weights import assert_same_weights, largest_difference
 
 AUGMENT = Augmentation(crop_padding=1, horizontal_flip=True)
@@ -39,9 +40,10 @@ def eager_backend(monkeypatch):
     torch._dynamo.reset()
 
 
-def trained(arch: str, recipe: TrainingConfig, evaluate: bool = False, p_last: float = 0.5):
+def trained(arch: str, recipe: TrainingConfig, evaluate: bool = False, p_last: float = 0.5,
+            drop_mode: str = "batch"):
     torch.manual_seed(0)
-    model = build_model(arch, 4, 3, p_last, "batch")
+    model = build_model(arch, 4, 3, p_last, drop_mode)
     data = images()
     each_epoch = (lambda: {"test_accuracy": accuracy_on_test(model, data, torch.device("cpu"))}) if evaluate else None
     result = train(model, DeviceData(data, torch.device("cpu")), recipe, augmentation=AUGMENT, seed=1,
@@ -120,3 +122,36 @@ def test_inductor_blocks_train_what_eager_trains_without_drops():
     model, _ = trained("resnet8", BLOCKS, p_last=1.0)
     torch._dynamo.reset()
     assert largest_difference(model, reference) < 1e-3
+
+
+def rank_training(rank: int, folder: str) -> None:
+    """On one of two gloo ranks: resnet8 trained eagerly with masks and block by block compiled
+    (AOTAutograd's own backward, as Inductor runs it, with eager kernels), per drop mode."""
+    import os
+
+    compile_ = torch.compile
+    torch.compile = lambda fn, mode=None: compile_(fn, backend="aot_eager")
+    found = {}
+    for mode in ("batch", "sample"):
+        for name, recipe in (("eager", RECIPE), ("blocks", BLOCKS)):
+            torch._dynamo.reset()
+            model, result = trained("resnet8", recipe, drop_mode=mode)
+            found[mode, name] = (model.state_dict(), result.history)
+    torch.save(found, os.path.join(folder, f"rank-{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_blocks_compiled_on_two_ranks_train_what_eager_masks_train_there(tmp_path):
+    """Under DistributedDataParallel each block's compiled backward still hands its gradients to the
+    ranks' all-reduce, and per-row coins (drawn for the global batch, then sliced) follow each step's
+    slice inside the compiled blocks: compiled equals eager on every rank, and the ranks end equal."""
+    on_two_gloo_ranks(rank_training, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank-{rank}.pt") for rank in (0, 1)]
+    for mode in ("batch", "sample"):
+        for found in ranks:
+            (eager, eager_history), (blocks, blocks_history) = found[mode, "eager"], found[mode, "blocks"]
+            assert blocks_history == eager_history, mode
+            assert all(torch.equal(blocks[key], eager[key]) for key in eager), mode
+        for key, weights in ranks[0][mode, "blocks"][0].items():
+            if "running" not in key and "num_batches" not in key:  # each rank's BatchNorm sees its own rows
+                assert torch.equal(ranks[1][mode, "blocks"][0][key], weights), (mode, key)
