@@ -29,11 +29,16 @@ def images() -> ImageDataset:
     return ImageDataset(x, y, x, y, ("a", "b", "c", "d"), (0.5,) * 3, (0.25,) * 3)
 
 
+def compiling_with(backend: str):
+    """torch.compile as the pipeline calls it, with Dynamo's ``backend`` in place of Inductor."""
+    compile_ = torch.compile
+    return lambda fn, mode=None: compile_(fn, backend=backend)
+
+
 @pytest.fixture
 def eager_backend(monkeypatch):
     """torch.compile with Dynamo's eager backend, and Dynamo's caches and counters fresh."""
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compile_(fn, backend="eager"))
+    monkeypatch.setattr(torch, "compile", compiling_with("eager"))
     torch._dynamo.reset()
     counters.clear()
     yield
@@ -129,8 +134,7 @@ def rank_training(rank: int, folder: str) -> None:
     (AOTAutograd's own backward, as Inductor runs it, with eager kernels), per drop mode."""
     import os
 
-    compile_ = torch.compile
-    torch.compile = lambda fn, mode=None: compile_(fn, backend="aot_eager")
+    torch.compile = compiling_with("aot_eager")  # a process of its own: nothing to restore
     found = {}
     for mode in ("batch", "sample"):
         for name, recipe in (("eager", RECIPE), ("blocks", BLOCKS)):
