@@ -122,6 +122,17 @@ def _check_mps(mps: bool, jobs: int, device: str) -> None:
         raise PipelineError("--mps lets tasks run side by side share a GPU; add --jobs 2 or more")
     if mps and device == "cpu":
         raise PipelineError("--mps shares a GPU between tasks, and --device cpu uses none; drop --mps")
+    if mps:
+        # Asked before anything runs: the first run in an artifacts folder measures the machine's speed
+        # for its estimate, and a refusal should not wait for that.
+        from pipeline.scheduler import visible_gpus
+
+        gpus = visible_gpus()
+        if len(gpus) != 1:
+            raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
+                                if not gpus else
+                                f"--mps shares one GPU between tasks, and {len(gpus)} are visible, each "
+                                f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
 
 
 def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
@@ -136,15 +147,9 @@ def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=No
                                 "each task already uses every process: leave --jobs at 1")
         from pipeline.scheduler import Scheduler
 
-        scheduler = Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
-                              on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
-                              estimates=estimates, mps=mps)
-        if mps and len(scheduler.gpus) != 1:
-            raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
-                                if not scheduler.gpus else
-                                f"--mps shares one GPU between tasks, and {len(scheduler.gpus)} are visible, each "
-                                f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
-        return scheduler
+        return Scheduler(store, jobs, device=device, checkpoint_interval_s=checkpoint_every,
+                         on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
+                         estimates=estimates, mps=mps)
     return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
                   on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every, estimates=estimates,
                   on_wait=lambda task, holder: ui.warn(

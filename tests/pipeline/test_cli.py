@@ -126,16 +126,17 @@ def test_sigterm_outside_training_unwinds_and_exits_143(capsys):
     assert signal.getsignal(signal.SIGTERM) is outside
 
 
+@pytest.mark.parametrize("command", [["run"], ["sweep", "--over", "seed=0,1"]], ids=["run", "sweep"])
 @pytest.mark.parametrize("visible, message", [
     ("", "--mps shares one GPU between tasks, and none is visible here; drop --mps"),
     ("0,1", "--mps shares one GPU between tasks, and 2 are visible, each task getting its own; drop --mps, or "
             "set CUDA_VISIBLE_DEVICES to one GPU"),
 ])
-def test_mps_needs_exactly_one_visible_gpu(tmp_path, visible, message):
+def test_mps_needs_exactly_one_visible_gpu(tmp_path, command, visible, message):
     import os
 
-    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "tests/profiles/tiny.yaml", "--jobs", "2", "--mps",
-                           "--artifacts", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
+    done = subprocess.run([sys.executable, "-m", "pipeline", command[0], "tests/profiles/tiny.yaml", *command[1:],
+                           "--jobs", "2", "--mps", "--artifacts", str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
-    assert not any(tmp_path.rglob("manifest.json"))  # refused before any task ran
+    assert not any(tmp_path.iterdir())  # refused before anything ran, the speed measurement included
