@@ -84,6 +84,11 @@ class MachineLoad:
     cores (from /proc/stat, less this process's own time): a latency measured next to a busy
     neighbour measures the neighbour too. ``share`` is None where /proc/stat cannot be read.
 
+    /proc/stat counts in clock ticks (10 ms on most kernels), each CPU's count landing a tick either
+    side of the truth, so a window of a few milliseconds would read a tick of rounding as hundreds of
+    per cent of the cores. ``share`` counts only what lies beyond one tick per CPU this process may
+    run on, and one for its own clock: what other processes certainly took.
+
     On a GPU (``device`` cuda), ``gpu_share`` is what other processes used of its streaming
     multiprocessors meanwhile: NVML's per-process utilisation samples taken since the start, the
     mean of each other process's, summed. None where NVML gives no such samples."""
@@ -107,7 +112,8 @@ class MachineLoad:
             return
         import os
 
-        others = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
+        rounding = (len(os.sched_getaffinity(0)) + 1) / os.sysconf("SC_CLK_TCK")
+        others = max(0.0, (busy - self.start[0]) - (own - self.start[1]) - rounding)
         self.share = others / max(1e-9, (wall - self.start[2]) * (os.cpu_count() or 1))
 
 
