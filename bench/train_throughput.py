@@ -133,12 +133,17 @@ def reference_images_per_s(model, data: ImageDataset, device, batch: int, steps:
             static_y.copy_(y[i * batch:(i + 1) * batch])
             recorded.replay()
 
+    batches = len(y) // batch
+    if batches == 0:
+        raise ValueError(f"{len(y)} training images make no batch of {batch}")
+    # Warm-up wraps round too: past the last batch a slice is empty, and an empty batch is no
+    # training step (compiled, its convolution backward fails Inductor's stride check on a CPU).
     for i in range(3):
-        step(i)
+        step(i % batches)
     synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
-        step(i % (len(y) // batch))
+        step(i % batches)
     synchronize(device)
     return steps * batch / (time.perf_counter() - start)
 
