@@ -118,21 +118,22 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
 
 
 def _check_mps(mps: bool, jobs: int, device: str) -> None:
-    if mps and jobs == 1:
+    if not mps:
+        return
+    if jobs == 1:
         raise PipelineError("--mps lets tasks run side by side share a GPU; add --jobs 2 or more")
-    if mps and device == "cpu":
+    if device == "cpu":
         raise PipelineError("--mps shares a GPU between tasks, and --device cpu uses none; drop --mps")
-    if mps:
-        # Asked before anything runs: the first run in an artifacts folder measures the machine's speed
-        # for its estimate, and a refusal should not wait for that.
-        from pipeline.scheduler import visible_gpus
+    # Asked before anything runs: the first run in an artifacts folder measures the machine's speed
+    # for its estimate, and a refusal should not wait for that.
+    from pipeline.scheduler import visible_gpus
 
-        gpus = visible_gpus()
-        if len(gpus) != 1:
-            raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
-                                if not gpus else
-                                f"--mps shares one GPU between tasks, and {len(gpus)} are visible, each "
-                                f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
+    gpus = visible_gpus()
+    if len(gpus) != 1:
+        raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
+                            if not gpus else
+                            f"--mps shares one GPU between tasks, and {len(gpus)} are visible, each "
+                            f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
 
 
 def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
