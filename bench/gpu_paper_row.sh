@@ -56,11 +56,13 @@ echo "run: exit $code after $(( $(date +%s) - start )) s (124 or 143: the budget
   | tee -a "$OUT/run.log"
 
 stochkd status "$PROFILE" --json "${settings[@]}" > "$OUT/status.json"
+rm -f /tmp/row.tar
 stochkd bundle "$PROFILE" --until "$UNTIL" -o /tmp/row.tar "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
 # At most 8 files, 16 MiB each and 64 MiB together come back from a call; four are taken above.
 rm -f "$OUT"/row.tar.part-*
-split -b 15M -d -a 2 /tmp/row.tar "$OUT/row.tar.part-"
-parts=$(ls "$OUT"/row.tar.part-* | wc -l)
+# No bundle when nothing finished or got as far as a checkpoint (bundle refuses an empty one).
+[ -f /tmp/row.tar ] && split -b 15M -d -a 2 /tmp/row.tar "$OUT/row.tar.part-"
+parts=$(ls "$OUT"/row.tar.part-* 2>/dev/null | wc -l)
 if [ "$parts" -gt 4 ]; then
   echo "the bundle needs $parts parts of 15 MiB, more than a call brings back beside the other files" \
     | tee -a "$OUT/run.log"

@@ -54,6 +54,10 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
                             "folder": f"store/{task.stage}/{RESUME_PREFIX}{task.key}", "files": _files(resume)})
         else:
             missing.append(task.id)
+    if not entries:  # most often the wrong --artifacts folder: an empty bundle would only hide that
+        raise ArtifactError(f"{store.root}: profile {profile_name!r} has produced nothing there yet (no finished "
+                            f"task, no training checkpoint), so no bundle was written; run it first, or pass "
+                            f"--artifacts the folder that holds its results")
     index = {"format": FORMAT, "profile": profile_name, "created": datetime.now(timezone.utc).isoformat(),
              "machine": machine(), "stage_versions": {name: decl.version for name, decl in STAGES.items()},
              "entries": entries, "not_bundled": missing}

@@ -109,3 +109,12 @@ def test_bundle_and_unbundle_from_the_command_line(produced, tmp_path):
     assert done.returncode == 0 and "added 2 entries" in done.stdout
     done = cli("unbundle", str(tmp_path / "missing.tar"), "--artifacts", str(tmp_path / "there"))
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "no such bundle" in done.stderr
+
+
+def test_bundling_a_folder_where_the_profile_produced_nothing_is_refused_and_writes_no_file(tmp_path):
+    empty = tmp_path / "elsewhere"
+    done = cli("bundle", str(TINY), "-o", str(tmp_path / "b.tar"), "--artifacts", str(empty))
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert (f"{empty}: profile 'tiny' has produced nothing there yet (no finished task, no training checkpoint), "
+            f"so no bundle was written") in done.stderr
+    assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob(".b.tar.*"))
