@@ -33,6 +33,9 @@ class ArtifactStore:
     def __init__(self, root: Path, warn: Callable[[str], None] = lambda message: None) -> None:
         self.root = Path(root)
         self.warn = warn
+        # A broken entry is looked up more than once before it is rebuilt (again under its lock); it is
+        # reported once.
+        self._reported: set[tuple[Path, str]] = set()
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / "store" / stage / key
@@ -48,7 +51,9 @@ class ArtifactStore:
             return None
         problem = self._check(folder, key)
         if problem:
-            self.warn(f"{folder}: {problem}; rebuilding it")
+            if (folder, problem) not in self._reported:
+                self._reported.add((folder, problem))
+                self.warn(f"{folder}: {problem}; rebuilding it")
             return None
         return StageInput(folder, json.loads((folder / MANIFEST).read_text()))
 

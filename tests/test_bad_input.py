@@ -162,7 +162,7 @@ def test_an_onnx_file_that_fails_its_checksum_is_reported_and_rebuilt(artifacts)
     (exported / "model.onnx").write_bytes(b"tampered")  # the manifest still has the old checksum
     done = cli("quantize", str(TINY), artifacts=artifacts)
     assert done.returncode == 0, done.stderr
-    assert f"{exported}: model.onnx is missing or has the wrong size; rebuilding it" in done.stderr
+    assert done.stderr.count(f"{exported}: model.onnx is missing or has the wrong size; rebuilding it") == 1
     assert (exported / "model.onnx").stat().st_size > 1000
 
 
