@@ -91,16 +91,29 @@ def _load_digits() -> tuple[np.ndarray, ...]:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, ...]:
+    import zipfile
+    import zlib
+
+    remake = f"an .npz is numpy.savez's zip of {', '.join(NPZ_ARRAYS)}"
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"data.root={path}: not a readable .npz archive ({exc})") from exc
-    with archive:
-        missing = [name for name in NPZ_ARRAYS if name not in archive.files]
-        if missing:
-            raise DataError(f"data.root={path}: lacks array(s) {', '.join(missing)} "
-                            f"(has: {', '.join(archive.files)}); an .npz needs {', '.join(NPZ_ARRAYS)}")
-        arrays = {name: archive[name] for name in NPZ_ARRAYS}
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise DataError(f"data.root={path}: cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    # Anything else np.load would take for a .npy or, refused, a pickle, and say so in those terms.
+    if magic != b"PK\x03\x04":
+        raise DataError(f"data.root={path}: not an .npz archive (it does not start as a zip file does); {remake}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in NPZ_ARRAYS if name not in archive.files]
+            if missing:
+                raise DataError(f"data.root={path}: lacks array(s) {', '.join(missing)} "
+                                f"(has: {', '.join(archive.files)}); an .npz needs {', '.join(NPZ_ARRAYS)}")
+            arrays = {name: _plain_array(path, archive, name) for name in NPZ_ARRAYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # Most often a copy that stopped short: the zip's directory, at its end, is missing.
+        raise DataError(f"data.root={path}: not a readable .npz archive ({type(exc).__name__}: {exc}); it is "
+                        f"truncated or damaged: copy it again") from exc
     class_names = tuple(str(n) for n in arrays["class_names"])
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -120,6 +133,17 @@ def _load_npz(path: Path) -> tuple[np.ndarray, ...]:
         raise DataError(f"data.root={path}: x_train images are {arrays['x_train'].shape[1:]} but "
                         f"x_test images are {arrays['x_test'].shape[1:]}")
     return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], class_names
+
+
+def _plain_array(path: Path, archive, name: str) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):  # numpy's words for an array of Python objects
+            raise
+        raise DataError(f"data.root={path}: {name} holds Python objects, which are not loaded (unpickling them "
+                        f"could run code); save it as a plain array (class names as numpy.array(names, dtype=str))"
+                        ) from exc
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:

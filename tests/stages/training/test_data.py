@@ -38,12 +38,39 @@ def test_npz_loads_and_normalizes(tmp_path):
     ({"x_test": np.zeros((8, 6, 6, 3), np.float32)}, "x_test must be uint8 images"),
     ({"x_test": np.zeros((8, 5, 5, 3), np.uint8)}, "x_train images are"),
     ({"y_train": np.arange(19) % 4}, "y_train must hold one integer label per image"),
+    ({"class_names": np.array(["a", "b", "c", "d"], dtype=object)},
+     "class_names holds Python objects, which are not loaded"),
 ])
 def test_malformed_npz_names_the_problem(tmp_path, overrides, message):
     path = _write_npz(tmp_path / "bad.npz", **overrides)
     with pytest.raises(DataError, match=message) as info:
         load_dataset(DataConfig(dataset="npz", root=str(path)))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("cut in half", "not a readable .npz archive \\(BadZipFile: File is not a zip file\\); it is truncated or "
+                    "damaged: copy it again"),
+    ("one bit flipped in an array", "not a readable .npz archive \\(BadZipFile: Bad CRC-32"),
+    ("a .npy renamed", "not an .npz archive \\(it does not start as a zip file does\\); an .npz is numpy.savez"),
+    ("text", "not an .npz archive"),
+])
+def test_a_damaged_or_foreign_npz_is_one_error_naming_it(tmp_path, damage, message):
+    good = _write_npz(tmp_path / "good.npz").read_bytes()
+    path = tmp_path / "bad.npz"
+    if damage == "cut in half":
+        path.write_bytes(good[:len(good) // 2])
+    elif damage == "one bit flipped in an array":
+        at = good.index(b"x_test.npy") + 200  # inside the stored bytes of x_test, after its local header
+        path.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1:])
+    elif damage == "a .npy renamed":
+        np.save(tmp_path / "one.npy", np.zeros(3))
+        path.write_bytes((tmp_path / "one.npy").read_bytes())
+    else:
+        path.write_text("x_train,y_train\n")
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(DataConfig(dataset="npz", root=str(path)))
+    assert str(info.value).startswith(f"data.root={path}: ") and "\n" not in str(info.value)
 
 
 def test_missing_dataset_path_says_where(tmp_path):
