@@ -23,16 +23,12 @@ from typing import Any
 
 from stages.common.errors import ArtifactError, first_line
 from pipeline.registry import STAGES
-from pipeline.store import MANIFEST, ArtifactStore, sha256_file
+from pipeline.store import MANIFEST, ArtifactStore
+from stages.common.checksums import file_records, first_mismatch
 
 INDEX = "bundle.json"
 FORMAT = 1
 RESUME_PREFIX = ".resume-"
-
-
-def _files(folder: Path) -> dict[str, dict[str, Any]]:
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[str, Any]:
@@ -46,12 +42,12 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
         artifact = store.lookup(task.stage, task.key)
         if artifact is not None:
             entries.append({"task": task.id, "stage": task.stage, "key": task.key, "kind": "artifact",
-                            "folder": f"store/{task.stage}/{task.key}", "files": _files(artifact.path)})
+                            "folder": f"store/{task.stage}/{task.key}", "files": file_records(artifact.path)})
             continue
         resume = store.resume_folder(task.stage, task.key)
         if resume.is_dir() and any(resume.iterdir()):
             entries.append({"task": task.id, "stage": task.stage, "key": task.key, "kind": "resume",
-                            "folder": f"store/{task.stage}/{RESUME_PREFIX}{task.key}", "files": _files(resume)})
+                            "folder": f"store/{task.stage}/{RESUME_PREFIX}{task.key}", "files": file_records(resume)})
         else:
             missing.append(task.id)
     if not entries:  # most often the wrong --artifacts folder: an empty bundle would only hide that
@@ -153,11 +149,9 @@ def unpack(bundle: Path, store: ArtifactStore) -> dict[str, Any]:
     try:
         for entry in index["entries"]:
             folder = scratch / entry["folder"]
-            for name, expected in entry["files"].items():
-                path = folder / name
-                if not path.is_file() or path.stat().st_size != expected["bytes"] \
-                        or sha256_file(path) != expected["sha256"]:
-                    raise _refuse(bundle, f"{entry['folder']}/{name} is missing or does not match its checksum")
+            mismatch = first_mismatch(folder, entry["files"])
+            if mismatch:
+                raise _refuse(bundle, f"{entry['folder']}/{mismatch[0]} is missing or does not match its checksum")
             if entry["kind"] == "artifact":
                 manifest = json.loads((folder / MANIFEST).read_text())
                 if manifest.get("key") != entry["key"] or manifest.get("stage") != entry["stage"]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from stages.common.errors import ArtifactError
-from stages.common.checksums import sha256_file
+from stages.common.checksums import file_records, first_mismatch
 from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 
@@ -64,13 +64,8 @@ class ArtifactStore:
             return "manifest missing or unreadable"
         if manifest.get("key") != key:
             return "manifest belongs to another key"
-        for name, expected in manifest.get("files", {}).items():
-            path = folder / name
-            if not path.is_file() or path.stat().st_size != expected["bytes"]:
-                return f"{name} is missing or has the wrong size"
-            if sha256_file(path) != expected["sha256"]:
-                return f"{name} does not match its checksum"
-        return None
+        mismatch = first_mismatch(folder, manifest.get("files", {}))
+        return " ".join(mismatch) if mismatch else None
 
     def resume_folder(self, stage: str, key: str) -> Path:
         """Where a stage keeps its training checkpoints until its artifact is committed; a run killed
@@ -107,11 +102,7 @@ class ArtifactStore:
 
     def commit(self, scratch: Path, stage: str, key: str, manifest: dict[str, Any]) -> StageInput:
         """Checksum the files, write the manifest, and move the folder into place atomically."""
-        files = {}
-        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
-            files[path.relative_to(scratch).as_posix()] = {"bytes": path.stat().st_size,
-                                                           "sha256": sha256_file(path)}
-        manifest = {**manifest, "key": key, "files": files}
+        manifest = {**manifest, "key": key, "files": file_records(scratch)}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         final = self.folder(stage, key)
         if final.exists():  # a forced rerun replaces the old entry

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store import MANIFEST, ArtifactStore, sha256_file
+from pipeline.store import MANIFEST, ArtifactStore
+from stages.common.checksums import sha256_file
 from tests.commands import cli, TINY
 
 pytestmark = pytest.mark.slow
