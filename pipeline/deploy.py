@@ -46,6 +46,7 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
            form: str | None = None) -> dict[str, Any]:
     from stages.common.hardware import package_versions
     from pipeline.plan import build_plan
+    from stages.common.checksums import file_records
     from stages.deploy.deployed import CARD_FILE, DEPLOY_FILE, model_card
     from stages.engine import ENGINES_FILE
     from stages.export import INPUT_NAME, ONNX_FILE
@@ -80,19 +81,20 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
     if output.exists() and any(output.iterdir()) and not (output / DEPLOY_FILE).is_file():
         raise PipelineError(f"{output}: not empty; deploy into a new folder (or one written by deploy)")
     output.mkdir(parents=True, exist_ok=True)
-    shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"])
+    copied = [Path(shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"]))]
     for extra in engines_artifact.path.glob(engine["file"] + ".*"):  # the TensorRT provider's options
-        shutil.copy(extra, output / extra.name)
+        copied.append(Path(shutil.copy(extra, output / extra.name)))
     cache = engines_artifact.path / "tensorrt_provider_cache"
     if cache.is_dir():
         shutil.copytree(cache, output / cache.name, dirs_exist_ok=True)
+        copied += [p for p in sorted((output / cache.name).rglob("*")) if p.is_file()]
     training = report["training"][model]
     trained_task = tasks.get(("distill", model)) or tasks.get(("teacher", model)) or tasks.get(("mutual", model))
     package = {
         "profile": profile.name, "model": model, "label": model_label(model), "arch": report["archs"][model],
         "precision": precision, "compute_precision": engine["compute_precision"], "why": why,
         "backend": built["backend"], "target": built["target"], "target_name": report["target"],
-        "file": engine["file"], "input_name": INPUT_NAME,
+        "file": engine["file"], "files": file_records(output, copied), "input_name": INPUT_NAME,
         "input_contract": read_contract(export_artifact.file(ONNX_FILE)),
         "test_accuracy": rows[0]["test_accuracy"] if rows else training["test_accuracy"],
         "drop_from_fp32_points": (100 * (rows[0]["test_accuracy"] - fp32["test_accuracy"])

@@ -284,6 +284,14 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(bad)], capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot read it as an image" in done.stderr
+    assert list(package["files"]) == [package["file"]]  # what deploy copied, with its checksum
+    engine = moved / package["file"]
+    engine.write_bytes(engine.read_bytes()[:-10])  # a copy that stopped short
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(pictures / "0000.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == (f"error: {engine}: missing or has the wrong size against "
+                                                           f"deploy.json (a copy cut short or changed); copy the "
+                                                           f"folder again, or deploy it again")
 
 
 def test_raw_pixel_models_are_built_beside_the_float_ones_and_predict_from_pixels(first_run, tmp_path):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.checksums import first_mismatch
 from stages.common.errors import ArtifactError, DataError
 from stages.deploy.input_contract import takes_raw_pixels
 
@@ -27,6 +28,12 @@ def read_package(folder: Path) -> dict[str, Any]:
                             f"with stochkd-pipeline deploy PROFILE -o {folder}") from exc
     if not (folder / package["file"]).is_file():
         raise ArtifactError(f"{folder / package['file']}: the deployed model file is missing; deploy again")
+    # A folder copied to a board by hand can arrive cut short; say so rather than let the runtime fail
+    # on a damaged model. Folders deployed before the checksums were recorded have none to check.
+    mismatch = first_mismatch(folder, package.get("files", {}))
+    if mismatch:
+        raise ArtifactError(f"{folder / mismatch[0]}: {mismatch[1].removeprefix('is ')} against {DEPLOY_FILE} "
+                            f"(a copy cut short or changed); copy the folder again, or deploy it again")
     return package
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stages.common.checksums import file_records
 from stages.common.errors import ArtifactError
 from stages.deploy.deployed import DEPLOY_FILE, load_image, predict, preprocess
 
@@ -40,3 +41,28 @@ def test_a_tensorrt_folder_on_a_machine_that_cannot_run_it_is_refused(tmp_path, 
 def test_a_folder_without_deploy_json_says_how_to_make_one(tmp_path):
     with pytest.raises(ArtifactError, match="not a deployed model folder .*stochkd-pipeline deploy"):
         predict(tmp_path, [tmp_path])
+
+
+@pytest.mark.parametrize("damage, problem", [("cut short", "missing or has the wrong size"),
+                                             ("changed", "does not match its checksum"),
+                                             ("gone", "missing or has the wrong size")])
+def test_a_file_that_differs_from_what_deploy_wrote_is_refused_before_it_is_loaded(tmp_path, damage, problem):
+    folder = tmp_path / "deployed"
+    folder.mkdir()
+    engine, options = folder / "engine.fp32.ort.onnx", folder / "engine.fp32.ort.onnx.options.json"
+    engine.write_bytes(b"an onnx model" * 50)
+    options.write_text("{}")
+    (folder / DEPLOY_FILE).write_text(json.dumps({
+        "backend": "onnxruntime", "file": engine.name, "files": file_records(folder, [engine, options]),
+        "input_contract": CONTRACT, "target": {"name": "cpu", "backend": "onnxruntime"}}))
+    if damage == "cut short":
+        engine.write_bytes(engine.read_bytes()[:100])
+    elif damage == "changed":
+        options.write_text("[]")
+    else:
+        options.unlink()
+    damaged = options if damage != "cut short" else engine
+    with pytest.raises(ArtifactError) as refused:
+        predict(folder, [tmp_path])
+    assert str(refused.value) == (f"{damaged}: {problem} against deploy.json (a copy cut short or changed); copy "
+                                  f"the folder again, or deploy it again")
