@@ -81,6 +81,7 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
     if output.exists() and any(output.iterdir()) and not (output / DEPLOY_FILE).is_file():
         raise PipelineError(f"{output}: not empty; deploy into a new folder (or one written by deploy)")
     output.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_deploy(output)
     copied = [Path(shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"]))]
     for extra in engines_artifact.path.glob(engine["file"] + ".*"):  # the TensorRT provider's options
         copied.append(Path(shutil.copy(extra, output / extra.name)))
@@ -111,6 +112,29 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
     (output / DEPLOY_FILE).write_text(json.dumps(package, indent=1))
     (output / CARD_FILE).write_text(model_card(package))
     return package
+
+
+def _remove_earlier_deploy(output: Path) -> None:
+    """Deletes the files an earlier deploy copied into ``output``, as its deploy.json lists them, so a
+    folder deployed again holds one model and not the engines of the last one beside it. Files a user
+    added stay. The old deploy.json stays until the new one replaces it, so an interrupted deploy leaves
+    a folder that predict refuses (a listed file is missing) and that deploy accepts again."""
+    from stages.deploy.deployed import DEPLOY_FILE
+
+    try:
+        earlier = json.loads((output / DEPLOY_FILE).read_text())
+        listed = set(earlier.get("files", {})) | {earlier["file"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    inside = output.resolve()
+    for name in listed:
+        path = (output / name).resolve()
+        if path.is_relative_to(inside) and path.is_file():
+            path.unlink()
+            for folder in path.parents:
+                if folder == inside or any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def _method(model: str, task) -> str:

@@ -292,6 +292,14 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == (f"error: {engine}: missing or has the wrong size against "
                                                            f"deploy.json (a copy cut short or changed); copy the "
                                                            f"folder again, or deploy it again")
+    (tmp_path / "deployed" / "notes.txt").write_text("the user's own")
+    done = cli("deploy", str(TINY), "--model", "stochastic_kd", "--precision", "fp32", "-o",
+               str(tmp_path / "deployed"), artifacts=artifacts)
+    assert done.returncode == 0, done.stderr
+    redeployed = json.loads((tmp_path / "deployed" / "deploy.json").read_text())
+    # The int8 engine of the first deploy is gone; what the user put there stays.
+    assert sorted(p.name for p in (tmp_path / "deployed").iterdir()) == sorted(
+        [redeployed["file"], "deploy.json", "model-card.md", "notes.txt"]) and redeployed["file"] != package["file"]
 
 
 def test_raw_pixel_models_are_built_beside_the_float_ones_and_predict_from_pixels(first_run, tmp_path):
