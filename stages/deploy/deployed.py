@@ -26,6 +26,10 @@ def read_package(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{folder}: not a deployed model folder ({DEPLOY_FILE} missing or unreadable); make one "
                             f"with stochkd-pipeline deploy PROFILE -o {folder}") from exc
+    problem = _malformed(package)
+    if problem:
+        raise ArtifactError(f"{folder / DEPLOY_FILE}: {problem} (edited by hand, or not written by deploy); deploy "
+                            f"the model again with stochkd-pipeline deploy PROFILE -o {folder}")
     if not (folder / package["file"]).is_file():
         raise ArtifactError(f"{folder / package['file']}: the deployed model file is missing; deploy again")
     # A folder copied to a board by hand can arrive cut short; say so rather than let the runtime fail
@@ -35,6 +39,29 @@ def read_package(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{folder / mismatch[0]}: {mismatch[1].removeprefix('is ')} against {DEPLOY_FILE} "
                             f"(a copy cut short or changed); copy the folder again, or deploy it again")
     return package
+
+
+def _malformed(package: Any) -> str | None:
+    """What in a decoded deploy.json predict cannot use, or None: the keys it reads before it loads
+    the model, so a damaged file is named rather than failing as a KeyError inside predict."""
+    if not isinstance(package, dict):
+        return "not a JSON object"
+    for key, kind in (("file", str), ("backend", str), ("target", dict), ("input_contract", dict)):
+        if not isinstance(package.get(key), kind):
+            return f"{key!r} is missing or not a {'string' if kind is str else 'JSON object'}"
+    files = package.get("files", {})
+    if not (isinstance(files, dict) and all(isinstance(r, dict) and isinstance(r.get("bytes"), int)
+                                            and isinstance(r.get("sha256"), str) for r in files.values())):
+        return "'files' is not an object of each file's bytes and sha256"
+    contract = package["input_contract"]
+    shape = contract.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:])):
+        return "input_contract.input_shape is missing or not four dimensions"
+    if not isinstance(contract.get("class_names"), list):
+        return "input_contract.class_names is missing or not a list"
+    if not takes_raw_pixels(contract) and not all(isinstance(contract.get(k), list) for k in ("mean", "std")):
+        return "input_contract.mean or std is missing or not a list"
+    return None
 
 
 def image_files(paths: list[Path]) -> list[Path]:

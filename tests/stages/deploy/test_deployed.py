@@ -66,3 +66,35 @@ def test_a_file_that_differs_from_what_deploy_wrote_is_refused_before_it_is_load
         predict(folder, [tmp_path])
     assert str(refused.value) == (f"{damaged}: {problem} against deploy.json (a copy cut short or changed); copy "
                                   f"the folder again, or deploy it again")
+
+
+GOOD = {"backend": "onnxruntime", "file": "model.fp32.onnx", "input_contract": CONTRACT,
+        "target": {"name": "cpu", "backend": "onnxruntime"}}
+
+
+@pytest.mark.parametrize("written, problem", [
+    ([GOOD], "not a JSON object"),
+    ({**GOOD, "file": None}, "'file' is missing or not a string"),
+    ({k: v for k, v in GOOD.items() if k != "target"}, "'target' is missing or not a JSON object"),
+    ({**GOOD, "files": {"model.fp32.onnx": 13}}, "'files' is not an object of each file's bytes and sha256"),
+    ({**GOOD, "input_contract": {**CONTRACT, "input_shape": [1, 8]}},
+     "input_contract.input_shape is missing or not four dimensions"),
+    ({**GOOD, "input_contract": {k: v for k, v in CONTRACT.items() if k != "class_names"}},
+     "input_contract.class_names is missing or not a list"),
+    ({**GOOD, "input_contract": {k: v for k, v in CONTRACT.items() if k != "std"}},
+     "input_contract.mean or std is missing or not a list"),
+])
+def test_a_deploy_json_that_predict_cannot_use_is_named_in_one_line(tmp_path, written, problem):
+    (tmp_path / "model.fp32.onnx").write_bytes(b"an onnx model")
+    (tmp_path / DEPLOY_FILE).write_text(json.dumps(written))
+    with pytest.raises(ArtifactError) as refused:
+        predict(tmp_path, [tmp_path])
+    assert str(refused.value) == (f"{tmp_path / DEPLOY_FILE}: {problem} (edited by hand, or not written by deploy); "
+                                  f"deploy the model again with stochkd-pipeline deploy PROFILE -o {tmp_path}")
+
+
+def test_a_raw_pixel_contract_needs_no_mean_or_std_in_deploy_json(tmp_path):
+    raw = {k: v for k, v in CONTRACT.items() if k not in ("mean", "std")}
+    (tmp_path / DEPLOY_FILE).write_text(json.dumps({**GOOD, "input_contract": {**raw, "input_dtype": "uint8"}}))
+    with pytest.raises(ArtifactError, match="the deployed model file is missing"):  # past the checks of deploy.json
+        predict(tmp_path, [tmp_path])
