@@ -29,6 +29,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: profile not found; pass the path of a .yaml profile") from None
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read profile ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not a text file (byte {exc.start} is not UTF-8); pass a .yaml profile") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

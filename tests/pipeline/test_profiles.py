@@ -90,3 +90,11 @@ def test_profiles_are_frozen(tmp_path):
     profile = load_profile(_write(tmp_path, "seed: 1\n"))
     with pytest.raises(Exception):
         profile.seed = 2
+
+
+def test_a_binary_file_passed_as_a_profile_is_one_line(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path, [])
+    assert str(info.value) == f"{path}: not a text file (byte 0 is not UTF-8); pass a .yaml profile"
