@@ -141,8 +141,8 @@ def unpack(bundle: Path, store: ArtifactStore) -> dict[str, Any]:
         if isinstance(exc, OSError) and not isinstance(exc, (tarfile.TarError, EOFError)) and exc.filename \
                 and str(store.root) in str(exc.filename):
             raise store.unwritable(exc) from exc
-        raise _refuse(bundle, f"cannot be read ({first_line(exc) or type(exc).__name__}: truncated or not a tar "
-                              f"file?)") from exc
+        raise _refuse(bundle, f"cannot be read ({first_line(exc).rstrip(':')}); cut short, or not a tar "
+                              f"file") from exc
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

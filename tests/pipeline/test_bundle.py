@@ -72,6 +72,7 @@ def nothing_added(store: ArtifactStore) -> bool:
 
 @pytest.mark.parametrize("damage, message", [
     ("truncated", "cannot be read"),
+    ("not a tar", r"cannot be read \(file could not be opened successfully\); cut short, or not a tar file;"),
     ("tampered", "does not match its checksum"),
     ("outside", "a path leading outside the artifact store"),
     ("newer", "come from a newer stochkd-pipeline"),
@@ -83,6 +84,8 @@ def test_a_bad_bundle_is_refused_with_nothing_added(produced, tmp_path, damage, 
     pack(store, plan, good, "tiny")
     if damage == "truncated":
         bad.write_bytes(good.read_bytes()[:1500])  # cut inside the first artifact file
+    elif damage == "not a tar":
+        bad.write_text("a text file under a .tar name")
     elif damage == "tampered":
         rewrite(good, bad, data=("model.pt", b"weightz" * 100))
     elif damage == "outside":
