@@ -4,6 +4,7 @@ predictions, and datasets packed once. Registered on the command line by pipelin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -119,7 +120,7 @@ def predict(folder: Path = typer.Argument(..., metavar="DIR", help="A folder wri
 def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
                  root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),
                  destination: Path = typer.Argument(..., metavar="OUT.npz", help="The .npz to write."),
-                 image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N",
+                 image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N", min=1,
                                                           help="Resize every image to N x N.")) -> None:
     """Decode an image-folder dataset once into an .npz that data.root can name."""
     with user_errors():
@@ -131,6 +132,12 @@ def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tin
             raise PipelineError(f"{destination}: the output must be an .npz file")
         if not root.is_dir():
             raise PipelineError(f"{root}: no such folder")
+        # Decoding a large dataset takes minutes: learn that the .npz cannot be written before, not after.
+        folder = destination.parent
+        if not folder.is_dir():
+            raise PipelineError(f"{destination}: the folder {folder} does not exist; create it or write elsewhere")
+        if not os.access(folder, os.W_OK):
+            raise PipelineError(f"{destination}: the folder {folder} is not writable; write elsewhere")
         from stages.training.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
 
         loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders

@@ -6,6 +6,7 @@ data again; ``pack_npz`` writes the decoded arrays once as an .npz that ``data.r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,19 @@ def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
 
 
 def pack_npz(arrays: Arrays, destination: Path) -> None:
+    """Writes the arrays beside ``destination`` and renames them into place, so an interrupted or
+    failed write (a full disk) leaves no half-written .npz that data.root could name."""
     x_train, y_train, x_test, y_test, class_names = arrays
-    np.savez(destination, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-             class_names=np.asarray(class_names))
+    partial = destination.with_name(f".{destination.name}.partial")
+    try:
+        with open(partial, "wb") as sink:
+            np.savez(sink, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                     class_names=np.asarray(class_names))
+        os.replace(partial, destination)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"{destination}: cannot write it ({exc.strerror or exc}); free space there or write "
+                        f"elsewhere") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -77,6 +77,35 @@ def test_pack_dataset_writes_an_npz_the_pipeline_reads(tiny_imagenet, tmp_path):
     assert np.array_equal(packed.x_train, direct.x_train) and packed.class_names == direct.class_names
 
 
+def test_pack_dataset_refuses_an_output_folder_that_is_not_there_before_decoding(tiny_imagenet, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "no such folder" / "tiny.npz"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "pack-dataset", "tiny_imagenet", str(tiny_imagenet),
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == (f"error: {out}: the folder {out.parent} does not exist; "
+                                                            f"create it or write elsewhere")
+
+
+def test_a_failed_write_leaves_no_partial_npz_and_says_so_in_one_line(tmp_path, monkeypatch):
+    from stages.training import image_folders
+
+    def disk_full(sink, **arrays):
+        sink.write(b"PK\x03\x04 the first bytes of a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image_folders.np, "savez", disk_full)
+    arrays = (np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, np.int64), np.zeros((1, 8, 8, 3), np.uint8),
+              np.zeros(1, np.int64), ("a", "b"))
+    out = tmp_path / "packed.npz"
+    with pytest.raises(DataError) as refused:
+        image_folders.pack_npz(arrays, out)
+    assert str(refused.value) == (f"{out}: cannot write it (No space left on device); free space there or write "
+                                  f"elsewhere")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_folder_datasets_enter_keys_by_their_files(tiny_imagenet):
     from pipeline.fingerprint import data_identity
 
