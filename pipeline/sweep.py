@@ -42,6 +42,10 @@ def parse_axes(overs: list[str]) -> list[tuple[str, list[str]]]:
             raise PipelineError(f"--over {text!r}: expected key.path=value1,value2,... "
                                 f"e.g. --over distill.p_last=0.5,0.7,0.9")
         axes.append((key.strip(), split_values(values)))
+        parsed = [repr(parse_override(f"{key.strip()}={v}")[1]) for v in axes[-1][1]]
+        twice = next((v for v, seen in zip(axes[-1][1], parsed) if parsed.count(seen) > 1), None)
+        if twice is not None:  # the same point twice would be counted as two runs in the mean and spread
+            raise PipelineError(f"--over {text!r}: the value {twice!r} comes twice; give each value once")
     keys = [k for k, _ in axes]
     if len(set(keys)) != len(keys):
         raise PipelineError(f"--over names a key twice: {', '.join(keys)}")

@@ -21,6 +21,8 @@ def test_axes_and_grid():
 @pytest.mark.parametrize("overs, message", [
     (["distill.p_last"], "expected key.path=value1,value2"),
     (["seed=1,2", "seed=3"], "names a key twice"),
+    (["seed=0,1,0"], "--over 'seed=0,1,0': the value '0' comes twice; give each value once"),
+    (["distill.p_last=0.5,0.50"], "the value '0.5' comes twice"),  # equal as the profile reads them
 ])
 def test_bad_axes_are_explained(overs, message):
     with pytest.raises(PipelineError, match=message):
