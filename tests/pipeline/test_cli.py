@@ -60,6 +60,9 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
      "use --device cuda"),
     (["sweep", "--over", "seed=0,1", "--jobs", "2", "--mps", "--device", "cpu"],
      "--mps shares a GPU between tasks, and --device cpu uses none; drop --mps"),
+    (["run", "--artifacts", "README.md"],  # refused before the machine's speed is measured
+     "--artifacts README.md: a file, not a folder; pass --artifacts with a folder (one that is missing is created)"),
+    (["status", "--artifacts", "pyproject.toml"], "--artifacts pyproject.toml: a file, not a folder"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(args, message):
     done = cli(*args)
