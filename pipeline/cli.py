@@ -228,8 +228,11 @@ def sweep(profile: Optional[Path] = ProfileArg,
                                 f"training stage) or a later one")
         axes = parse_axes(over)
         points = grid(axes)
-        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
-                    for point in points]  # every point validated before anything runs
+        # Every point validated before anything runs.
+        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())],
+                                 overrides_from=("--set, " if set_ else "") + "--over point "
+                                 + ", ".join(f"{k}={v}" for k, v in point.items()))
+                    for point in points]
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every, mps=mps)

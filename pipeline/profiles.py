@@ -138,8 +138,9 @@ def format_validation_error(source: str, exc: Any, model_cls: Any, data: dict[st
     return f"{source}: {key} = {value!r}: {message}"
 
 
-def load_profile(path: str | Path | None = None, overrides: list[str] | None = None):
-    """Read, merge and validate a profile. Raises ProfileError with a one-line message."""
+def load_profile(path: str | Path | None = None, overrides: list[str] | None = None, overrides_from: str = "--set"):
+    """Read, merge and validate a profile. Raises ProfileError with a one-line message, which names
+    where the overrides came from (``overrides_from``) when there are any."""
     from pydantic import ValidationError
 
     from stages.common.profile import Profile, plain_folder_name
@@ -153,5 +154,5 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        source = str(path) + (" (with --set)" if overrides else "")
+        source = str(path) + (f" (with {overrides_from})" if overrides else "")
         raise ProfileError(format_validation_error(source, exc, Profile, data)) from exc
