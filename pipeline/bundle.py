@@ -23,7 +23,7 @@ from typing import Any
 
 from stages.common.errors import ArtifactError, first_line
 from pipeline.registry import STAGES
-from pipeline.store import MANIFEST, ArtifactStore
+from pipeline.store import DISK_FULL, MANIFEST, ArtifactStore
 from stages.common.checksums import file_records, first_mismatch
 
 INDEX = "bundle.json"
@@ -57,9 +57,14 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
     index = {"format": FORMAT, "profile": profile_name, "created": datetime.now(timezone.utc).isoformat(),
              "machine": machine(), "stage_versions": {name: decl.version for name, decl in STAGES.items()},
              "entries": entries, "not_bundled": missing}
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_dir():
+        raise ArtifactError(f"-o {output}: a folder; name the bundle's file, e.g. -o {output / 'run.tar'}")
+    in_the_way = next((folder for folder in output.parents if folder.exists()), None)
+    if in_the_way is not None and not in_the_way.is_dir():
+        raise ArtifactError(f"-o {output}: {in_the_way} is a file, not a folder; pass -o elsewhere")
     partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(partial, "w") as tar:
             payload = json.dumps(index, indent=1).encode()
             info = tarfile.TarInfo(INDEX)
@@ -71,10 +76,24 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
                 for name in entry["files"]:
                     tar.add(store.root / entry["folder"] / name, arcname=f"{entry['folder']}/{name}", recursive=False)
         os.replace(partial, output)
+    except OSError as exc:
+        _discard(partial)
+        if exc.filename and Path(exc.filename).resolve().is_relative_to(store.root.resolve()):
+            raise  # reading the store, not writing the bundle
+        fix = "free space there" if exc.errno in DISK_FULL else "choose a writable place"
+        raise ArtifactError(f"-o {output}: cannot write the bundle ({exc.strerror or exc}); {fix}, or pass -o "
+                            f"elsewhere") from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         raise
     return index
+
+
+def _discard(partial: Path) -> None:
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError:  # its folder was never made (a file stands in the way): nothing was written
+        pass
 
 
 def _refuse(bundle: Path, why: str) -> ArtifactError:

@@ -216,7 +216,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from pipeline.plan import build_plan, training_tasks
         from pipeline.profiles import load_profile
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, parse_axes, point_values, write_sweep
+        from pipeline.sweep import grid, over_label, parse_axes, point_values, write_sweep
         from stages.context import member_metrics
         from stages.reporting.names import model_label
 
@@ -230,9 +230,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         points = grid(axes)
         # Every point validated before anything runs.
         profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())],
-                                 overrides_from=("--set, " if set_ else "") + "--over point "
-                                 + ", ".join(f"{k}={v}" for k, v in point.items()))
-                    for point in points]
+                                 overrides_from=over_label(bool(set_), point)) for point in points]
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every, mps=mps)

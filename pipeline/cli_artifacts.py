@@ -32,12 +32,12 @@ def bundle(profile: Optional[Path] = ProfileArg,
         from pipeline.plan import build_plan
         from pipeline.profiles import load_profile
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, parse_axes
+        from pipeline.sweep import grid, over_label, parse_axes
 
         check_stage("--until", until)
         points = grid(parse_axes(over)) if over else [{}]
-        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())])
-                    for point in points]
+        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())],
+                                 overrides_from=over_label(bool(set_), point)) for point in points]
         last = stage_index(until) if until else len(STAGE_ORDER) - 1
         tasks = {}
         for loaded in profiles:

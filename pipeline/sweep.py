@@ -52,6 +52,11 @@ def parse_axes(overs: list[str]) -> list[tuple[str, list[str]]]:
     return axes
 
 
+def over_label(with_set: bool, point: dict[str, str]) -> str:
+    """Where a sweep point's overrides come from, as a profile error names them."""
+    return ("--set, " if with_set else "") + "--over point " + ", ".join(f"{k}={v}" for k, v in point.items())
+
+
 def grid(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
     keys = [k for k, _ in axes]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in axes))]

@@ -121,3 +121,29 @@ def test_bundling_a_folder_where_the_profile_produced_nothing_is_refused_and_wri
     assert (f"{empty}: profile 'tiny' has produced nothing there yet (no finished task, no training checkpoint), "
             f"so no bundle was written") in done.stderr
     assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob(".b.tar.*"))
+
+
+@pytest.mark.parametrize("place", ["folder", "under a file", "disk full"])
+def test_a_bundle_that_cannot_be_written_there_is_one_line_and_leaves_nothing(produced, tmp_path, place,
+                                                                               monkeypatch):
+    store, plan, *_ = produced
+    (tmp_path / "out").mkdir()
+    (tmp_path / "notes.txt").write_text("a file")
+    output = {"folder": tmp_path / "out", "under a file": tmp_path / "notes.txt" / "b.tar",
+              "disk full": tmp_path / "out" / "b.tar"}[place]
+    if place == "disk full":
+        real_add = tarfile.TarFile.add
+
+        def add_then_fill_the_disk(self, *args, **kwargs):
+            real_add(self, *args, **kwargs)
+            raise OSError(28, "No space left on device", str(tmp_path / "out" / ".partial"))
+
+        monkeypatch.setattr(tarfile.TarFile, "add", add_then_fill_the_disk)
+    with pytest.raises(ArtifactError) as refused:
+        pack(store, plan, output, "tiny")
+    assert str(refused.value) == {
+        "folder": f"-o {output}: a folder; name the bundle's file, e.g. -o {output / 'run.tar'}",
+        "under a file": f"-o {output}: {tmp_path / 'notes.txt'} is a file, not a folder; pass -o elsewhere",
+        "disk full": f"-o {output}: cannot write the bundle (No space left on device); free space there, or pass "
+                     f"-o elsewhere"}[place]
+    assert list((tmp_path / "out").iterdir()) == [] and (tmp_path / "notes.txt").read_text() == "a file"
