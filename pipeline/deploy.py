@@ -53,6 +53,7 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
     from stages.deploy.input_contract import RAW_PIXELS, RAW_PIXELS_SUFFIX, read_contract
     from stages.reporting.names import model_label
 
+    _check_output(output)
     plan = build_plan(profile)
     report_task = next(t for t in plan if t.stage == "report")
     report_artifact = store.lookup("report", report_task.key)
@@ -80,15 +81,19 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
     rows, fp32 = measured(precision), next(iter(measured("fp32")), None)
     if output.exists() and any(output.iterdir()) and not (output / DEPLOY_FILE).is_file():
         raise PipelineError(f"{output}: not empty; deploy into a new folder (or one written by deploy)")
-    output.mkdir(parents=True, exist_ok=True)
-    _remove_earlier_deploy(output)
-    copied = [Path(shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"]))]
-    for extra in engines_artifact.path.glob(engine["file"] + ".*"):  # the TensorRT provider's options
-        copied.append(Path(shutil.copy(extra, output / extra.name)))
-    cache = engines_artifact.path / "tensorrt_provider_cache"
-    if cache.is_dir():
-        shutil.copytree(cache, output / cache.name, dirs_exist_ok=True)
-        copied += [p for p in sorted((output / cache.name).rglob("*")) if p.is_file()]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        _remove_earlier_deploy(output)
+        copied = [Path(shutil.copy(engines_artifact.file(engine["file"]), output / engine["file"]))]
+        for extra in engines_artifact.path.glob(engine["file"] + ".*"):  # the TensorRT provider's options
+            copied.append(Path(shutil.copy(extra, output / extra.name)))
+        cache = engines_artifact.path / "tensorrt_provider_cache"
+        if cache.is_dir():
+            shutil.copytree(cache, output / cache.name, dirs_exist_ok=True)
+            copied += [p for p in sorted((output / cache.name).rglob("*")) if p.is_file()]
+    except OSError as exc:
+        # A folder left part-copied holds no new deploy.json: predict refuses it, deploy fills it again.
+        raise _unwritable(output, exc) from exc
     training = report["training"][model]
     trained_task = tasks.get(("distill", model)) or tasks.get(("teacher", model)) or tasks.get(("mutual", model))
     package = {
@@ -109,9 +114,29 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
                                               if k not in report["versions"]}},
         **({"stand_in_for": rows[0]["stand_in_for"]} if rows and "stand_in_for" in rows[0] else {}),
     }
-    (output / DEPLOY_FILE).write_text(json.dumps(package, indent=1))
-    (output / CARD_FILE).write_text(model_card(package))
+    try:
+        (output / DEPLOY_FILE).write_text(json.dumps(package, indent=1))
+        (output / CARD_FILE).write_text(model_card(package))
+    except OSError as exc:
+        raise _unwritable(output, exc) from exc
     return package
+
+
+def _unwritable(output: Path, exc: OSError) -> PipelineError:
+    from pipeline.store import DISK_FULL
+
+    fix = "free space there or deploy elsewhere" if exc.errno in DISK_FULL else "deploy into a writable folder"
+    return PipelineError(f"-o {output}: cannot write the deployed model there ({exc.strerror or exc}); {fix}")
+
+
+def _check_output(output: Path) -> None:
+    """Refuses an -o that cannot become the deployed folder before any work is done."""
+    if output.exists() and not output.is_dir():
+        raise PipelineError(f"-o {output}: a file, not a folder; deploy into a folder (one that is missing is "
+                            f"created)")
+    in_the_way = next((folder for folder in output.parents if folder.exists()), None)
+    if in_the_way is not None and not in_the_way.is_dir():
+        raise PipelineError(f"-o {output}: {in_the_way} is a file, not a folder; deploy elsewhere")
 
 
 def _remove_earlier_deploy(output: Path) -> None:
