@@ -170,12 +170,28 @@ def resolve_root(cfg: DataConfig) -> Path | None:
     return root
 
 
+# What an .npz named as CIFAR holds; reports and the paper's rows take data.dataset at its word.
+CIFAR_FORMS = {"cifar10": ("CIFAR-10", 10, (32, 32, 3)), "cifar100": ("CIFAR-100", 100, (32, 32, 3))}
+
+
+def _check_named_dataset(dataset: str, path: Path, arrays: tuple) -> None:
+    if dataset not in CIFAR_FORMS:
+        return
+    title, classes, shape = CIFAR_FORMS[dataset]
+    held = (len(arrays[4]), tuple(arrays[0].shape[1:]))
+    if held != (classes, shape):
+        raise DataError(f"data.root={path}: holds {held[0]} classes of {'x'.join(map(str, held[1]))} images, not "
+                        f"{title}'s {classes} of {'x'.join(map(str, shape))}; set data.dataset: npz for another "
+                        f"dataset, or point data.root at {title}")
+
+
 def load_dataset(cfg: DataConfig) -> ImageDataset:
     root = resolve_root(cfg)
     if cfg.dataset == "digits":
         arrays = _load_digits()
     elif root is not None and root.suffix == ".npz":
         arrays = _load_npz(root)
+        _check_named_dataset(cfg.dataset, root, arrays)
     elif cfg.dataset == "tiny_imagenet":
         arrays = load_tiny_imagenet(root, cfg.image_size)
     elif cfg.dataset == "folder":

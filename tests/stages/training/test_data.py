@@ -73,6 +73,17 @@ def test_a_damaged_or_foreign_npz_is_one_error_naming_it(tmp_path, damage, messa
     assert str(info.value).startswith(f"data.root={path}: ") and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("dataset, expected", [("cifar100", "CIFAR-100's 100 of 32x32x3"),
+                                               ("cifar10", "CIFAR-10's 10 of 32x32x3")])
+def test_an_npz_named_as_cifar_that_holds_another_dataset_is_refused(tmp_path, dataset, expected):
+    path = _write_npz(tmp_path / "d.npz")
+    with pytest.raises(DataError) as refused:
+        load_dataset(DataConfig(dataset=dataset, root=str(path)))
+    assert str(refused.value) == (f"data.root={path}: holds 4 classes of 6x6x3 images, not {expected}; set "
+                                  f"data.dataset: npz for another dataset, or point data.root at "
+                                  f"{expected.split(chr(39))[0]}")
+
+
 def test_missing_dataset_path_says_where(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path / "nowhere.npz")))
