@@ -88,6 +88,11 @@ def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[s
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode == "I" or image.mode.startswith("I;16"):
+                # Pillow's own conversion clips 16-bit values at 255 (most of a 16-bit image turns white).
+                wide = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), mode="L")
+                notes.append("scaled from 16 to 8 bits per pixel")
             mode = "L" if channels == 1 else "RGB"
             if image.mode != mode:
                 notes.append(f"converted from {image.mode} to {mode}")

@@ -98,3 +98,12 @@ def test_a_raw_pixel_contract_needs_no_mean_or_std_in_deploy_json(tmp_path):
     (tmp_path / DEPLOY_FILE).write_text(json.dumps({**GOOD, "input_contract": {**raw, "input_dtype": "uint8"}}))
     with pytest.raises(ArtifactError, match="the deployed model file is missing"):  # past the checks of deploy.json
         predict(tmp_path, [tmp_path])
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(wide).save(tmp_path / "depth.png")
+    assert Image.open(tmp_path / "depth.png").mode.startswith("I")  # what Pillow opens a 16-bit PNG as
+    pixels, notes = load_image(tmp_path / "depth.png", 8, 1)
+    assert np.array_equal(pixels[..., 0], np.rint(wide / 257).astype(np.uint8))
+    assert notes == ["scaled from 16 to 8 bits per pixel"]
