@@ -14,10 +14,10 @@ import numpy as np
 from stages.common.checksums import first_mismatch
 from stages.common.errors import ArtifactError, DataError
 from stages.deploy.input_contract import takes_raw_pixels
+from stages.training.image_folders import IMAGE_SUFFIXES, as_8_bit
 
 DEPLOY_FILE = "deploy.json"
 CARD_FILE = "model-card.md"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
 
 
 def read_package(folder: Path) -> dict[str, Any]:
@@ -88,10 +88,8 @@ def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[s
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode == "I" or image.mode.startswith("I;16"):
-                # Pillow's own conversion clips 16-bit values at 255 (most of a 16-bit image turns white).
-                wide = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), mode="L")
+            image, scaled = as_8_bit(image)
+            if scaled:
                 notes.append("scaled from 16 to 8 bits per pixel")
             mode = "L" if channels == 1 else "RGB"
             if image.mode != mode:

@@ -13,13 +13,26 @@ import numpy as np
 
 from stages.common.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+# The files a class folder and predict both take as images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def as_8_bit(image):
+    """(image, whether it was scaled): a 16-bit image scaled to 8 bits, since Pillow's own conversion
+    clips its values at 255 and most of the image would turn white. Training data and predict both
+    read images through this, so a deployed model sees pixels as it was trained on them."""
+    from PIL import Image
+
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image, False
+    wide = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), mode="L"), True
 
 
 def read_images(paths: list[Path], image_size: int | None) -> np.ndarray:
@@ -30,7 +43,7 @@ def read_images(paths: list[Path], image_size: int | None) -> np.ndarray:
     for path in paths:
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
+                image = as_8_bit(image)[0].convert("RGB")
                 if image_size is not None and image.size != (image_size, image_size):
                     image = image.resize((image_size, image_size), Image.BILINEAR)
                 arrays.append(np.asarray(image, dtype=np.uint8))

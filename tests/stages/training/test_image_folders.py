@@ -113,3 +113,14 @@ def test_folder_datasets_enter_keys_by_their_files(tiny_imagenet):
     before = data_identity(cfg)["content"]
     _image(tiny_imagenet / "train" / "n01443537" / "images" / "extra.JPEG", (1, 2, 3))
     assert data_identity(cfg)["content"] != before
+
+
+def test_16_bit_images_in_class_folders_are_scaled_as_predict_scales_them(tmp_path):
+    from stages.deploy.deployed import load_image
+    from stages.training.image_folders import read_images
+
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(wide).save(tmp_path / "depth.png")
+    trained_on = read_images([tmp_path / "depth.png"], None)[0]
+    assert np.array_equal(trained_on[..., 0], np.rint(wide / 257).astype(np.uint8))
+    assert np.array_equal(trained_on, load_image(tmp_path / "depth.png", 8, 3)[0])
