@@ -19,9 +19,9 @@ class PipelineError(Exception):
     """Bad input: the message names the file, key or value at fault and how to fix it."""
 
 
-def no_cuda_device() -> PipelineError:
-    """``--device cuda`` where no GPU is visible, refused the same way by every command."""
-    return PipelineError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+def no_cuda_device(device: str = "cuda") -> PipelineError:
+    """``--device cuda`` (or cuda:N) where no GPU is visible, refused the same way by every command."""
+    return PipelineError(f"--device {device}: no CUDA device is visible; use --device cpu or auto")
 
 
 class ProfileError(PipelineError):

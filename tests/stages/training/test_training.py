@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from stages.common.config import TrainingConfig
 from stages.training.loop import lr_factor
@@ -77,3 +78,27 @@ def test_evaluating_after_each_epoch_records_curves_and_leaves_the_weights_alone
         histories.append(result.history)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert "test_accuracy" not in histories[0][0] and all("test_accuracy" in h for h in histories[1])
+
+
+@pytest.mark.parametrize("gpus, device, message", [
+    (0, "cuda:3", "--device cuda:3: no CUDA device is visible; use --device cpu or auto"),
+    (2, "cuda:3", "--device cuda:3: this machine shows 2 CUDA devices (cuda:0 to cuda:1); choose one of them"),
+    (1, "cuda:1", "--device cuda:1: this machine shows 1 CUDA device (cuda:0 to cuda:0); choose one of them"),
+])
+def test_a_gpu_that_is_not_there_is_named_in_one_line(monkeypatch, gpus, device, message):
+    from stages.common.errors import PipelineError
+    from stages.training.loop import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(PipelineError) as refused:
+        select_device(device)
+    assert str(refused.value) == message
+
+
+def test_a_gpu_that_is_there_is_taken(monkeypatch):
+    from stages.training.loop import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert select_device("cuda:1") == torch.device("cuda", 1) and select_device("cpu") == torch.device("cpu")
