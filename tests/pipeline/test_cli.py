@@ -146,3 +146,12 @@ def test_mps_needs_exactly_one_visible_gpu(tmp_path, command, visible, message):
                           cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
     assert not any(tmp_path.iterdir())  # refused before anything ran, the speed measurement included
+
+
+def test_an_empty_artifacts_variable_means_the_default_folder(monkeypatch, tmp_path):
+    from pipeline.cli_options import artifacts_root
+
+    monkeypatch.setenv("STOCHKD_ARTIFACTS", "")
+    assert artifacts_root(None) == Path("artifacts")  # not the current directory, which Path("") is
+    monkeypatch.setenv("STOCHKD_ARTIFACTS", str(tmp_path))
+    assert artifacts_root(None) == tmp_path and artifacts_root(tmp_path / "given") == tmp_path / "given"
