@@ -42,7 +42,8 @@ def artifacts_root(option: Optional[Path]) -> Path:
     root = option or Path(os.environ.get("STOCHKD_ARTIFACTS") or "artifacts")  # set but empty: the default
     # Said at once: otherwise a run measures this machine's speed first and then fails to write.
     if root.exists() and not root.is_dir():
-        named = "--artifacts" if option else "$STOCHKD_ARTIFACTS" if os.environ.get("STOCHKD_ARTIFACTS") else "artifacts"
+        named = ("--artifacts" if option else "$STOCHKD_ARTIFACTS" if os.environ.get("STOCHKD_ARTIFACTS")
+                 else "artifacts")
         raise PipelineError(f"{named} {root}: a file, not a folder; pass --artifacts with a folder (one that is "
                             f"missing is created)")
     return root

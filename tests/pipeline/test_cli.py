@@ -65,7 +65,8 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["status", "--artifacts", "pyproject.toml"], "--artifacts pyproject.toml: a file, not a folder"),
     (["deploy", "-o", "README.md"], "-o README.md: a file, not a folder; deploy into a folder"),
     (["deploy", "-o", "README.md/model"], "-o README.md/model: README.md is a file, not a folder; deploy elsewhere"),
-    (["sweep", "--over", "seed=0,a"], "quickstart.yaml (with --over point seed=a): seed = 'a': Input should be a valid"),
+    (["sweep", "--over", "seed=0,a"],
+     "quickstart.yaml (with --over point seed=a): seed = 'a': Input should be a valid"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(args, message):
     done = cli(*args)
