@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stages.common.errors import ArtifactError, first_line
+from pipeline.output_paths import file_in_the_way
 from pipeline.registry import STAGES
 from pipeline.store import DISK_FULL, MANIFEST, ArtifactStore
 from stages.common.checksums import file_records, first_mismatch
@@ -59,8 +60,8 @@ def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[s
              "entries": entries, "not_bundled": missing}
     if output.is_dir():
         raise ArtifactError(f"-o {output}: a folder; name the bundle's file, e.g. -o {output / 'run.tar'}")
-    in_the_way = next((folder for folder in output.parents if folder.exists()), None)
-    if in_the_way is not None and not in_the_way.is_dir():
+    in_the_way = file_in_the_way(output)
+    if in_the_way is not None:
         raise ArtifactError(f"-o {output}: {in_the_way} is a file, not a folder; pass -o elsewhere")
     partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
     try:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.output_paths import file_in_the_way
 from stages.common.errors import ArtifactError, PipelineError
 
 
@@ -134,8 +135,8 @@ def _check_output(output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise PipelineError(f"-o {output}: a file, not a folder; deploy into a folder (one that is missing is "
                             f"created)")
-    in_the_way = next((folder for folder in output.parents if folder.exists()), None)
-    if in_the_way is not None and not in_the_way.is_dir():
+    in_the_way = file_in_the_way(output)
+    if in_the_way is not None:
         raise PipelineError(f"-o {output}: {in_the_way} is a file, not a folder; deploy elsewhere")
 
 
