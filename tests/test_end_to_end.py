@@ -302,6 +302,27 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
         [redeployed["file"], "deploy.json", "model-card.md", "notes.txt"]) and redeployed["file"] != package["file"]
 
 
+def test_a_deploy_that_runs_out_of_disk_is_one_line(first_run, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from pipeline.deploy import deploy
+    from pipeline.profiles import load_profile
+    from pipeline.store import ArtifactStore
+    from stages.common.errors import PipelineError
+
+    def disk_full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(shutil, "copy", disk_full)
+    output = tmp_path / "deployed"
+    with pytest.raises(PipelineError) as refused:
+        deploy(load_profile(TINY), ArtifactStore(first_run[0]), output)
+    assert str(refused.value) == (f"-o {output}: cannot write the deployed model there (No space left on device); "
+                                  f"free space there or deploy elsewhere")
+    assert not (output / "deploy.json").exists()
+
+
 def test_raw_pixel_models_are_built_beside_the_float_ones_and_predict_from_pixels(first_run, tmp_path):
     """export.preprocess: graph adds each model's raw-pixel form (uint8 NHWC in, normalized in the graph)
     from export to benchmark; the float form's tasks keep their keys, so only the new ones run. The
