@@ -214,9 +214,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
     with user_errors():
         from pipeline import ui
         from pipeline.plan import build_plan, training_tasks
-        from pipeline.profiles import load_profile
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, over_label, parse_axes, point_values, write_sweep
+        from pipeline.sweep import grid, parse_axes, point_profile, point_values, write_sweep
         from stages.context import member_metrics
         from stages.reporting.names import model_label
 
@@ -229,8 +228,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         axes = parse_axes(over)
         points = grid(axes)
         # Every point validated before anything runs.
-        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())],
-                                 overrides_from=over_label(bool(set_), point)) for point in points]
+        profiles = [point_profile(profile, set_, point) for point in points]
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every, mps=mps)

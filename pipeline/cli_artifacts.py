@@ -30,14 +30,12 @@ def bundle(profile: Optional[Path] = ProfileArg,
         from pipeline import ui
         from pipeline.bundle import pack
         from pipeline.plan import build_plan
-        from pipeline.profiles import load_profile
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, over_label, parse_axes
+        from pipeline.sweep import grid, parse_axes, point_profile
 
         check_stage("--until", until)
         points = grid(parse_axes(over)) if over else [{}]
-        profiles = [load_profile(profile, [*(set_ or []), *(f"{k}={v}" for k, v in point.items())],
-                                 overrides_from=over_label(bool(set_), point)) for point in points]
+        profiles = [point_profile(profile, set_, point) for point in points]
         last = stage_index(until) if until else len(STAGE_ORDER) - 1
         tasks = {}
         for loaded in profiles:

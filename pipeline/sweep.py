@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.errors import PipelineError
-from pipeline.profiles import parse_override
+from pipeline.profiles import load_profile, parse_override
 
 
 def split_values(text: str) -> list[str]:
@@ -52,9 +52,13 @@ def parse_axes(overs: list[str]) -> list[tuple[str, list[str]]]:
     return axes
 
 
-def over_label(with_set: bool, point: dict[str, str]) -> str:
-    """Where a sweep point's overrides come from, as a profile error names them."""
-    return ("--set, " if with_set else "") + "--over point " + ", ".join(f"{k}={v}" for k, v in point.items())
+def point_profile(profile, overrides: list[str] | None, point: dict[str, str]):
+    """The profile at one point of a grid: its --set overrides, then the point's settings; a bad value
+    is named as coming from that point."""
+    settings = ", ".join(f"{k}={v}" for k, v in point.items())
+    sources = (["--set"] if overrides else []) + ([f"--over point {settings}"] if point else [])
+    return load_profile(profile, [*(overrides or []), *(f"{k}={v}" for k, v in point.items())],
+                        overrides_from=", ".join(sources))
 
 
 def grid(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:

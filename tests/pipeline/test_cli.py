@@ -65,6 +65,7 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["status", "--artifacts", "pyproject.toml"], "--artifacts pyproject.toml: a file, not a folder"),
     (["deploy", "-o", "README.md"], "-o README.md: a file, not a folder; deploy into a folder"),
     (["deploy", "-o", "README.md/model"], "-o README.md/model: README.md is a file, not a folder; deploy elsewhere"),
+    (["bundle", "-o", "never.tar", "--set", "seed=a"], "quickstart.yaml (with --set): seed = 'a'"),
     (["sweep", "--over", "seed=0,a"],
      "quickstart.yaml (with --over point seed=a): seed = 'a': Input should be a valid"),
 ])
