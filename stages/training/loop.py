@@ -80,9 +80,8 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
             raise no_cuda_device(preference)
-        index = torch.device(preference).index
-        if index is not None and index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
+        index, count = torch.device(preference).index, torch.cuda.device_count()
+        if index is not None and index >= count:
             raise PipelineError(f"--device {preference}: this machine shows {count} CUDA device"
                                 f"{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1}); choose one of them")
     return torch.device(preference)
