@@ -133,6 +133,8 @@ def format_validation_error(source: str, exc: Any, model_cls: Any, data: dict[st
     if isinstance(value, dict):
         # A rule across a section's keys: the message names them itself.
         return f"{source}: {message}" if not loc else f"{source}: section {key}: {message}"
+    if loc and loc[-1] == "[key]":  # a mapping's key failed, as a batch size in target.budgets.latency_ms
+        return f"{source}: {'.'.join(str(p) for p in loc[:-2])} has the key {value!r}: {message}"
     if err["type"] in ("greater_than", "less_than_equal") and key.endswith("p_last"):
         message += "; a survival probability lies in (0, 1], and 1 keeps every block"
     return f"{source}: {key} = {value!r}: {message}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from stages.common.config import Section
 
@@ -47,7 +47,7 @@ class HardwareSpec(Section):
 
 
 class Budgets(Section):
-    latency_ms: dict[int, float] = Field(default_factory=dict, description="Largest acceptable p50 latency per "
+    latency_ms: dict[PositiveInt, PositiveFloat] = Field(default_factory=dict, description="Largest acceptable p50 latency per "
                                          "batch size, e.g. {1: 2.0, 32: 20.0}.")
     memory_mb: float | None = Field(None, gt=0, description="Largest acceptable memory of one deployed model: peak "
                                     "resident memory on a CPU, engine plus activations on a GPU.")

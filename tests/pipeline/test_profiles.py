@@ -62,6 +62,10 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("mutual:\n  update: alternating\n", [], "mutual.update = 'alternating': Input should be 'simultaneous' or 'sequential'"),
     ("teacher:\n  arch: resnet20\nstudent:\n  arch: vgg13\ndistill:\n  transfer: at\n", [],
      "teacher resnet20 has 3 groups and student vgg13 5"),
+    ("target:\n  budgets:\n    latency_ms: {0: 2.0}\n", [],
+     "target.budgets.latency_ms has the key 0: Input should be greater than 0$"),
+    ("seed: 1\n", ["target.budgets.latency_ms={1: -2}"],
+     "\\(with --set\\): target.budgets.latency_ms.1 = -2: Input should be greater than 0$"),
 ])
 def test_bad_profiles_get_one_line_naming_file_key_and_value(tmp_path, text, overrides, message):
     path = _write(tmp_path, text)
