@@ -12,11 +12,22 @@ from stages.common.errors import ArtifactError, PipelineError
 
 
 def choose(summary: list[dict[str, Any]], model: str | None, precision: str | None,
-           form: str | None = None) -> tuple[str, str, str | None, str]:
+           form: str | None = None, unjudged: list[int] | tuple = ()) -> tuple[str, str, str | None, str]:
     """(model, precision, input form, why): what was asked, or the most accurate deployed engine within
     the target's budgets (of all, where none is within them). ``form`` asks for "float" or "uint8" (raw
     pixels, export.preprocess: graph); the form returned is as the report's rows name it: None for
-    normalized floats, "uint8" for raw pixels."""
+    normalized floats, "uint8" for raw pixels. ``unjudged``: batch sizes whose latency budget nothing
+    measured, which a choice by budget names."""
+    model, chosen, taken, why = _choose(summary, model, precision, form)
+    if unjudged and precision is None:
+        batches = ", ".join(map(str, unjudged))
+        why += (f" The latency budget at batch {batches} was not judged: the benchmark did not time that "
+                f"batch (add it to benchmark.batch_sizes).")
+    return model, chosen, taken, why
+
+
+def _choose(summary: list[dict[str, Any]], model: str | None, precision: str | None,
+            form: str | None) -> tuple[str, str, str | None, str]:
     if model is not None:
         row = next((r for r in summary if r["model"] == model), None)
         if row is None:
@@ -62,7 +73,8 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
         raise ArtifactError(f"{profile.name}: no finished run to deploy from in {store.root}; run it first "
                             f"(stochkd-pipeline run PROFILE)")
     report = json.loads(report_artifact.file("report.json").read_text())
-    model, precision, form, why = choose(report["summary"], model, precision, form)
+    model, precision, form, why = choose(report["summary"], model, precision, form,
+                                         report.get("unjudged_latency_budgets", ()))
     tasks = {(t.stage, t.variant): t for t in plan}
     variant = model + (RAW_PIXELS_SUFFIX if form == RAW_PIXELS else "")
     if ("engine", variant) not in tasks:

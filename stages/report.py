@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from stages.context import StageContext, member_metrics
-from stages.deploy.budgets import judge_rows, roofline_rows
+from stages.deploy.budgets import judge_rows, roofline_rows, unjudged_latency_budgets
 from stages.deploy.input_contract import RAW_PIXELS_SUFFIX
 from stages.reporting.markdown import render_markdown
 from stages.reporting.names import PLAIN, engine_form, model_label, teacher_reading
@@ -128,6 +128,7 @@ def write_report(ctx: StageContext) -> dict:
         "rows": rows,
         "summary": deployed_summary(rows, models),
         "budgets": budgets,
+        "unjudged_latency_budgets": unjudged_latency_budgets(budgets, rows),
         "hardware": hardware,
         "estimate": estimate,
         # Estimated before the run and measured, for every task the report reads.

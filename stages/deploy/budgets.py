@@ -32,6 +32,13 @@ def budget_verdict(row: dict[str, Any], budgets: dict[str, Any], fp32_accuracy: 
     return "within" if not over else "over: " + "; ".join(over)
 
 
+def unjudged_latency_budgets(budgets: dict[str, Any], rows: list[dict[str, Any]]) -> list[int]:
+    """Batch sizes with a latency budget that no measured row has: a budget nothing could break, which
+    the report and deploy name rather than count as met."""
+    measured = {r["batch_size"] for r in rows}
+    return sorted(int(b) for b in budgets.get("latency_ms", {}) if int(b) not in measured)
+
+
 def judge_rows(rows: list[dict[str, Any]], budgets: dict[str, Any]) -> None:
     """Adds a ``budget`` verdict to each row measured with the target's own backend; rows measured
     on a stand-in are not the target's figures and get none."""

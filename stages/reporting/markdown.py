@@ -121,6 +121,13 @@ def render_markdown(report: dict[str, Any]) -> str:
               + (" mJ/image: the energy counter of the chip running the model (NVML for a GPU, RAPL for an "
                  "Intel CPU) over the timed runs, idle draw included." if energy else ""), "",
               "![accuracy versus latency](report.png)"]
+    unjudged = report.get("unjudged_latency_budgets")
+    if unjudged:
+        timed = sorted({r["batch_size"] for r in report["rows"]})
+        lines += ["", f"**Latency budgets not judged.** target.budgets.latency_ms sets a budget at batch "
+                  f"{', '.join(map(str, unjudged))}, which the benchmark did not time (it timed batch "
+                  f"{', '.join(map(str, timed))}): no engine is over or within it. Add the batch to "
+                  f"benchmark.batch_sizes to judge it."]
     disturbed = [r for r in report["rows"] if r.get("disturbed")]
     if disturbed:
         lines += ["", "**Disturbed measurements.** Other processes used more than 10 % of this machine's cores "

@@ -71,3 +71,39 @@ def test_published_peaks_must_be_positive():
     with pytest.raises(ValidationError, match="peak throughput must be positive"):
         TargetConfig(hardware={"device": "x", "peak_tops": {"int8": 0}, "memory_bandwidth_gbs": 1})
 
+
+
+def test_a_latency_budget_at_a_batch_never_timed_is_named_in_the_report_and_by_deploy():
+    from pipeline.deploy import choose
+    from stages.deploy.budgets import unjudged_latency_budgets
+    from stages.report import method_comparison
+    from stages.reporting.markdown import render_markdown
+
+    rows = [{"model": "kd", "runtime": "onnxruntime", "precision": "fp32", "compute_precision": "fp32",
+             "batch_size": batch, "test_accuracy": 0.7, "latency_p50_ms": 1.0, "latency_p90_ms": 1.0,
+             "latency_p99_ms": 1.0, "latency_mean_ms": 1.0, "latency_std_ms": 0.0, "throughput_images_per_s": 1e3,
+             "peak_memory_mb": 1.0, "file_size_bytes": 1024, "parameters": 10, "macs": 10} for batch in (1, 8)]
+    budgets = {"latency_ms": {1: 2.0, 32: 12.0, 64: 40.0}}
+    judge_rows(rows, budgets)
+    assert [r["budget"] for r in rows] == ["within", None]
+    assert unjudged_latency_budgets(budgets, rows) == [32, 64]
+    assert unjudged_latency_budgets({"latency_ms": {1: 2.0, 8: 1.0}}, rows) == []
+    assert unjudged_latency_budgets({}, rows) == []
+
+    report = {"profile": "p", "machine": {"cpu": "cpu", "cores": 2, "host": "h"}, "threads": 2, "target": "t",
+              "models": ["kd"], "archs": {"kd": "resnet8"}, "teachers": {"kd": None},
+              "training": {"kd": {"test_accuracy": 0.7, "arch": "resnet8"}},
+              "comparison": method_comparison({"kd": {"test_accuracy": 0.7}}), "analyses": {},
+              "rows": rows, "plot_batch_size": 8, "unjudged_latency_budgets": [32, 64]}
+    assert ("**Latency budgets not judged.** target.budgets.latency_ms sets a budget at batch 32, 64, which the "
+            "benchmark did not time (it timed batch 1, 8): no engine is over or within it. Add the batch to "
+            "benchmark.batch_sizes to judge it.") in render_markdown(report)
+    assert "not judged" not in render_markdown({**report, "unjudged_latency_budgets": []})
+
+    summary = [{"model": "kd", "precision": "fp32", "test_accuracy": 0.7, "budget": "within"}]
+    why = choose(summary, None, None, None, [32, 64])[3]
+    assert why == ("Chosen as the most accurate deployed engine within every budget of the target: 70.00 % top-1 "
+                   "at fp32. The latency budget at batch 32, 64 was not judged: the benchmark did not time that "
+                   "batch (add it to benchmark.batch_sizes).")
+    assert "not judged" not in choose(summary, None, None, None, [])[3]
+    assert "not judged" not in choose(summary, "kd", "fp32", None, [32])[3]  # asked for: no budget chose it
