@@ -67,6 +67,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
              jobs: int = 1, mps: bool = False) -> None:
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
+    from stages.common.hardware import check_benchmark_cores
 
     from stages.common import distributed
 
@@ -82,6 +83,8 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
         tasks = [t for t in plan if stage_index(t.stage) <= last]
     first_forced = stage_index(start) if start else len(STAGE_ORDER)
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
+    if any(t.stage == "benchmark" for t in tasks):
+        check_benchmark_cores(profile.benchmark.cpu_affinity)
     root = artifacts_root(artifacts)
     with distributed.crash_logged(root / "logs"):
         _run(root, profile, tasks, forced, only=only, device=device, checkpoint_every=checkpoint_every, jobs=jobs,
@@ -216,6 +219,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from pipeline.plan import build_plan, training_tasks
         from pipeline.store import ArtifactStore
         from pipeline.sweep import grid, parse_axes, point_profile, point_values, write_sweep
+        from stages.common.hardware import check_benchmark_cores
         from stages.context import member_metrics
         from stages.reporting.names import model_label
 
@@ -229,6 +233,9 @@ def sweep(profile: Optional[Path] = ProfileArg,
         points = grid(axes)
         # Every point validated before anything runs.
         profiles = [point_profile(profile, set_, point) for point in points]
+        if stage_index(until) >= stage_index("benchmark"):
+            for loaded in profiles:
+                check_benchmark_cores(loaded.benchmark.cpu_affinity)
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every, mps=mps)

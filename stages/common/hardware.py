@@ -57,6 +57,24 @@ def module_version(module: str) -> str | None:
     return found.group(1) if found else None
 
 
+def check_benchmark_cores(cores: tuple[int, ...] | None) -> None:
+    """benchmark.cpu_affinity against the cores this process may run on, asked before a run starts:
+    the benchmark would otherwise fail on a core this machine lacks only after training."""
+    from stages.common.errors import PipelineError
+
+    if not cores:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise PipelineError(f"benchmark.cpu_affinity = {list(cores)}: this system ({platform.system()}) cannot "
+                            f"pin a process to cores; leave benchmark.cpu_affinity unset")
+    usable = sorted(os.sched_getaffinity(0))
+    missing = sorted(set(cores) - set(usable))
+    if missing:
+        raise PipelineError(f"benchmark.cpu_affinity = {list(cores)}: this process may run on cores "
+                            f"{', '.join(map(str, usable))} only, not on {', '.join(map(str, missing))}; choose "
+                            f"among them, or leave benchmark.cpu_affinity unset")
+
+
 def machine() -> dict[str, object]:
     return {"host": platform.node(), "cpu": cpu_model(), "arch": platform.machine(),
             "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}"}

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from stages.common.config import Section
+from stages.common.config import Section, each_once
 
 PRECISIONS = ("fp32", "fp16", "int8")
 EXECUTION_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -112,3 +112,10 @@ class BenchmarkConfig(Section):
         if any(b < 1 for b in sizes):
             raise ValueError(f"batch sizes must be positive, got {list(sizes)}")
         return tuple(sorted(set(sizes)))
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _core_numbers(cls, cores: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if cores and any(c < 0 for c in cores):
+            raise ValueError(f"core numbers count from 0, got {list(cores)}")
+        return each_once(cores, "core") if cores else cores

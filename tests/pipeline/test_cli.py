@@ -66,6 +66,9 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["deploy", "-o", "README.md"], "-o README.md: a file, not a folder; deploy into a folder"),
     (["deploy", "-o", "README.md/model"], "-o README.md/model: README.md is a file, not a folder; deploy elsewhere"),
     (["bundle", "-o", "never.tar", "--set", "seed=a"], "quickstart.yaml (with --set): seed = 'a'"),
+    (["status", "--set", "benchmark.cpu_affinity=[0, -1]"],
+     "benchmark.cpu_affinity = [0, -1]: core numbers count from 0, got [0, -1]"),
+    (["status", "--set", "benchmark.cpu_affinity=[1, 1]"], "benchmark.cpu_affinity = [1, 1]: each core at most once"),
     (["sweep", "--over", "seed=0,a"],
      "quickstart.yaml (with --over point seed=a): seed = 'a': Input should be a valid"),
 ])
@@ -148,6 +151,37 @@ def test_mps_needs_exactly_one_visible_gpu(tmp_path, command, visible, message):
                           cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
     assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
     assert not any(tmp_path.iterdir())  # refused before anything ran, the speed measurement included
+
+
+@pytest.mark.parametrize("command", [["benchmark"], ["run"], ["sweep", "--over", "seed=0,1", "--until", "report"]],
+                         ids=["benchmark", "run", "sweep"])
+def test_benchmark_cores_this_machine_lacks_are_refused_before_training(tmp_path, command):
+    import os
+
+    usable = sorted(os.sched_getaffinity(0))
+    absent = usable[-1] + 1
+    done = cli(command[0], "tests/profiles/tiny.yaml", *command[1:], "--set", f"benchmark.cpu_affinity=[0, {absent}]",
+               "--artifacts", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: benchmark.cpu_affinity = [0, {absent}]: this process may run on cores "
+        f"{', '.join(map(str, usable))} only, not on {absent}; choose among them, or leave benchmark.cpu_affinity "
+        f"unset"), done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_benchmark_cores_where_a_process_cannot_be_pinned(monkeypatch):
+    import os
+
+    from stages.common.errors import PipelineError
+    from stages.common.hardware import check_benchmark_cores
+
+    check_benchmark_cores(None)
+    check_benchmark_cores((0,))
+    monkeypatch.delattr(os, "sched_setaffinity")
+    check_benchmark_cores(None)  # nothing asked, nothing to refuse
+    with pytest.raises(PipelineError, match=r"^benchmark.cpu_affinity = \[0\]: this system \(\w+\) cannot pin a "
+                                            r"process to cores; leave benchmark.cpu_affinity unset$"):
+        check_benchmark_cores((0,))
 
 
 def test_an_empty_artifacts_variable_means_the_default_folder(monkeypatch, tmp_path):
