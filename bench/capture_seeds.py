@@ -7,7 +7,7 @@ and prints test top-1 per seed, mean ± std (n - 1), and the time each took.
     python bench/capture_seeds.py --data digits --epochs 1 --seeds 0  # a quick CPU check that it runs
 
 The recipe is the paper's CIFAR-100 one shortened to --epochs, its milestones scaled (60/120/180 of
-200), with one warm-up epoch, pad-4 crops and flips, batch 128, and the network trained with
+200), with one warm-up epoch (a one-epoch run has neither milestone nor warm-up), pad-4 crops and flips, batch 128, and the network trained with
 stochastic depth at --p-last. On a CPU capture_step is ignored and the second way trains eagerly with
 masks, which isolates what differs between skipping a dropped block and masking it: masked, a dropped
 block's BatchNorm running statistics still update and SGD still applies weight decay and momentum to its
@@ -61,9 +61,11 @@ def setting(args: argparse.Namespace):
     data_cfg = (DataConfig(dataset="digits", augmentation=Augmentation(crop_padding=1)) if args.data == "digits"
                 else DataConfig(dataset="cifar100", root=args.data,
                                 augmentation=Augmentation(crop_padding=4, horizontal_flip=True)))
-    milestones = tuple(sorted({max(1, round(args.epochs * m / 200)) for m in (60, 120, 180)}))
+    # A run too short for a milestone or the warm-up (the one-epoch check) goes without them.
+    milestones = tuple(sorted({max(1, round(args.epochs * m / 200)) for m in (60, 120, 180)} - {args.epochs}))
     base = dict(epochs=args.epochs, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="step",
-                lr_milestones=milestones, lr_gamma=0.1, warmup_epochs=1, eval_each_epoch=False)
+                lr_milestones=milestones, lr_gamma=0.1, warmup_epochs=1 if args.epochs > 1 else None,
+                eval_each_epoch=False)
     # Masks named outright: on a GPU the captured step uses them anyway; on a CPU, where nothing is
     # captured, this way then trains eagerly with masks, which isolates skipping against masking.
     ways = {"eager (skip)": TrainingConfig(**base),

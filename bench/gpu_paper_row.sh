@@ -33,7 +33,7 @@ ARTIFACTS=${ARTIFACTS:-/tmp/row-artifacts}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 install_carried_wheels
-read -r -a settings <<< "${EXTRA_ARGS:-}"  # e.g. "--set teacher.training.epochs=50"
+read -r -a settings <<< "${EXTRA_ARGS:-}"  # e.g. "--set teacher.training.epochs=50 --set teacher.training.lr_milestones=[15,30,45]"
 if [ "${CIFAR100:-1}" = 1 ]; then
   join_cifar100 || exit 1
   settings+=(--set "data.root=$DATA")

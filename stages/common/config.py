@@ -126,6 +126,25 @@ class TrainingConfig(Section):
         "(drop_execution null or mask). Ignored on a CPU, where the step runs eagerly (null: no).")
 
     @model_validator(mode="after")
+    def _schedule_fits_the_epochs(self) -> "TrainingConfig":
+        # A milestone past the last epoch, or a warm-up as long as training, changes nothing a user can
+        # see until the accuracy comes out low: typical after shortening a 200-epoch recipe with --set.
+        if self.lr_schedule == "step" and any(m < 1 for m in self.lr_milestones):
+            raise ValueError(f"training.lr_milestones {list(self.lr_milestones)}: milestones are epochs, counted "
+                             f"from 1")
+        late = [m for m in self.lr_milestones if m >= self.epochs]
+        if self.lr_schedule == "step" and late:
+            raise ValueError(f"training.lr_milestones {list(self.lr_milestones)}: training ends after epoch "
+                             f"{self.epochs} (training.epochs), so {', '.join(map(str, late))} would never decay "
+                             f"the LR; scale the milestones with the epochs, or set lr_milestones to [] for a "
+                             f"constant LR")
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"training.warmup_epochs {self.warmup_epochs:g} is not shorter than training.epochs "
+                             f"{self.epochs}, so the LR would never reach training.lr; shorten the warm-up, or "
+                             f"set warmup_epochs to null")
+        return self
+
+    @model_validator(mode="after")
     def _capture_needs_masks(self) -> "TrainingConfig":
         if self.compile_mode == "reduce-overhead" and self.drop_execution != "mask":
             raise ValueError("training.compile_mode 'reduce-overhead' captures the step in CUDA graphs, which "

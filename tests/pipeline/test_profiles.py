@@ -62,6 +62,15 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("mutual:\n  update: alternating\n", [], "mutual.update = 'alternating': Input should be 'simultaneous' or 'sequential'"),
     ("teacher:\n  arch: resnet20\nstudent:\n  arch: vgg13\ndistill:\n  transfer: at\n", [],
      "teacher resnet20 has 3 groups and student vgg13 5"),
+    ("teacher:\n  training:\n    epochs: 50\n    lr_milestones: [30, 60, 90]\n", [],
+     "section teacher.training: training.lr_milestones \\[30, 60, 90\\]: training ends after epoch 50 "
+     "\\(training.epochs\\), so 60, 90 would never decay the LR; scale the milestones with the epochs, or set "
+     "lr_milestones to \\[\\] for a constant LR$"),
+    ("student:\n  training:\n    lr_milestones: [0, 10]\n", [],
+     "section student.training: training.lr_milestones \\[0, 10\\]: milestones are epochs, counted from 1$"),
+    ("seed: 1\n", ["teacher.training.epochs=2", "teacher.training.warmup_epochs=2"],
+     "section teacher.training: training.warmup_epochs 2 is not shorter than training.epochs 2, so the LR would "
+     "never reach training.lr; shorten the warm-up, or set warmup_epochs to null$"),
     ("target:\n  budgets:\n    latency_ms: {0: 2.0}\n", [],
      "target.budgets.latency_ms has the key 0: Input should be greater than 0$"),
     ("seed: 1\n", ["target.budgets.latency_ms={1: -2}"],
@@ -102,3 +111,11 @@ def test_a_binary_file_passed_as_a_profile_is_one_line(tmp_path):
     with pytest.raises(ProfileError) as info:
         load_profile(path, [])
     assert str(info.value) == f"{path}: not a text file (byte 0 is not UTF-8); pass a .yaml profile"
+
+
+def test_a_shortened_step_recipe_is_valid_with_its_milestones_scaled_and_a_cosine_one_ignores_them(tmp_path):
+    path = _write(tmp_path, "teacher:\n  training:\n    epochs: 50\n    lr_milestones: [60, 120, 180]\n"
+                            "    lr_schedule: cosine\n")
+    assert load_profile(path).teacher.training.lr_milestones == (60, 120, 180)  # unused by cosine
+    scaled = load_profile(path, ["teacher.training.lr_schedule=step", "teacher.training.lr_milestones=[15,30,45]"])
+    assert scaled.teacher.training.lr_milestones == (15, 30, 45)
