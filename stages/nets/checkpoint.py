@@ -75,6 +75,18 @@ def read_spec(folder: Path) -> ModelSpec:
                             f"rerun the stage that made it with --force") from exc
 
 
+# What torch.load(..., weights_only=True) raises on a damaged file: a text file gives KeyError, an
+# empty one EOFError, a flipped byte UnicodeDecodeError (a ValueError), a cut one RuntimeError.
+UNREADABLE_TORCH_FILE = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+
+
+def load_problem(exc: BaseException) -> str:
+    """What an UNREADABLE_TORCH_FILE error says, in words: pickle's own ("105") says nothing."""
+    if isinstance(exc, (KeyError, EOFError, UnicodeDecodeError)):
+        return "cut short, damaged, or not a file torch.save wrote"
+    return first_line(exc)[:200]
+
+
 def could_run_code(exc: BaseException) -> bool:
     """True when ``torch.load(..., weights_only=True)`` refused a file for holding more than tensors."""
     return isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc)
@@ -89,10 +101,10 @@ def load_model(folder: Path, spec: ModelSpec | None = None) -> nn.Module:
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         if could_run_code(exc):
             raise ArtifactError(f"{folder / WEIGHTS}: refused: it holds more than tensors, and loading it could "
                                 f"run code it carries; rerun the stage that made it with --force") from exc
-        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({first_line(exc)}); "
+        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({load_problem(exc)}); "
                             f"rerun the stage that made it with --force") from exc
     return model.eval()

@@ -9,11 +9,10 @@ layouts of public checkpoints are accepted and said: the weights under a ``state
 
 from __future__ import annotations
 
-import pickle
 from functools import lru_cache
 from pathlib import Path
 
-from stages.common.errors import ArtifactError, first_line
+from stages.common.errors import ArtifactError
 
 WRAPPERS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -56,6 +55,10 @@ def read_state(path: Path) -> tuple[dict, list[str]]:
     """The state dict in the checkpoint, and what was done to find it (unwrapped, prefixes removed)."""
     import torch
 
+    from safetensors import SafetensorError
+
+    from stages.nets.checkpoint import UNREADABLE_TORCH_FILE, could_run_code, load_problem
+
     file = checkpoint_file(path)
     try:
         if file.suffix == ".safetensors":
@@ -64,15 +67,14 @@ def read_state(path: Path) -> tuple[dict, list[str]]:
             raw = load_file(str(file), device="cpu")
         else:
             raw = torch.load(file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
-        from stages.nets.checkpoint import could_run_code
+    except (*UNREADABLE_TORCH_FILE, SafetensorError) as exc:
 
         if could_run_code(exc):
             # The safe loader cannot tell a damaged file from one whose objects would run code on loading.
             raise ArtifactError(f"{file}: refused: not a plain state dict of tensors (it holds objects whose "
                                 f"loading could run code, or it is damaged); save the model's state_dict() alone "
                                 f"with torch.save, or as .safetensors") from exc
-        raise ArtifactError(f"{file}: cannot read it as a state dict ({first_line(exc)[:200]})") from exc
+        raise ArtifactError(f"{file}: cannot read it as a state dict ({load_problem(exc)})") from exc
     notes = []
     for wrapper in WRAPPERS:
         if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict) and not _all_tensors(raw):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import threading
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from stages.common.errors import STOP_SIGNALS, ArtifactError, PipelineError, detach_from_terminal
-from stages.nets.checkpoint import could_run_code, write_torch
+from stages.nets.checkpoint import UNREADABLE_TORCH_FILE, could_run_code, write_torch
 
 FORMAT = 1
 
@@ -73,7 +72,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         reason = "it holds more than tensors and could run code" if could_run_code(exc) else "unreadable"
         raise ArtifactError(f"{path}: training checkpoint refused ({reason}); delete it to start this "
                             f"stage over") from exc

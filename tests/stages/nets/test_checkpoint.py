@@ -34,6 +34,11 @@ def test_a_truncated_checkpoint_gets_one_line(tmp_path):
     with pytest.raises(ArtifactError, match=f"{WEIGHTS}: cannot load weights") as broken:
         load_model(tmp_path)
     assert "\n" not in str(broken.value)
+    for damaged in (b"", b"hi\n"):  # EOFError and a bare KeyError from torch.load's pickle reader
+        (tmp_path / WEIGHTS).write_bytes(damaged)
+        with pytest.raises(ArtifactError, match=rf"{WEIGHTS}: cannot load weights \(cut short, damaged, or not a "
+                                                rf"file torch.save wrote\); rerun the stage that made it with --force$"):
+            load_model(tmp_path)
 
 
 def test_an_artifact_cannot_name_a_file_outside_its_folder(tmp_path):

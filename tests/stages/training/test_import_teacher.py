@@ -52,6 +52,13 @@ def bad_checkpoint(tmp_path, kind) -> Path:
     path = tmp_path / "teacher.pt"
     if kind == "corrupt":
         path.write_bytes(b"not a checkpoint at all")
+    elif kind == "text":  # torch.load's pickle reader raises a bare KeyError on it
+        path.write_text("hi\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "safetensors":
+        path = path.with_suffix(".safetensors")
+        path.write_bytes(b"\xff" * 100)
     elif kind == "shapes":
         torch.save(teacher_weights(classes=5), path)
     elif kind == "network":
@@ -72,6 +79,10 @@ def bad_checkpoint(tmp_path, kind) -> Path:
                r"needs \(10, 64\)"),
     ("network", r"'blocks.1.conv1.weight' has shape \(16, 16, 3, 3\), but teacher.arch resnet8"),
     ("code", "refused: not a plain state dict of tensors"),
+    ("text", r"teacher.pt: cannot read it as a state dict \(cut short, damaged, or not a file torch.save wrote\)$"),
+    ("empty", r"teacher.pt: cannot read it as a state dict \(cut short, damaged, or not a file torch.save wrote\)$"),
+    ("safetensors", r"teacher.safetensors: cannot read it as a state dict \(Error while deserializing header: "
+                    r"header too large\)$"),
 ])
 def test_a_bad_checkpoint_gets_one_line_and_nothing_cached(tmp_path, kind, message):
     import re

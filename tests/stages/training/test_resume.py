@@ -275,6 +275,17 @@ def test_a_checkpoint_that_could_run_code_is_refused(tmp_path):
         train(stochastic_model(), digits_like_data(), RECIPE, augmentation=AUGMENT, seed=3, checkpoint=checkpoint)
 
 
+@pytest.mark.parametrize("damaged", [b"", b"hi\n"], ids=["empty", "text"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damaged):
+    from stages.training.resume import load_state
+
+    checkpoint = tmp_path / "training.pt"
+    checkpoint.write_bytes(damaged)  # torch.load raises EOFError, and a bare KeyError for the text
+    with pytest.raises(ArtifactError, match=r"training.pt: training checkpoint refused \(unreadable\); delete it "
+                                            r"to start this stage over$"):
+        load_state(checkpoint)
+
+
 def test_a_checkpoint_of_another_network_is_refused(tmp_path):
     checkpoint = tmp_path / "training.pt"
     train(stochastic_model(), digits_like_data(), RECIPE.model_copy(update={"epochs": 1}), augmentation=AUGMENT,
