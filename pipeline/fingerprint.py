@@ -66,14 +66,19 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
 
 
 def folder_fingerprint(root: Path) -> str:
-    """sha256 of every file's relative path and size: a copy elsewhere matches, an added, removed
-    or re-encoded image does not."""
+    """sha256 of every file's relative path and size, and of every empty folder's path: a copy
+    elsewhere matches, an added, removed or re-encoded image, or an added empty class, does not."""
     if not root.is_dir():
         raise DataError(f"data.root={root}: no such folder ({root.resolve()}); point data.root at the "
                         f"dataset's folder (relative paths resolve from the current directory)")
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    entries = sorted(root.rglob("*"))
+    for path in (p for p in entries if p.is_file()):
         h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    # An empty class folder is a class too, though it holds no file. Hashed only where there is one,
+    # so the keys of folders without any stay as they were.
+    for path in (p for p in entries if p.is_dir() and not any(p.iterdir())):
+        h.update(f"{path.relative_to(root).as_posix()}/\0empty\n".encode())
     return h.hexdigest()
 
 

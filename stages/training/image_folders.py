@@ -20,6 +20,9 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
 
 
 def _images_in(folder: Path) -> list[Path]:
+    """The image files in ``folder``; none where it is missing (a class without images is refused)."""
+    if not folder.is_dir():
+        return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -72,13 +75,28 @@ def load_class_folders(root: Path, image_size: int | None) -> Arrays:
     for folder in (train_dir, test_dir):
         paths, labels = [], []
         for index, name in enumerate(classes):
-            found = _images_in(folder / name) if (folder / name).is_dir() else []
+            found = _images_in(folder / name)
             paths += found
             labels += [index] * len(found)
         if not paths:
             raise DataError(f"data.root={root}: no images under {folder}")
+        if folder == train_dir:
+            _refuse_classes_without_images(root, labels, [train_dir / name for name in classes],
+                                           ("remove the folder", "remove those folders"))
         splits += [read_images(paths, image_size), np.asarray(labels, np.int64)]
     return splits[0], splits[1], splits[2], splits[3], tuple(classes)
+
+
+def _refuse_classes_without_images(root: Path, labels: list[int], folders: list[Path],
+                                   removal: tuple[str, str]) -> None:
+    """Every class is an output of the network: one without training images is a class it never learns."""
+    present = set(labels)
+    empty = [str(folder) for index, folder in enumerate(folders) if index not in present]
+    if empty:
+        many = len(empty) > 1
+        raise DataError(f"data.root={root}: {len(empty)} class{'es have' if many else ' has'} no training images "
+                        f"({', '.join(empty[:3])}{', …' if len(empty) > 3 else ''}); add "
+                        f"{'their' if many else 'its'} images or {removal[many]}")
 
 
 def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
@@ -96,6 +114,8 @@ def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
         found = _images_in(root / "train" / wnid / "images")
         train_paths += found
         train_labels += [index[wnid]] * len(found)
+    _refuse_classes_without_images(root, train_labels, [root / "train" / w / "images" for w in wnids],
+                                   (f"remove its wnid from {wnids_file}", f"remove their wnids from {wnids_file}"))
     val_paths, val_labels = [], []
     for line_number, line in enumerate(annotations.read_text().splitlines(), 1):
         fields = line.split("\t")

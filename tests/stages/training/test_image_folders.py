@@ -124,3 +124,33 @@ def test_16_bit_images_in_class_folders_are_scaled_as_predict_scales_them(tmp_pa
     trained_on = read_images([tmp_path / "depth.png"], None)[0]
     assert np.array_equal(trained_on[..., 0], np.rint(wide / 257).astype(np.uint8))
     assert np.array_equal(trained_on, load_image(tmp_path / "depth.png", 8, 3)[0])
+
+
+def test_a_class_without_training_images_is_refused_and_changes_the_key(tmp_path):
+    from pipeline.fingerprint import data_identity
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            _image(tmp_path / split / name / "0.png", (1, 2, 3))
+    cfg = DataConfig(dataset="folder", root=str(tmp_path))
+    before = data_identity(cfg)["content"]
+    assert load_dataset(cfg).class_names == ("cat", "dog")
+    (tmp_path / "train" / "emu").mkdir()  # a class the network would output and never learn
+    assert data_identity(cfg)["content"] != before  # no file changed, and yet the classes did
+    with pytest.raises(DataError, match=rf"^data.root={tmp_path}: 1 class has no training images "
+                                        rf"\({tmp_path / 'train' / 'emu'}\); add its images or remove the folder$"):
+        load_dataset(cfg)
+    (tmp_path / "train" / "emu" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "yak").mkdir()
+    with pytest.raises(DataError, match=r"2 classes have no training images \(.*emu, .*yak\); add their images "
+                                        r"or remove those folders$"):
+        load_dataset(cfg)
+
+
+def test_a_tiny_imagenet_class_without_training_images_is_refused(tiny_imagenet):
+    import shutil
+
+    shutil.rmtree(tiny_imagenet / "train" / "n01629819")
+    with pytest.raises(DataError, match=r"1 class has no training images \(.*n01629819/images\); add its images or "
+                                        r"remove its wnid from .*wnids.txt$"):
+        load_dataset(DataConfig(dataset="tiny_imagenet", root=str(tiny_imagenet)))
