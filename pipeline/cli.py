@@ -76,10 +76,19 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     device = distributed.device_for_rank(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
+    last = stage_index(until) if until else len(STAGE_ORDER) - 1
+    # A stage the profile has no task of, or one past --until, would otherwise end in "0 ran" or in
+    # nothing recomputed, with exit code 0.
+    for option, stage in (("", only), ("--force ", force)):
+        if stage is not None and not any(t.stage == stage for t in plan):
+            raise PipelineError(f"{option}{stage}: {_no_tasks(profile, stage)}")
+    for option, stage in (("--from", start), ("--force", force)):
+        if only is None and stage is not None and stage_index(stage) > last:
+            raise PipelineError(f"{option} {stage} comes after --until {until}, so nothing would be recomputed; "
+                                f"drop --until or choose a stage up to {until}")
     if only is not None:
         tasks = with_ancestors(plan, [t for t in plan if t.stage == only])
     else:
-        last = stage_index(until) if until else len(STAGE_ORDER) - 1
         tasks = [t for t in plan if stage_index(t.stage) <= last]
     first_forced = stage_index(start) if start else len(STAGE_ORDER)
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
@@ -118,6 +127,15 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
         ui.console.print(f"report: {published / 'report.md'}")
     elif only is not None and ran == 0:
         ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
+
+
+def _no_tasks(profile, stage: str) -> str:
+    methods = ", ".join(profile.methods)
+    needed = "dml" if stage == "mutual" else "kd"
+    if needed not in profile.methods:
+        return (f"{profile.name} has no {stage} task, which comes with methods including {needed} (its "
+                f"methods: [{methods}]); add {needed} to methods, or choose another stage")
+    return f"{profile.name} has no {stage} task"
 
 
 def _check_mps(mps: bool, jobs: int, device: str) -> None:

@@ -66,6 +66,14 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["deploy", "-o", "README.md"], "-o README.md: a file, not a folder; deploy into a folder"),
     (["deploy", "-o", "README.md/model"], "-o README.md/model: README.md is a file, not a folder; deploy elsewhere"),
     (["bundle", "-o", "never.tar", "--set", "seed=a"], "quickstart.yaml (with --set): seed = 'a'"),
+    (["mutual"], "mutual: quickstart has no mutual task, which comes with methods including dml (its methods: "
+                 "[kd]); add dml to methods, or choose another stage"),
+    (["run", "--force", "mutual"], "--force mutual: quickstart has no mutual task"),
+    (["teacher", "--set", "methods=[dml]"], "teacher: quickstart has no teacher task, which comes with methods "
+                                            "including kd (its methods: [dml]); add kd to methods"),
+    (["run", "--from", "report", "--until", "teacher"], "--from report comes after --until teacher, so nothing would "
+                                                        "be recomputed; drop --until or choose a stage up to teacher"),
+    (["run", "--force", "benchmark", "--until", "export"], "--force benchmark comes after --until export"),
     (["status", "--set", "benchmark.cpu_affinity=[0, -1]"],
      "benchmark.cpu_affinity = [0, -1]: core numbers count from 0, got [0, -1]"),
     (["status", "--set", "benchmark.cpu_affinity=[1, 1]"], "benchmark.cpu_affinity = [1, 1]: each core at most once"),
