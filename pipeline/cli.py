@@ -236,7 +236,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from pipeline import ui
         from pipeline.plan import build_plan, training_tasks
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import grid, parse_axes, point_profile, point_values, write_sweep
+        from pipeline.sweep import (grid, parse_axes, point_profile, point_values, refuse_points_that_differ_in_nothing,
+                                    write_sweep)
         from stages.common.hardware import check_benchmark_cores
         from stages.context import member_metrics
         from stages.reporting.names import model_label
@@ -254,10 +255,11 @@ def sweep(profile: Optional[Path] = ProfileArg,
         if stage_index(until) >= stage_index("benchmark"):
             for loaded in profiles:
                 check_benchmark_cores(loaded.benchmark.cpu_affinity)
+        plans = [[t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)] for loaded in profiles]
+        refuse_points_that_differ_in_nothing(points, plans, until)
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         runner = _runner(store, jobs, device, checkpoint_every, mps=mps)
-        plans = [[t for t in build_plan(loaded) if stage_index(t.stage) <= stage_index(until)] for loaded in profiles]
         if jobs > 1:
             # Every point's tasks in one schedule, so points run side by side; shared tasks once.
             unique = {}

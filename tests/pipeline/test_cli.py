@@ -74,6 +74,11 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["run", "--from", "report", "--until", "teacher"], "--from report comes after --until teacher, so nothing would "
                                                         "be recomputed; drop --until or choose a stage up to teacher"),
     (["run", "--force", "benchmark", "--until", "export"], "--force benchmark comes after --until export"),
+    (["sweep", "--over", "name=a,b"], "--over: the points name=a and name=b run the same tasks up to --until mutual, "
+                                      "so the sweep would count one result twice; sweep a key those stages read, or "
+                                      "set --until to the stage that reads it"),
+    (["sweep", "--over", "seed=0,1", "--over", "benchmark.iterations=5,9"],
+     "the points seed=0 benchmark.iterations=5 and seed=0 benchmark.iterations=9 run the same tasks"),
     (["status", "--set", "benchmark.cpu_affinity=[0, -1]"],
      "benchmark.cpu_affinity = [0, -1]: core numbers count from 0, got [0, -1]"),
     (["status", "--set", "benchmark.cpu_affinity=[1, 1]"], "benchmark.cpu_affinity = [1, 1]: each core at most once"),

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from stages.common.errors import PipelineError
 from pipeline.sweep import grid, parse_axes, point_values, render_markdown, split_values, summarize
+
+TINY = Path(__file__).resolve().parents[1] / "profiles" / "tiny.yaml"
 
 
 def test_values_split_on_commas_outside_brackets():
@@ -66,3 +70,22 @@ def test_without_a_validation_split_nothing_is_chosen():
     summary = summarize([{"point": {"seed": 0}, "accuracy": {"kd": 0.5}}], [("seed", ["0"])])
     assert choose_by_validation(summary) == {}
     assert "Chosen" not in render_markdown(summary, [("seed", ["0"])], "p", ["kd"], {})
+
+
+def test_points_that_run_the_same_tasks_are_refused_and_a_later_until_tells_them_apart():
+    from pipeline.plan import build_plan
+    from pipeline.registry import stage_index
+    from pipeline.sweep import grid, point_profile, refuse_points_that_differ_in_nothing
+    points = grid([("benchmark.iterations", ["5", "9"])])
+    profiles = [point_profile(TINY, [], point) for point in points]
+
+    def plans(until):
+        return [[t for t in build_plan(p) if stage_index(t.stage) <= stage_index(until)] for p in profiles]
+
+    with pytest.raises(PipelineError, match=r"^--over: the points benchmark.iterations=5 and benchmark.iterations=9 "
+                                            r"run the same tasks up to --until mutual"):
+        refuse_points_that_differ_in_nothing(points, plans("mutual"), "mutual")
+    refuse_points_that_differ_in_nothing(points, plans("benchmark"), "benchmark")  # the benchmark reads it
+    seeds = grid([("seed", ["0", "1"])])
+    refuse_points_that_differ_in_nothing(
+        seeds, [[t for t in build_plan(point_profile(TINY, [], p)) if t.stage == "teacher"] for p in seeds], "teacher")
