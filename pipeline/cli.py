@@ -94,6 +94,8 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     forced = {t.id for t in tasks if t.stage == force or stage_index(t.stage) >= first_forced}
     if any(t.stage == "benchmark" for t in tasks):
         check_benchmark_cores(profile.benchmark.cpu_affinity)
+    if any(t.stage == "export" for t in tasks):
+        _check_opset(profile.export.opset)
     root = artifacts_root(artifacts)
     with distributed.crash_logged(root / "logs"):
         _run(root, profile, tasks, forced, only=only, device=device, checkpoint_every=checkpoint_every, jobs=jobs,
@@ -127,6 +129,16 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
         ui.console.print(f"report: {published / 'report.md'}")
     elif only is not None and ran == 0:
         ui.console.print(f"{only}: every task was cached; add --force to recompute it.")
+
+
+def _check_opset(opset: int) -> None:
+    """An opset newer than the installed onnx knows, refused before training rather than at export."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise PipelineError(f"export.opset = {opset}: the installed onnx {onnx.__version__} knows opsets up to "
+                            f"{newest}; choose one up to {newest}")
 
 
 def _no_tasks(profile, stage: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from stages.common.errors import ArtifactError
+from stages.common.errors import ArtifactError, PipelineError, first_line
 from stages.nets.checkpoint import SPEC, load_model, read_spec
 from stages.context import StageContext
 from stages.training.data import load_dataset
@@ -23,13 +25,48 @@ RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNorma
               "Multinomial", "Dropout"}
 
 
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript")
+
+
+@contextlib.contextmanager
+def held_exporter_logs() -> Iterator[list[logging.LogRecord]]:
+    """The exporter's and its version converter's log records, held back from the terminal while it
+    runs: a conversion it cannot do logs a whole traceback, which the stage turns into one line."""
+    records: list[logging.LogRecord] = []
+    holder = logging.Handler()
+    holder.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]  # torch.onnx has a stderr handler
+    for logger in loggers:
+        logger.handlers, logger.propagate = [holder], False
+    try:
+        yield records
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+
+
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path, opset: int) -> None:
+    import onnx
+
     batch = torch.export.Dim("batch", min=1, max=65536)
     # The exporter narrates its progress on stdout; the stage reports its own result instead.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), held_exporter_logs() as records:
         torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: batch}},
                           opset_version=opset, dynamo=True, external_data=False)
+    # Below the opset it implements (18 in torch 2.x) the exporter converts, and where it cannot (no
+    # Pad below 18, which the zero-padding shortcuts use) it keeps its own opset and only logs it.
+    written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                    if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        failures = [first_line(r.exc_info[1]).rsplit("failed: ", 1)[-1] for r in records if r.exc_info]
+        reason = f": {failures[-1]}" if failures else ""
+        raise PipelineError(f"export.opset = {opset}: PyTorch's ONNX exporter wrote opset {written} instead (it could "
+                            f"not convert this network to {opset}{reason}); set export.opset to {written}, or "
+                            f"another opset it converts to")
+    for record in records:  # a clean export's warnings, shown as they would have been
+        logging.getLogger(record.name).handle(record)
 
 
 class RawPixels(torch.nn.Module):

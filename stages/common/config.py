@@ -313,7 +313,9 @@ class AnalysisConfig(Section):
 
 
 class ExportConfig(Section):
-    opset: int = Field(18, ge=13, description="ONNX opset.")
+    opset: int = Field(18, ge=13, description="ONNX opset. PyTorch's exporter writes 18 and converts to others; "
+                       "below 18 it cannot convert the Pad of the zero-padding shortcuts, and export then fails "
+                       "naming the opset it wrote.")
     tolerance: float = Field(1e-3, gt=0, description="Largest logit difference ONNX Runtime vs PyTorch accepted, "
                              "relative to the largest logit where that exceeds 1.")
     preprocess: Literal["graph"] | None = Field(

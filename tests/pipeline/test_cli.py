@@ -79,6 +79,7 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
                                       "set --until to the stage that reads it"),
     (["sweep", "--over", "seed=0,1", "--over", "benchmark.iterations=5,9"],
      "the points seed=0 benchmark.iterations=5 and seed=0 benchmark.iterations=9 run the same tasks"),
+    (["export", "--set", "export.opset=99"], "export.opset = 99: the installed onnx"),  # before any training
     (["status", "--set", "benchmark.cpu_affinity=[0, -1]"],
      "benchmark.cpu_affinity = [0, -1]: core numbers count from 0, got [0, -1]"),
     (["status", "--set", "benchmark.cpu_affinity=[1, 1]"], "benchmark.cpu_affinity = [1, 1]: each core at most once"),

@@ -62,3 +62,18 @@ def test_a_raw_pixel_export_takes_uint8_nhwc_and_computes_what_the_network_does_
     with torch.inference_mode():
         torch_logits = model(torch.from_numpy(data.normalized(data.x_test))).numpy()
     assert np.abs(onnx_logits - torch_logits).max() < 1e-4
+
+
+def test_an_opset_the_exporter_cannot_convert_to_is_one_line_naming_why(tmp_path, capfd):
+    import pytest
+
+    from stages.common.errors import PipelineError
+
+    model = build_model("resnet8", 10, 3)  # its zero-padding shortcuts export as Pad, which converts no lower than 18
+    with pytest.raises(PipelineError, match=r"^export.opset = 16: PyTorch's ONNX exporter wrote opset 18 instead \(it "
+                                            r"could not convert this network to 16: No Adapter To Version \$17 for "
+                                            r"Pad\); set export.opset to 18, or another opset it converts to$"):
+        export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx", 16)
+    assert "Traceback" not in capfd.readouterr().err  # the converter's logged traceback stays out of the terminal
+    export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx", 20)
+    assert onnx.load(str(tmp_path / "model.onnx")).opset_import[0].version == 20
