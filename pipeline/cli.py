@@ -47,12 +47,29 @@ def _launch(profile: Optional[Path], overrides: List[str], device: str, nproc: i
 
     if distributed.launched():
         distributed.initialize(_check_device(device))
-    elif nproc > 1 or nnodes != "1":
+        return
+    _check_nodes(nnodes, node_rank)
+    if nproc > 1 or nnodes != "1":
         # A profile or a device that cannot work stops here, in one line, before any process starts.
         load_profile(profile, overrides)
         distributed.backend_for(_check_device(device), nproc)
         raise typer.Exit(distributed.relaunch(_without_launch_options(sys.argv[1:]), nproc, nnodes, node_rank,
                                               master_addr, master_port))
+
+
+def _check_nodes(nnodes: str, node_rank: int) -> None:
+    """--nnodes as torchrun takes it, N or MIN:MAX, and a --node-rank among them; torchrun itself
+    would answer a bad one with a traceback."""
+    import re
+
+    found = re.fullmatch(r"([1-9][0-9]*)(?::([1-9][0-9]*))?", nnodes.strip())
+    if found is None or (found.group(2) and int(found.group(2)) < int(found.group(1))):
+        raise PipelineError(f"--nnodes {nnodes!r}: give a number of nodes, e.g. 2, or a range MIN:MAX with MIN up "
+                            f"to MAX, e.g. 1:4")
+    most = int(found.group(2) or found.group(1))
+    if node_rank >= most:
+        raise PipelineError(f"--node-rank {node_rank} with --nnodes {nnodes}: node ranks count from 0 to "
+                            f"{most - 1}")
 
 
 def _check_device(device: str) -> str:

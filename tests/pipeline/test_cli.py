@@ -80,6 +80,10 @@ def test_status_imports_no_framework(tmp_path, imported_teacher):
     (["sweep", "--over", "seed=0,1", "--over", "benchmark.iterations=5,9"],
      "the points seed=0 benchmark.iterations=5 and seed=0 benchmark.iterations=9 run the same tasks"),
     (["export", "--set", "export.opset=99"], "export.opset = 99: the installed onnx"),  # before any training
+    (["teacher", "--nnodes", "two"], "--nnodes 'two': give a number of nodes, e.g. 2, or a range MIN:MAX with MIN up "
+                                     "to MAX, e.g. 1:4"),
+    (["teacher", "--nnodes", "4:2"], "--nnodes '4:2': give a number of nodes"),
+    (["run", "--nnodes", "1:2", "--node-rank", "2"], "--node-rank 2 with --nnodes 1:2: node ranks count from 0 to 1"),
     (["status", "--set", "benchmark.cpu_affinity=[0, -1]"],
      "benchmark.cpu_affinity = [0, -1]: core numbers count from 0, got [0, -1]"),
     (["status", "--set", "benchmark.cpu_affinity=[1, 1]"], "benchmark.cpu_affinity = [1, 1]: each core at most once"),
