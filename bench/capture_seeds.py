@@ -7,8 +7,8 @@ and prints test top-1 per seed, mean ± std (n - 1), and the time each took.
     python bench/capture_seeds.py --data digits --epochs 1 --seeds 0  # a quick CPU check that it runs
 
 The recipe is the paper's CIFAR-100 one shortened to --epochs, its milestones scaled (60/120/180 of
-200), with one warm-up epoch (a one-epoch run has neither milestone nor warm-up), pad-4 crops and flips, batch 128, and the network trained with
-stochastic depth at --p-last. On a CPU capture_step is ignored and the second way trains eagerly with
+200), with one warm-up epoch (a one-epoch run has neither milestone nor warm-up), pad-4 crops and
+flips, batch 128, and the network trained with stochastic depth at --p-last. On a CPU capture_step is ignored and the second way trains eagerly with
 masks, which isolates what differs between skipping a dropped block and masking it: masked, a dropped
 block's BatchNorm running statistics still update and SGD still applies weight decay and momentum to its
 weights; skipped, neither happens that step.

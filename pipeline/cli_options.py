@@ -28,7 +28,8 @@ NnodesOpt = typer.Option("1", "--nnodes", help="Nodes taking part (torchrun's --
                          "must be shared between them.")
 NodeRankOpt = typer.Option(0, "--node-rank", min=0, help="This node's rank (torchrun's --node-rank).")
 MasterAddrOpt = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (torchrun's --master-addr).")
-MasterPortOpt = typer.Option(29500, "--master-port", min=1, max=65535, help="Free port on node 0 (torchrun's --master-port).")
+MasterPortOpt = typer.Option(29500, "--master-port", min=1, max=65535,
+                             help="Free port on node 0 (torchrun's --master-port).")
 CheckpointOpt = typer.Option(60.0, "--checkpoint-every", metavar="SECONDS", min=0.0,
                              help="Save training progress this often (and on Ctrl-C, SIGTERM or SIGHUP); a killed "
                                   "run started again resumes from the last save.")

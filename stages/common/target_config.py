@@ -47,8 +47,8 @@ class HardwareSpec(Section):
 
 
 class Budgets(Section):
-    latency_ms: dict[PositiveInt, PositiveFloat] = Field(default_factory=dict, description="Largest acceptable p50 latency per "
-                                         "batch size, e.g. {1: 2.0, 32: 20.0}.")
+    latency_ms: dict[PositiveInt, PositiveFloat] = Field(
+        default_factory=dict, description="Largest acceptable p50 latency per batch size, e.g. {1: 2.0, 32: 20.0}.")
     memory_mb: float | None = Field(None, gt=0, description="Largest acceptable memory of one deployed model: peak "
                                     "resident memory on a CPU, engine plus activations on a GPU.")
     max_accuracy_drop: float | None = Field(None, ge=0, description="Accuracy gate in percentage points below "
