@@ -81,6 +81,12 @@ class DataConfig(Section):
         if self.dataset in FOLDER_DATASETS and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs data.root: its folder, or an .npz packed "
                              f"from it with `stochkd-pipeline pack-dataset`")
+        if self.image_size is not None and (self.dataset not in FOLDER_DATASETS or self.root.endswith(".npz")):
+            # Arrays (digits, CIFAR, any .npz) keep their size: the setting would change the key alone.
+            source = "an .npz" if self.root and self.root.endswith(".npz") else f"dataset {self.dataset!r}"
+            raise ValueError(f"data.image_size = {self.image_size} resizes images read from image files "
+                             f"(tiny_imagenet and folder datasets), but {source} holds arrays, which keep their "
+                             f"size; leave data.image_size out (pack-dataset --image-size resizes while packing)")
         return self
 
 

@@ -71,6 +71,9 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     ("seed: 1\n", ["teacher.training.epochs=2", "teacher.training.warmup_epochs=2"],
      "section teacher.training: training.warmup_epochs 2 is not shorter than training.epochs 2, so the LR would "
      "never reach training.lr; shorten the warm-up, or set warmup_epochs to null$"),
+    ("data:\n  image_size: 64\n", [], "section data: data.image_size = 64 resizes images read from image files "
+     "\\(tiny_imagenet and folder datasets\\), but dataset 'digits' holds arrays, which keep their size"),
+    ("data:\n  dataset: folder\n  root: packed.npz\n  image_size: 64\n", [], "but an .npz holds arrays"),
     ("target:\n  budgets:\n    latency_ms: {0: 2.0}\n", [],
      "target.budgets.latency_ms has the key 0: Input should be greater than 0$"),
     ("seed: 1\n", ["target.budgets.latency_ms={1: -2}"],
