@@ -209,3 +209,12 @@ def test_an_empty_artifacts_variable_means_the_default_folder(monkeypatch, tmp_p
     assert artifacts_root(None) == Path("artifacts")  # not the current directory, which Path("") is
     monkeypatch.setenv("STOCHKD_ARTIFACTS", str(tmp_path))
     assert artifacts_root(None) == tmp_path and artifacts_root(tmp_path / "given") == tmp_path / "given"
+
+
+def test_an_opset_every_onnx_knows_is_checked_without_importing_onnx(monkeypatch):
+    from pipeline.cli import _check_opset
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # importing it now raises ImportError
+    _check_opset(18)  # a cached rerun pays nothing for the check
+    with pytest.raises(ImportError):
+        _check_opset(99)
