@@ -64,17 +64,14 @@ def point_profile(profile, overrides: list[str] | None, point: dict[str, str]):
 def refuse_points_that_differ_in_nothing(points: list[dict[str, str]], plans: list[list], until: str) -> None:
     """Two points whose tasks have the same keys would be one run counted twice: a swept key that no
     stage up to ``until`` reads (name, a benchmark setting) or values that mean the same there."""
-    seen: dict[tuple, dict[str, str]] = {}
+    seen: dict[tuple, str] = {}
     for point, plan in zip(points, plans):
-        keys = tuple(sorted(task.key for task in plan))
+        keys, shown = tuple(sorted(task.key for task in plan)), " ".join(f"{k}={v}" for k, v in point.items())
         if keys in seen:
-            def shown(p):
-                return " ".join(f"{k}={v}" for k, v in p.items())
-
-            raise PipelineError(f"--over: the points {shown(seen[keys])} and {shown(point)} run the same tasks up to "
-                                f"--until {until}, so the sweep would count one result twice; sweep a key those "
-                                f"stages read, or set --until to the stage that reads it")
-        seen[keys] = point
+            raise PipelineError(f"--over: the points {seen[keys]} and {shown} run the same tasks up to --until "
+                                f"{until}, so the sweep would count one result twice; sweep a key those stages "
+                                f"read, or set --until to the stage that reads it")
+        seen[keys] = shown
 
 
 def grid(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
