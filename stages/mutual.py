@@ -21,7 +21,7 @@ from stages.common.errors import PipelineError
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext, peer_folder
-from stages.training.data import load_dataset
+from stages.training.data import image_counts, load_dataset
 from stages.nets.losses import kd_term
 from stages.nets.stochastic_depth import capturing
 from stages.training.tracking import write_tensorboard
@@ -125,4 +125,6 @@ def train_peers(ctx: StageContext) -> dict:
         "train_first_step_s": result.first_step_s,
         "train_resumed_at": result.resumed_at,
         "device": str(device),
+        "as_run": result.as_run,
+        "images": image_counts(data),
     }

@@ -8,7 +8,7 @@ import torch
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext
-from stages.training.data import load_dataset
+from stages.training.data import image_counts, load_dataset
 from stages.nets.stochastic_depth import draw_subnetwork, fixed_subnetwork
 from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import fit_and_save, select_device
@@ -43,7 +43,7 @@ def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[to
     return model, {"test_accuracy": test_accuracy, **validation_metrics(model, data, device),
                    "imported": {"path": str(source.resolve()), "sha256": content_hash(source), "layout": notes},
                    "parameters": sum(p.numel() for p in model.parameters()), "arch": spec.arch,
-                   "device": str(device)}
+                   "device": str(device), "images": image_counts(data)}
 
 
 def train_teacher(ctx: StageContext) -> dict:

@@ -51,6 +51,15 @@ class ImageDataset:
 VALIDATION_SEED = 1  # the permutation the validation split is drawn with (subsets use 0)
 
 
+def image_counts(data: ImageDataset) -> dict[str, int]:
+    """How many images each split of ``data`` holds, and its classes: what a model was trained and
+    scored on, as the report states it."""
+    counts = {"train": len(data.y_train), "test": len(data.y_test), "classes": data.num_classes}
+    if data.y_val is not None:
+        counts["validation"] = len(data.y_val)
+    return counts
+
+
 def balanced_subset(labels: np.ndarray, count: int, num_classes: int, seed: int = 0) -> np.ndarray:
     """Indices of ``count`` examples spread evenly over classes, chosen by a fixed permutation so
     that the subset is part of the data's identity and never varies with the training seed."""

@@ -24,7 +24,7 @@ from stages.training.augment import (augmentation_draws, gathered_batch, normali
                                      pixel_grid)
 from stages.training.compiling import compiled_for_training, uncompiled
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
-from stages.training.data import ImageDataset
+from stages.training.data import ImageDataset, image_counts
 from stages.training.evaluation import accuracy_on_test, validation_metrics
 from stages.training.resume import TrainingInterrupted, load_state, save_progress, save_state, stop_on_interrupt
 from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
@@ -111,6 +111,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     first_step_s: float = 0.0
     resumed_at: list[dict[str, int]] = field(default_factory=list)  # (epoch, batch) of each resumption
+    # How the recipe was run where it leaves the choice to the machine (the last session's, if resumed).
+    as_run: dict[str, object] = field(default_factory=dict)
 
 
 class DeviceData:
@@ -311,9 +313,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     steady = steady_rate(spent)
     if steady is None:  # no step after the first one was timed
         steady = recipe.epochs * n / spent["elapsed_s"]
+    as_run = {"precision": "bf16" if bf16 else "fp32", "processes": ranks, "compiled": bool(recipe.compile),
+              "captured_step": captures_step(recipe, device), "drop_execution": execution or "skip",
+              "device_name": device_name(device)}
     return TrainResult(recipe.epochs, spent["elapsed_s"], steady, run.history[-1]["loss"],
                        run.history[-1]["train_accuracy"], run.history, spent["first_step_s"] or 0.0,
-                       run.resumed_at)
+                       run.resumed_at, as_run)
 
 
 def gather_sums(run: RunState) -> list[list[float]] | None:
@@ -384,6 +389,8 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
         "parameters": sum(p.numel() for p in model.parameters()),
         "arch": spec.arch,
         "device": str(device),
+        "as_run": result.as_run,
+        "images": image_counts(data),
     }
 
 
