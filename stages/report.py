@@ -10,6 +10,7 @@ from stages.deploy.budgets import judge_rows, roofline_rows, unjudged_latency_bu
 from stages.deploy.input_contract import RAW_PIXELS_SUFFIX
 from stages.reporting.markdown import render_markdown
 from stages.reporting.names import PLAIN, engine_form, model_label, teacher_reading
+from stages.reporting.recipe import recipes_of
 from stages.reporting.plots import CURVES_PLOT, entropy_plot_name, plot, plot_curves, plot_teacher_entropy
 
 
@@ -119,6 +120,7 @@ def write_report(ctx: StageContext) -> dict:
         "teachers": {m: teacher_reading(m) for m in models},
         "comparison": method_comparison(training),
         "training": training,
+        "recipes": recipes_of({m: ctx.inputs[f"train:{m}"] for m in models}, training),
         # Only knowledge distillation has teachers to analyse; a DML-only profile has none.
         "analyses": {role.split(":", 1)[1]: stage_input.metrics for role, stage_input in ctx.inputs.items()
                      if role.startswith("analysis:")},

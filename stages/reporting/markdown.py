@@ -1,5 +1,5 @@
 """The report as markdown: the table at a glance, the knowledge-transfer results, the teacher analyses,
-the deployed artifacts with their budgets, and the time per task."""
+each model's recipe, the deployed artifacts with their budgets, and the time per task."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from stages.deploy.budgets import render_estimate
 from stages.reporting.names import TEACHER_NAMES, model_label, pct, precision_label, teacher_reading
 from stages.reporting.plots import CURVES_PLOT, entropy_plot_name
+from stages.reporting.recipe import render_recipes
 
 
 def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
@@ -83,6 +84,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"![training curves]({CURVES_PLOT})"]
     for teacher, analysis in report["analyses"].items():
         lines += render_analysis(teacher, analysis)
+    lines += render_recipes(report.get("recipes", {}))
     lines += ["", "## Deployed artifacts", ""]
     if report.get("target_backend_missing"):
         lines += [f"**Not measured on the target.** Missing here: {report['target_backend_missing']}. The rows "
