@@ -121,7 +121,7 @@ def deploy(profile, store, output: Path, model: str | None = None, precision: st
         "latency": [{k: r[k] for k in ("batch_size", "latency_p50_ms", "latency_p99_ms", "throughput_images_per_s",
                                        "peak_memory_mb")} for r in rows],
         "method": _method(model, trained_task),
-        "training": _recipe(trained_task),
+        "training": _recipe(trained_task, report.get("recipes", {}).get(model)),
         "machine": f"{report['machine']['cpu']} ({report['machine']['cores']} cores)",
         "versions": {**report["versions"], **{k: v for k, v in package_versions().items()
                                               if k not in report["versions"]}},
@@ -192,10 +192,21 @@ def _method(model: str, task) -> str:
             f"(T = {distill.temperature:g})")
 
 
-def _recipe(task) -> str:
+def _recipe(task, recorded: dict | None) -> str:
+    """The model's training in a phrase: its schedule and seed from the task, and the training images
+    and what the machine chose from the report's recipe, where the artifact recorded them."""
+    from stages.reporting.recipe import as_run, schedule
+
     if task is None:
         return "unknown"
+    if task.stage == "teacher" and task.params["teacher"].checkpoint:
+        return "imported, not trained by this pipeline"
     cfg = task.params.get("student") or task.params.get("teacher") or task.params.get("mutual")
     recipe = cfg.training
-    return (f"{recipe.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr:g} ({recipe.lr_schedule}), "
-            f"seed {task.params['seed']}")
+    text = (f"{recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}, batch {recipe.batch_size}, SGD lr {recipe.lr:g} "
+            f"({schedule(recipe.model_dump())}), seed {task.params['seed']}")
+    if recorded and "images" in recorded:
+        text += f", on {recorded['images']['train']:,} training images"
+    if recorded and "as_run" in recorded:
+        text += f", run in {as_run(recorded)}"
+    return text
