@@ -273,6 +273,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from stages.common.hardware import check_benchmark_cores
         from stages.context import member_metrics
         from stages.reporting.names import model_label
+        from stages.reporting.recipe import recipes_of
 
         check_stage("--until", until)
         _check_device(device)
@@ -305,9 +306,11 @@ def sweep(profile: Optional[Path] = ProfileArg,
             if jobs == 1:
                 runner.run(plans[number - 1])
             trained, _ = training_tasks(loaded)
-            metrics = {model: member_metrics(store.lookup(task.stage, task.key).metrics, member)
-                       for model, (task, member) in trained.items()}
-            result = {"point": point_values(point), "accuracy": {m: v["test_accuracy"] for m, v in metrics.items()}}
+            artifacts_of = {model: store.lookup(task.stage, task.key) for model, (task, _) in trained.items()}
+            metrics = {model: member_metrics(artifacts_of[model].metrics, member)
+                       for model, (_, member) in trained.items()}
+            result = {"point": point_values(point), "accuracy": {m: v["test_accuracy"] for m, v in metrics.items()},
+                      "recipes": recipes_of(artifacts_of, metrics)}
             if all("validation_accuracy" in v for v in metrics.values()):
                 result["validation"] = {m: v["validation_accuracy"] for m, v in metrics.items()}
             results.append(result)

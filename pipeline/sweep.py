@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.errors import PipelineError
+from stages.reporting.recipe import render_recipes
 from pipeline.profiles import load_profile, parse_override
 
 
@@ -118,7 +119,10 @@ def choose_by_validation(summary: list[dict[str, Any]]) -> dict[str, dict[str, A
     return chosen
 
 
-def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels) -> str:
+def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels,
+                    recipes: dict[str, dict[str, Any]] | None = None) -> str:
+    """The sweep's tables, then the first point's recipes: every other point differs from it only
+    in the swept keys."""
     other = [k for k, _ in axes if k != "seed"]
     seeds = next((values for k, values in axes if k == "seed"), None)
     lines = [f"# Sweep of {profile} over {', '.join(k for k, _ in axes)}", ""]
@@ -150,6 +154,9 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
             pick = chosen[model]
             lines.append("| " + " | ".join([labels.get(model, model), *(str(pick["point"][k]) for k in other),
                                             _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
+    if recipes:
+        lines += render_recipes(recipes, f" These are the first point's; the other points differ from it in "
+                                         f"{', '.join(k for k, _ in axes)} alone.")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +200,7 @@ def write_sweep(destination: Path, results, axes, profile: str, models: list[str
     written = [destination / "sweep.json", destination / "sweep.md"]
     written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
                                       "chosen_by_validation": choose_by_validation(summary)}, indent=1))
-    written[1].write_text(render_markdown(summary, axes, profile, models, labels))
+    written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes")))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")
     return written
