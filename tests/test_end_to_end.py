@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from stages.common.hardware import cpu_model
 from tests.commands import cli, INTERRUPTED, INTERRUPTED_EPOCHS, pipeline_command, started_teacher, TINY, wide
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,16 @@ def test_all_seven_stages_run_and_report(first_run):
     int8 = [r for r in report["rows"] if r["precision"] == "int8"]
     assert all(r["compute_precision"] == "int8" for r in int8)
     assert "stochastic KD" in done.stdout  # the terminal table
+    # The recipe each result rests on, with the data as the training saw it.
+    recipes = report["recipes"]
+    assert recipes["teacher"]["training"]["epochs"] == 2 and recipes["student"]["training"]["epochs"] == 1
+    assert recipes["stochastic_kd"]["settings"]["distill"]["p_last"] == 0.5  # taught at the teacher's p_n
+    assert recipes["kd"]["as_run"] == {"precision": "fp32", "processes": 1, "compiled": False,
+                                       "captured_step": False, "drop_execution": "skip", "device_name": cpu_model()}
+    assert recipes["teacher"]["images"] == {"train": 1437, "test": 360, "classes": 10}
+    assert ("| stochastic KD | resnet8 | 1 | 64 | 0.1 | cosine | 0.9 | 0.0005 | fp32 on cpu | distill: transfer kd, "
+            "temperature 4, kd_weight 0.9, teacher_samples 2, drop_mode batch, aggregate individual, p_last 0.5 |"
+            .replace("fp32 on cpu", f"fp32 on cpu ({cpu_model()})") in (artifacts / "tiny" / "report.md").read_text())
 
 
 def test_manifests_record_what_made_each_artifact(first_run):
@@ -182,6 +193,11 @@ def test_sweep_shares_cached_stages_and_reports_mean_and_std(tmp_path):
     summary = json.loads((sweep / "sweep.json").read_text())["summary"]
     assert [row["point"]["distill.temperature"] for row in summary] == [2, 4]
     assert all(row["runs"] == 2 for row in summary)
+    # The first point's recipe, the swept keys named as what the other points change.
+    assert "These are the first point's; the other points differ from it in distill.temperature, seed alone." in table
+    assert "- Seed 0, every model: digits" in table and "temperature 2, kd_weight 0.9, teacher_samples 2" in table
+    recipes = [result["recipes"] for result in json.loads((sweep / "sweep.json").read_text())["results"]]
+    assert [r["kd"]["seed"] for r in recipes] == [0, 1, 0, 1]
 
 
 def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
@@ -196,7 +212,11 @@ def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
     assert "dml_mean_independent" in report["comparison"]
     assert ("dml_proposed_1", "onnxruntime", "int8") in {(r["model"], r["runtime"], r["precision"])
                                                         for r in report["rows"]}
-    assert "DML proposed, peer 1" in (tmp_path / "tiny" / "report.md").read_text()
+    markdown = (tmp_path / "tiny" / "report.md").read_text()
+    assert "DML proposed, peer 1" in markdown
+    assert ("| DML proposed, peer 2 | resnet8 | 1 | 128 | 0.1 | constant | 0.9 | 0.0005 | fp32 on cpu | mutual: peers "
+            "resnet8 + resnet8, p_last 0.5, drop_mode batch, temperature 1, mimicry_weight 1 |"
+            .replace("fp32 on cpu", f"fp32 on cpu ({cpu_model()})") in markdown)
 
 
 def test_attention_transfer_trains_from_the_deterministic_and_the_sampled_teacher(tmp_path):
@@ -265,6 +285,8 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
     package = json.loads((tmp_path / "deployed" / "deploy.json").read_text())
     card = (tmp_path / "deployed" / "model-card.md").read_text()
     assert package["precision"] == "int8" and "## How to feed it" in card and "stochastic KD" in card
+    assert package["training"] == ("1 epoch, batch 64, SGD lr 0.1 (cosine), seed 0, on 1,437 training images, "
+                                   f"run in fp32 on cpu ({cpu_model()})")
     moved = shutil.copytree(tmp_path / "deployed", tmp_path / "elsewhere" / "model")
     data = load_dataset(DataConfig())
     pictures = tmp_path / "pictures"
