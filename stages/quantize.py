@@ -138,7 +138,7 @@ def calibrate(prepared: Path, calibration: np.ndarray, method: str, scratch: Pat
         if method == "entropy":
             from stages.deploy.entropy_calibration import use_fast_entropy
 
-            use_fast_entropy(calibrator.collector)  # the same thresholds, about ten times sooner
+            use_fast_entropy(calibrator.collector)  # the same thresholds, about eight times sooner
         ranges = calibrator.compute_data()
     cache = scratch / f"ranges.{method}.json"
     save_tensors_data(ranges, cache)

@@ -3,7 +3,7 @@
 ONNX Runtime searches each tensor's histogram for the clipping threshold whose quantized
 distribution is closest (KL divergence) to the real one, trying every candidate width; its search
 adds up slices of the histogram with Python's built-in ``sum``, element by element, which makes it
-take about 1.7 s per tensor at 2,048 bins on a 2-core CPU (minutes for a ResNet-110).
+take about 1.5 s per tensor at 2,048 bins on a 2-core CPU (minutes for a ResNet-110).
 ``entropy_threshold`` makes the same search with prefix sums and reshaped sums: every candidate's
 distributions are the same integers, smoothed and compared by the same float32 operations, so the
 threshold chosen is the same (tests compare it with ONNX Runtime's own on real and random
