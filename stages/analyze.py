@@ -9,6 +9,8 @@ the K samples would teach).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from stages.nets.checkpoint import read_spec
@@ -20,9 +22,21 @@ from stages.training.loop import select_device
 
 
 def mean_entropy(logits: torch.Tensor) -> float:
-    """Mean over images of the softmax entropy (nats) of (..., classes) logits."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    return float(-(log_p.exp() * log_p).sum(-1).mean())
+    """Mean over images of the softmax entropy (nats) of (..., classes) logits.
+
+    entr takes 0·log 0 as 0, so a class whose probability underflows (a saturated teacher, or -inf
+    log-probabilities from an average) adds nothing instead of turning the mean into nan.
+    """
+    return float(torch.special.entr(logits.float().softmax(-1)).sum(-1).mean())
+
+
+def log_average(sampled: torch.Tensor) -> torch.Tensor:
+    """Log of the mean softmax over the first dimension of (samples, ..., classes) logits.
+
+    Averaged in log space so it stays finite where every sample gives a class a probability that
+    underflows, as a saturated teacher does.
+    """
+    return torch.logsumexp(sampled.float().log_softmax(-1), dim=0) - math.log(sampled.shape[0])
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -67,7 +81,7 @@ def analyze_teacher(ctx: StageContext) -> dict:
         "single_block_dropped": per_block,
     }
     if sampled is not None:
-        ensemble = sampled.softmax(-1).mean(0).log()
+        ensemble = log_average(sampled)
         result["samples"] = {
             "k": k,
             "entropy_per_sample": mean_entropy(sampled),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stages.common.config import AnalysisConfig, Augmentation, DataConfig
-from stages.analyze import analyze_teacher, mean_entropy
+from stages.analyze import analyze_teacher, log_average, mean_entropy
 from stages.nets.checkpoint import ModelSpec, load_model, save_model
 from stages.context import StageContext, StageInput
 from stages.training.data import balanced_subset, load_dataset
@@ -15,6 +15,24 @@ def test_mean_entropy_matches_hand_computation():
     expected = -sum(q * math.log(q) for q in p)
     logits = torch.log(torch.tensor([p, [1 / 3] * 3]))
     assert mean_entropy(logits) == pytest.approx((expected + math.log(3)) / 2, rel=1e-5)
+
+
+def test_a_saturated_teacher_has_finite_entropies():
+    # fp32 softmax underflows to exactly 0 here: 0·log 0 must count as 0, not nan
+    saturated = torch.tensor([[0.0, -200.0, -200.0], [0.0, float("-inf"), -300.0]])
+    assert mean_entropy(saturated) == pytest.approx(0.0, abs=1e-30)
+    samples = torch.tensor([[[200.0, 0.0, 0.0]], [[0.0, 200.0, 0.0]]])  # two one-hot samples that disagree
+    average = log_average(samples)
+    assert torch.isfinite(average).all()
+    assert average.exp().tolist()[0] == pytest.approx([0.5, 0.5, 0.0], abs=1e-6)
+    assert mean_entropy(average) == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_log_average_is_the_log_of_the_mean_probability():
+    torch.manual_seed(0)
+    samples = torch.randn(4, 6, 10) * 3
+    expected = samples.softmax(-1).mean(0).log()
+    assert torch.allclose(log_average(samples), expected, atol=1e-5)
 
 
 DATA = DataConfig(dataset="digits", augmentation=Augmentation(crop_padding=1, horizontal_flip=False))
