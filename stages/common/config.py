@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stages.nets.architectures import ARCHITECTURES, resolve_skips
+from stages.nets.architectures import ARCHITECTURES, architecture, resolve_skips
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
 SKIPS_HELP = ("Skips around every block after the first of a plain network (vgg13, mobilenet): the identity, or "
@@ -27,7 +27,7 @@ class Section(BaseModel):
 def skip_shortcuts(archs: tuple[str, ...] | list[str], p_last: float, skips: bool | None) -> dict:
     """A cache-key entry for plain networks built with skips: since their shape-changing blocks got
     zero-padding shortcuts, such networks compute something else than the artifacts made before."""
-    added = [a for a in archs if not ARCHITECTURES[a].residual and resolve_skips(a, p_last, skips)]
+    added = [a for a in archs if not architecture(a).residual and resolve_skips(a, p_last, skips)]
     return {"skip_shortcuts": "zero_pad"} if added else {}
 
 
@@ -37,9 +37,14 @@ def each_once(values: tuple[str, ...], what: str) -> tuple[str, ...]:
     return values
 
 
+NETWORK_CHOICES = f"{', '.join(ARCHITECTURES)}, or timm/NAME for any network of PyTorch Image Models"
+
+
 def _known_architecture(name: str) -> str:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown network {name!r}; allowed: {', '.join(ARCHITECTURES)}")
+    if name.startswith("timm/"):
+        architecture(name)  # refuses a name timm does not know, with the closest ones
+    elif name not in ARCHITECTURES:
+        raise ValueError(f"unknown network {name!r}; allowed: {NETWORK_CHOICES}")
     return name
 
 
@@ -179,7 +184,8 @@ TEACHER_READINGS = ("stochastic_depth", "plain")
 
 
 class TeacherConfig(Section):
-    arch: str = Field("resnet20", description=f"Teacher network: {', '.join(ARCHITECTURES)}.")
+    arch: str = Field("resnet20", description=f"Teacher network: {NETWORK_CHOICES} "
+                      f"(e.g. timm/resnet50).")
     p_last: Probability = Field(
         0.5, description="Survival probability p_n of the deepest block (eq. 2); 1 disables dropping.")
     drop_mode: Literal["batch", "sample"] = Field(
@@ -237,7 +243,8 @@ class TeacherConfig(Section):
 
 
 class StudentConfig(Section):
-    arch: str = Field("resnet8", description=f"Student network: {', '.join(ARCHITECTURES)}.")
+    arch: str = Field("resnet8", description=f"Student network: {NETWORK_CHOICES} "
+                      f"(e.g. timm/mobilenetv3_large_100).")
     skips: bool | None = Field(None, description=SKIPS_HELP)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
@@ -305,6 +312,12 @@ class MutualConfig(Section):
         for name in peers:
             _known_architecture(name)
         return peers
+
+    @model_validator(mode="after")
+    def _proposed_peers_can_drop(self) -> "MutualConfig":
+        for name in dict.fromkeys(self.peers):
+            resolve_skips(name, self.p_last, None)
+        return self
 
     def cache_form(self) -> dict:
         # The default update stays out, so keys made before it was a setting stay valid.

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.common.config import (AnalysisConfig, DataConfig, DistillConfig, ExportConfig, MutualConfig,
                                   QuantizeConfig, Section, StudentConfig, TeacherConfig, each_once)
-from stages.nets.architectures import ARCHITECTURES, resolve_skips
+from stages.nets.architectures import architecture, resolve_skips, stochastic_role_refused
 from stages.common.target_config import BenchmarkConfig, TargetConfig
 
 FOLDER_NAME_CHARACTERS = "A-Za-z0-9._-"  # a profile name's, as a regex character range
@@ -55,7 +55,7 @@ class Profile(Section):
     @model_validator(mode="after")
     def _attention_groups_pair_up(self) -> "Profile":
         if self.distill.transfer == "at":
-            teacher, student = ARCHITECTURES[self.teacher.arch], ARCHITECTURES[self.student.arch]
+            teacher, student = architecture(self.teacher.arch), architecture(self.student.arch)
             if teacher.groups != student.groups:
                 raise ValueError(f"distill.transfer = 'at' pairs group outputs one to one, but teacher "
                                  f"{teacher.name} has {teacher.groups} groups and student {student.name} "
@@ -89,6 +89,9 @@ class Profile(Section):
     @model_validator(mode="after")
     def _teacher_can_be_sampled(self) -> "Profile":
         teaching = self.distill.p_last
+        if teaching is not None and teaching < 1.0 and architecture(self.teacher.arch).stochastic_blocks == 0:
+            raise ValueError(stochastic_role_refused(self.teacher.arch, f"distill.p_last = {teaching}, the teacher "
+                                                     f"drops blocks while it teaches"))
         if teaching is not None and teaching < 1.0 and not resolve_skips(
                 self.teacher.arch, self.teacher.p_last, self.teacher.skips):
             raise ValueError(f"distill.p_last = {teaching} drops teacher blocks, but teacher {self.teacher.arch} "

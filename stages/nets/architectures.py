@@ -16,6 +16,8 @@ class Architecture:
     groups: int  # resolution groups, whose outputs attention transfer compares
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # Blocks that can drop; None where that follows from the skips (every block after the first).
+    stochastic_blocks: int | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -38,10 +40,33 @@ register("mobilenet", "stages.nets.models.plain:mobilenet", False, 5,
          description="MobileNet v1, CIFAR variant (stride-1 stem), as in Deep Mutual Learning")
 
 
+TIMM_PREFIX = "timm/"
+
+
+def architecture(name: str) -> Architecture:
+    """A registered network, or ``timm/NAME`` for any network timm knows (which imports timm)."""
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    if name.startswith(TIMM_PREFIX):
+        from stages.nets.timm_catalog import timm_architecture
+
+        return timm_architecture(name)
+    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}, or timm/NAME for a "
+                     f"network of PyTorch Image Models")
+
+
 def resolve_skips(name: str, p_last: float, skips: bool | None) -> bool:
     """Whether the network has identity skips: residual ones always; plain ones when asked, or
-    (``skips`` null) exactly when their blocks are stochastic."""
-    arch = ARCHITECTURES[name]
+    (``skips`` null) exactly when their blocks are stochastic. A timm network keeps its own blocks:
+    it has skips where timm gives it stochastic blocks."""
+    arch = architecture(name)
+    if arch.stochastic_blocks is not None:
+        has_skips = arch.stochastic_blocks > 0
+        if skips is not None and skips != has_skips:
+            raise ValueError(f"{name} keeps timm's own blocks: skips cannot be added or removed; leave skips null")
+        if p_last < 1.0 and not has_skips:
+            raise ValueError(stochastic_role_refused(name, f"p_last = {p_last}"))
+        return has_skips
     if arch.residual:
         if skips is False:
             raise ValueError(f"{name} is a residual network: its skip connections cannot be removed")
@@ -53,13 +78,23 @@ def resolve_skips(name: str, p_last: float, skips: bool | None) -> bool:
     return resolved
 
 
+def stochastic_role_refused(name: str, role: str) -> str:
+    """Why ``name`` cannot be sampled or trained with dropping: it has no block to drop."""
+    return (f"{name} has no stochastic blocks (none of its forward pass's residual branches has a DropPath in timm), "
+            f"so it cannot drop blocks ({role}); it can be a student or a plain teacher: choose a network with "
+            f"residual blocks for this role, or set that p_last to 1")
+
+
 def build_model(name: str, num_classes: int, in_channels: int, p_last: float = 1.0,
-                drop_mode: str = "batch", skips: bool | None = None):
-    """Build a registered network; ``p_last < 1`` makes its blocks stochastic (eq. 2)."""
-    try:
-        arch = ARCHITECTURES[name]
-    except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+                drop_mode: str = "batch", skips: bool | None = None, image_size: int | None = None):
+    """Build a registered network; ``p_last < 1`` makes its blocks stochastic (eq. 2). ``image_size``
+    matters only to timm networks with a fixed input size (ViTs)."""
+    arch = architecture(name)
+    if arch.stochastic_blocks is not None:
+        module_name, function_name = arch.builder.split(":")
+        builder = getattr(importlib.import_module(module_name), function_name)
+        return builder(name, num_classes=num_classes, in_channels=in_channels, p_last=p_last,
+                       drop_mode=drop_mode, image_size=image_size)
     with_skips = resolve_skips(name, p_last, skips)
     extra = {} if arch.residual else {"skips": with_skips}
     module_name, function_name = arch.builder.split(":")

@@ -35,7 +35,7 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         return build_model(self.arch, self.num_classes, self.in_channels, self.p_last, self.drop_mode,
-                           self.skips)
+                           self.skips, self.image_size)
 
     def with_survival(self, p_last: float, drop_mode: str) -> "ModelSpec":
         return replace(self, p_last=p_last, drop_mode=drop_mode)

@@ -21,8 +21,8 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str
             if isinstance(module, nn.Conv2d):
                 kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
                 macs = output[0].numel() * kernel
-            else:
-                macs = module.in_features * module.out_features
+            else:  # per token, for a transformer's (tokens, features) rows
+                macs = output[0].numel() * module.in_features
             costs.append({"layer": name, "kind": type(module).__name__, "macs": int(macs),
                           "weights": int(module.weight.numel()), "inputs": int(inputs[0][0].numel()),
                           "outputs": int(output[0].numel())})

@@ -182,6 +182,27 @@ class DropPath(nn.Module):
                 f"execution={self.execution}")
 
 
+class BranchDropPath(DropPath):
+    """The same drop for a network that computes a residual branch before it is dropped (timm's
+    blocks: ``x = shortcut + drop_path(branch)``). It takes the computed branch and returns it scaled
+    as ``stochastic_sum`` would: zero where dropped, times the kept factor where kept. Same coins and
+    the same sub-networks; only the saving of not computing a dropped branch is lost."""
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return branch
+        n_rows, device = branch.shape[0], branch.device
+        factor = self.mask(n_rows, device) if self.execution == "mask" else self.scale(n_rows, device)
+        if isinstance(factor, float):
+            return branch * factor
+        if isinstance(factor, KeptRows):
+            rows = torch.zeros(n_rows, device=device)
+            rows[factor.index] = factor.factor
+            factor = rows
+        # Token sequences (ViT: rows, tokens, channels) as well as feature maps (rows, C, H, W).
+        return branch * factor.reshape(n_rows, *([1] * (branch.dim() - 1))).to(branch.dtype)
+
+
 def make_drop(survival: float, mode: DropMode) -> DropPath | None:
     """A dropper for a block, or None for one that always survives (it then costs nothing)."""
     return DropPath(survival, mode) if survival < 1.0 else None
