@@ -9,7 +9,11 @@ from typing import Any, Callable
 
 
 def _accuracy(metrics: dict[str, Any]) -> str:
-    return ("imported, " if "imported" in metrics else "") + f"top-1 {100 * metrics['test_accuracy']:.2f}%"
+    text = ("imported, " if "imported" in metrics else "") + f"top-1 {100 * metrics['test_accuracy']:.2f}%"
+    if "pretrained" in metrics:
+        text = f"fine-tuned from {metrics['pretrained']['file']}, " + text
+    notes = metrics.get("images", {}).get("notes", []) if isinstance(metrics.get("images"), dict) else []
+    return "; ".join([text, *notes])
 
 
 def _mutual(metrics: dict[str, Any]) -> str:

@@ -45,13 +45,14 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def analyze_teacher(ctx: StageContext) -> dict:
     params = ctx.params
-    data = load_dataset(params["data"])
+    folder = ctx.inputs["teacher"].path
+    spec = read_spec(folder)
+    data = load_dataset(params["data"]).with_normalization(spec.mean, spec.std)
     device = select_device(ctx.device)
     chosen = balanced_subset(data.y_test, params["images"], data.num_classes)
     images = torch.from_numpy(data.normalized(data.x_test[chosen])).to(device)
     labels = torch.from_numpy(data.y_test[chosen]).to(device)
-    folder = ctx.inputs["teacher"].path
-    teaching = teaching_survival(read_spec(folder), params["p_last"])
+    teaching = teaching_survival(spec, params["p_last"])
     model = teaching_teacher(folder, teaching, params["drop_mode"], params["kept_scale"], device)
     batches = images.split(500)
 

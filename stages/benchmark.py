@@ -66,8 +66,8 @@ def benchmark_model(ctx: StageContext) -> dict:
     cfg, target, data_cfg = ctx.params["benchmark"], ctx.params["target"], ctx.params["data"]
     model_folder = ctx.inputs["model"].model_folder(ctx.params.get("member"))
     engines_input = ctx.inputs["engines"]
-    data = load_dataset(data_cfg)
     spec = read_spec(model_folder)
+    data = load_dataset(data_cfg).with_normalization(spec.mean, spec.std)
     model = load_model(model_folder, spec)
     parameters = count_parameters(model)
     costs = layer_costs(model, (spec.in_channels, spec.image_size, spec.image_size))

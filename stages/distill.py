@@ -15,7 +15,7 @@ from stages.common.errors import ArtifactError
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
-from stages.training.data import load_dataset
+from stages.training.data import load_dataset, normalized_for
 from stages.nets.losses import attention_term, kd_loss
 from stages.nets.stochastic_depth import sample_logits, sample_with_groups
 from stages.nets.stochastic_depth import use_drop_execution
@@ -51,7 +51,7 @@ def train_student(ctx: StageContext) -> dict:
     params = ctx.params
     cfg, data_cfg, seed = params["student"], params["data"], params["seed"]
     distill = params.get("distill")
-    data = load_dataset(data_cfg)
+    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
     device = select_device(ctx.device)
     loss_fn, teacher_metrics = cross_entropy_loss, {}
     attention = distill is not None and distill.transfer == "at"
@@ -63,7 +63,7 @@ def train_student(ctx: StageContext) -> dict:
                                 f"a teacher teaches only the classes it was trained on: train it on the same "
                                 f"data (stochkd-pipeline teacher PROFILE --force)")
         teacher = teaching_teacher(ctx.inputs["teacher"].path, distill.p_last, distill.drop_mode,
-                                   distill.kept_scale, device)
+                                   distill.kept_scale, device, inputs=(data.mean, data.std))
         execution = drop_execution_for(cfg.training, device)
         if execution:
             use_drop_execution(teacher, execution)
@@ -73,5 +73,5 @@ def train_student(ctx: StageContext) -> dict:
                      data.mean, data.std, resolve_skips(cfg.arch, 1.0, cfg.skips))
     _, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation, seed=seed,
                               device=device, loss_fn=loss_fn, with_groups=attention,
-                              label=f"{ctx.variant} {cfg.arch}")
+                              label=f"{ctx.variant} {cfg.arch}", pretrained=cfg.pretrained)
     return {**metrics, **teacher_metrics}

@@ -87,7 +87,9 @@ def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, eng
     from stages.training.data import balanced_subset, load_dataset
     from stages.quantize import gated_int8
 
+    entries = read_contract(fp32_source)
     data = load_dataset(ctx.params["data"])
+    data = data.with_normalization(entries.get("mean", data.mean), entries.get("std", data.std))
     images, labels = model_input(raw, data, data.x_test), data.y_test
 
     def accuracy_of(precision: str) -> float:
@@ -109,9 +111,9 @@ def gate_int8_engine(ctx: StageContext, backend, target, build, fp32_source, eng
         latest.update(build("int8", path))
         return engine_accuracy(backend, ctx.output / latest["file"], target, images, labels)
 
-    result = gated_int8(fp32_source, ctx.output / REQUANTIZED, model_input(raw, data, data.x_train[chosen]), cfg,
-                        flavour, evaluate, fp32, gate, start_keep=len(quantized_kept) + 1,
-                        judged_on=f" on the {backend.name} engine")
+    calibration = model_input(raw, data, data.as_evaluated(data.x_train[chosen]))
+    result = gated_int8(fp32_source, ctx.output / REQUANTIZED, calibration, cfg, flavour, evaluate, fp32, gate,
+                        start_keep=len(quantized_kept) + 1, judged_on=f" on the {backend.name} engine")
     judged["int8"] = {**latest, "test_accuracy": result["test_accuracy"], "max_accuracy_drop": gate,
                       "requantized": {"model": REQUANTIZED, "kept_in_float": result["kept_in_float"],
                                       "first_engine_accuracy": int8}}

@@ -114,7 +114,7 @@ def export_model(ctx: StageContext) -> dict:
     source = ctx.inputs["model"].model_folder(ctx.params.get("member"))
     spec = read_spec(source)
     model = load_model(source, spec)
-    data = load_dataset(data_cfg)
+    data = load_dataset(data_cfg).with_normalization(spec.mean, spec.std)
     path = ctx.output / ONNX_FILE
     raw = cfg.preprocess == "graph"
     exported = RawPixels(model, spec.mean, spec.std) if raw else model
@@ -125,7 +125,7 @@ def export_model(ctx: StageContext) -> dict:
     write_contract(path, contract(spec, data.class_names, {"trained": ctx.inputs["model"].path.name,
                                                            **({"member": ctx.params["member"]}
                                                               if ctx.params.get("member") else {})},
-                                  raw_pixels=raw))
+                                  raw_pixels=raw, view=data.view, stored_side=data.stored_side))
 
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)

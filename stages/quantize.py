@@ -244,8 +244,10 @@ def convert_fp16(source: Path, target: Path) -> None:
 def quantize_model(ctx: StageContext) -> dict:
     cfg, data_cfg, flavour = ctx.params["quantize"], ctx.params["data"], ctx.params["int8_flavour"]
     source = checked_onnx(ctx.inputs["onnx"].file(ONNX_FILE), made_by="export")
+    entries = read_contract(source)
     data = load_dataset(data_cfg)
-    raw = takes_raw_pixels(read_contract(source))
+    data = data.with_normalization(entries.get("mean", data.mean), entries.get("std", data.std))
+    raw = takes_raw_pixels(entries)
     test_images = model_input(raw, data, data.x_test)
     metrics: dict = {"fp32": {"test_accuracy": ctx.inputs["onnx"].metrics["onnx_test_accuracy"],
                               "size_bytes": source.stat().st_size}}
@@ -260,7 +262,8 @@ def quantize_model(ctx: StageContext) -> dict:
             details = {"calibration_images": len(chosen), "calibration_method": calibration_method(cfg, flavour),
                        "int8_tool": int8_tool(cfg, flavour),
                        "flavour": flavour, "per_channel": cfg.per_channel,
-                       **gated_int8(source, path, model_input(raw, data, data.x_train[chosen]), cfg, flavour, evaluate,
+                       **gated_int8(source, path, model_input(raw, data, data.as_evaluated(data.x_train[chosen])), cfg,
+                                    flavour, evaluate,
                                     metrics["fp32"]["test_accuracy"], ctx.params.get("max_accuracy_drop"))}
         else:
             convert_fp16(source, path)

@@ -8,7 +8,7 @@ import torch
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, save_model
 from stages.context import StageContext
-from stages.training.data import image_counts, load_dataset
+from stages.training.data import image_counts, load_dataset, normalized_for
 from stages.nets.stochastic_depth import draw_subnetwork, fixed_subnetwork
 from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import fit_and_save, select_device
@@ -35,7 +35,7 @@ def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[to
 
     source = Path(ctx.params["teacher"].checkpoint)
     file = checkpoint_file(source)
-    state, notes = read_state(source)
+    state, notes = read_state(file)
     model = spec.build()
     load_into(model, state, file, spec.arch)
     save_model(model, spec, ctx.output)
@@ -48,7 +48,7 @@ def import_teacher(ctx: StageContext, spec: ModelSpec, data, device) -> tuple[to
 
 def train_teacher(ctx: StageContext) -> dict:
     cfg, data_cfg, seed = ctx.params["teacher"], ctx.params["data"], ctx.params["seed"]
-    data = load_dataset(data_cfg)
+    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "teacher")
     device = select_device(ctx.device)
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
                      cfg.drop_mode, data.mean, data.std, resolve_skips(cfg.arch, cfg.p_last, cfg.skips))
@@ -56,7 +56,8 @@ def train_teacher(ctx: StageContext) -> dict:
         model, metrics = import_teacher(ctx, spec, data, device)
     else:
         model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
-                                      seed=seed, device=device, label=f"teacher {cfg.arch}")
+                                      seed=seed, device=device, label=f"teacher {cfg.arch}",
+                                      pretrained=cfg.pretrained)
     sampled = sampled_accuracies(model, data, device, SAMPLED_NETWORKS, seed) if cfg.p_last < 1 else []
     return {
         **metrics,

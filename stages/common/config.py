@@ -51,6 +51,22 @@ def _known_architecture(name: str) -> str:
 class Augmentation(Section):
     crop_padding: int = Field(4, ge=0, description="Zero padding before the random crop (pixels); 0 disables cropping.")
     horizontal_flip: bool = Field(True, description="Random horizontal flips.")
+    random_resized_crop: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] | None = (
+        Field(None, description="Random resized crops, as ImageNet models train: each image a random region of "
+              "this range of its area (e.g. [0.08, 1]) and an aspect ratio in [3/4, 4/3], resized to data.input_size "
+              "(needs crop_padding 0). Null: off."))
+
+    @model_validator(mode="after")
+    def _one_kind_of_crop(self) -> "Augmentation":
+        if self.random_resized_crop is not None:
+            low, high = self.random_resized_crop
+            if low > high:
+                raise ValueError(f"augmentation.random_resized_crop {list(self.random_resized_crop)}: the smallest "
+                                 f"area comes first")
+            if self.crop_padding:
+                raise ValueError(f"augmentation.random_resized_crop replaces the padded crop: set "
+                                 f"augmentation.crop_padding to 0 (it is {self.crop_padding})")
+        return self
 
 
 FOLDER_DATASETS = ("tiny_imagenet", "folder")
@@ -76,6 +92,18 @@ class DataConfig(Section):
         "seeded choice; train_images then counts the rest). Every trained model reports its accuracy on it, and a "
         "sweep chooses settings such as p_n by it, never by the test split (null: no validation split).")
     augmentation: Augmentation = Field(default_factory=Augmentation, description="Training augmentation.")
+    input_size: int | None = Field(
+        None, ge=8, description="The networks' input size (square). Evaluation then shows each image's central "
+        "crop_pct of its side resized to it, and training its augmented crops resized to it; images read from files "
+        "are read as their centred square, data.image_size pixels wide (default: input_size / crop_pct). Null: the "
+        "images as stored (a network given pretrained weights defaults to its pretrained input size).")
+    crop_pct: float | None = Field(
+        None, gt=0.0, le=1.0, description="With input_size: the fraction of each image's side that evaluation keeps "
+        "(its centre), as timm's crop_pct (null: the pretrained configuration of a network given pretrained "
+        "weights, else 1).")
+    interpolation: Literal["bilinear", "bicubic"] | None = Field(
+        None, description="With input_size: the filter that resizes evaluation images, and predict's (null: the "
+        "pretrained configuration of a network given pretrained weights, else bilinear).")
 
     @model_validator(mode="after")
     def _root_fits_dataset(self) -> "DataConfig":
@@ -86,12 +114,19 @@ class DataConfig(Section):
         if self.dataset in FOLDER_DATASETS and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs data.root: its folder, or an .npz packed "
                              f"from it with `stochkd-pipeline pack-dataset`")
+        if self.input_size is None and (self.crop_pct is not None or self.interpolation is not None):
+            raise ValueError("data.crop_pct and data.interpolation say how images are resized to data.input_size, "
+                             "which is not set; set data.input_size too")
+        if self.augmentation.random_resized_crop is not None and self.input_size is None:
+            raise ValueError("data.augmentation.random_resized_crop resizes its crops to data.input_size, which is "
+                             "not set; set data.input_size")
         if self.image_size is not None and (self.dataset not in FOLDER_DATASETS or self.root.endswith(".npz")):
             # Arrays (digits, CIFAR, any .npz) keep their size: the setting would change the key alone.
             source = "an .npz" if self.root and self.root.endswith(".npz") else f"dataset {self.dataset!r}"
             raise ValueError(f"data.image_size = {self.image_size} resizes images read from image files "
                              f"(tiny_imagenet and folder datasets), but {source} holds arrays, which keep their "
-                             f"size; leave data.image_size out (pack-dataset --image-size resizes while packing)")
+                             f"size; leave data.image_size out (data.input_size resizes what the networks see; pack-dataset "
+                             f"--image-size resizes while packing)")
         return self
 
 
@@ -181,6 +216,38 @@ class TrainingConfig(Section):
 
 
 TEACHER_READINGS = ("stochastic_depth", "plain")
+PRETRAINED_HELP = ("Start from these weights and train (fine-tune) with the recipe: a checkpoint of this timm network, "
+                   "saved by timm or torchvision (.safetensors, or .pth/.pt/.bin, read with weights_only), or a folder "
+                   "holding one. The classifier starts fresh for the profile's classes. Its key is the file's content "
+                   "hash; relative paths resolve from the current directory. Null: random initialization.")
+Normalization = tuple[float, ...] | None
+MEAN_HELP = ("Per-channel mean subtracted from pixels in [0, 1] (null: the pretrained configuration's, for a network "
+             "given pretrained weights; else the training images').")
+STD_HELP = ("Per-channel standard deviation pixels in [0, 1] are divided by (null: as for mean).")
+
+
+def pretrained_only_for_timm(arch: str, pretrained: str | None, where: str) -> None:
+    if pretrained is not None and not arch.startswith("timm/"):
+        raise ValueError(f"{where}.pretrained starts a timm network from a checkpoint, but {where}.arch is {arch}; "
+                         f"use a timm/NAME network, or import a finished teacher with teacher.checkpoint")
+
+
+def pretrained_key(pretrained: str | None) -> dict:
+    """A network's pretrained weights as they enter a key: their content, not their path."""
+    if pretrained is None:
+        return {}
+    from stages.nets.pretrained import pretrained_hash
+
+    return {"pretrained_sha256": pretrained_hash(Path(pretrained))}
+
+
+def mean_and_std_together(mean: Normalization, std: Normalization, where: str) -> None:
+    if (mean is None) != (std is None):
+        raise ValueError(f"{where}.mean and {where}.std go together: set both or neither")
+    if mean is not None and len(mean) != len(std):
+        raise ValueError(f"{where}.mean has {len(mean)} channels but {where}.std {len(std)}")
+    if std is not None and any(s <= 0 for s in std):
+        raise ValueError(f"{where}.std {list(std)}: every value must be above 0")
 
 
 class TeacherConfig(Section):
@@ -202,8 +269,20 @@ class TeacherConfig(Section):
         "of teacher.arch, or a teacher artifact folder. p_last says how it was trained (1: without dropping). "
         "Its key is the file's content hash; its accuracy is measured on the test split. Relative paths resolve "
         "from the current directory.")
+    pretrained: str | None = Field(None, description=PRETRAINED_HELP)
+    mean: Normalization = Field(None, description=MEAN_HELP)
+    std: Normalization = Field(None, description=STD_HELP)
 
     _arch = field_validator("arch")(_known_architecture)
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> "TeacherConfig":
+        pretrained_only_for_timm(self.arch, self.pretrained, "teacher")
+        mean_and_std_together(self.mean, self.std, "teacher")
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ValueError("teacher.checkpoint imports a finished teacher and teacher.pretrained fine-tunes one "
+                             "from a start: set one of them")
+        return self
 
     @field_validator("readings")
     @classmethod
@@ -219,8 +298,8 @@ class TeacherConfig(Section):
             return {**self.model_dump(mode="json", exclude={"readings", "training", "checkpoint"}, exclude_none=True),
                     "checkpoint_sha256": content_hash(Path(self.checkpoint)),
                     **skip_shortcuts([self.arch], self.p_last, self.skips)}
-        return {**self.model_dump(mode="json", exclude={"readings"}, exclude_none=True),
-                **skip_shortcuts([self.arch], self.p_last, self.skips)}
+        return {**self.model_dump(mode="json", exclude={"readings", "pretrained"}, exclude_none=True),
+                **pretrained_key(self.pretrained), **skip_shortcuts([self.arch], self.p_last, self.skips)}
 
     def trained_plain(self) -> "TeacherConfig":
         """The plain reading's teacher: the same network and recipe, trained without dropping, with
@@ -249,16 +328,22 @@ class StudentConfig(Section):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="One recipe for every student: alone, KD and stochastic KD.")
+    pretrained: str | None = Field(None, description=PRETRAINED_HELP)
+    mean: Normalization = Field(None, description=MEAN_HELP)
+    std: Normalization = Field(None, description=STD_HELP)
 
     _arch = field_validator("arch")(_known_architecture)
 
     @model_validator(mode="after")
     def _skips_fit(self) -> "StudentConfig":
         resolve_skips(self.arch, 1.0, self.skips)
+        pretrained_only_for_timm(self.arch, self.pretrained, "student")
+        mean_and_std_together(self.mean, self.std, "student")
         return self
 
     def cache_form(self) -> dict:
-        return {**self.model_dump(mode="json", exclude_none=True), **skip_shortcuts([self.arch], 1.0, self.skips)}
+        return {**self.model_dump(mode="json", exclude={"pretrained"}, exclude_none=True),
+                **pretrained_key(self.pretrained), **skip_shortcuts([self.arch], 1.0, self.skips)}
 
 
 class DistillConfig(Section):

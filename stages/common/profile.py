@@ -38,6 +38,34 @@ class Profile(Section):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
 
+    @model_validator(mode="after")
+    def _pretrained_networks_see_what_they_were_pretrained_on(self) -> "Profile":
+        """Fill in what a network given pretrained weights expects and the profile leaves open: the
+        input size, evaluation crop and filter (the student's first, the deployed model's), and each
+        such network's normalization. Written into the profile, so the key and the report show them."""
+        pretrained = [(role, cfg) for role, cfg in (("student", self.student), ("teacher", self.teacher))
+                      if cfg.pretrained is not None]
+        if not pretrained:
+            return self
+        from stages.nets.models.timm_network import pretrained_config, timm_name
+
+        configs = {role: pretrained_config(timm_name(cfg.arch)) for role, cfg in pretrained}
+        first = configs[pretrained[0][0]]
+        data: dict = {}
+        if self.data.input_size is None and first.get("input_size"):
+            data["input_size"] = int(first["input_size"][-1])
+        if self.data.input_size is not None or data:
+            if self.data.crop_pct is None and first.get("crop_pct"):
+                data["crop_pct"] = float(first["crop_pct"])
+            if self.data.interpolation is None and first.get("interpolation") in ("bilinear", "bicubic"):
+                data["interpolation"] = first["interpolation"]
+        update: dict = {"data": self.data.model_copy(update=data)} if data else {}
+        for role, cfg in pretrained:
+            if cfg.mean is None and configs[role].get("mean"):
+                update[role] = cfg.model_copy(update={"mean": tuple(configs[role]["mean"]),
+                                                      "std": tuple(configs[role]["std"])})
+        return self.model_copy(update=update) if update else self
+
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, name: str) -> str:

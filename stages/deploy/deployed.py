@@ -79,10 +79,14 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[str]]:
+def load_image(path: Path, size: int, channels: int, resize: dict | None = None) -> tuple[np.ndarray, list[str]]:
     """uint8 (size, size, channels) pixels of an image file, converted and resized where needed, and
-    notes saying what was done."""
+    notes saying what was done. ``resize`` (the contract's): as evaluation saw its images, the centred
+    square at the stored side, then its central crop_pct resized to ``size``; without it, the whole
+    image resized (as data.image_size reads files)."""
     from PIL import Image, UnidentifiedImageError
+
+    from stages.training.image_view import EvaluationView, centre_square
 
     notes = []
     try:
@@ -95,7 +99,14 @@ def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[s
             if image.mode != mode:
                 notes.append(f"converted from {image.mode} to {mode}")
                 image = image.convert(mode)
-            if image.size != (size, size):
+            if resize is not None:
+                view = EvaluationView(size, resize["crop_pct"], resize["interpolation"])
+                evaluated = view.of_image(centre_square(image, resize["stored_side"], view.interpolation))
+                if evaluated is not image:
+                    notes.append(f"centre {view.crop_pct:g} of its {min(image.size)}-pixel square resized to "
+                                 f"{size}x{size} ({view.interpolation}), as evaluated")
+                image = evaluated
+            elif image.size != (size, size):
                 notes.append(f"resized from {image.size[0]}x{image.size[1]} to {size}x{size}")
                 image = image.resize((size, size), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
@@ -135,7 +146,7 @@ def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, A
     shape = contract["input_shape"][1:]
     size, channels = (shape[0], shape[2]) if takes_raw_pixels(contract) else (shape[1], shape[0])
     files = image_files(paths)
-    loaded = [load_image(path, size, channels) for path in files]
+    loaded = [load_image(path, size, channels, contract.get("resize")) for path in files]
     infer = load_runtime(folder, package)
     scores = batched_logits(infer, preprocess(np.stack([pixels for pixels, _ in loaded]), contract), 256)
     scores = scores.astype(np.float32)
@@ -173,8 +184,12 @@ def model_card(package: dict[str, Any]) -> str:
     lines += ["", f"Measured on {package['machine']}.", "", "## How to feed it", "",
               f"- Input `{package['input_name']}`: {contract['input_dtype']} {contract['input_layout']}, "
               f"{contract['preprocessing']}.",
-              f"- mean {contract['mean']}, std {contract['std']} (computed from the training images"
+              f"- mean {contract['mean']}, std {contract['std']} (as it was trained"
               + ("; the graph applies them itself)." if takes_raw_pixels(contract) else ")."),
+              *([f"- Images: the centred square, its central {contract['resize']['crop_pct']:g} resized to "
+                 f"{contract['input_shape'][1 if takes_raw_pixels(contract) else 2]} pixels "
+                 f"({contract['resize']['interpolation']}), as the test images were evaluated; predict does it."]
+                if contract.get("resize") else []),
               f"- Output: {contract['output']}.", "- `stochkd-pipeline predict {this folder} IMAGE...` runs it.",
               "", "## Versions", "", *[f"- {k} {v}" for k, v in sorted(package["versions"].items())], ""]
     return "\n".join(lines)

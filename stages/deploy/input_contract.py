@@ -1,6 +1,6 @@
 """The input contract of an exported model, written into the ONNX file itself (``metadata_props``),
 so that a client holding only the file feeds it what it was trained on: the layout and dtype it
-takes, the image size, the normalization constants computed from the training images, the class
+takes, the image size, the normalization constants it was trained with, how an image is resized to it, the class
 names, and which artifacts it came from. ``model.json`` beside it keeps the same and more."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ RAW_PIXELS = "uint8"
 RAW_PIXELS_SUFFIX = "_" + RAW_PIXELS
 
 
-def contract(spec, class_names, sources: dict[str, str], raw_pixels: bool = False) -> dict[str, str]:
-    """The metadata entries for a model of ``spec`` (all strings, as ONNX stores them)."""
+def contract(spec, class_names, sources: dict[str, str], raw_pixels: bool = False, view=None,
+             stored_side: int | None = None) -> dict[str, str]:
+    """The metadata entries for a model of ``spec`` (all strings, as ONNX stores them). ``view`` (an
+    EvaluationView): how an image file is brought to the input size, as evaluation did it."""
     size, channels = spec.image_size, spec.in_channels
     if raw_pixels:
         form = {"input_layout": "NHWC", "input_dtype": RAW_PIXELS,
@@ -41,6 +43,7 @@ def contract(spec, class_names, sources: dict[str, str], raw_pixels: bool = Fals
         f"{PREFIX}output": "logits (apply softmax for probabilities)",
         f"{PREFIX}arch": spec.arch,
         f"{PREFIX}sources": json.dumps(sources),
+        **({f"{PREFIX}resize": json.dumps(view.entries(stored_side))} if view is not None else {}),
     }
 
 

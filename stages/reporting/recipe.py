@@ -99,13 +99,15 @@ def describe_data(data: dict[str, Any], images: dict[str, int] | None) -> str:
     kind, _, digest = content.partition(":")
     identity = f"{kind} {digest[:12]}" if digest else content
     text = f"{data.get('dataset', '?')}" + (f" ({identity})" if identity else "")
-    chosen = [f"{key} {data[key]}" for key in ("image_size", "train_images", "validation_images", "test_images")
-              if key in data]
+    chosen = [f"{key} {data[key]}" for key in ("image_size", "input_size", "crop_pct", "interpolation", "train_images",
+                                               "validation_images", "test_images") if key in data]
     if chosen:
         text += f", {', '.join(chosen)}"
     if images:
         held = f", {images['validation']:,} validation" if "validation" in images else ""
         text += f"; {images['train']:,} training{held} and {images['test']:,} test images of {images['classes']} classes"
+        if images.get("notes"):
+            text += f" ({'; '.join(images['notes'])})"
     augmentation = data.get("augmentation")
     if augmentation:
         text += "; augmentation: " + ", ".join(f"{k} {_value(v)}" for k, v in augmentation.items())

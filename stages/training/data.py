@@ -9,7 +9,8 @@ import numpy as np
 
 from stages.common.config import DataConfig
 from stages.common.errors import DataError
-from stages.training.image_folders import load_class_folders, load_tiny_imagenet
+from stages.training.image_folders import FolderReading, ReadNotes, load_class_folders, load_tiny_imagenet
+from stages.training.image_view import EvaluationView, stored_side
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
@@ -25,6 +26,10 @@ class ImageDataset:
     std: tuple[float, ...]
     x_val: np.ndarray | None = None  # held out from the training images (data.validation_images)
     y_val: np.ndarray | None = None
+    # With data.input_size: how evaluation resizes an image. The test and validation images are held
+    # already so resized; the training images as stored, for the augmentation to crop and resize.
+    view: EvaluationView | None = None
+    notes: tuple[str, ...] = ()  # what reading image files skipped or converted
 
     @property
     def num_classes(self) -> int:
@@ -36,7 +41,23 @@ class ImageDataset:
 
     @property
     def image_size(self) -> int:
+        """The networks' input size."""
+        return self.view.input_size if self.view is not None else int(self.x_train.shape[1])
+
+    @property
+    def stored_side(self) -> int:
+        """The side of the training images as stored."""
         return int(self.x_train.shape[1])
+
+    def as_evaluated(self, images: np.ndarray) -> np.ndarray:
+        """Stored uint8 images (N, H, W, C) as evaluation shows them (calibration images, for one)."""
+        return images if self.view is None else self.view.of_arrays(images)
+
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> "ImageDataset":
+        """The same images, normalized with a network's own constants (a pretrained network's)."""
+        from dataclasses import replace
+
+        return replace(self, mean=tuple(mean), std=tuple(std))
 
     def normalized(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) -> float32 (N, C, H, W), normalized as the networks expect."""
@@ -54,9 +75,11 @@ VALIDATION_SEED = 1  # the permutation the validation split is drawn with (subse
 def image_counts(data: ImageDataset) -> dict[str, int]:
     """How many images each split of ``data`` holds, and its classes: what a model was trained and
     scored on, as the report states it."""
-    counts = {"train": len(data.y_train), "test": len(data.y_test), "classes": data.num_classes}
+    counts: dict = {"train": len(data.y_train), "test": len(data.y_test), "classes": data.num_classes}
     if data.y_val is not None:
         counts["validation"] = len(data.y_val)
+    if data.notes:
+        counts["notes"] = list(data.notes)
     return counts
 
 
@@ -196,15 +219,23 @@ def _check_named_dataset(dataset: str, path: Path, arrays: tuple) -> None:
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
     root = resolve_root(cfg)
+    view = None
+    if cfg.input_size is not None:
+        view = EvaluationView(cfg.input_size, cfg.crop_pct or 1.0, cfg.interpolation or "bilinear")
+    # Files are read whole and resized (squashed) to data.image_size, or with an input size, as their
+    # centred squares, wide enough for evaluation's crop.
+    reading = FolderReading(cfg.image_size) if view is None else FolderReading(
+        cfg.image_size or stored_side(view.input_size, view.crop_pct), square=True, interpolation=view.interpolation)
+    notes = ReadNotes()
     if cfg.dataset == "digits":
         arrays = _load_digits()
     elif root is not None and root.suffix == ".npz":
         arrays = _load_npz(root)
         _check_named_dataset(cfg.dataset, root, arrays)
     elif cfg.dataset == "tiny_imagenet":
-        arrays = load_tiny_imagenet(root, cfg.image_size)
+        arrays = load_tiny_imagenet(root, reading, notes)
     elif cfg.dataset == "folder":
-        arrays = load_class_folders(root, cfg.image_size)
+        arrays = load_class_folders(root, reading, notes)
     elif cfg.dataset in ("cifar10", "cifar100"):
         if root is None:
             raise DataError(f"data.root is not set for dataset {cfg.dataset!r}; point it at an .npz "
@@ -229,5 +260,24 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         keep = balanced_subset(y_test, cfg.test_images, len(class_names))
         x_test, y_test = x_test[keep], y_test[keep]
     mean, std = _channel_stats(x_train)
+    if view is not None:
+        x_test = view.of_arrays(x_test)
+        x_val = None if x_val is None else view.of_arrays(x_val)
     return ImageDataset(np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test,
-                        class_names, mean, std, x_val, y_val)
+                        class_names, mean, std, x_val, y_val, view, tuple(notes.lines()))
+
+
+def normalized_for(data: ImageDataset, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                   where: str) -> ImageDataset:
+    """``data`` normalized as a network expects (``where``.mean/std, a pretrained network's); as it is
+    where they are null. Constants for RGB on grey images become their average, as timm sums a
+    pretrained first convolution's RGB filters for one channel."""
+    if mean is None or std is None:
+        return data
+    if len(mean) != data.in_channels:
+        if data.in_channels == 1 and len(mean) == 3:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        else:
+            raise DataError(f"{where}.mean has {len(mean)} channels, but the images have {data.in_channels}; give "
+                            f"one value per channel")
+    return data.with_normalization(tuple(mean), tuple(std))

@@ -7,6 +7,7 @@ data again; ``pack_npz`` writes the decoded arrays once as an .npz that ``data.r
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,30 +39,103 @@ def as_8_bit(image):
     return Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), mode="L"), True
 
 
-def read_images(paths: list[Path], image_size: int | None) -> np.ndarray:
-    """uint8 (N, H, W, 3); every image resized to ``image_size`` when given, else all must match."""
-    from PIL import Image
+@dataclass(frozen=True)
+class FolderReading:
+    """How image files become arrays: resized (squashed) to ``side`` pixels, or with ``square``, as their
+    centred square ``side`` pixels wide (see image_view); None keeps their size, which must then match."""
+    side: int | None = None
+    square: bool = False
+    interpolation: str = "bilinear"
 
-    arrays = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image = as_8_bit(image)[0].convert("RGB")
-                if image_size is not None and image.size != (image_size, image_size):
-                    image = image.resize((image_size, image_size), Image.BILINEAR)
-                arrays.append(np.asarray(image, dtype=np.uint8))
-        except OSError as exc:
+
+@dataclass
+class ReadNotes:
+    """What reading a set of files skipped or changed, for the one line a user gets about it."""
+    unreadable: list[str] = field(default_factory=list)  # "path (why)"
+    converted: int = 0  # grey, palette, RGBA, CMYK images turned into RGB
+    scaled_16_bit: int = 0
+    unknown_class: int = 0  # test images of classes without training images
+    unknown_names: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.unreadable:
+            lines.append(f"skipped {len(self.unreadable)} unreadable image file{'s' if len(self.unreadable) > 1 else ''}"
+                         f" (first: {self.unreadable[0]})")
+        if self.converted:
+            lines.append(f"converted {self.converted} image{'s' if self.converted > 1 else ''} of another mode "
+                         f"(grey, palette, RGBA, CMYK) to RGB")
+        if self.scaled_16_bit:
+            lines.append(f"scaled {self.scaled_16_bit} 16-bit image{'s' if self.scaled_16_bit > 1 else ''} to 8 bits")
+        if self.unknown_class:
+            lines.append(f"left out {self.unknown_class} test image{'s' if self.unknown_class > 1 else ''} of "
+                         f"{len(self.unknown_names)} class{'es' if len(self.unknown_names) > 1 else ''} without "
+                         f"training images ({', '.join(self.unknown_names[:3])}"
+                         f"{', …' if len(self.unknown_names) > 3 else ''}), which no network here can predict")
+        return lines
+
+
+def read_image(path: Path, reading: FolderReading, notes: ReadNotes | None = None) -> np.ndarray | None:
+    """uint8 (H, W, 3) pixels of one file as ``reading`` says, or None (noted) where it is unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    from stages.training.image_view import centre_square
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image, scaled = as_8_bit(image)
+            if notes is not None:
+                notes.scaled_16_bit += scaled
+                notes.converted += image.mode != "RGB" and not scaled
+            image = image.convert("RGB")
+            if reading.square:
+                image = centre_square(image, reading.side, reading.interpolation)
+            elif reading.side is not None and image.size != (reading.side, reading.side):
+                image = image.resize((reading.side, reading.side), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        if notes is None:
             raise DataError(f"{path}: not a readable image ({exc})") from exc
-        if arrays[-1].shape != arrays[0].shape:
-            raise DataError(f"{path}: {arrays[-1].shape[1]}x{arrays[-1].shape[0]} pixels, but {paths[0]} is "
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].replace(f"'{path}'", "it").replace(str(path), "it")
+        notes.unreadable.append(f"{path}: {reason[:80]}")
+        return None
+
+
+def read_images(paths: list[Path], reading: FolderReading | int | None,
+                notes: ReadNotes | None = None) -> tuple[np.ndarray, list[int]]:
+    """uint8 (N, H, W, 3) of the files that could be read, and their positions in ``paths``. With
+    ``notes``, unreadable files are skipped and noted; without, the first one is an error."""
+    if not isinstance(reading, FolderReading):
+        reading = FolderReading(reading)
+    arrays, kept = [], []
+    for position, path in enumerate(paths):
+        pixels = read_image(path, reading, notes)
+        if pixels is None:
+            continue
+        if arrays and pixels.shape != arrays[0].shape:
+            first = paths[kept[0]]
+            raise DataError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels, but {first} is "
                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; set data.image_size to resize them all")
+        arrays.append(pixels)
+        kept.append(position)
     if not arrays:
-        return np.zeros((0, image_size or 1, image_size or 1, 3), np.uint8)
-    return np.stack(arrays)
+        side = reading.side or 1
+        return np.zeros((0, side, side, 3), np.uint8), kept
+    return np.stack(arrays), kept
 
 
-def load_class_folders(root: Path, image_size: int | None) -> Arrays:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``)."""
+def _read_split(paths: list[Path], labels: list[int], reading: FolderReading,
+                notes: ReadNotes | None) -> tuple[np.ndarray, np.ndarray]:
+    images, kept = read_images(paths, reading, notes)
+    return images, np.asarray(labels, np.int64)[kept]
+
+
+def load_class_folders(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``). Test classes
+    without a training folder are left out with a note (with ``notes``), else refused."""
+    if not isinstance(reading, FolderReading):
+        reading = FolderReading(reading)
     train_dir = root / "train"
     test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -69,8 +143,11 @@ def load_class_folders(root: Path, image_size: int | None) -> Arrays:
                         f"{root / 'test'} (or {root / 'val'})")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
-    if unknown:
+    if unknown and notes is None:
         raise DataError(f"data.root={root}: {test_dir} has classes absent from {train_dir}: {', '.join(unknown[:5])}")
+    if unknown:
+        notes.unknown_class += sum(len(_images_in(test_dir / name)) for name in unknown)
+        notes.unknown_names += unknown
     splits = []
     for folder in (train_dir, test_dir):
         paths, labels = [], []
@@ -80,10 +157,11 @@ def load_class_folders(root: Path, image_size: int | None) -> Arrays:
             labels += [index] * len(found)
         if not paths:
             raise DataError(f"data.root={root}: no images under {folder}")
+        images, kept_labels = _read_split(paths, labels, reading, notes)
         if folder == train_dir:
-            _refuse_classes_without_images(root, labels, [train_dir / name for name in classes],
+            _refuse_classes_without_images(root, list(kept_labels), [train_dir / name for name in classes],
                                            ("remove the folder", "remove those folders"))
-        splits += [read_images(paths, image_size), np.asarray(labels, np.int64)]
+        splits += [images, kept_labels]
     return splits[0], splits[1], splits[2], splits[3], tuple(classes)
 
 
@@ -99,7 +177,7 @@ def _refuse_classes_without_images(root: Path, labels: list[int], folders: list[
                         f"{'their' if many else 'its'} images or {removal[many]}")
 
 
-def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
+def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
     """The official layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images`` with
     ``val/val_annotations.txt``. The labelled validation split serves as the test split."""
     wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
@@ -127,8 +205,11 @@ def load_tiny_imagenet(root: Path, image_size: int | None) -> Arrays:
     names = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines()
                  if "\t" in line) if (root / "words.txt").exists() else {}
     class_names = tuple(names.get(w, w).split(",")[0].strip() for w in wnids)
-    return (read_images(train_paths, image_size), np.asarray(train_labels, np.int64),
-            read_images(val_paths, image_size), np.asarray(val_labels, np.int64), class_names)
+    if not isinstance(reading, FolderReading):
+        reading = FolderReading(reading)
+    x_train, y_train = _read_split(train_paths, train_labels, reading, notes)
+    x_val, y_val = _read_split(val_paths, val_labels, reading, notes)
+    return x_train, y_train, x_val, y_val, class_names
 
 
 def pack_npz(arrays: Arrays, destination: Path) -> None:

@@ -43,23 +43,27 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
+def file_digest(file: Path) -> str:
+    """The sha256 of a weights file, hashed once per path, size and modification time."""
+    stat = file.stat()
+    return _digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def content_hash(path: Path) -> str:
     """The sha256 of the checkpoint's weights: the teacher's cache key, so that a changed file is a new
-    teacher and an unchanged one is not imported again (hashed once per size and modification time)."""
-    file = checkpoint_file(path)
-    stat = file.stat()
-    return _digest(str(file), stat.st_size, stat.st_mtime_ns)
+    teacher and an unchanged one is not imported again."""
+    return file_digest(checkpoint_file(path))
 
 
-def read_state(path: Path) -> tuple[dict, list[str]]:
-    """The state dict in the checkpoint, and what was done to find it (unwrapped, prefixes removed)."""
+def read_state(file: Path, setting: str = "teacher.checkpoint") -> tuple[dict, list[str]]:
+    """The state dict in a weights file (.safetensors, else torch.save's format), and what was done to
+    find it (unwrapped, prefixes removed). ``setting`` names the file in messages."""
     import torch
 
     from safetensors import SafetensorError
 
     from stages.nets.checkpoint import UNREADABLE_TORCH_FILE, could_run_code, load_problem
 
-    file = checkpoint_file(path)
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -74,7 +78,7 @@ def read_state(path: Path) -> tuple[dict, list[str]]:
             raise ArtifactError(f"{file}: refused: not a plain state dict of tensors (it holds objects whose "
                                 f"loading could run code, or it is damaged); save the model's state_dict() alone "
                                 f"with torch.save, or as .safetensors") from exc
-        raise ArtifactError(f"{file}: cannot read it as a state dict ({load_problem(exc)})") from exc
+        raise ArtifactError(f"{file}: cannot read {setting} as a state dict ({load_problem(exc)})") from exc
     notes = []
     for wrapper in WRAPPERS:
         if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict) and not _all_tensors(raw):
@@ -82,7 +86,7 @@ def read_state(path: Path) -> tuple[dict, list[str]]:
             notes.append(f"took the weights under its {wrapper!r} entry")
             break
     if not isinstance(raw, dict) or not raw or not _all_tensors(raw):
-        raise ArtifactError(f"{file}: not a state dict (a mapping from parameter names to tensors)")
+        raise ArtifactError(f"{file}: {setting} is not a state dict (a mapping from parameter names to tensors)")
     for prefix in PREFIXES:
         if all(key.startswith(prefix) for key in raw):
             raw = {key[len(prefix):]: value for key, value in raw.items()}

@@ -23,6 +23,7 @@ from stages.nets.stochastic_depth import capturing, computing_rows, use_drop_exe
 from stages.training.augment import (augmentation_draws, gathered_batch, normalize, padded_channels_last,
                                      pixel_grid)
 from stages.training.compiling import compiled_for_training, uncompiled
+from stages.training.resized_crop import resized, resized_crop_draws, resized_crops
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset, image_counts
 from stages.training.evaluation import accuracy_on_test, validation_metrics
@@ -124,6 +125,7 @@ class DeviceData:
         self.y_train = torch.from_numpy(data.y_train).to(device)
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+        self.input_size = data.image_size  # the networks'; the images are stored at data.stored_side
 
         # (padding, the padded training images, their pixel grid), made at the first batch.
         self._padded: tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -135,6 +137,9 @@ class DeviceData:
     def draws(self, n: int, augmentation, generator: torch.Generator) -> torch.Tensor | None:
         """The random crops and flips of a batch of ``n`` (see ``augmentation_draws``), or None
         without augmentation."""
+        if augmentation.random_resized_crop is not None:
+            return resized_crop_draws(n, self.x_train.shape[3], augmentation.random_resized_crop,
+                                      augmentation.horizontal_flip, generator, self.device)
         if not (augmentation.crop_padding or augmentation.horizontal_flip):
             return None
         return augmentation_draws(n, augmentation.crop_padding, augmentation.horizontal_flip,
@@ -144,8 +149,10 @@ class DeviceData:
                        augmentation) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalized, augmented float images of the training images ``index``, and their labels:
         device work only, which a captured step holds."""
+        if augmentation.random_resized_crop is not None:
+            return self.prepare(resized_crops(self.x_train[index], draws, self.input_size)), self.y_train[index]
         if draws is None:
-            return self.prepare(self.x_train[index]), self.y_train[index]
+            return self.prepare(resized(self.x_train[index], self.input_size)), self.y_train[index]
         padding = augmentation.crop_padding
         if self._padded is None or self._padded[0] != padding:
             # Padded once for the whole run: each batch is then a single gather.
@@ -153,7 +160,7 @@ class DeviceData:
                             pixel_grid(*self.x_train.shape[2:], self.device))
         _, padded, grid = self._padded
         images = gathered_batch(padded, index, draws, grid)
-        return self.prepare(images), self.y_train[index]
+        return self.prepare(resized(images, self.input_size)), self.y_train[index]
 
 
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
@@ -360,11 +367,17 @@ class WithGroups(nn.Module):
 
 def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augmentation, seed: int,
                  device: torch.device, loss_fn: LossFunction = cross_entropy_loss, with_groups: bool = False,
-                 label: str) -> tuple[nn.Module, dict]:
-    """Build ``spec``, train it, evaluate it on the test split and save it into ``ctx.output``.
-    ``with_groups`` trains it with a forward pass that also returns its group feature maps."""
+                 label: str, pretrained: str | None = None) -> tuple[nn.Module, dict]:
+    """Build ``spec`` (starting from the ``pretrained`` weights file, where given), train it, evaluate
+    it on the test split and save it into ``ctx.output``. ``with_groups`` trains it with a forward
+    pass that also returns its group feature maps."""
     torch.manual_seed(seed)
     model = spec.build()
+    started_from = {}
+    if pretrained is not None:
+        from stages.nets.pretrained import load_pretrained
+
+        started_from = {"pretrained": load_pretrained(model, Path(pretrained), spec.arch)}
 
     def each_epoch() -> dict[str, float]:
         # The curves of the report: evaluation uses no random numbers, so the weights do not change.
@@ -391,6 +404,7 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
         "device": str(device),
         "as_run": result.as_run,
         "images": image_counts(data),
+        **started_from,
     }
 
 

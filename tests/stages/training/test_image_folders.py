@@ -121,7 +121,7 @@ def test_16_bit_images_in_class_folders_are_scaled_as_predict_scales_them(tmp_pa
 
     wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     Image.fromarray(wide).save(tmp_path / "depth.png")
-    trained_on = read_images([tmp_path / "depth.png"], None)[0]
+    trained_on = read_images([tmp_path / "depth.png"], None)[0][0]
     assert np.array_equal(trained_on[..., 0], np.rint(wide / 257).astype(np.uint8))
     assert np.array_equal(trained_on, load_image(tmp_path / "depth.png", 8, 3)[0])
 

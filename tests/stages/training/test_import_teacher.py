@@ -98,6 +98,6 @@ def test_a_damaged_checkpoint_file_is_one_line(tmp_path, name, content, reason):
     from stages.training.import_teacher import read_state
 
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(ArtifactError, match=f"^{re.escape(str(tmp_path / name))}: cannot read it as a state dict "
+    with pytest.raises(ArtifactError, match=f"^{re.escape(str(tmp_path / name))}: cannot read teacher.checkpoint as a state dict "
                                             f"\\({re.escape(reason)}\\)$"):
         read_state(tmp_path / name)
