@@ -117,31 +117,58 @@ def predict(folder: Path = typer.Argument(..., metavar="DIR", help="A folder wri
 
 def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tiny_imagenet or folder."),
                  root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder."),
-                 destination: Path = typer.Argument(..., metavar="OUT.npz", help="The .npz to write."),
+                 destination: Path = typer.Argument(..., metavar="OUT", help="An .npz to write (decoded into "
+                                                    "memory), or a folder (memory-mapped arrays, any size)."),
                  image_size: Optional[int] = typer.Option(None, "--image-size", metavar="N", min=1,
-                                                          help="Resize every image to N x N.")) -> None:
-    """Decode an image-folder dataset once into an .npz that data.root can name."""
+                                                          help="An .npz: resize every image to N x N. A folder: "
+                                                               "store each image's centred square at N x N "
+                                                               "(required)."),
+                 interpolation: str = typer.Option("bilinear", "--interpolation",
+                                                   help="A folder: the resize filter, bilinear or bicubic."),
+                 workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                                       help="A folder: processes that decode (default: every core).")
+                 ) -> None:
+    """Decode an image-folder dataset once: into an .npz, or into a folder of memory-mapped arrays that
+    trains without fitting in memory. data.root can name either."""
     with user_errors():
         from stages.common.config import FOLDER_DATASETS
 
         if dataset not in FOLDER_DATASETS:
             raise PipelineError(f"pack-dataset {dataset!r}: allowed: {', '.join(FOLDER_DATASETS)}")
-        if destination.suffix != ".npz":
-            raise PipelineError(f"{destination}: the output must be an .npz file")
         if not root.is_dir():
             raise PipelineError(f"{root}: no such folder")
-        # Decoding a large dataset takes minutes: learn that the .npz cannot be written before, not after.
+        # Decoding a large dataset takes minutes: learn that the output cannot be written before, not after.
         folder = destination.parent
         if not folder.is_dir():
             raise PipelineError(f"{destination}: the folder {folder} does not exist; create it or write elsewhere")
         if not os.access(folder, os.W_OK):
             raise PipelineError(f"{destination}: the folder {folder} is not writable; write elsewhere")
-        from stages.training.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
+        if destination.suffix == ".npz":
+            from stages.training.image_folders import load_class_folders, load_tiny_imagenet, pack_npz
 
-        loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders
-        arrays = loader(root, image_size)
-        pack_npz(arrays, destination)
-        print(f"{destination}: {len(arrays[0])} training and {len(arrays[2])} test images of "
-              f"{arrays[0].shape[1]}x{arrays[0].shape[2]}, {len(arrays[4])} classes")
+            loader = load_tiny_imagenet if dataset == "tiny_imagenet" else load_class_folders
+            arrays = loader(root, image_size)
+            pack_npz(arrays, destination)
+            print(f"{destination}: {len(arrays[0])} training and {len(arrays[2])} test images of "
+                  f"{arrays[0].shape[1]}x{arrays[0].shape[2]}, {len(arrays[4])} classes")
+            return
+        if image_size is None:
+            raise PipelineError(f"{destination}: a packed folder stores every image at one size: give --image-size N "
+                                f"(at least data.input_size / crop_pct, e.g. 256 for 224 at 0.875)")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise PipelineError(f"--interpolation {interpolation!r}: allowed: bilinear, bicubic")
+        if destination.exists() and not (destination / "pack.json").is_file():
+            raise PipelineError(f"{destination}: exists and is not a packed dataset; name a new folder")
+        from stages.training.image_folders import FolderReading, ReadNotes, list_class_folders, list_tiny_imagenet
+        from stages.training.packed import pack_folder
+        from pipeline.ui import progress_bar
+
+        notes = ReadNotes()
+        listing = (list_tiny_imagenet if dataset == "tiny_imagenet" else list_class_folders)(root, notes)
+        described = pack_folder(listing, destination, FolderReading(image_size, True, interpolation), notes,
+                                workers or os.cpu_count() or 1, progress_bar)
+        counts = described["images"]
+        print(f"{destination}: {counts['train']} training and {counts['test']} test images of {image_size}x{image_size}, "
+              f"{len(described['class_names'])} classes" + "".join(f"; {n}" for n in described["notes"]))
 
 

@@ -78,8 +78,8 @@ class DataConfig(Section):
         "(an .npz or a torchvision folder); tiny_imagenet (its official folder, or an .npz packed from it); "
         "folder (root/train/<class>/*, root/test/<class>/*); npz (x_train, y_train, x_test, y_test, class_names).")
     root: str | None = Field(
-        None, description="Where the data is: an .npz file, or the dataset's folder. "
-        "Relative paths resolve from the current directory.")
+        None, description="Where the data is: an .npz file, the dataset's folder, or a folder written by "
+        "pack-dataset (memory-mapped: larger than memory is fine). Relative paths resolve from the current directory.")
     download: bool = Field(False, description="Let torchvision download cifar10/cifar100 into data.root.")
     image_size: int | None = Field(
         None, ge=8, description="Resize images read from files to this square size (null: keep their size).")

@@ -11,13 +11,14 @@ from stages.common.config import DataConfig
 from stages.common.errors import DataError
 from stages.training.image_folders import FolderReading, ReadNotes, load_class_folders, load_tiny_imagenet
 from stages.training.image_view import EvaluationView, stored_side
+from stages.training.packed import ImageRows, is_packed, load_packed
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
 
 @dataclass(frozen=True)
 class ImageDataset:
-    x_train: np.ndarray  # (N, H, W, C) uint8
+    x_train: np.ndarray  # (N, H, W, C) uint8; for a packed dataset, its rows memory-mapped (ImageRows)
     y_train: np.ndarray  # (N,) int64
     x_test: np.ndarray
     y_test: np.ndarray
@@ -227,8 +228,14 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     reading = FolderReading(cfg.image_size) if view is None else FolderReading(
         cfg.image_size or stored_side(view.input_size, view.crop_pct), square=True, interpolation=view.interpolation)
     notes = ReadNotes()
+    packed = None
     if cfg.dataset == "digits":
         arrays = _load_digits()
+    elif root is not None and is_packed(root):
+        arrays, packed = load_packed(root)
+        if cfg.image_size is not None and cfg.image_size != packed["side"]:
+            raise DataError(f"data.image_size = {cfg.image_size}, but {root} was packed at {packed['side']} pixels; "
+                            f"leave data.image_size out, or pack again with --image-size {cfg.image_size}")
     elif root is not None and root.suffix == ".npz":
         arrays = _load_npz(root)
         _check_named_dataset(cfg.dataset, root, arrays)
@@ -252,19 +259,32 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         held_out = balanced_subset(y_train, cfg.validation_images, len(class_names), seed=VALIDATION_SEED)
         rest = np.setdiff1d(np.arange(len(y_train)), held_out)
         x_val, y_val = np.ascontiguousarray(x_train[held_out]), y_train[held_out]
-        x_train, y_train = x_train[rest], y_train[rest]
+        x_train, y_train = _rows(x_train, rest), y_train[rest]
     if cfg.train_images is not None:
         keep = balanced_subset(y_train, cfg.train_images, len(class_names))
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_train, y_train = _rows(x_train, keep), y_train[keep]
     if cfg.test_images is not None:
         keep = balanced_subset(y_test, cfg.test_images, len(class_names))
         x_test, y_test = x_test[keep], y_test[keep]
-    mean, std = _channel_stats(x_train)
+    if packed is not None:
+        # Reading a dataset larger than memory to count its pixels takes long: the pack counted them,
+        # over its whole training split.
+        mean, std = tuple(packed["mean"]), tuple(packed["std"])
+        notes_lines = tuple(packed["notes"])
+    else:
+        mean, std = _channel_stats(x_train)
+        x_train = np.ascontiguousarray(x_train)
+        notes_lines = tuple(notes.lines())
     if view is not None:
         x_test = view.of_arrays(x_test)
         x_val = None if x_val is None else view.of_arrays(x_val)
-    return ImageDataset(np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test,
-                        class_names, mean, std, x_val, y_val, view, tuple(notes.lines()))
+    return ImageDataset(x_train, y_train, np.ascontiguousarray(x_test), y_test,
+                        class_names, mean, std, x_val, y_val, view, notes_lines)
+
+
+def _rows(images, index: np.ndarray):
+    """Rows of an image array: a copy, or for a memory-mapped dataset, an index into it."""
+    return images.subset(index) if isinstance(images, ImageRows) else images[index]
 
 
 def normalized_for(data: ImageDataset, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,

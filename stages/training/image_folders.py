@@ -97,7 +97,7 @@ def read_image(path: Path, reading: FolderReading, notes: ReadNotes | None = Non
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         if notes is None:
             raise DataError(f"{path}: not a readable image ({exc})") from exc
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0].replace(f"'{path}'", "it").replace(str(path), "it")
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].replace(f" '{path}'", "").replace(str(path), "")
         notes.unreadable.append(f"{path}: {reason[:80]}")
         return None
 
@@ -131,11 +131,17 @@ def _read_split(paths: list[Path], labels: list[int], reading: FolderReading,
     return images, np.asarray(labels, np.int64)[kept]
 
 
-def load_class_folders(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+@dataclass(frozen=True)
+class FileListing:
+    """The image files of a dataset in folders, with their labels, before any is read."""
+    train: tuple[list[Path], list[int]]
+    test: tuple[list[Path], list[int]]
+    class_names: tuple[str, ...]
+
+
+def list_class_folders(root: Path, notes: ReadNotes | None = None) -> FileListing:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``). Test classes
     without a training folder are left out with a note (with ``notes``), else refused."""
-    if not isinstance(reading, FolderReading):
-        reading = FolderReading(reading)
     train_dir = root / "train"
     test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -157,12 +163,24 @@ def load_class_folders(root: Path, reading: FolderReading | int | None = None, n
             labels += [index] * len(found)
         if not paths:
             raise DataError(f"data.root={root}: no images under {folder}")
-        images, kept_labels = _read_split(paths, labels, reading, notes)
         if folder == train_dir:
-            _refuse_classes_without_images(root, list(kept_labels), [train_dir / name for name in classes],
+            _refuse_classes_without_images(root, labels, [train_dir / name for name in classes],
                                            ("remove the folder", "remove those folders"))
-        splits += [images, kept_labels]
-    return splits[0], splits[1], splits[2], splits[3], tuple(classes)
+        splits.append((paths, labels))
+    return FileListing(splits[0], splits[1], tuple(classes))
+
+
+def _read_listing(listing: FileListing, reading: FolderReading | int | None, notes: ReadNotes | None) -> Arrays:
+    if not isinstance(reading, FolderReading):
+        reading = FolderReading(reading)
+    x_train, y_train = _read_split(*listing.train, reading, notes)
+    x_test, y_test = _read_split(*listing.test, reading, notes)
+    return x_train, y_train, x_test, y_test, listing.class_names
+
+
+def load_class_folders(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+    """The images of ``list_class_folders``, read as ``reading`` says."""
+    return _read_listing(list_class_folders(root, notes), reading, notes)
 
 
 def _refuse_classes_without_images(root: Path, labels: list[int], folders: list[Path],
@@ -177,7 +195,7 @@ def _refuse_classes_without_images(root: Path, labels: list[int], folders: list[
                         f"{'their' if many else 'its'} images or {removal[many]}")
 
 
-def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+def list_tiny_imagenet(root: Path, notes: ReadNotes | None = None) -> FileListing:
     """The official layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images`` with
     ``val/val_annotations.txt``. The labelled validation split serves as the test split."""
     wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
@@ -205,11 +223,12 @@ def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None, n
     names = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines()
                  if "\t" in line) if (root / "words.txt").exists() else {}
     class_names = tuple(names.get(w, w).split(",")[0].strip() for w in wnids)
-    if not isinstance(reading, FolderReading):
-        reading = FolderReading(reading)
-    x_train, y_train = _read_split(train_paths, train_labels, reading, notes)
-    x_val, y_val = _read_split(val_paths, val_labels, reading, notes)
-    return x_train, y_train, x_val, y_val, class_names
+    return FileListing((train_paths, train_labels), (val_paths, val_labels), class_names)
+
+
+def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+    """The images of ``list_tiny_imagenet``, read as ``reading`` says."""
+    return _read_listing(list_tiny_imagenet(root, notes), reading, notes)
 
 
 def pack_npz(arrays: Arrays, destination: Path) -> None:

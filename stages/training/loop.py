@@ -20,12 +20,10 @@ from stages.common.hardware import cpu_model
 from stages.context import no_progress
 from stages.nets.checkpoint import save_model
 from stages.nets.stochastic_depth import capturing, computing_rows, use_drop_execution
-from stages.training.augment import (augmentation_draws, gathered_batch, normalize, padded_channels_last,
-                                     pixel_grid)
 from stages.training.compiling import compiled_for_training, uncompiled
-from stages.training.resized_crop import resized, resized_crop_draws, resized_crops
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.data import ImageDataset, image_counts
+from stages.training.device_data import DeviceData
 from stages.training.evaluation import accuracy_on_test, validation_metrics
 from stages.training.resume import TrainingInterrupted, load_state, save_progress, save_state, stop_on_interrupt
 from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
@@ -116,53 +114,6 @@ class TrainResult:
     as_run: dict[str, object] = field(default_factory=dict)
 
 
-class DeviceData:
-    """A dataset held as uint8 tensors on the training device, with its normalization constants."""
-
-    def __init__(self, data: ImageDataset, device: torch.device) -> None:
-        self.device = device
-        self.x_train = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).contiguous().to(device)
-        self.y_train = torch.from_numpy(data.y_train).to(device)
-        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
-        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
-        self.input_size = data.image_size  # the networks'; the images are stored at data.stored_side
-
-        # (padding, the padded training images, their pixel grid), made at the first batch.
-        self._padded: tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        # channels_last on the uint8 batch (a no-op after a crop) is a quarter of the bytes of float.
-        return normalize(images.contiguous(memory_format=torch.channels_last), self.mean, self.std)
-
-    def draws(self, n: int, augmentation, generator: torch.Generator) -> torch.Tensor | None:
-        """The random crops and flips of a batch of ``n`` (see ``augmentation_draws``), or None
-        without augmentation."""
-        if augmentation.random_resized_crop is not None:
-            return resized_crop_draws(n, self.x_train.shape[3], augmentation.random_resized_crop,
-                                      augmentation.horizontal_flip, generator, self.device)
-        if not (augmentation.crop_padding or augmentation.horizontal_flip):
-            return None
-        return augmentation_draws(n, augmentation.crop_padding, augmentation.horizontal_flip,
-                                  self.x_train.shape[3], generator, self.device)
-
-    def training_batch(self, index: torch.Tensor, draws: torch.Tensor | None,
-                       augmentation) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalized, augmented float images of the training images ``index``, and their labels:
-        device work only, which a captured step holds."""
-        if augmentation.random_resized_crop is not None:
-            return self.prepare(resized_crops(self.x_train[index], draws, self.input_size)), self.y_train[index]
-        if draws is None:
-            return self.prepare(resized(self.x_train[index], self.input_size)), self.y_train[index]
-        padding = augmentation.crop_padding
-        if self._padded is None or self._padded[0] != padding:
-            # Padded once for the whole run: each batch is then a single gather.
-            self._padded = (padding, padded_channels_last(self.x_train, padding),
-                            pixel_grid(*self.x_train.shape[2:], self.device))
-        _, padded, grid = self._padded
-        images = gathered_batch(padded, index, draws, grid)
-        return self.prepare(resized(images, self.input_size)), self.y_train[index]
-
-
 def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
           loss_fn: LossFunction = cross_entropy_loss, progress=no_progress, label: str = "training",
           checkpoint: Path | None = None, checkpoint_interval_s: float = 60.0,
@@ -229,6 +180,9 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
 
     step_with = counted_step
     if captures_step(recipe, device):
+        if data.streamed is not None:
+            raise PipelineError(f"{label}: training.capture_step needs the training images on the GPU, but this "
+                                f"packed dataset streams from disk batch by batch; set training.capture_step: false")
         if ranks > 1:
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")

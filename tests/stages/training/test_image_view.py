@@ -47,7 +47,6 @@ def test_a_folder_with_an_input_size_holds_evaluated_test_images_and_stored_trai
 
 def test_predict_feeds_a_model_the_pixels_evaluation_scored(tmp_path):
     from stages.deploy.deployed import load_image
-    from stages.training.data import ImageDataset  # noqa: F401
 
     root = _folder(tmp_path, size=(37, 23))
     cfg = DataConfig(dataset="folder", root=str(root), input_size=12, crop_pct=0.875, interpolation="bicubic")
