@@ -105,7 +105,7 @@ def count_network(probe: Probe, arch: str, classes: int, channels: int, size: in
     if key not in probe.networks:
         from stages.nets.architectures import build_model
 
-        probe.networks[key] = network_cost(build_model(arch, classes, channels), channels, size)
+        probe.networks[key] = network_cost(build_model(arch, classes, channels, image_size=size), channels, size)
     return probe.networks[key]
 
 
@@ -188,7 +188,8 @@ def data_shape(cfg) -> tuple[int, int, int, int, int, int] | None:
     if known is None:
         return None
     train, test, size, channels, classes = known
-    size = cfg.image_size or size
+    # What the networks compute on: the input size where one is set, else the images as stored.
+    size = cfg.input_size or cfg.image_size or size
     validation = cfg.validation_images or 0
     train = min(cfg.train_images or train - validation, train - validation)
     return train, validation, min(cfg.test_images or test, test), size, channels, classes

@@ -145,6 +145,22 @@ def calibrate(prepared: Path, calibration: np.ndarray, method: str, scratch: Pat
     return cache
 
 
+@contextlib.contextmanager
+def without_log_records(text: str):
+    """Drop the root logger's records containing ``text`` while the block runs."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def quantize_prepared(prepared: Path, target: Path, ranges: Path, cfg, flavour: str, keep_float: int) -> list[str]:
     """``quantize_int8`` on an already pre-processed and calibrated model; returns the nodes kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -159,7 +175,9 @@ def quantize_prepared(prepared: Path, target: Path, ranges: Path, cfg, flavour: 
         # (so the Add fuses into the convolution), none on outputs, so the logits stay float and
         # ReLUs are not requantized.
         options["OpTypesToExcludeOutputQuantization"] = list(TENSORRT_QUANTIZED_OPS)
-    with contextlib.redirect_stdout(io.StringIO()):  # the quantizer narrates on stdout
+    # The quantizer narrates on stdout, and warns of every 1-D weight (a LayerNorm's) that it quantizes
+    # per tensor since it has no channel axis: what per_channel means for such a weight anyway.
+    with contextlib.redirect_stdout(io.StringIO()), without_log_records("is out-of-range for weight"):
         quantize_static(
             str(prepared), str(target), None, calibration_cache_path=str(ranges),
             quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=activation,

@@ -33,6 +33,10 @@ def tensorrt_int8_problems(model_path: Path) -> list[str]:
     graph = onnx.load(str(model_path)).graph
     inits = {i.name: i for i in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for consumer in graph.node:
+        for name in consumer.input:
+            consumers.setdefault(name, []).append(consumer)
     problems = []
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -47,8 +51,10 @@ def tensorrt_int8_problems(model_path: Path) -> list[str]:
         scale = inits.get(node.input[1])
         if data is not None and scale is not None and numpy_helper.to_array(scale).size > 1:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            if axis != 0:
-                problems.append(f"{node.name}: per-channel weight scales on axis {axis}, not 0 (output channels)")
+            expected = output_channel_axis(node, consumers, len(data.dims))
+            if expected is not None and axis % len(data.dims) != expected:
+                problems.append(f"{node.name}: per-channel weight scales on axis {axis}, not {expected} (output "
+                                f"channels)")
     for output in graph.output:
         producer = producers.get(output.name)
         if producer is not None and producer.op_type == "DequantizeLinear":
@@ -58,9 +64,34 @@ def tensorrt_int8_problems(model_path: Path) -> list[str]:
             continue
         variable = [i for i in node.input if i not in inits]
         # TensorRT fuses a residual Add into the convolution before it when the other (skip) input is
-        # quantized; ONNX Runtime's quantizer quantizes both inputs, Model Optimizer the skip only.
-        if len(variable) == 2 and not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+        # quantized; ONNX Runtime's quantizer quantizes both inputs, Model Optimizer the skip only. A
+        # transformer's residual Adds follow linear layers, which that fusion does not concern.
+        after_convolution = any(producers.get(i) is not None and producers[i].op_type in ("Conv", "BatchNormalization")
+                                for i in variable)
+        if len(variable) == 2 and after_convolution and not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
                                           for i in variable):
             problems.append(f"{node.name}: residual Add with no Q/DQ on its skip input (TensorRT cannot fuse it "
                             f"into the convolution in int8)")
     return problems
+
+
+def output_channel_axis(node, consumers: dict[str, list], rank: int) -> int | None:
+    """The axis of a weight's output channels, read from the layer its Q/DQ pair feeds: 0 for a
+    convolution's (out, in, kh, kw) and a Gemm's transposed (out, in); the last for a MatMul's (in, out)
+    weights, as a transformer's linear layers export. None where the layer is not one of those."""
+    seen = node
+    while seen.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        following = consumers.get(seen.output[0], [])
+        if len(following) != 1:
+            return None
+        seen = following[0]
+    if seen.op_type == "Conv":
+        return 0
+    if seen.op_type == "ConvTranspose":
+        return 1
+    if seen.op_type == "MatMul":
+        return rank - 1
+    if seen.op_type == "Gemm":
+        transposed = next((a.i for a in seen.attribute if a.name == "transB"), 0)
+        return 0 if transposed else 1
+    return None
