@@ -62,15 +62,22 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         cycle = " -> ".join(str(p) for p in (*_chain, path))
         raise ProfileError(f"{path}: 'extends' forms a cycle ({cycle}); remove one of the links")
     data = _read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
+    parents = data.pop("extends", None)
+    if parents is None:
         return data
-    if not isinstance(parent, str):
-        raise ProfileError(f"{path}: key 'extends' must be a path to another profile, got {parent!r}")
-    parent_path = (path.parent / parent)
-    if not parent_path.is_file():
-        raise ProfileError(f"{path}: key 'extends' names {parent!r}, but {parent_path} does not exist")
-    return _merge(load_raw(parent_path, (*_chain, path)), data)
+    # One parent, or a list merged in order (a recipe, then a target's settings).
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not parents or not all(isinstance(p, str) for p in parents):
+        raise ProfileError(f"{path}: key 'extends' must be a path to another profile, or a list of them, got "
+                           f"{parents!r}")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = (path.parent / parent)
+        if not parent_path.is_file():
+            raise ProfileError(f"{path}: key 'extends' names {parent!r}, but {parent_path} does not exist")
+        merged = _merge(merged, load_raw(parent_path, (*_chain, path)))
+    return _merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -114,12 +114,6 @@ class DataConfig(Section):
         if self.dataset in FOLDER_DATASETS and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs data.root: its folder, or an .npz packed "
                              f"from it with `stochkd-pipeline pack-dataset`")
-        if self.input_size is None and (self.crop_pct is not None or self.interpolation is not None):
-            raise ValueError("data.crop_pct and data.interpolation say how images are resized to data.input_size, "
-                             "which is not set; set data.input_size too")
-        if self.augmentation.random_resized_crop is not None and self.input_size is None:
-            raise ValueError("data.augmentation.random_resized_crop resizes its crops to data.input_size, which is "
-                             "not set; set data.input_size")
         if self.image_size is not None and (self.dataset not in FOLDER_DATASETS or self.root.endswith(".npz")):
             # Arrays (digits, CIFAR, any .npz) keep their size: the setting would change the key alone.
             source = "an .npz" if self.root and self.root.endswith(".npz") else f"dataset {self.dataset!r}"
@@ -128,6 +122,17 @@ class DataConfig(Section):
                              f"size; leave data.image_size out (data.input_size resizes what the networks see; pack-dataset "
                              f"--image-size resizes while packing)")
         return self
+
+
+def check_input_size(data: DataConfig) -> None:
+    """Settings that resize to data.input_size need one: checked on the whole profile, once a
+    pretrained network may have filled it in."""
+    if data.input_size is None and (data.crop_pct is not None or data.interpolation is not None):
+        raise ValueError("data.crop_pct and data.interpolation say how images are resized to data.input_size, "
+                         "which is not set; set data.input_size too")
+    if data.augmentation.random_resized_crop is not None and data.input_size is None:
+        raise ValueError("data.augmentation.random_resized_crop resizes its crops to data.input_size, which is "
+                         "not set; set data.input_size")
 
 
 class TrainingConfig(Section):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stages.common.config import (AnalysisConfig, DataConfig, DistillConfig, ExportConfig, MutualConfig,
-                                  QuantizeConfig, Section, StudentConfig, TeacherConfig, each_once)
+                                  QuantizeConfig, Section, StudentConfig, TeacherConfig, check_input_size, each_once)
 from stages.nets.architectures import architecture, resolve_skips, stochastic_role_refused
 from stages.common.target_config import BenchmarkConfig, TargetConfig
 
@@ -65,6 +65,11 @@ class Profile(Section):
                 update[role] = cfg.model_copy(update={"mean": tuple(configs[role]["mean"]),
                                                       "std": tuple(configs[role]["std"])})
         return self.model_copy(update=update) if update else self
+
+    @model_validator(mode="after")
+    def _resizing_has_an_input_size(self) -> "Profile":
+        check_input_size(self.data)
+        return self
 
     @field_validator("name")
     @classmethod

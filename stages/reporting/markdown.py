@@ -13,7 +13,10 @@ from stages.reporting.recipe import render_recipes
 
 def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
     name = TEACHER_NAMES[teacher_reading(teacher)]
+    droppable = len(analysis["single_block_dropped"])
     lines = ["", f"## What the {name} teaches with", "",
+             f"{droppable} of its blocks can drop (its residual branches with a survival below 1; for a timm "
+             f"network, its own DropPath positions). "
              f"Sampled as it teaches: p_n {analysis['teaching_p_last']:g}, kept blocks at the "
              + ("scale they were trained with" if analysis["kept_scale"] == "trained"
                 else "expectation-preserving scale (divided by the teaching survival)") + ". "

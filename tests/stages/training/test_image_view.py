@@ -80,8 +80,10 @@ def test_unreadable_grey_and_16_bit_files_and_test_only_classes_are_counted(tmp_
     ({"input_size": 32, "augmentation": {"crop_padding": 0, "random_resized_crop": [0.9, 0.5]}}, "smallest area"),
 ])
 def test_resizing_settings_that_cannot_work_are_refused(settings, message):
+    from stages.common.profile import Profile
+
     with pytest.raises(ValueError, match=message):
-        DataConfig.model_validate(settings)
+        Profile.model_validate({"data": settings})
 
 
 def test_cifar_arrays_can_feed_networks_at_another_size():
