@@ -4,8 +4,8 @@
     python bench/data_path.py --device cuda --batch 128 --steps 50
     python bench/data_path.py --student timm/mobilenetv3_small_100 --images 1024
 
-It packs CIFAR-100 test images (real photographs, upsampled to 256 px centred squares, as
-pack-dataset stores them) into a memory-mapped folder, then times:
+It writes JPEGs cut from real photographs (scikit-learn's two sample photographs, 256 px squares),
+packs them into a memory-mapped folder as pack-dataset does, then times:
 - streamed batches: the pipeline's own path for a packed dataset (rows read from the memory map,
   random resized crops to the input size and flips by roi_align, normalization) on the device;
 - decoding image files: Pillow opening the same images as JPEG files and resizing a crop of each
@@ -36,18 +36,23 @@ from stages.training.device_data import DeviceData  # noqa: E402
 from stages.training.image_folders import FileListing, FolderReading, ReadNotes  # noqa: E402
 from stages.training.packed import pack_folder  # noqa: E402
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar100.npz"
-
-
-def write_jpegs(images: np.ndarray, labels: np.ndarray, folder: Path, side: int) -> list[Path]:
+def write_jpegs(count: int, folder: Path, side: int) -> tuple[list[Path], np.ndarray]:
+    """``count`` JPEGs of real photographs at their own resolution: random squares cut from the two
+    photographs scikit-learn ships (427 x 640), ``side`` pixels wide, as a camera's images decode."""
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(0)
     paths = []
-    for i, (pixels, label) in enumerate(zip(images, labels)):
-        path = folder / f"{label}_{i}.jpg"
-        Image.fromarray(pixels).resize((side, side), Image.BICUBIC).save(path, quality=90)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        cut = int(rng.integers(side, min(photo.size) + 1))
+        left, top = (int(rng.integers(0, photo.size[0] - cut + 1)), int(rng.integers(0, photo.size[1] - cut + 1)))
+        path = folder / f"{i}.jpg"
+        photo.resize((side, side), Image.BICUBIC, box=(left, top, left + cut, top + cut)).save(path, quality=90)
         paths.append(path)
-    return paths
+    return paths, rng.integers(0, 100, count)
 
 
 def timed(step, steps: int, device: torch.device) -> float:
@@ -71,16 +76,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--cifar", type=Path, default=CIFAR)
     args = parser.parse_args()
     device = torch.device(args.device)
-    with np.load(args.cifar) as archive:
-        images, labels = archive["x_test"][:args.images], archive["y_test"][:args.images]
     augmentation = Augmentation(crop_padding=0, horizontal_flip=True, random_resized_crop=(0.08, 1.0))
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         (scratch / "jpeg").mkdir()
-        paths = write_jpegs(images, labels, scratch / "jpeg", args.stored)
+        paths, labels = write_jpegs(args.images, scratch / "jpeg", args.stored)
         listing = FileListing((paths, labels.tolist()), (paths[:1], labels[:1].tolist()),
                               tuple(str(c) for c in range(100)))
         pack_folder(listing, scratch / "packed", FolderReading(args.stored, square=True), ReadNotes())
@@ -95,6 +97,11 @@ def main() -> None:
             return device_data.training_batch(index, draws, augmentation)
 
         streamed_s = timed(streamed_batch, args.steps, device)
+
+        def rows_read():
+            return data.x_train[torch.randint(0, len(data.y_train), (args.batch,), generator=generator).numpy()]
+
+        rows_s = timed(rows_read, args.steps, torch.device("cpu"))
 
         def decoded_batch():
             from PIL import Image
@@ -125,7 +132,8 @@ def main() -> None:
         optimizer.step()
 
     step_s = timed(train_step, args.steps, device)
-    rates = {"streamed batches (packed, crops on the device)": args.batch / streamed_s,
+    rates = {"rows read from the memory map (the host's part)": args.batch / rows_s,
+             "streamed batches (packed, crops on the device)": args.batch / streamed_s,
              "decoding JPEG files (one process)": args.batch / decoded_s,
              f"training step ({args.student}, {args.size} px)": args.batch / step_s}
     print(f"device {device}, batch {args.batch}, {args.size} px crops of {args.stored} px squares, "
@@ -135,7 +143,7 @@ def main() -> None:
     step_rate = args.batch / step_s
     print(f"  streamed batches / training step: {args.batch / streamed_s / step_rate:.1f}x; "
           f"JPEG decoding / training step: {args.batch / decoded_s / step_rate:.2f}x "
-          f"(processes decoding JPEGs needed to keep this step busy: {step_rate / (args.batch / decoded_s):.1f})")
+          f"(processes decoding JPEGs needed to keep this step busy: {step_rate / (args.batch / decoded_s):.2f})")
 
 
 def training_batch(args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from stages.common.config import (AnalysisConfig, DataConfig, DistillConfig, ExportConfig, MutualConfig,
                                   QuantizeConfig, Section, StudentConfig, TeacherConfig, check_input_size, each_once)
 from stages.nets.architectures import architecture, resolve_skips, stochastic_role_refused
+from stages.common.errors import PipelineError
 from stages.common.target_config import BenchmarkConfig, TargetConfig
 
 FOLDER_NAME_CHARACTERS = "A-Za-z0-9._-"  # a profile name's, as a regex character range
@@ -69,6 +70,20 @@ class Profile(Section):
     @model_validator(mode="after")
     def _resizing_has_an_input_size(self) -> "Profile":
         check_input_size(self.data)
+        return self
+
+    @model_validator(mode="after")
+    def _timm_networks_take_the_input_size(self) -> "Profile":
+        size = self.data.input_size
+        networks = [self.teacher.arch, self.student.arch, *(self.mutual.peers if "dml" in self.methods else ())]
+        if size is not None:
+            for arch in dict.fromkeys(a for a in networks if a.startswith("timm/")):
+                from stages.nets.timm_catalog import check_input_size as fits
+
+                try:
+                    fits(arch, size)
+                except PipelineError as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     @field_validator("name")

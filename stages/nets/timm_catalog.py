@@ -38,3 +38,16 @@ def timm_architecture(arch: str) -> Architecture:
     groups = len(getattr(twin, "feature_info", [])) if hasattr(twin, "forward_intermediates") else 0
     return Architecture(arch, BUILDER, residual=True, groups=groups, description=f"timm's {name}",
                         stochastic_blocks=len(blocks))
+
+
+@lru_cache(maxsize=64)
+def check_input_size(arch: str, size: int) -> None:
+    """Refuse, in one line, a timm network that cannot take ``size`` x ``size`` images (too small for
+    its downsampling, or not what a fixed-size network can be built for)."""
+    import torch
+
+    from stages.nets.models.timm_network import blocks_at_size, create, timm_name
+
+    with torch.device("meta"):
+        twin = create(timm_name(arch), num_classes=10, in_channels=3, image_size=size)
+    blocks_at_size(twin, arch, (3, size, size))

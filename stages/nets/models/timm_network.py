@@ -99,6 +99,19 @@ def stochastic_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[St
     return [StochasticBlock(name, rates[name] / deepest) for name in order if rates[name] > 0]
 
 
+def blocks_at_size(model: nn.Module, arch: str, input_shape: tuple[int, ...]) -> list[StochasticBlock]:
+    """``stochastic_blocks``, with a network that cannot take images of this size refused in one line."""
+    from stages.common.errors import PipelineError, first_line
+
+    try:
+        return stochastic_blocks(model, input_shape)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        size = input_shape[-1]
+        usual = pretrained_config(timm_name(arch)).get("input_size", (0, 224, 224))[-1]
+        raise PipelineError(f"{arch} cannot take {size}x{size} images ({first_line(exc)}); set data.input_size "
+                            f"larger (it was pretrained at {usual})") from exc
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -138,7 +151,7 @@ def timm_network(arch: str, num_classes: int, in_channels: int = 3, p_last: floa
     shape = default_input_shape(name, in_channels, image_size)
     with torch.device("meta"):
         twin = create(name, num_classes, in_channels, image_size)
-    blocks = stochastic_blocks(twin, shape)
+    blocks = blocks_at_size(twin, arch, shape)
     for block in blocks:
         survival = 1.0 - block.depth * (1.0 - p_last)
         _replace(model, block.module, BranchDropPath(survival, drop_mode) if survival < 1.0 else nn.Identity())
