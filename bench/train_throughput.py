@@ -5,6 +5,8 @@ on the same model, batch and device, measured in the same process; prints images
     python bench/train_throughput.py --device cuda --steps 100
     python bench/train_throughput.py --teacher resnet56 --student resnet20 --k 1 2 4 8
     python bench/train_throughput.py --compile            # adds torch.compile's cost and steady state
+    python bench/train_throughput.py --teacher timm/resnet18 --student timm/mobilenetv3_large_100 --size 224 \
+        --batch 32 --steps 5 --k 1 2
 
 Goals: the pipeline's training step at least as fast as the plain loop (ratio >= 1.0); a K-sample
 distill step costing no more than its arithmetic predicts (teacher forward MACs x K plus the
@@ -42,9 +44,9 @@ from stages.training.loop import DeviceData, train  # noqa: E402
 CLASSES = 100
 
 
-def synthetic_data(images: int) -> ImageDataset:
+def synthetic_data(images: int, size: int = 32) -> ImageDataset:
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    x = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
     y = rng.integers(0, CLASSES, images)
     return ImageDataset(x, y, x, y, tuple(map(str, range(CLASSES))), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -179,6 +181,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32, help="image size (timm networks: e.g. 224)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--compile", action="store_true",
@@ -187,15 +190,15 @@ def main() -> None:
                         help="pipeline and plain loop alternate this many times; the best of each counts")
     args = parser.parse_args()
     device = torch.device(args.device)
-    data = synthetic_data(args.batch * args.steps)
+    data = synthetic_data(args.batch * args.steps, args.size)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
                                f" ({torch.get_num_threads()} threads)")
           + f", torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps, best of {args.rounds} "
-          f"alternating rounds, synthetic 32x32 images")
+          f"alternating rounds, synthetic {args.size}x{args.size} images")
 
     def fresh(arch: str, p_last: float = 1.0):
         torch.manual_seed(0)
-        return build_model(arch, CLASSES, 3, p_last)
+        return build_model(arch, CLASSES, 3, p_last, image_size=args.size)
 
     def best_of(ours, plain) -> tuple[float, float]:
         # Alternating the two and keeping each one's best leaves out bursts of load from elsewhere.
@@ -231,8 +234,8 @@ def main() -> None:
             print(f"{arch:12s} {compiled.first_step_s:13.1f} {compiled.images_per_second:15.0f} {eager:12.0f} "
                   f"{compiled.images_per_second / eager:7.2f}")
 
-    teacher_macs = count_macs(fresh(args.teacher), (3, 32, 32))
-    student_macs = count_macs(fresh(args.student), (3, 32, 32))
+    teacher_macs = count_macs(fresh(args.teacher), (3, args.size, args.size))
+    student_macs = count_macs(fresh(args.student), (3, args.size, args.size))
     alone = next(ours for name, ours, _ in rows if name == f"train step, {args.student}")
     print(f"\nK-sample distill step time against the student's own step, measured and from the arithmetic"
           f"\n(teacher forward {teacher_macs / 1e6:.1f} MMACs x K + student training 3 x {student_macs / 1e6:.1f} MMACs):")

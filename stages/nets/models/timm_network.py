@@ -27,30 +27,25 @@ TIMM_PREFIX = "timm/"
 PROBE_RATE = 0.5
 
 
-def is_timm(arch: str) -> bool:
-    return arch.startswith(TIMM_PREFIX)
-
-
 def timm_name(arch: str) -> str:
     """``timm/resnet50`` -> ``resnet50``: the name ``timm.create_model`` takes."""
     return arch[len(TIMM_PREFIX):]
 
 
-def create(name: str, num_classes: int, in_channels: int, image_size: int | None = None,
-           with_drop_paths: bool = True) -> nn.Module:
-    """``timm.create_model`` with the profile's classes and channels, never a download. Networks
-    whose input size is fixed (ViTs) are built for ``image_size``."""
+def create(name: str, num_classes: int, in_channels: int, image_size: int | None = None) -> nn.Module:
+    """``timm.create_model`` with the profile's classes and channels and its DropPath modules made
+    (PROBE_RATE), never a download. Networks whose input size is fixed (ViTs) are built for
+    ``image_size``."""
     import timm
 
     kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
     if image_size is not None and pretrained_config(name).get("fixed_input_size"):
         kwargs["img_size"] = image_size
-    if with_drop_paths:
-        try:
-            return timm.create_model(name, drop_path_rate=PROBE_RATE, **kwargs)
-        except TypeError as exc:  # a network without residual blocks (VGG) takes no drop_path_rate
-            if "drop_path_rate" not in str(exc):
-                raise
+    try:
+        return timm.create_model(name, drop_path_rate=PROBE_RATE, **kwargs)
+    except TypeError as exc:  # a network without residual blocks (VGG) takes no drop_path_rate
+        if "drop_path_rate" not in str(exc):
+            raise
     return timm.create_model(name, **kwargs)
 
 
@@ -71,8 +66,8 @@ class StochasticBlock:
 
 def stochastic_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[StochasticBlock]:
     """The DropPath positions a forward pass of ``model`` (built with PROBE_RATE) runs, in the order
-    it runs them, each with its depth. Found on a meta-device twin when ``model`` is on one, else by
-    one forward pass of a single image."""
+    it runs them, each with its depth: by one forward pass of a single image, on whatever device the
+    model is (a meta-device twin costs neither memory nor arithmetic)."""
     from timm.layers import DropPath
 
     order: list[str] = []
@@ -122,11 +117,9 @@ class TimmNetwork(nn.Module):
     ``forward_with_groups`` also the feature maps at the model's stage outputs (timm's
     ``forward_intermediates``), which attention transfer compares."""
 
-    def __init__(self, model: nn.Module, arch: str, blocks: list[StochasticBlock]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.arch = arch
-        self.stochastic_block_names = tuple(b.module for b in blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -151,13 +144,11 @@ def timm_network(arch: str, num_classes: int, in_channels: int = 3, p_last: floa
     shape = default_input_shape(name, in_channels, image_size)
     with torch.device("meta"):
         twin = create(name, num_classes, in_channels, image_size)
-    blocks = blocks_at_size(twin, arch, shape)
-    for block in blocks:
-        survival = 1.0 - block.depth * (1.0 - p_last)
-        _replace(model, block.module, BranchDropPath(survival, drop_mode) if survival < 1.0 else nn.Identity())
-    # DropPaths never run (or at depth 0) leave no module that could draw coins.
-    stochastic = {b.module for b in blocks if 1.0 - b.depth * (1.0 - p_last) < 1.0}
-    for name_, module in list(model.named_modules()):
-        if isinstance(module, DropPath) and name_ not in stochastic:
-            _replace(model, name_, nn.Identity())
-    return TimmNetwork(model, arch, blocks)
+    survivals = {block.module: 1.0 - block.depth * (1.0 - p_last) for block in blocks_at_size(twin, arch, shape)}
+    for module_name, module in list(model.named_modules()):
+        if isinstance(module, DropPath):
+            # One never run (an EfficientNet block without a skip), or at depth 0, leaves no module that
+            # could draw coins.
+            survival = survivals.get(module_name, 1.0)
+            _replace(model, module_name, BranchDropPath(survival, drop_mode) if survival < 1.0 else nn.Identity())
+    return TimmNetwork(model)

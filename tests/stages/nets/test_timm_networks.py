@@ -172,3 +172,55 @@ def test_timm_networks_get_no_skips_added():
 
     with pytest.raises(ValueError, match="keeps timm's own blocks"):
         Profile.model_validate({"student": {"arch": "timm/test_efficientnet", "skips": True}})
+
+
+def test_masks_drawn_on_the_device_drop_token_branches_per_image_and_match_skipping():
+    """Captured steps drop by masks; sample mode draws a coin per image, on a ViT's (images, tokens,
+    channels) branches as on feature maps."""
+    from stages.nets.stochastic_depth import use_drop_execution
+
+    torch.manual_seed(0)
+    model = build_model("timm/test_vit", 10, 3, p_last=0.5, drop_mode="sample", image_size=32)
+    x = torch.randn(6, 3, 32, 32)
+    keep = [True, False] * (len(drop_paths(model)) // 2)
+    outputs = {}
+    for execution in ("skip", "mask"):
+        use_drop_execution(model, execution)
+        with fixed_subnetwork(model, keep):
+            outputs[execution] = model(x)
+    torch.testing.assert_close(outputs["mask"], outputs["skip"])
+    drop = drop_paths(model)[-1]
+    drop.train()
+    branch = torch.ones(64, 5, 8)
+    torch.manual_seed(1)
+    out = drop(branch)
+    assert set(out[:, 0, 0].tolist()) == {0.0, 2.0}  # images differ
+    assert torch.equal(out.amin((1, 2)), out.amax((1, 2)))  # the tokens of one image share its coin
+
+
+def test_attention_transfer_and_mutual_learning_take_timm_networks(tmp_path):
+    from stages.common.config import Augmentation, DataConfig, DistillConfig, MutualConfig, StudentConfig, TrainingConfig
+    from stages.context import StageContext, StageInput
+    from stages.distill import train_student
+    from stages.mutual import train_peers
+    from stages.training.data import load_dataset
+
+    data_cfg = DataConfig(dataset="digits", input_size=32, train_images=64, test_images=32,
+                          augmentation=Augmentation(crop_padding=1, horizontal_flip=False))
+    data = load_dataset(data_cfg)
+    torch.manual_seed(0)
+    spec = ModelSpec("timm/test_resnet", 10, 1, 32, 1.0, "batch", data.mean, data.std)
+    (tmp_path / "teacher").mkdir()
+    save_model(spec.build(), spec, tmp_path / "teacher")
+    recipe = TrainingConfig(epochs=1, batch_size=32)
+    params = {"seed": 0, "data": data_cfg, "student": StudentConfig(arch="timm/test_byobnet", training=recipe),
+              "distill": DistillConfig(transfer="at", teacher_samples=2, p_last=0.5)}
+    (tmp_path / "at").mkdir()
+    metrics = train_student(StageContext(params=params, inputs={"teacher": StageInput(tmp_path / "teacher", {})},
+                                         output=tmp_path / "at", variant="stochastic_at"))
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    (tmp_path / "dml").mkdir()
+    mutual = MutualConfig(peers=("timm/test_vit", "timm/test_convnext"), p_last=0.5, training=recipe)
+    metrics = train_peers(StageContext(params={"seed": 0, "data": data_cfg, "mutual": mutual}, inputs={},
+                                       output=tmp_path / "dml", variant="proposed"))
+    assert len(metrics["members"]) == 2
