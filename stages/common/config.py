@@ -237,13 +237,13 @@ def pretrained_only_for_timm(arch: str, pretrained: str | None, where: str) -> N
                          f"use a timm/NAME network, or import a finished teacher with teacher.checkpoint")
 
 
-def pretrained_key(pretrained: str | None) -> dict:
+def pretrained_key(pretrained: str | None, where: str) -> dict:
     """A network's pretrained weights as they enter a key: their content, not their path."""
     if pretrained is None:
         return {}
     from stages.nets.pretrained import pretrained_hash
 
-    return {"pretrained_sha256": pretrained_hash(Path(pretrained))}
+    return {"pretrained_sha256": pretrained_hash(Path(pretrained), f"{where}.pretrained")}
 
 
 def mean_and_std_together(mean: Normalization, std: Normalization, where: str) -> None:
@@ -304,7 +304,7 @@ class TeacherConfig(Section):
                     "checkpoint_sha256": content_hash(Path(self.checkpoint)),
                     **skip_shortcuts([self.arch], self.p_last, self.skips)}
         return {**self.model_dump(mode="json", exclude={"readings", "pretrained"}, exclude_none=True),
-                **pretrained_key(self.pretrained), **skip_shortcuts([self.arch], self.p_last, self.skips)}
+                **pretrained_key(self.pretrained, "teacher"), **skip_shortcuts([self.arch], self.p_last, self.skips)}
 
     def trained_plain(self) -> "TeacherConfig":
         """The plain reading's teacher: the same network and recipe, trained without dropping, with
@@ -348,7 +348,7 @@ class StudentConfig(Section):
 
     def cache_form(self) -> dict:
         return {**self.model_dump(mode="json", exclude={"pretrained"}, exclude_none=True),
-                **pretrained_key(self.pretrained), **skip_shortcuts([self.arch], 1.0, self.skips)}
+                **pretrained_key(self.pretrained, "student"), **skip_shortcuts([self.arch], 1.0, self.skips)}
 
 
 class DistillConfig(Section):

@@ -21,8 +21,9 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 SETTING = "pretrained"
 
 
-def pretrained_file(path: Path) -> Path:
-    """The weights file named by a ``pretrained`` setting: the file, or the one weights file in a folder."""
+def pretrained_file(path: Path, setting: str = SETTING) -> Path:
+    """The weights file named by a ``pretrained`` setting (``setting``, e.g. student.pretrained): the
+    file, or the one weights file in a folder."""
     if path.is_dir():
         for name in HUB_FILES:
             if (path / name).is_file():
@@ -30,23 +31,23 @@ def pretrained_file(path: Path) -> Path:
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
         if len(found) != 1:
             what = "no weights file" if not found else f"{len(found)} weights files ({', '.join(p.name for p in found[:4])})"
-            raise ArtifactError(f"{path}: pretrained names a folder with {what}; name the file itself "
+            raise ArtifactError(f"{path}: {setting} names a folder with {what}; name the file itself "
                                 f"({', '.join(WEIGHT_SUFFIXES)})")
         return found[0]
     if not path.is_file():
-        raise ArtifactError(f"{path}: pretrained weights not found; fix the path, or remove the setting to start from "
-                            f"random weights")
+        raise ArtifactError(f"{path}: {setting}: no such file or folder; fix the path, or remove {setting} to start "
+                            f"from random weights")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ArtifactError(f"{path}: pretrained weights must be {', '.join(WEIGHT_SUFFIXES)} (a state dict), or a "
-                            f"folder holding one")
+        raise ArtifactError(f"{path}: {setting} must be {', '.join(WEIGHT_SUFFIXES)} (a state dict), or a folder "
+                            f"holding one")
     return path
 
 
-def pretrained_hash(path: Path) -> str:
+def pretrained_hash(path: Path, setting: str = SETTING) -> str:
     """The sha256 of the weights file: what enters the key of the network trained from it."""
     from stages.training.import_teacher import file_digest
 
-    return file_digest(pretrained_file(path))
+    return file_digest(pretrained_file(path, setting))
 
 
 def _names_under(prefixes: tuple[str, ...], names) -> list[str]:
