@@ -168,7 +168,9 @@ def pack_dataset(dataset: str = typer.Argument(..., metavar="DATASET", help="tin
         described = pack_folder(listing, destination, FolderReading(image_size, True, interpolation), notes,
                                 workers or os.cpu_count() or 1, progress_bar)
         counts = described["images"]
-        print(f"{destination}: {counts['train']} training and {counts['test']} test images of {image_size}x{image_size}, "
-              f"{len(described['class_names'])} classes" + "".join(f"; {n}" for n in described["notes"]))
+        validation = f", {counts['val']} validation" if "val" in counts else ""
+        print(f"{destination}: {counts['train']} training{validation} and {counts['test']} test images of "
+              f"{image_size}x{image_size}, {len(described['class_names'])} classes"
+              + "".join(f"; {n}" for n in described["notes"]))
 
 

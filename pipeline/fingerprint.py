@@ -17,7 +17,6 @@ from stages.common.errors import DataError
 
 SAMPLE_BYTES = 1 << 20
 PACK_FILE = "pack.json"  # as stages.training.packed names it (importing it would import NumPy)
-PACKED_ARRAYS = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
@@ -63,8 +62,8 @@ def data_identity(cfg: DataConfig) -> dict[str, Any]:
         # A packed dataset: its description, and each array's sampled content (renaming or copying the
         # folder elsewhere keeps the key; packing other images, or at another size, changes it).
         h = hashlib.sha256((root / PACK_FILE).read_bytes())
-        for name in PACKED_ARRAYS:
-            h.update(file_fingerprint(root / name).encode())
+        for array in sorted(root.glob("*.npy")):
+            h.update(f"{array.name}\0{file_fingerprint(array)}".encode())
         identity["content"] = f"packed:{h.hexdigest()}"
     elif cfg.dataset in FOLDER_DATASETS:
         identity["content"] = f"files:{folder_fingerprint(root)}"

@@ -90,7 +90,8 @@ class DataConfig(Section):
     validation_images: int | None = Field(
         None, ge=1, description="Hold out a class-balanced validation split of this many training images (a fixed, "
         "seeded choice; train_images then counts the rest). Every trained model reports its accuracy on it, and a "
-        "sweep chooses settings such as p_n by it, never by the test split (null: no validation split).")
+        "sweep chooses settings such as p_n by it, never by the test split (null: no validation split, unless a "
+        "folder dataset brings its own: val/ beside train/ and test/).")
     augmentation: Augmentation = Field(default_factory=Augmentation, description="Training augmentation.")
     input_size: int | None = Field(
         None, ge=8, description="The networks' input size (square). Evaluation then shows each image's central "

@@ -9,7 +9,8 @@ import numpy as np
 
 from stages.common.config import DataConfig
 from stages.common.errors import DataError
-from stages.training.image_folders import FolderReading, ReadNotes, load_class_folders, load_tiny_imagenet
+from stages.training.image_folders import (FolderReading, ReadNotes, list_class_folders, load_class_folders,
+                                           load_tiny_imagenet, read_validation)
 from stages.training.image_view import EvaluationView, stored_side
 from stages.training.packed import ImageRows, is_packed, load_packed
 
@@ -25,7 +26,8 @@ class ImageDataset:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]  # per channel, pixel values scaled to [0, 1], from the training images
     std: tuple[float, ...]
-    x_val: np.ndarray | None = None  # held out from the training images (data.validation_images)
+    # Held out from the training images (data.validation_images), or a folder's own val/ split.
+    x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     # With data.input_size: how evaluation resizes an image. The test and validation images are held
     # already so resized; the training images as stored, for the augmentation to crop and resize.
@@ -228,11 +230,11 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     reading = FolderReading(cfg.image_size) if view is None else FolderReading(
         cfg.image_size or stored_side(view.input_size, view.crop_pct), square=True, interpolation=view.interpolation)
     notes = ReadNotes()
-    packed = None
+    packed = given_validation = None
     if cfg.dataset == "digits":
         arrays = _load_digits()
     elif root is not None and is_packed(root):
-        arrays, packed = load_packed(root)
+        arrays, packed, given_validation = load_packed(root)
         if cfg.image_size is not None and cfg.image_size != packed["side"]:
             raise DataError(f"data.image_size = {cfg.image_size}, but {root} was packed at {packed['side']} pixels; "
                             f"leave data.image_size out, or pack again with --image-size {cfg.image_size}")
@@ -242,7 +244,9 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     elif cfg.dataset == "tiny_imagenet":
         arrays = load_tiny_imagenet(root, reading, notes)
     elif cfg.dataset == "folder":
-        arrays = load_class_folders(root, reading, notes)
+        listing = list_class_folders(root, notes)
+        arrays = load_class_folders(listing, reading, notes)
+        given_validation = read_validation(listing, reading, notes)
     elif cfg.dataset in ("cifar10", "cifar100"):
         if root is None:
             raise DataError(f"data.root is not set for dataset {cfg.dataset!r}; point it at an .npz "
@@ -252,6 +256,12 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         raise DataError(f"data.dataset={cfg.dataset!r} needs data.root pointing at an .npz file")
     x_train, y_train, x_test, y_test, class_names = arrays
     x_val = y_val = None
+    if given_validation is not None:
+        if cfg.validation_images is not None:
+            raise DataError(f"data.validation_images = {cfg.validation_images} holds images out of the training split, "
+                            f"but data.root={root} has a validation split of its own (val/ beside test/); remove "
+                            f"data.validation_images, or that folder")
+        x_val, y_val = np.ascontiguousarray(given_validation[0]), given_validation[1]
     if cfg.validation_images is not None:
         if cfg.validation_images >= len(y_train):
             raise DataError(f"data.validation_images = {cfg.validation_images} leaves no training images (the "

@@ -68,7 +68,8 @@ class ReadNotes:
         if self.scaled_16_bit:
             lines.append(f"scaled {self.scaled_16_bit} 16-bit image{'s' if self.scaled_16_bit > 1 else ''} to 8 bits")
         if self.unknown_class:
-            lines.append(f"left out {self.unknown_class} test image{'s' if self.unknown_class > 1 else ''} of "
+            plural = "s" if self.unknown_class > 1 else ""
+            lines.append(f"left out {self.unknown_class} test or validation image{plural} of "
                          f"{len(self.unknown_names)} class{'es' if len(self.unknown_names) > 1 else ''} without "
                          f"training images ({', '.join(self.unknown_names[:3])}"
                          f"{', …' if len(self.unknown_names) > 3 else ''}), which no network here can predict")
@@ -137,25 +138,32 @@ class FileListing:
     train: tuple[list[Path], list[int]]
     test: tuple[list[Path], list[int]]
     class_names: tuple[str, ...]
+    validation: tuple[list[Path], list[int]] | None = None  # a folder's own validation split
 
 
 def list_class_folders(root: Path, notes: ReadNotes | None = None) -> FileListing:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``). Test classes
-    without a training folder are left out with a note (with ``notes``), else refused."""
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val/<class>/*``); with both
+    ``test`` and ``val``, ``val`` is the validation split. Classes without a training folder are left
+    out of the others with a note (with ``notes``), else refused."""
     train_dir = root / "train"
     test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    validation_dir = root / "val" if test_dir == root / "test" and (root / "val").is_dir() else None
     if not train_dir.is_dir() or test_dir is None:
         raise DataError(f"data.root={root}: expected class folders under {train_dir} and under "
                         f"{root / 'test'} (or {root / 'val'})")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
-    if unknown and notes is None:
-        raise DataError(f"data.root={root}: {test_dir} has classes absent from {train_dir}: {', '.join(unknown[:5])}")
-    if unknown:
-        notes.unknown_class += sum(len(_images_in(test_dir / name)) for name in unknown)
-        notes.unknown_names += unknown
+    for folder in (test_dir, validation_dir):
+        unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes) if folder else []
+        if unknown and notes is None:
+            raise DataError(f"data.root={root}: {folder} has classes absent from {train_dir}: {', '.join(unknown[:5])}")
+        if unknown:
+            notes.unknown_class += sum(len(_images_in(folder / name)) for name in unknown)
+            notes.unknown_names += [name for name in unknown if name not in notes.unknown_names]
     splits = []
-    for folder in (train_dir, test_dir):
+    for folder in (train_dir, test_dir, validation_dir):
+        if folder is None:
+            splits.append(None)
+            continue
         paths, labels = [], []
         for index, name in enumerate(classes):
             found = _images_in(folder / name)
@@ -167,7 +175,7 @@ def list_class_folders(root: Path, notes: ReadNotes | None = None) -> FileListin
             _refuse_classes_without_images(root, labels, [train_dir / name for name in classes],
                                            ("remove the folder", "remove those folders"))
         splits.append((paths, labels))
-    return FileListing(splits[0], splits[1], tuple(classes))
+    return FileListing(splits[0], splits[1], tuple(classes), splits[2])
 
 
 def _read_listing(listing: FileListing, reading: FolderReading | int | None, notes: ReadNotes | None) -> Arrays:
@@ -178,9 +186,17 @@ def _read_listing(listing: FileListing, reading: FolderReading | int | None, not
     return x_train, y_train, x_test, y_test, listing.class_names
 
 
-def load_class_folders(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
-    """The images of ``list_class_folders``, read as ``reading`` says."""
-    return _read_listing(list_class_folders(root, notes), reading, notes)
+def read_validation(listing: FileListing, reading: FolderReading, notes: ReadNotes | None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The folder's own validation split, read as ``reading`` says; None where it has none."""
+    return None if listing.validation is None else _read_split(*listing.validation, reading, notes)
+
+
+def load_class_folders(root: Path | FileListing, reading: FolderReading | int | None = None,
+                       notes: ReadNotes | None = None) -> Arrays:
+    """The images of ``list_class_folders`` (or of a listing already made), read as ``reading`` says."""
+    listing = root if isinstance(root, FileListing) else list_class_folders(root, notes)
+    return _read_listing(listing, reading, notes)
 
 
 def _refuse_classes_without_images(root: Path, labels: list[int], folders: list[Path],

@@ -104,14 +104,16 @@ def pack_folder(listing: FileListing, destination: Path, reading: FolderReading,
     """Decode ``listing`` into the packed folder ``destination``; returns its description."""
     partial = destination.with_name(f".{destination.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    total = len(listing.train[0]) + len(listing.test[0])
+    total = len(listing.train[0]) + len(listing.test[0]) + len((listing.validation or ([], []))[0])
     statistics = _Statistics()
     try:
         partial.mkdir(parents=True)
         with (progress or _no_progress)(f"packing {destination.name}", total) as advance:
+            splits = [("train", listing.train), ("test", listing.test)]
+            splits += [("val", listing.validation)] if listing.validation is not None else []
             counts = {split: _write_split(partial, split, *paths_labels, reading, notes, workers,
                                           statistics if split == "train" else None, advance)
-                      for split, paths_labels in (("train", listing.train), ("test", listing.test))}
+                      for split, paths_labels in splits}
         mean, std = statistics.mean_std()
         description = {"format": FORMAT, "class_names": list(listing.class_names), "side": reading.side,
                        "interpolation": reading.interpolation, "images": counts, "mean": mean, "std": std,
@@ -177,19 +179,22 @@ class ImageRows:
         return out
 
 
-def load_packed(root: Path) -> tuple[tuple, dict]:
-    """The arrays of a packed folder, the images memory-mapped, and its description."""
+def load_packed(root: Path) -> tuple[tuple, dict, tuple[np.ndarray, np.ndarray] | None]:
+    """The arrays of a packed folder, the images memory-mapped, its description, and its own
+    validation split (None where the folder it was packed from had none)."""
     try:
         description = json.loads((root / PACK_FILE).read_text())
         if description.get("format") != FORMAT:
             raise ValueError(f"format {description.get('format')!r}, this version reads {FORMAT}")
-        arrays = [np.load(root / f"{name}.npy", mmap_mode="r" if name.startswith("x_") else None)
-                  for name in ("x_train", "y_train", "x_test", "y_test")]
+        names = ["train", "test"] + (["val"] if "val" in description["images"] else [])
+        arrays = [np.load(root / f"{kind}_{split}.npy", mmap_mode="r" if kind == "x" else None)
+                  for split in names for kind in ("x", "y")]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"data.root={root}: a damaged packed dataset ({exc}); pack it again with "
                         f"stochkd-pipeline pack-dataset") from exc
-    x_train, y_train, x_test, y_test = arrays
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+    if any(len(arrays[i]) != len(arrays[i + 1]) for i in range(0, len(arrays), 2)):
         raise DataError(f"data.root={root}: its images and labels differ in number (a pack cut short); pack it "
                         f"again with stochkd-pipeline pack-dataset")
-    return (ImageRows(x_train), y_train, x_test, y_test, tuple(description["class_names"])), description
+    x_train, y_train, x_test, y_test = arrays[:4]
+    validation = tuple(arrays[4:]) if len(arrays) > 4 else None
+    return (ImageRows(x_train), y_train, x_test, y_test, tuple(description["class_names"])), description, validation

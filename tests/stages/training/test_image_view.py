@@ -70,7 +70,7 @@ def test_unreadable_grey_and_16_bit_files_and_test_only_classes_are_counted(tmp_
     notes = " | ".join(data.notes)
     assert "skipped 1 unreadable image file" in notes and "broken.png" in notes
     assert "converted 1 image" in notes and "scaled 1 16-bit image" in notes
-    assert "left out 1 test image of 1 class without training images (emu)" in notes
+    assert "left out 1 test or validation image of 1 class without training images (emu)" in notes
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -113,3 +113,20 @@ def test_pack_dataset_writes_a_folder_and_an_interrupted_pack_leaves_nothing(tmp
     with pytest.raises(KeyboardInterrupt):
         pack_folder(list_class_folders(root, notes), tmp_path / "cut", FolderReading(12, square=True), notes)
     assert not (tmp_path / "cut").exists() and not list(tmp_path.glob(".cut*"))
+
+
+def test_a_folder_of_its_own_validation_split_is_used_packed_or_not(tmp_path):
+    root = _folder(tmp_path / "images")
+    for name in ("cat", "dog", "emu"):
+        (root / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.full((18, 26, 3), 9, np.uint8)).save(root / "val" / name / "0.png")
+    files = load_dataset(DataConfig(dataset="folder", root=str(root), input_size=12))
+    assert files.x_val.shape == (3, 12, 12, 3) and list(files.y_val) == [0, 1, 2] and len(files.y_test) == 6
+    notes = ReadNotes()
+    described = pack_folder(list_class_folders(root, notes), tmp_path / "packed", FolderReading(14, square=True), notes)
+    assert described["images"] == {"train": 18, "test": 6, "val": 3}
+    packed = load_dataset(DataConfig(dataset="folder", root=str(tmp_path / "packed"), input_size=12))
+    assert np.array_equal(packed.x_val, load_dataset(DataConfig(dataset="folder", root=str(root), input_size=12,
+                                                                image_size=14)).x_val)
+    with pytest.raises(DataError, match="has a validation split of its own"):
+        load_dataset(DataConfig(dataset="folder", root=str(root), validation_images=3))
