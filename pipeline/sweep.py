@@ -15,6 +15,7 @@ from typing import Any
 
 from stages.common.errors import PipelineError
 from stages.reporting.recipe import render_recipes
+from pipeline.paired_gains import paired_gains, render_paired_gains
 from pipeline.profiles import load_profile, parse_override
 
 
@@ -154,6 +155,7 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
             pick = chosen[model]
             lines.append("| " + " | ".join([labels.get(model, model), *(str(pick["point"][k]) for k in other),
                                             _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
+    lines += render_paired_gains(paired_gains(summary, models), other, labels)
     if recipes:
         lines += render_recipes(recipes, f" These are the first point's; the other points differ from it in "
                                          f"{', '.join(k for k, _ in axes)} alone.")
@@ -199,7 +201,8 @@ def write_sweep(destination: Path, results, axes, profile: str, models: list[str
     summary = summarize(results, axes)
     written = [destination / "sweep.json", destination / "sweep.md"]
     written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
-                                      "chosen_by_validation": choose_by_validation(summary)}, indent=1))
+                                      "chosen_by_validation": choose_by_validation(summary),
+                                      "paired_gains": paired_gains(summary, models)}, indent=1))
     written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes")))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")
