@@ -97,7 +97,7 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
               "Build the deployable engines for the target.", _engine),
     StageDecl("benchmark", "stages.benchmark:benchmark_model", 3, "machine",
               "Measure latency, throughput, memory, size and accuracy of what is deployed.", _benchmark),
-    StageDecl("report", "stages.report:write_report", 9, None,
+    StageDecl("report", "stages.report:write_report", 10, None,
               "Write the accuracy-versus-latency report.", _report),
 )}
 

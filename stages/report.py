@@ -9,7 +9,7 @@ from stages.context import StageContext, member_metrics
 from stages.deploy.budgets import judge_rows, roofline_rows, unjudged_latency_budgets
 from stages.deploy.input_contract import RAW_PIXELS_SUFFIX
 from stages.reporting.markdown import render_markdown
-from stages.reporting.names import PLAIN, engine_form, model_label, teacher_reading
+from stages.reporting.names import PLAIN, engine_form, model_label, teacher_names, teacher_reading
 from stages.reporting.recipe import recipes_of
 from stages.reporting.plots import CURVES_PLOT, entropy_plot_name, plot, plot_curves, plot_teacher_entropy
 
@@ -90,6 +90,13 @@ def training_history(artifact, member: str | None) -> list[dict[str, float]]:
     return []
 
 
+def trained_p_last(teacher) -> float | None:
+    """The p_n the stochastic-depth reading's teacher was trained (or imported) with."""
+    if teacher is None:
+        return None
+    return teacher.manifest.get("config", {}).get("teacher", {}).get("p_last")
+
+
 def write_report(ctx: StageContext) -> dict:
     models = ctx.params["models"]
     # Rows are labelled by the role they fill here: two models with identical settings share one artifact.
@@ -118,6 +125,7 @@ def write_report(ctx: StageContext) -> dict:
         "labels": {m: model_label(m) for m in models},
         "archs": {m: training[m]["arch"] for m in models},
         "teachers": {m: teacher_reading(m) for m in models},
+        "teacher_names": teacher_names(trained_p_last(ctx.inputs.get("train:teacher"))),
         "comparison": method_comparison(training),
         "training": training,
         "recipes": recipes_of({m: ctx.inputs[f"train:{m}"] for m in models}, training),
@@ -147,5 +155,6 @@ def write_report(ctx: StageContext) -> dict:
         plot_curves(report, ctx.output / CURVES_PLOT)
     for teacher, analysis in report["analyses"].items():
         if analysis["single_block_dropped"]:
-            plot_teacher_entropy(teacher, analysis, ctx.output / entropy_plot_name(teacher))
+            plot_teacher_entropy(teacher, analysis, ctx.output / entropy_plot_name(teacher),
+                                 report["teacher_names"][teacher_reading(teacher)])
     return {"comparison": report["comparison"]}

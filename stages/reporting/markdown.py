@@ -11,8 +11,8 @@ from stages.reporting.plots import CURVES_PLOT, entropy_plot_name
 from stages.reporting.recipe import render_recipes
 
 
-def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
-    name = TEACHER_NAMES[teacher_reading(teacher)]
+def render_analysis(teacher: str, analysis: dict[str, Any], names: dict[str, str] = TEACHER_NAMES) -> list[str]:
+    name = names[teacher_reading(teacher)]
     droppable = len(analysis["single_block_dropped"])
     lines = ["", f"## What the {name} teaches with", "",
              f"{droppable} of its blocks can drop (its residual branches with a survival below 1; for a timm "
@@ -40,6 +40,7 @@ def render_analysis(teacher: str, analysis: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
+    names = report.get("teacher_names", TEACHER_NAMES)
     validated = any("validation_accuracy" in m for m in report["training"].values())
     lines = [f"# stochkd-pipeline report: {report['profile']}", "",
              f"Measured on {machine['cpu']} ({machine['cores']} cores, host {machine['host']}), "
@@ -60,7 +61,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         imported = report["training"][model].get("imported")
         label = model_label(model) + (f" (imported: {imported['path'].rsplit('/', 1)[-1]})" if imported else "")
         lines.append(f"| {label} | {report['archs'][model]} | "
-                     f"{TEACHER_NAMES[reading] if reading else '–'} | {pct(acc)} |"
+                     f"{names[reading] if reading else '–'} | {pct(acc)} |"
                      + (f" {pct(report['training'][model].get('validation_accuracy'))} |" if validated else ""))
     teacher = report["training"].get("teacher", {})
     if teacher.get("sampled_subnetwork_accuracy_std"):
@@ -71,7 +72,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     comparison = report["comparison"]
     for reading, gains in comparison.get("by_teacher", {}).items():
         name = gains["transfer"].upper()
-        lines += ["", f"With the {TEACHER_NAMES[reading]}: stochastic {name} gains "
+        lines += ["", f"With the {names[reading]}: stochastic {name} gains "
                   f"{100 * gains['gain_over_deterministic']:+.2f} points over {name} from the same teacher without "
                   f"dropping and {100 * gains['gain_over_student_alone']:+.2f} over the student trained alone (one "
                   f"seed; same recipe and budget for all three)."]
@@ -86,7 +87,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Training loss and top-1 per epoch (test top-1 where it was measured after every epoch):", "",
                   f"![training curves]({CURVES_PLOT})"]
     for teacher, analysis in report["analyses"].items():
-        lines += render_analysis(teacher, analysis)
+        lines += render_analysis(teacher, analysis, names)
     lines += render_recipes(report.get("recipes", {}))
     lines += ["", "## Deployed artifacts", ""]
     if report.get("target_backend_missing"):

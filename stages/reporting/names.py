@@ -17,6 +17,12 @@ PLAIN = "plain_"  # the models of the plain-teacher reading (see pipeline.plan.R
 TEACHER_NAMES = {"stochastic_depth": "stochastic-depth teacher", "plain": "plain teacher"}
 
 
+def teacher_names(trained_p_last: float | None) -> dict[str, str]:
+    """What each reading's teacher is called in a report: the stochastic-depth reading's teacher is a
+    plain one where it was trained (or imported) with p_n 1, without dropping."""
+    return {**TEACHER_NAMES, **({"stochastic_depth": "plain teacher"} if trained_p_last == 1.0 else {})}
+
+
 def model_label(model: str) -> str:
     """"dml_proposed_2" -> "DML proposed, peer 2"; the KD models by their table names."""
     if model.startswith("dml_"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.reporting.names import TEACHER_NAMES, model_label, precision_label, teacher_reading
+from stages.reporting.names import model_label, precision_label
 
 
 def entropy_plot_name(teacher: str) -> str:
@@ -81,8 +81,9 @@ def plot_curves(report: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
-    """The paper's Fig. 3: the teacher's output entropy (and accuracy) with each single block dropped."""
+def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path, name: str) -> None:
+    """The paper's Fig. 3: the teacher's output entropy (and accuracy) with each single block dropped;
+    ``name`` is what the report calls that teacher."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +103,7 @@ def plot_teacher_entropy(teacher: str, analysis: dict[str, Any], path) -> None:
     accuracy_axis.plot(x, [100 * b["accuracy"] for b in blocks], color="C1", marker="o", label="top-1 %")
     accuracy_axis.set_ylabel("top-1 accuracy (%)", color="C1")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{TEACHER_NAMES[teacher_reading(teacher)]}: output entropy with a single block removed")
+    ax.set_title(f"{name}: output entropy with a single block removed")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -85,3 +85,22 @@ def test_raw_pixel_engines_are_judged_against_their_own_fp32_and_can_be_the_one_
     assert (kd["precision"], kd["input"]) == ("int8", "uint8")
     assert kd["drop_from_fp32_points"] == pytest.approx(0.5) and kd["speedup_over_fp32"] == pytest.approx(9100 / 3500)
     assert "onnxruntime int8 on uint8 pixels (computes in int8)" in "\n".join(render_summary({"summary": [kd]}))
+
+
+def test_a_teacher_trained_or_imported_without_dropping_is_called_a_plain_teacher():
+    from stages.reporting.markdown import render_markdown
+    from stages.reporting.names import teacher_names
+
+    assert teacher_names(1.0)["stochastic_depth"] == "plain teacher"
+    assert teacher_names(0.8)["stochastic_depth"] == "stochastic-depth teacher"
+    training = {"teacher": {"test_accuracy": 0.6, "arch": "resnet20", "imported": {"path": "/w/plain.pt"}},
+                "student": {"test_accuracy": 0.5, "arch": "resnet8"}, "kd": {"test_accuracy": 0.52, "arch": "resnet8"},
+                "stochastic_kd": {"test_accuracy": 0.53, "arch": "resnet8"}}
+    report = {"profile": "p", "machine": {"cpu": "cpu", "cores": 2, "host": "h"}, "threads": 2, "target": "t",
+              "models": list(training), "archs": {m: v["arch"] for m, v in training.items()},
+              "teachers": {m: teacher_reading(m) for m in training}, "teacher_names": teacher_names(1.0),
+              "training": training, "comparison": method_comparison(training), "analyses": {}, "rows": [],
+              "plot_batch_size": 1}
+    text = render_markdown(report)
+    assert "| teacher (imported: plain.pt) | resnet20 | plain teacher | 60.00 |" in text
+    assert "With the plain teacher: stochastic KD gains" in text and "With the stochastic-depth teacher" not in text
