@@ -45,12 +45,27 @@ def method_comparison(training: dict[str, dict]) -> dict[str, Any]:
     return comparison
 
 
+def clearly_faster(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether engine row ``a`` is faster than ``b`` beyond the spread of its own timings: its 90th
+    percentile latency below b's median. Two identical runs then choose the same engine."""
+    return a["latency_p90_ms"] < b["latency_p50_ms"]
+
+
+def fastest_unless_within_noise(engines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The most accurate of the engines that the fastest one is not clearly faster than (the fastest
+    itself where it is clearly faster than every other)."""
+    fastest = min(engines, key=lambda r: r["latency_p50_ms"])
+    as_fast = [r for r in engines if not clearly_faster(fastest, r)]
+    return max(as_fast, key=lambda r: (r["test_accuracy"], -r["latency_p50_ms"]))
+
+
 def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
     """One row per model: the engine it would deploy, read at a glance.
 
     The deployed engine is the fastest at the largest batch among the model's engines (not the
-    PyTorch reference) that are within every budget judged, or the fastest of all where none is or
-    no budget applies. Its top-1 is set against the same runtime's fp32 engine."""
+    PyTorch reference) that are within every budget judged, or among all where none is or no budget
+    applies, unless that speed is inside the measured spread (``clearly_faster``): then the most
+    accurate of the engines as fast stays. Its top-1 is set against the same runtime's fp32 engine."""
     summary = []
     for model in models:
         engines = [r for r in rows if r["model"] == model and r["runtime"] != "pytorch"]
@@ -59,7 +74,7 @@ def deployed_summary(rows: list[dict[str, Any]], models: list[str]) -> list[dict
         largest = max(r["batch_size"] for r in engines)
         at_largest = {engine_form(r): r for r in engines if r["batch_size"] == largest}
         within = [r for r in at_largest.values() if str(r.get("budget") or "").startswith("within")]
-        chosen = max(within or at_largest.values(), key=lambda r: r["throughput_images_per_s"])
+        chosen = fastest_unless_within_noise(within or list(at_largest.values()))
         precision, form = chosen["precision"], engine_form(chosen)
         fp32 = at_largest.get(("fp32", chosen.get("input")))  # the same input form's fp32 engine
         same = [r for r in engines if engine_form(r) == form]

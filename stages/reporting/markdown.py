@@ -161,8 +161,9 @@ def render_summary(report: dict[str, Any]) -> list[str]:
         return []
     stand_in = any("stand_in_for" in s for s in summary)
     lines = ["## At a glance", "",
-             "Each model's deployed engine: the fastest at the largest batch within every budget (or the fastest, "
-             "where none is or no budget applies)."
+             "Each model's deployed engine: the fastest at the largest batch within every budget (or of all, "
+             "where none is or no budget applies), unless it is not clearly faster (its 90th-percentile latency "
+             "below the other's median): then the most accurate of the engines as fast."
              + (" Measured on this machine's stand-in runtime, not on the target." if stand_in else ""), "",
              "| model | deployed | top-1 % | vs fp32 (points) | p50 ms, smallest batch | p50 ms, largest batch | "
              "size KB | peak MB | speed-up over fp32 | budget |",

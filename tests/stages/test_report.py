@@ -42,9 +42,10 @@ def test_the_report_gives_validation_accuracy_beside_test_accuracy_where_held_ou
     assert "| plain teacher | resnet20 | plain teacher | 60.00 | 61.00 |" in text
 
 
-def engine_row(precision, batch, accuracy, p50, throughput, budget=None, runtime="onnxruntime"):
+def engine_row(precision, batch, accuracy, p50, throughput, budget=None, runtime="onnxruntime", p90=None):
     return {"model": "kd", "runtime": runtime, "precision": precision, "compute_precision": precision,
             "batch_size": batch, "test_accuracy": accuracy, "latency_p50_ms": p50,
+            "latency_p90_ms": p90 if p90 is not None else 1.05 * p50,
             "throughput_images_per_s": throughput, "file_size_bytes": 2048, "peak_memory_mb": 12.5,
             **({"budget": budget} if budget else {})}
 
@@ -104,3 +105,19 @@ def test_a_teacher_trained_or_imported_without_dropping_is_called_a_plain_teache
     text = render_markdown(report)
     assert "| teacher (imported: plain.pt) | resnet20 | plain teacher | 60.00 |" in text
     assert "With the plain teacher: stochastic KD gains" in text and "With the stochastic-depth teacher" not in text
+
+
+def test_a_faster_engine_is_deployed_only_when_faster_beyond_the_spread_of_its_timings():
+    """Two identical quickstart runs deployed int8 (95.28 %, 0.75 ms) in one and fp32 (99.17 %, 0.80 ms) in
+    the other: a difference inside the timings' spread must not trade accuracy away."""
+    from stages.report import deployed_summary
+
+    close = [engine_row("fp32", 64, 0.9917, 0.80, 80000, p90=0.95), engine_row("int8", 64, 0.9528, 0.75, 85000,
+                                                                              p90=0.86)]
+    assert deployed_summary(close, ["kd"])[0]["precision"] == "fp32"
+    clear = [engine_row("fp32", 64, 0.9917, 0.80, 80000, p90=0.95), engine_row("int8", 64, 0.9528, 0.40, 160000,
+                                                                              p90=0.45)]
+    assert deployed_summary(clear, ["kd"])[0]["precision"] == "int8"
+    # Among engines as fast as the fastest, the most accurate.
+    three = clear + [engine_row("fp16", 64, 0.99, 0.42, 150000, p90=0.47)]
+    assert deployed_summary(three, ["kd"])[0]["precision"] == "fp16"
