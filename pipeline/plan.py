@@ -91,13 +91,14 @@ def kd_tasks(profile: Profile) -> tuple[dict[str, tuple[Task, str | None]], list
             {"teacher": teacher}))
     return {model: (task, None) for model, task in trained.items()}, analyses
 def dml_tasks(profile: Profile) -> dict[str, tuple[Task, str | None]]:
-    """Independent learning (each distinct peer network trained alone with the peers' recipe: the
-    paper's baseline column), conventional and proposed mutual learning; every peer becomes a model
-    of its own."""
+    """Independent learning (each distinct peer network trained alone with the profile's student
+    recipe, the paper's baseline column: its Independent figures are its other tables', trained at LR
+    0.1, where mutual learning trains at 0.01), conventional and proposed mutual learning; every peer
+    becomes a model of its own."""
     trained = {}
     for arch in dict.fromkeys(profile.mutual.peers):
-        # A student-alone task: where the student is the same network with the same recipe, one artifact.
-        alone = StudentConfig(arch=arch, training=profile.mutual.training)
+        # A student-alone task: where the student is the same network, one artifact.
+        alone = StudentConfig(arch=arch, training=profile.student.training)
         trained[f"independent_{arch}"] = (Task("distill", f"independent_{arch}",
                                                {"seed": profile.seed, "data": profile.data, "student": alone}), None)
     # Conventional peers never drop, so their key ignores the survival settings.

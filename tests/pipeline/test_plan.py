@@ -5,7 +5,8 @@ import numpy as np
 from pipeline.plan import build_plan, with_ancestors
 from pipeline.profiles import load_profile
 
-QUICK = Path(__file__).resolve().parents[2] / "profiles" / "quickstart.yaml"
+REPO = Path(__file__).resolve().parents[2]
+QUICK = REPO / "profiles" / "quickstart.yaml"
 
 
 def _keys(overrides=()):
@@ -109,16 +110,17 @@ def test_dml_adds_conventional_and_proposed_peers_each_deployed():
         for peer in (1, 2, 3):
             assert f"benchmark:dml_{kind}_{peer}" in ids
     export = next(t for t in plan if t.id == "export:dml_proposed_2")
-    # Independent learning: each distinct peer network alone, with the peers' recipe; here that is the
-    # student trained alone, so the two share one artifact.
+    # Independent learning: each distinct peer network alone, with the student's recipe (the paper's
+    # Independent figures are its other tables', at LR 0.1, not mutual learning's 0.01); here that is
+    # the student trained alone, so the two share one artifact.
     tasks = {t.id: t for t in plan}
     assert "benchmark:independent_resnet8" in ids and "distill:independent_resnet8" in ids
-    plain_peers = load_profile(QUICK, ["methods=[kd, dml]", "mutual.training.epochs=20",
-                                       "mutual.training.batch_size=64", "mutual.training.lr_schedule=cosine",
-                                       "mutual.peers=[resnet8, resnet8]"])
-    shared = {t.id: t.key for t in build_plan(plain_peers)}
+    shared = {t.id: t.key for t in plan}
     assert shared["distill:independent_resnet8"] == shared["distill:student"]
-    assert tasks["distill:independent_resnet8"].params["student"].training == load_profile(QUICK).mutual.training
+    assert tasks["distill:independent_resnet8"].params["student"].training == load_profile(QUICK).student.training
+    table1 = {t.id: t for t in build_plan(load_profile(REPO / "profiles/paper/table1_dml_resnet32_resnet32.yaml"))}
+    assert table1["distill:independent_resnet32"].params["student"].training.lr == 0.1
+    assert table1["mutual:proposed"].params["mutual"].training.lr == 0.01
     assert export.params["member"] == "peer2" and export.needs["model"].id == "mutual:proposed"
 
 
