@@ -366,9 +366,21 @@ class DistillConfig(Section):
     drop_mode: Literal["batch", "sample"] = Field(
         "batch", description="batch: each of the K samples is one sub-network for the whole batch; "
         "sample: an independent mask per image.")
-    aggregate: Literal["individual", "ensemble"] = Field(
-        "individual", description="individual: average the K per-sample KD terms; ensemble: "
-        "average the K distributions first.")
+    aggregate: Literal["individual", "logit_average"] = Field(
+        "individual", description="individual: average the K per-sample KD (or AT) terms, which gives the same "
+        "gradient as KD against the average of the K distributions (cross-entropy is linear in its target); "
+        "logit_average: average the K teachers' logits (for AT, their feature maps) before the softmax (the "
+        "attention map), a target that does differ.")
+
+    @field_validator("aggregate", mode="before")
+    @classmethod
+    def _ensemble_was_individual(cls, value):
+        if value == "ensemble":
+            raise ValueError("'ensemble' trained exactly as 'individual' does: averaging the K KD terms and KD against "
+                             "the average of the K distributions give the student the same gradient (cross-entropy "
+                             "is linear in its target); use individual, or logit_average for a teacher whose K "
+                             "logits are averaged before the softmax")
+        return value
     kept_scale: Literal["trained", "expectation"] = Field(
         "trained", description="How a sampled teacher's surviving blocks are scaled when it teaches at another "
         "p_n than it was trained with: trained (the scale each block was trained with, the paper's sub-network: "

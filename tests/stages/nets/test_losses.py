@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stages.nets.losses import kd_loss, kd_term
 
@@ -30,16 +31,36 @@ def test_individual_averages_the_kl_of_each_sample():
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_ensemble_averages_distributions_first():
+def test_averaging_the_k_terms_and_averaging_the_k_distributions_teach_the_same():
+    """Cross-entropy is linear in its target: KD against the mean of K distributions and the mean of K
+    KD terms differ by a constant, so the student's gradient is the same."""
+    torch.manual_seed(0)
+    student = torch.randn(4, 10, requires_grad=True)
+    teachers = torch.randn(3, 4, 10) * 2
+    kd_term(student, teachers, 4.0, "individual").backward()
+    individual = student.grad.clone()
+    student.grad = None
+    mean = F.softmax(teachers / 4.0, -1).mean(0)
+    (16 * (mean * (mean.log() - F.log_softmax(student / 4.0, -1))).sum(-1).mean()).backward()
+    torch.testing.assert_close(student.grad, individual, rtol=1e-5, atol=1e-7)
+
+
+def test_logit_average_teaches_the_softmax_of_the_mean_logits():
     student, t = [0.0, 1.0, 2.0], 3.0
     teachers = [[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
-    mean = [(a + b) / 2 for a, b in zip(_softmax(teachers[0], t), _softmax(teachers[1], t))]
-    expected = t * t * _kl(mean, _softmax(student, t))
-    value = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "ensemble")
+    mean_logits = [(a + b) / 2 for a, b in zip(*teachers)]
+    expected = t * t * _kl(_softmax(mean_logits, t), _softmax(student, t))
+    value = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "logit_average")
     assert value.item() == pytest.approx(expected, rel=1e-5)
-    # Jensen: the KL to the averaged teacher never exceeds the average KL.
     individual = kd_term(torch.tensor([student]), torch.tensor(teachers).unsqueeze(1), t, "individual")
-    assert value.item() <= individual.item()
+    assert abs(value.item() - individual.item()) > 0.1
+
+
+def test_ensemble_is_refused_with_the_reason():
+    from stages.common.config import DistillConfig
+
+    with pytest.raises(ValueError, match="'ensemble' trained exactly as 'individual' does"):
+        DistillConfig(aggregate="ensemble")
 
 
 def test_kd_loss_weights_cross_entropy_and_kd():
