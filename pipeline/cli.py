@@ -316,8 +316,13 @@ def sweep(profile: Optional[Path] = ProfileArg,
             results.append(result)
         models = list(results[0]["accuracy"])
         slug = "+".join(k for k, _ in axes)
+        printed = None
+        if profiles[0].paper is not None:
+            from stages.common.paper import printed_beside
+
+            printed = printed_beside(profiles[0].paper, models, profiles[0].mutual.peers)
         written = write_sweep(root / profiles[0].name / f"sweep-{slug}", results, axes, profiles[0].name,
-                              models, {m: model_label(m) for m in models})
+                              models, {m: model_label(m) for m in models}, printed)
         print(written[1].read_text())
         for path in written:
             ui.console.print(f"wrote {path}")

@@ -165,8 +165,9 @@ def build_plan(profile: Profile) -> list[Task]:
     members = {model: member for model, (_, member) in trained.items() if member}
     deployment = {"target": profile.target.name, "budgets": profile.target.budgets,
                   **({"hardware": profile.target.hardware} if profile.target.hardware else {})}
+    paper = {"paper": profile.paper, "peers": list(profile.mutual.peers)} if profile.paper else {}
     tasks.append(Task("report", None, {"profile": profile.name, "models": list(trained), "deployment": deployment,
-                                       **({"members": members} if members else {})}, report_needs))
+                                       **({"members": members} if members else {}), **paper}, report_needs))
     return sorted(tasks, key=lambda t: list(STAGES).index(t.stage))
 
 

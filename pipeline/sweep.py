@@ -121,7 +121,7 @@ def choose_by_validation(summary: list[dict[str, Any]]) -> dict[str, dict[str, A
 
 
 def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels,
-                    recipes: dict[str, dict[str, Any]] | None = None) -> str:
+                    recipes: dict[str, dict[str, Any]] | None = None, printed: dict[str, dict] | None = None) -> str:
     """The sweep's tables, then the first point's recipes: every other point differs from it only
     in the swept keys."""
     other = [k for k, _ in axes if k != "seed"]
@@ -155,11 +155,32 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
             pick = chosen[model]
             lines.append("| " + " | ".join([labels.get(model, model), *(str(pick["point"][k]) for k in other),
                                             _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
+    lines += render_printed(summary, other, labels, printed or {}, bool(seeds))
     lines += render_paired_gains(paired_gains(summary, models), other, labels)
     if recipes:
         lines += render_recipes(recipes, f" These are the first point's; the other points differ from it in "
                                          f"{', '.join(k for k, _ in axes)} alone.")
     return "\n".join(lines) + "\n"
+
+
+def render_printed(summary: list[dict[str, Any]], other: list[str], labels, printed: dict[str, dict],
+                   seeded: bool) -> list[str]:
+    """The paper's printed figure beside each model's measured one, at every point."""
+    if not printed:
+        return []
+    lines = ["", "## Printed in the paper", "",
+             "Top-1 %: as printed, as measured here" + (" (mean ± std over seeds)" if seeded else "")
+             + ", and measured minus printed; the reading says how the paper's transfer was taken.", "",
+             "| " + " | ".join(other) + (" | " if other else "") + "model | printed | measured | difference | reading |",
+             "|" + " --- |" * (len(other) + 5)]
+    for row in summary:
+        for model, entry in printed.items():
+            measured = row["accuracy"][model]
+            cells = [str(row["point"][k]) for k in other]
+            cells += [labels.get(model, model), f"{entry['printed']:.2f}", _cell(measured, seeded),
+                      f"{100 * measured['mean'] - entry['printed']:+.2f}", entry["reading"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cell(accuracy: dict[str, Any], seeded) -> str:
@@ -196,14 +217,16 @@ def plot(summary: list[dict[str, Any]], axes, models: list[str], labels, path: P
     return True
 
 
-def write_sweep(destination: Path, results, axes, profile: str, models: list[str], labels) -> list[Path]:
+def write_sweep(destination: Path, results, axes, profile: str, models: list[str], labels,
+                printed: dict[str, dict] | None = None) -> list[Path]:
     destination.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, axes)
     written = [destination / "sweep.json", destination / "sweep.md"]
     written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
                                       "chosen_by_validation": choose_by_validation(summary),
-                                      "paired_gains": paired_gains(summary, models)}, indent=1))
-    written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes")))
+                                      "paired_gains": paired_gains(summary, models),
+                                      **({"printed": printed} if printed else {})}, indent=1))
+    written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes"), printed))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")
     return written

@@ -105,6 +105,18 @@ def training_history(artifact, member: str | None) -> list[dict[str, float]]:
     return []
 
 
+def paper_comparison(row, models: list[str], peers, training: dict[str, dict]) -> dict[str, Any]:
+    """The paper's printed figures beside this run's measured ones, model by model (points)."""
+    from stages.common.paper import COLUMN_NAMES, printed_beside
+
+    beside = printed_beside(row, models, tuple(peers))
+    for model, entry in beside.items():
+        measured = 100 * training[model]["test_accuracy"]
+        entry.update(column_name=COLUMN_NAMES[entry["column"]], measured=measured,
+                     difference=measured - entry["printed"])
+    return {"table": row.table, "nets": list(row.nets), "models": beside}
+
+
 def trained_p_last(teacher) -> float | None:
     """The p_n the stochastic-depth reading's teacher was trained (or imported) with."""
     if teacher is None:
@@ -162,6 +174,8 @@ def write_report(ctx: StageContext) -> dict:
                     for timing in [stage_input.manifest.get("timings", {})] if timing.get("estimated_s")},
         "target_backend_missing": first.get("target_backend_missing"),
         "power": first.get("power", {}),
+        **({"paper": paper_comparison(ctx.params["paper"], models, ctx.params.get("peers", ()), training)}
+           if ctx.params.get("paper") else {}),
     }
     (ctx.output / "report.json").write_text(json.dumps(report, indent=1))
     (ctx.output / "report.md").write_text(render_markdown(report))

@@ -11,6 +11,7 @@ from stages.common.config import (AnalysisConfig, DataConfig, DistillConfig, Exp
                                   QuantizeConfig, Section, StudentConfig, TeacherConfig, check_input_size, each_once)
 from stages.nets.architectures import architecture, resolve_skips, stochastic_role_refused
 from stages.common.errors import PipelineError
+from stages.common.paper import PaperRow
 from stages.common.target_config import BenchmarkConfig, TargetConfig
 
 FOLDER_NAME_CHARACTERS = "A-Za-z0-9._-"  # a profile name's, as a regex character range
@@ -38,6 +39,8 @@ class Profile(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
+    paper: PaperRow | None = Field(None, description="The paper's row this profile reproduces: its printed figures, "
+                                   "which the report and sweeps set beside the measured ones.")
 
     @model_validator(mode="after")
     def _pretrained_networks_see_what_they_were_pretrained_on(self) -> "Profile":

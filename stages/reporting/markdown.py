@@ -38,6 +38,22 @@ def render_analysis(teacher: str, analysis: dict[str, Any], names: dict[str, str
     return lines
 
 
+def render_paper(report: dict[str, Any]) -> list[str]:
+    """The paper's printed figures beside the measured ones, where the profile reproduces a row."""
+    paper = report.get("paper")
+    if not paper or not paper["models"]:
+        return []
+    nets = " and ".join(paper["nets"])
+    lines = ["", f"### Printed in the paper (Table {paper['table']}, {nets})", "",
+             "Top-1 % on the test split: as printed, as measured here (one seed, the schedule in the Recipe "
+             "section), and measured minus printed. The reading says how the paper's transfer was taken.", "",
+             "| model | paper's column | printed | measured | difference | reading |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {model_label(model)} | {e['column_name']} | {e['printed']:.2f} | {e['measured']:.2f} | "
+              f"{e['difference']:+.2f} | {e['reading']} |" for model, e in paper["models"].items()]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     names = report.get("teacher_names", TEACHER_NAMES)
@@ -83,6 +99,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   + (f"; each peer network trained alone (independent learning) averages "
                      f"{pct(comparison['dml_mean_independent'])} %." if "dml_mean_independent" in comparison
                      else ".")]
+    lines += render_paper(report)
     if any(report.get("curves", {}).values()):
         lines += ["", "Training loss and top-1 per epoch (test top-1 where it was measured after every epoch):", "",
                   f"![training curves]({CURVES_PLOT})"]
