@@ -37,10 +37,21 @@ def tiny_pipeline(tmp_path_factory):
 @pytest.fixture
 def standin_tensorrt(monkeypatch):
     """The strict stand-in for TensorRT (tests/tensorrt_standin.py) as the ``tensorrt`` module, fresh
-    for each test, with CUDA's stream and device identity answered without a GPU."""
+    for each test, with CUDA's stream and device identity answered without a GPU: TensorRT 10.13."""
+    return _standin(monkeypatch, "10.13")
+
+
+@pytest.fixture
+def standin_tensorrt_11(monkeypatch):
+    """The stand-in playing TensorRT 11.4, whose names differ (no precision builder flags)."""
+    return _standin(monkeypatch, "11.4")
+
+
+def _standin(monkeypatch, version: str):
     import importlib.util
     import sys
 
+    monkeypatch.setenv("STOCHKD_TENSORRT_STANDIN", version)
     spec = importlib.util.spec_from_file_location("tensorrt", Path(__file__).parent / "tensorrt_standin.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,5 @@
-"""A strict stand-in for the ``tensorrt`` module (10.x Python bindings), for machines without it.
+"""A strict stand-in for the ``tensorrt`` module (the Python bindings of 10.3, 10.13 or 11.4), for
+machines without it.
 
 It has only the classes, methods, attributes and argument names of the real bindings that the
 pipeline is allowed to use, returns what they return (booleans, None on failure, IHostMemory), and
@@ -16,42 +17,55 @@ name raises TypeError. Its behaviour follows TensorRT's documentation and report
 - the DLA runs layers only with static shapes (min = opt = max); with a dynamic profile and GPU
   fallback every layer silently goes to the GPU.
 
-``DEVICE`` names the device the builder runs on; tests change it to play another GPU.
+``DEVICE`` names the device the builder runs on; tests change it to play another GPU. The version it
+plays is ``$STOCHKD_TENSORRT_STANDIN`` (10.13 unless set), and its names are that version's: 11.x has
+no FP16, INT8 or BF16 builder flag (networks are strongly typed, ``STRONGLY_TYPED`` is 0 and changes
+nothing), and ``tests/stages/deploy/test_tensorrt_api.py`` checks every name here against the real
+bindings of each version.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import os
 
 import numpy as np
 
-__version__ = "10.13.0.35"
+VERSION_VARIABLE = "STOCHKD_TENSORRT_STANDIN"
+__version__ = {"10.3": "10.3.0", "10.13": "10.13.3.9", "11.4": "11.4.0.106"}[
+    os.environ.get(VERSION_VARIABLE) or "10.13"]
+MAJOR = int(__version__.split(".")[0])
 DEVICE = "sm87-16sm-62841mib"  # a Jetson AGX Orin 64GB, as the pipeline keys it
 NUM_DLA_CORES = 2
 calls: list[str] = []  # what was called, in order, for tests that check an order
 
 
-class Severity(enum.IntEnum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-    VERBOSE = 4
+class ILogger:
+    class Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
 
 
-class Logger:
+class Logger(ILogger):
     __slots__ = ("min_severity",)
-    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (Severity.INTERNAL_ERROR, Severity.ERROR, Severity.WARNING,
-                                                     Severity.INFO, Severity.VERBOSE)
+    Severity = ILogger.Severity
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = tuple(ILogger.Severity)
 
-    def __init__(self, min_severity=Severity.WARNING):
+    def __init__(self, min_severity=ILogger.Severity.WARNING):
         self.min_severity = min_severity
 
 
-class NetworkDefinitionCreationFlag(enum.IntEnum):
-    EXPLICIT_BATCH = 0
-    STRONGLY_TYPED = 1
+if MAJOR >= 11:
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        STRONGLY_TYPED = 0  # the only mode: the flag changes nothing
+else:
+    class NetworkDefinitionCreationFlag(enum.IntEnum):  # type: ignore[no-redef]
+        EXPLICIT_BATCH = 0
+        STRONGLY_TYPED = 1
 
 
 class MemoryPoolType(enum.IntEnum):
@@ -65,14 +79,22 @@ class ProfilingVerbosity(enum.IntEnum):
     DETAILED = 2
 
 
-class BuilderFlag(enum.IntEnum):
-    FP16 = 0
-    INT8 = 1
-    DEBUG = 2
-    GPU_FALLBACK = 3
-    REFIT = 4
-    DISABLE_TIMING_CACHE = 5
-    TF32 = 6
+if MAJOR >= 11:  # precision comes from the network's types alone
+    class BuilderFlag(enum.IntEnum):
+        DEBUG = 2
+        GPU_FALLBACK = 3
+        REFIT = 4
+        DISABLE_TIMING_CACHE = 5
+        TF32 = 6
+else:
+    class BuilderFlag(enum.IntEnum):  # type: ignore[no-redef]
+        FP16 = 0
+        INT8 = 1
+        DEBUG = 2
+        GPU_FALLBACK = 3
+        REFIT = 4
+        DISABLE_TIMING_CACHE = 5
+        TF32 = 6
 
 
 class DeviceType(enum.IntEnum):
@@ -121,24 +143,38 @@ class IHostMemory:
 
 
 class ITensor:
-    __slots__ = ("name", "dtype")
+    __slots__ = ("name", "_dtype")
 
     def __init__(self, name, dtype=DataType.FLOAT):
-        self.name, self.dtype = name, dtype
+        self.name, self._dtype = name, dtype
+
+    def _set_dtype(self, dtype):
+        self._dtype = dtype
+
+    # Writable in 10.x; 11.x's strongly typed networks take types from the graph alone.
+    dtype = property(lambda self: self._dtype, _set_dtype if MAJOR < 11 else None)
 
 
 class ILayer:
-    __slots__ = ("name", "type")
+    __slots__ = ("name", "_type")
 
     def __init__(self, name, kind):
-        self.name, self.type = name, kind
+        self.name, self._type = name, kind
+
+    @property
+    def type(self):
+        return self._type
 
 
 class INetworkDefinition:
-    __slots__ = ("flags", "_inputs", "_layers", "precision", "_parsed")
+    __slots__ = ("_flags", "_inputs", "_layers", "_precision", "_parsed")
 
     def __init__(self, flags):
-        self.flags, self._inputs, self._layers, self.precision, self._parsed = flags, [], [], None, False
+        self._flags, self._inputs, self._layers, self._precision, self._parsed = flags, [], [], None, False
+
+    @property
+    def flags(self):
+        return self._flags
 
     @property
     def num_layers(self):
@@ -216,45 +252,45 @@ class OnnxParser:
         network._layers = [ILayer(n.name or n.op_type, n.op_type) for n in graph.node
                            if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
         if any(n.op_type == "QuantizeLinear" for n in graph.node):
-            network.precision = "int8"
+            network._precision = "int8"
         elif any(i.data_type == TensorProto.FLOAT16 for i in graph.initializer):
-            network.precision = "fp16"
+            network._precision = "fp16"
         else:
-            network.precision = "fp32"
+            network._precision = "fp32"
         network._parsed = True
         return True
 
 
 class IOptimizationProfile:
-    __slots__ = ("shapes",)
+    __slots__ = ("_shapes",)
 
     def __init__(self):
-        self.shapes = {}
+        self._shapes = {}
 
     def set_shape(self, input, min, opt, max):  # noqa: A002 - the bindings' argument names
         if not (len(min) == len(opt) == len(max)) or not all(a <= b <= c for a, b, c in zip(min, opt, max)):
             raise ValueError("min <= opt <= max must hold in every dimension")
-        self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
+        self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
 
 class ITimingCache:
-    __slots__ = ("device", "entries")
+    __slots__ = ("_device", "_entries")
 
     def __init__(self, device, entries):
-        self.device, self.entries = device, entries
+        self._device, self._entries = device, entries
 
     def serialize(self):
-        return IHostMemory(json.dumps({"device": self.device, "version": __version__,
-                                       "entries": self.entries}).encode())
+        return IHostMemory(json.dumps({"device": self._device, "version": __version__,
+                                       "entries": self._entries}).encode())
 
     def combine(self, input_cache, ignore_mismatch):
-        if input_cache.device != self.device and not ignore_mismatch:
+        if input_cache._device != self._device and not ignore_mismatch:
             return False
-        self.entries += input_cache.entries
+        self._entries += input_cache._entries
         return True
 
     def reset(self):
-        self.entries = 0
+        self._entries = 0
         return True
 
 
@@ -281,7 +317,7 @@ class IBuilderConfig:
         return BuilderFlag(flag) in self._flags
 
     def add_optimization_profile(self, profile):
-        if not isinstance(profile, IOptimizationProfile) or not profile.shapes:
+        if not isinstance(profile, IOptimizationProfile) or not profile._shapes:
             return -1
         self._profiles.append(profile)
         return len(self._profiles) - 1
@@ -297,7 +333,7 @@ class IBuilderConfig:
         return ITimingCache(stored["device"], stored["entries"])
 
     def set_timing_cache(self, cache, ignore_mismatch):
-        if cache.device != DEVICE and not ignore_mismatch:
+        if cache._device != DEVICE and not ignore_mismatch:
             self._timing_cache = None
             return False
         self._timing_cache = cache
@@ -311,16 +347,20 @@ class IBuilderConfig:
 
 
 def _static(profiles):
-    return all(low == high for shapes in profiles for low, _, high in shapes.shapes.values())
+    return all(low == high for shapes in profiles for low, _, high in shapes._shapes.values())
 
 
 class Builder:
-    __slots__ = ("logger",)
+    __slots__ = ("_logger",)
 
     def __init__(self, logger):
         if not isinstance(logger, Logger):
             raise TypeError("Builder(logger: ILogger)")
-        self.logger = logger
+        self._logger = logger
+
+    @property
+    def logger(self):
+        return self._logger
 
     @property
     def num_DLA_cores(self):  # noqa: N802
@@ -339,29 +379,33 @@ class Builder:
         calls.append("build_serialized_network")
         if not network._parsed or not config._profiles:
             return None  # TensorRT logs why and returns None
-        if network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED) and (
-                {BuilderFlag.FP16, BuilderFlag.INT8} & config._flags):
+        strongly_typed = MAJOR >= 11 or network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        if strongly_typed and {getattr(BuilderFlag, f, None) for f in ("FP16", "INT8")} & config._flags:
             return None  # precision flags are not allowed in strongly typed networks
         if config._timing_cache is not None:
-            config._timing_cache.entries += 1
+            config._timing_cache._entries += 1
         on_dla = config.default_device_type == DeviceType.DLA and _static(config._profiles)
         if config.default_device_type == DeviceType.DLA and not on_dla \
                 and BuilderFlag.GPU_FALLBACK not in config._flags:
             return None
         name = network._inputs[0].name
         plan = {"device": DEVICE, "input": name, "input_dtype": int(network._inputs[0].dtype),
-                "precision": network.precision,
+                "precision": network._precision,
                 "tf32": BuilderFlag.TF32 in config._flags, "dla": on_dla,
-                "profiles": [[list(s) for s in p.shapes[name]] for p in config._profiles],
+                "profiles": [[list(s) for s in p._shapes[name]] for p in config._profiles],
                 "layers": [layer.name for layer in network._layers]}
         return IHostMemory(json.dumps(plan).encode())
 
 
 class Runtime:
-    __slots__ = ("logger", "DLA_core")
+    __slots__ = ("_logger", "DLA_core")
 
     def __init__(self, logger):
-        self.logger, self.DLA_core = logger, -1
+        self._logger, self.DLA_core = logger, -1
+
+    @property
+    def logger(self):
+        return self._logger
 
     def deserialize_cuda_engine(self, serialized_engine):
         try:
@@ -415,18 +459,18 @@ class ICudaEngine:
 
 
 class IExecutionContext:
-    __slots__ = ("engine", "_profile", "_shape", "_addresses")
+    __slots__ = ("_engine", "_profile", "_shape", "_addresses")
 
     def __init__(self, engine):
-        self.engine, self._profile, self._shape, self._addresses = engine, 0, None, {}
+        self._engine, self._profile, self._shape, self._addresses = engine, 0, None, {}
+
+    @property
+    def engine(self):
+        return self._engine
 
     @property
     def active_optimization_profile(self):
         return self._profile
-
-    @property
-    def all_input_dimensions_specified(self):
-        return self._shape is not None
 
     def set_optimization_profile_async(self, profile_index, stream_handle):
         if not isinstance(stream_handle, int) or not 0 <= profile_index < self.engine.num_optimization_profiles:
@@ -458,17 +502,17 @@ class IExecutionContext:
 
 
 class EngineInspector:
-    __slots__ = ("engine", "execution_context")
+    __slots__ = ("_engine", "execution_context")
 
     def __init__(self, engine):
-        self.engine, self.execution_context = engine, None
+        self._engine, self.execution_context = engine, None
 
     def get_engine_information(self, format):  # noqa: A002
         if LayerInformationFormat(format) != LayerInformationFormat.JSON:
             raise NotImplementedError("the stand-in writes JSON only")
-        plan = self.engine._plan
+        plan = self._engine._plan
         context = self.execution_context
-        shapes_known = context is not None and context.all_input_dimensions_specified
+        shapes_known = context is not None and context._shape is not None
         return json.dumps({"Layers": engine_layers(plan, shapes_known, __version__), "Bindings": [plan["input"],
                                                                                                   "logits"]})
 

@@ -36,10 +36,12 @@ def package_versions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def module_version(module: str) -> str | None:
+def module_version(module: str, _followed: int = 0) -> str | None:
     """``module.__version__`` read from its source, without importing it. TensorRT installs as
     ``tensorrt-cu12``/``-cu13`` wheels or, on Jetsons, from JetPack's system packages, none of which
-    is a ``tensorrt`` distribution; its module always states its version."""
+    is a ``tensorrt`` distribution. JetPack's module states its version; the pip wheels' ``tensorrt``
+    package takes it from ``tensorrt_bindings`` (``from tensorrt_bindings import __version__``),
+    which is followed."""
     import re
     from importlib.util import find_spec
 
@@ -50,11 +52,17 @@ def module_version(module: str) -> str | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     try:
-        with open(spec.origin, encoding="utf-8") as source:
-            found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", source.read(), re.MULTILINE)
+        with open(spec.origin, encoding="utf-8") as file:
+            source = file.read()
     except OSError:
         return None
-    return found.group(1) if found else None
+    found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", source, re.MULTILINE)
+    if found:
+        return found.group(1)
+    imported = re.search(r"^from\s+([\w.]+)\s+import\s+(?:.*\W)?__version__\b", source, re.MULTILINE)
+    if imported and _followed < 3:
+        return module_version(imported.group(1), _followed + 1)
+    return None
 
 
 def check_benchmark_cores(cores: tuple[int, ...] | None) -> None:

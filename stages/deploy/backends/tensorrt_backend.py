@@ -29,6 +29,37 @@ def _import_tensorrt():
     return trt
 
 
+def tensorrt_start_problem() -> str | None:
+    """Why TensorRT cannot make a builder here, in one line, or None. PyTorch may see a GPU that
+    TensorRT cannot use: a TensorRT built for CUDA 13 under an older driver, a pip TensorRT 11 on
+    JetPack 6. Its libraries then log a CUDA initialization failure and the bindings' factory returns
+    nothing, which pybind11 raises as a TypeError."""
+    trt = _import_tensorrt()
+    try:
+        trt.Builder(trt.Logger(trt.Logger.ERROR))
+    except TypeError as exc:
+        if "nullptr" not in str(exc):
+            raise
+        return (f"TensorRT {trt.__version__} could not initialise CUDA (NVIDIA driver {_driver_version()}); install "
+                f"the TensorRT built for this driver's CUDA (JetPack's own on a Jetson), or update the driver")
+    return None
+
+
+def _driver_version() -> str:
+    """The NVIDIA driver's version as NVML gives it (the gpu extra's nvidia-ml-py), else "unknown"."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - no NVML, no driver: the message says unknown
+        return "version unknown"
+
+
 def device_key() -> str:
     """What TensorRT checks before it trusts a timing cache: compute capability, SM count and memory
     (Jetson Orin modules share one device name but not these)."""
@@ -52,6 +83,9 @@ class TensorRTBackend:
 
         if not torch.cuda.is_available():
             return f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible"
+        problem = tensorrt_start_problem()
+        if problem:
+            return problem
         if target.tensorrt.dla_core is not None:
             cores = trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores
             if target.tensorrt.dla_core >= cores:
@@ -181,8 +215,8 @@ def _save_timing_cache(config, cache_file: Path, state: str) -> str:
 
 
 def _activation_memory(engine) -> int:
-    # device_memory_size_v2 replaced device_memory_size in TensorRT 10.
-    return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
+    # device_memory_size_v2 exists in 10.x and 11.x; device_memory_size is gone in 11.
+    return int(engine.device_memory_size_v2)
 
 
 @dataclass

@@ -33,7 +33,7 @@ def test_a_tensorrt_folder_on_a_machine_that_cannot_run_it_is_refused(tmp_path, 
     (folder / DEPLOY_FILE).write_text(json.dumps({
         "backend": "tensorrt", "file": "engine.int8.plan", "input_contract": CONTRACT,
         "target": {"name": "orin", "backend": "tensorrt", "tensorrt": {"dla_core": None}}}))
-    with pytest.raises(ArtifactError, match=r"runs on tensorrt, which cannot run here \(TensorRT 10.13.0.35 is "
+    with pytest.raises(ArtifactError, match=r"runs on tensorrt, which cannot run here \(TensorRT 10.13.3.9 is "
                                             r"installed but no CUDA GPU is visible\)"):
         predict(folder, [tmp_path / "digit.png"])
 

@@ -1,5 +1,6 @@
-"""The TensorRT backend driven end to end against the strict stand-in (tests/tensorrt_standin.py):
-the calls, their order and their return values are those of TensorRT 10's Python bindings, so the
+"""The TensorRT backend driven end to end against the strict stand-in (tests/tensorrt_standin.py),
+playing TensorRT 10.13 and 11.4 in turn: the calls, their order and their return values are those of
+the real Python bindings (whose names tests/stages/deploy/test_tensorrt_api.py checks), so the
 first-contact failures of a real GPU show up here without one."""
 
 import json
@@ -15,6 +16,14 @@ from stages.common.errors import ArtifactError
 @pytest.fixture(scope="module")
 def models(onnx_models):
     return onnx_models
+
+
+@pytest.fixture(params=["10.13", "11.4"])
+def standin_tensorrt(request, monkeypatch):
+    """The stand-in as conftest's fixture makes it, playing each version."""
+    from tests.conftest import _standin
+
+    return _standin(monkeypatch, request.param)
 
 
 def build(models, tmp_path, precision, target=None, batch_sizes=(1, 8), shared=None):
