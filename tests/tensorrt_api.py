@@ -20,6 +20,42 @@ import re
 import sys
 import types
 
+DUMMY_LIBRARY = """
+#include <stddef.h>
+void* createInferBuilder_INTERNAL(void* logger, int version) { return NULL; }
+void* createInferRuntime_INTERNAL(void* logger, int version) { return NULL; }
+void* createInferRefitter_INTERNAL(void* engine, void* logger, int version) { return NULL; }
+void* getPluginRegistry(void) { return NULL; }
+void* getBuilderPluginRegistry(int kind) { return NULL; }
+int initLibNvInferPlugins(void* logger, const char* ns) { return 0; }
+void* createNvOnnxParser_INTERNAL(void* network, void* logger, int version) { return NULL; }
+void* createNvOnnxParserRefitter_INTERNAL(void* refitter, void* logger, int version) { return NULL; }
+int getNvOnnxParserVersion(void) { return 0; }
+"""
+
+
+def bindings_environment(wheel, major: str, folder, compiler: str) -> dict[str, str]:
+    """PYTHONPATH and LD_LIBRARY_PATH under which ``import tensorrt`` is the real bindings in
+    ``wheel``, laid out as NVIDIA's ``tensorrt`` pip package re-exports them, over stand-in
+    libraries of TensorRT ``major`` whose factories return NULL (as where CUDA cannot start)."""
+    import subprocess
+    import zipfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(folder / "site")
+    (folder / "site" / "tensorrt").mkdir(exist_ok=True)
+    (folder / "site" / "tensorrt" / "__init__.py").write_text(
+        "from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__\n")
+    (folder / "dummy.c").write_text(DUMMY_LIBRARY)
+    for library in ("nvinfer", "nvinfer_plugin", "nvonnxparser"):
+        name = f"lib{library}.so.{major}"
+        subprocess.run([compiler, "-shared", "-fPIC", "-o", str(folder / name), f"-Wl,-soname,{name}",
+                        str(folder / "dummy.c")], check=True, capture_output=True)
+    return {"PYTHONPATH": str(folder / "site"), "LD_LIBRARY_PATH": str(folder)}
+
+
 # What the stand-in defines only to be driven by tests: not TensorRT's.
 STANDIN_ONLY = {"DEVICE", "NUM_DLA_CORES", "calls", "engine_layers", "MAJOR", "VERSION_VARIABLE"}
 SIGNATURE = re.compile(r"^\s*(?:\d+\.\s*)?(\w+)\((.*?)\)\s*->", re.M)

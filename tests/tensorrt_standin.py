@@ -14,8 +14,8 @@ name raises TypeError. Its behaviour follows TensorRT's documentation and report
 - fp32 convolutions use TF32 kernels unless BuilderFlag.TF32 is cleared;
 - a timing cache written on another device is refused by ``set_timing_cache``, after which
   ``get_timing_cache`` returns None;
-- the DLA runs layers only with static shapes (min = opt = max); with a dynamic profile and GPU
-  fallback every layer silently goes to the GPU.
+- the DLA runs layers only with static shapes (min = opt = max), and on 10.x only in a weakly typed
+  network with the FP16 flag; otherwise, with GPU fallback, every layer silently goes to the GPU.
 
 ``DEVICE`` names the device the builder runs on; tests change it to play another GPU. The version it
 plays is ``$STOCHKD_TENSORRT_STANDIN`` (10.13 unless set), and its names are that version's: 11.x has
@@ -384,7 +384,10 @@ class Builder:
             return None  # precision flags are not allowed in strongly typed networks
         if config._timing_cache is not None:
             config._timing_cache._entries += 1
-        on_dla = config.default_device_type == DeviceType.DLA and _static(config._profiles)
+        # A DLA runs a 10.x network only weakly typed, in the precision a flag asks for (strongly typed
+        # networks on the DLA came with 11.x); otherwise, with GPU fallback, every layer goes to the GPU.
+        dla_precision = strongly_typed if MAJOR >= 11 else getattr(BuilderFlag, "FP16", None) in config._flags
+        on_dla = config.default_device_type == DeviceType.DLA and _static(config._profiles) and bool(dla_precision)
         if config.default_device_type == DeviceType.DLA and not on_dla \
                 and BuilderFlag.GPU_FALLBACK not in config._flags:
             return None

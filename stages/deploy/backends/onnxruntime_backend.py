@@ -116,7 +116,11 @@ class OnnxRuntimeBackend:
                                                 _input_name(onnx_path), timings)
             provider_options_file(engine_path).write_text(json.dumps(options, indent=1))
             level, precision_record = "disabled", {"compute_precision": "unverified", "precision_source": (
-                "asked of TensorRT through ONNX Runtime, which does not report the precision of the layers it built")}
+                "asked of TensorRT through ONNX Runtime, which does not report the precision of the layers it built"),
+                # The provider's trt_fp16_enable/trt_int8_enable are TensorRT's precision flags: a weakly typed
+                # network, deprecated since TensorRT 10.12, fed here the typed fp16 or Q/DQ graph.
+                "network_typing": "weak (provider precision flags, deprecated since TensorRT 10.12), fed the "
+                                  f"{precision} graph of the quantize stage"}
         else:
             # Optimizations above "extended" bake in this CPU's kernel layouts: hence a hardware-bound key.
             # ONNX Runtime saves graphs for the CUDA provider only at the basic level (higher levels
@@ -172,12 +176,45 @@ def provider_options_file(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".provider.json")
 
 
+# The library each GPU provider of onnxruntime-gpu loads, and what its 1.31 build links (readelf -d):
+# TensorRT 10 (libnvinfer.so.10) for CUDA 13, which the gpu extra installs.
+PROVIDER_LIBRARIES = {TENSORRT_PROVIDER: "libonnxruntime_providers_tensorrt.so",
+                      "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so"}
+PROVIDER_NEEDS = {TENSORRT_PROVIDER: "TensorRT 10 for CUDA 13: pip install 'tensorrt-cu13>=10.13,<11' (the gpu extra)",
+                  "CUDAExecutionProvider": "CUDA 13 and cuDNN 9 runtimes (the gpu extra)"}
+
+
+def provider_library_problem(provider: str, library: Path | None = None) -> str | None:
+    """Why ONNX Runtime's library for ``provider`` cannot load here, in the dynamic loader's own words
+    (which name the first missing library, e.g. libnvinfer.so.10); None where it loads, or where this
+    ONNX Runtime has no such library."""
+    import ctypes
+
+    if library is None:
+        import onnxruntime as ort
+
+        if provider not in PROVIDER_LIBRARIES:
+            return None
+        library = Path(ort.__file__).parent / "capi" / PROVIDER_LIBRARIES[provider]
+    if not library.is_file():
+        return None
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        words = str(exc)
+        if "cannot open shared object file" in words:  # a missing dependency, not an unresolved symbol
+            return words.split(": cannot open")[0].rsplit(": ", 1)[-1] + " cannot be loaded"
+    return None
+
+
 def _check_provider(session, provider: str, path: Path) -> None:
     import onnxruntime as ort
 
     if session.get_providers()[0] != provider:
+        missing = provider_library_problem(provider)
+        why = f"; its library cannot load: {missing} (it needs {PROVIDER_NEEDS[provider]})" if missing else ""
         raise ArtifactError(f"{path}: ONNX Runtime {ort.__version__} did not take {provider} (it runs on "
-                            f"{session.get_providers()}); install onnxruntime-gpu with that provider, or choose "
+                            f"{session.get_providers()}){why}; install onnxruntime-gpu with that provider, or choose "
                             f"another target.execution_provider")
 
 

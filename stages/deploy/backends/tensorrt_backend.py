@@ -18,7 +18,7 @@ from stages.common.errors import ArtifactError
 from stages.deploy.backends.tensorrt_graph import tensorrt_input_problems, tensorrt_int8_problems
 from stages.deploy.backends.tensorrt_settings import (BuildSettings, apply_settings, attach_timing_cache,
                                                       builder_settings, check_batch_covered, check_built_precision,
-                                                      layer_precisions, network_flags, profile_for)
+                                                      layer_precisions, network_flags, profile_for, tensorrt_major)
 
 TIMING_CACHE = "timing.cache"
 
@@ -93,9 +93,9 @@ class TensorRTBackend:
                         f"{cores} DLA core(s)")
         return None
 
-    def settings(self, precision: str, target: Any, batch_sizes, image_shape, input_name: str = "images"
-                 ) -> BuildSettings:
-        return builder_settings(target.tensorrt, precision, batch_sizes, image_shape, input_name)
+    def settings(self, precision: str, target: Any, batch_sizes, image_shape, input_name: str = "images",
+                 major: int = 10) -> BuildSettings:
+        return builder_settings(target.tensorrt, precision, batch_sizes, image_shape, input_name, major)
 
     def build(self, onnx_path: Path, engine_path: Path, precision: str, target: Any, *,
               batch_sizes, image_shape, shared: Path | None = None) -> dict[str, Any]:
@@ -110,13 +110,15 @@ class TensorRTBackend:
                                     f"{'; …' if len(problems) > 3 else ''}); rerun the quantize stage with --force")
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
-        network = builder.create_network(network_flags(trt))
+        major = tensorrt_major(trt)
+        # The input's name comes from the graph; the rest of the settings are known before parsing.
+        settings = self.settings(precision, target, batch_sizes, image_shape, _graph_input(onnx_path), major)
+        network = builder.create_network(network_flags(trt, settings.typing))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse(onnx_path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it ({errors}); "
                                 f"rerun the export stage with --force, or change export.opset")
-        settings = self.settings(precision, target, batch_sizes, image_shape, network.get_input(0).name)
         config = builder.create_builder_config()
         apply_settings(trt, builder, config, settings)
         dla_capable = _dla_capable_layers(config, network, settings, onnx_path)
@@ -138,19 +140,29 @@ class TensorRTBackend:
                                 f"{onnx_path}; its log above says why")
         built = inspect_engine(trt, engine, settings)
         check_built_precision(built, precision, str(onnx_path))
+        if settings.dla_core is not None and built["dla_layers"] == 0:
+            raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} says {dla_capable} layers can run on DLA core "
+                                f"{settings.dla_core}, but the engine it built runs none there (every layer fell back to "
+                                f"the GPU), so none was kept; set target.tensorrt.dla_core: null to build for the GPU")
         engine_path.write_bytes(plan)  # only once it is known to compute in the precision asked
         record = {"precision": precision, **built, "file": engine_path.name, "size_bytes": len(plan),
                   "tensorrt": trt.__version__, "settings": settings.as_record(), "timing_cache": cache_state,
                   "activation_memory_bytes": _activation_memory(engine)}
         if settings.dla_core is not None:
             record["dla_capable_layers"] = dla_capable
-            if built["dla_layers"] == 0:
-                record["dla_check"] = (f"TensorRT says {dla_capable} layers can run on DLA core {settings.dla_core}, "
-                                       f"but the engine inspector names none on it: check the build log")
         return record
 
     def load(self, engine_path: Path, target: Any):
         return TensorRTRunner(engine_path, target)
+
+
+def _graph_input(onnx_path: Path) -> str:
+    """The name of the ONNX graph's (first) input, read without TensorRT."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in weights)
 
 
 def _dla_capable_layers(config, network, settings: BuildSettings, onnx_path: Path) -> int | None:

@@ -37,6 +37,9 @@ class BuildSettings:
     # TensorRT computes fp32 convolutions in TF32 on Ampere and later unless told not to.
     tf32: bool = False
     on_gpu_because: str | None = None  # why an engine of a DLA target is built for the GPU
+    # strong: precision from the graph's types (TensorRT 11 has no other mode); weak: from builder
+    # flags, which a DLA engine on TensorRT 10.x needs (strongly typed DLA networks came with 11).
+    typing: str = "strong"
 
     def as_record(self) -> dict[str, Any]:
         """As JSON holds it (shapes as lists), so a fresh record equals one read back."""
@@ -96,9 +99,9 @@ def evaluation_batch(ranges, wanted: int) -> tuple[int, int]:
 
 
 def builder_settings(tensorrt_cfg, precision: str, batch_sizes, image_shape: tuple[int, int, int],
-                     input_name: str = "images") -> BuildSettings:
-    """The settings one engine is built with. The DLA takes only the precisions in DLA_PRECISIONS, so
-    other engines of a DLA target are built for the GPU; their record says why."""
+                     input_name: str = "images", major: int = 10) -> BuildSettings:
+    """The settings one engine is built with, for TensorRT ``major``. The DLA takes only the precisions
+    in DLA_PRECISIONS, so other engines of a DLA target are built for the GPU; their record says why."""
     wants_dla = tensorrt_cfg.dla_core is not None
     on_dla = wants_dla and precision in DLA_PRECISIONS
     on_gpu_because = None
@@ -111,17 +114,18 @@ def builder_settings(tensorrt_cfg, precision: str, batch_sizes, image_shape: tup
         precision=precision, input_name=input_name, profiles=profiles,
         workspace_bytes=tensorrt_cfg.workspace_mib * MIB, optimization_level=tensorrt_cfg.optimization_level,
         dla_core=tensorrt_cfg.dla_core if on_dla else None, gpu_fallback=tensorrt_cfg.gpu_fallback,
-        on_gpu_because=on_gpu_because)
+        on_gpu_because=on_gpu_because, typing="weak" if on_dla and major < 11 else "strong")
 
 
 def tensorrt_major(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def network_flags(trt) -> int:
-    """Strongly typed network creation flags: explicit on 10.x, the only mode on 11.x."""
+def network_flags(trt, typing: str = "strong") -> int:
+    """Network creation flags: strongly typed explicitly on 10.x (the only mode on 11.x); none for a
+    weakly typed 10.x network (a DLA engine's)."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 1 << int(flag) if flag is not None and tensorrt_major(trt) < 11 else 0
+    return 1 << int(flag) if flag is not None and tensorrt_major(trt) < 11 and typing == "strong" else 0
 
 
 def apply_settings(trt, builder, config, settings: BuildSettings) -> None:
@@ -143,6 +147,8 @@ def apply_settings(trt, builder, config, settings: BuildSettings) -> None:
         config.DLA_core = settings.dla_core
         if settings.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if settings.typing == "weak":  # the precision flag a weakly typed network takes its precision from
+        config.set_flag(getattr(trt.BuilderFlag, settings.precision.upper()))
 
 
 def attach_timing_cache(config, cached: bytes) -> str:

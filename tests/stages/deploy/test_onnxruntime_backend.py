@@ -116,3 +116,26 @@ def test_a_session_that_did_not_take_the_provider_is_refused_at_load(tmp_path, m
     with pytest.raises(ArtifactError, match="did not take CUDAExecutionProvider"):
         target = TargetConfig(execution_provider="CUDAExecutionProvider")
         backend_module.OnnxRuntimeBackend().load(tmp_path / "e.onnx", target)
+
+
+def test_a_provider_library_that_cannot_load_is_named_with_what_it_lacks(tmp_path):
+    """onnxruntime-gpu 1.31's TensorRT provider links libnvinfer.so.10: with TensorRT 11 installed it
+    cannot load, and the loader's words name the missing library."""
+    import shutil
+    import subprocess
+
+    from stages.deploy.backends.onnxruntime_backend import provider_library_problem
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build a library that needs a missing one")
+    (tmp_path / "empty.c").write_text("int nvinfer_stand_in(void) { return 0; }\n")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "libnvinfer.so.10"),
+                    "-Wl,-soname,libnvinfer.so.10", str(tmp_path / "empty.c")], check=True)
+    (tmp_path / "provider.c").write_text("int nvinfer_stand_in(void);\nint provider(void) { return nvinfer_stand_in(); }\n")
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "libprovider.so"), str(tmp_path / "provider.c"),
+                    f"-L{tmp_path}", "-l:libnvinfer.so.10"], check=True)
+    (tmp_path / "libnvinfer.so.10").unlink()
+    assert provider_library_problem("TensorrtExecutionProvider", tmp_path / "libprovider.so") == \
+        "libnvinfer.so.10 cannot be loaded"
+    assert provider_library_problem("TensorrtExecutionProvider", tmp_path / "absent.so") is None

@@ -17,12 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.tensorrt_api import called_as
+from tests.tensorrt_api import bindings_environment, called_as
 
 REPO = Path(__file__).resolve().parents[3]
 WHEELS = Path(os.environ.get("STOCHKD_TENSORRT_WHEELS", REPO / ".whl" / "tensorrt"))
@@ -30,19 +29,6 @@ VERSIONS = {"10.3": "tensorrt_cu12_bindings-10.3.0-", "10.13": "tensorrt_cu12_bi
             "11.4": "tensorrt_cu13_bindings-11.4.0.106-"}
 FETCH = ("python -m pip download --no-deps -d .whl/tensorrt tensorrt-cu12-bindings==10.3.0 (and ==10.13.3.9, "
          "tensorrt-cu13-bindings==11.4.0.106), one at a time")
-DUMMY_LIBRARY = """
-#include <stddef.h>
-void* createInferBuilder_INTERNAL(void* logger, int version) { return NULL; }
-void* createInferRuntime_INTERNAL(void* logger, int version) { return NULL; }
-void* createInferRefitter_INTERNAL(void* engine, void* logger, int version) { return NULL; }
-void* getPluginRegistry(void) { return NULL; }
-void* getBuilderPluginRegistry(int kind) { return NULL; }
-int initLibNvInferPlugins(void* logger, const char* ns) { return 0; }
-void* createNvOnnxParser_INTERNAL(void* network, void* logger, int version) { return NULL; }
-void* createNvOnnxParserRefitter_INTERNAL(void* refitter, void* logger, int version) { return NULL; }
-int getNvOnnxParserVersion(void) { return 0; }
-"""
-
 # Every name of the ``tensorrt`` module the project uses (stages/deploy/backends/tensorrt_*.py), as
 # it uses it: a method with the arguments it passes (a prefix of a real signature), a property it
 # reads ("ro") or writes ("rw"), an enum member, a class with its constructor's arguments.
@@ -87,7 +73,15 @@ USED = {
     "DeviceType.DLA": ("enum member",), "LayerInformationFormat.JSON": ("enum member",),
     "TensorIOMode.INPUT": ("enum member",), "TensorIOMode.OUTPUT": ("enum member",),
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED": ("enum member",),
+    "BuilderFlag.FP16": ("enum member",),
 }
+# Names used with some major versions only: a DLA engine on 10.x is weakly typed, its precision the FP16
+# flag, which 11.x removed with weak typing.
+USED_ON = {"BuilderFlag.FP16": {"10"}}
+
+
+def used_with(version: str) -> dict[str, tuple]:
+    return {name: how for name, how in USED.items() if version.split(".")[0] in USED_ON.get(name, {"10", "11"})}
 
 
 def _wheel(version: str) -> Path:
@@ -106,20 +100,8 @@ def real_tensorrt(request, tmp_path_factory) -> dict[str, str]:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler (cc) to build the stand-in TensorRT libraries the bindings load")
-    root = tmp_path_factory.mktemp(f"tensorrt-{version}")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(root / "site")
-    (root / "site" / "tensorrt").mkdir()
-    (root / "site" / "tensorrt" / "__init__.py").write_text(
-        "from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__\n")
-    source = root / "dummy.c"
-    source.write_text(DUMMY_LIBRARY)
-    major = version.split(".")[0]
-    for library in ("nvinfer", "nvinfer_plugin", "nvonnxparser"):
-        name = f"lib{library}.so.{major}"
-        subprocess.run([compiler, "-shared", "-fPIC", "-o", str(root / name), f"-Wl,-soname,{name}", str(source)],
-                       check=True, capture_output=True)
-    return {"version": version, "PYTHONPATH": str(root / "site"), "LD_LIBRARY_PATH": str(root)}
+    folder = tmp_path_factory.mktemp(f"tensorrt-{version}")
+    return {"version": version, **bindings_environment(wheel, version.split(".")[0], folder, compiler)}
 
 
 def describe(environment: dict[str, str], *arguments: str) -> dict:
@@ -153,9 +135,10 @@ def fits(expected: tuple, found: dict) -> str | None:
 
 
 def test_every_name_the_project_uses_exists_with_that_shape(real_tensorrt):
-    real = describe(real_tensorrt, *USED)
+    used = used_with(real_tensorrt["version"])
+    real = describe(real_tensorrt, *used)
     assert real["version"].startswith(real_tensorrt["version"])
-    wrong = {name: fits(expected, real["names"][name]) for name, expected in USED.items()}
+    wrong = {name: fits(expected, real["names"][name]) for name, expected in used.items()}
     assert {name: why for name, why in wrong.items() if why} == {}
 
 

@@ -106,10 +106,37 @@ def test_timing_cache_is_keyed_by_device_and_survives_another_device(standin_ten
 
 
 def test_dla_engines_get_static_profiles_and_run_layers_there(standin_tensorrt, models, tmp_path):
+    """On 10.x (JetPack 6) a DLA engine is built weakly typed with the FP16 flag, as 10.x supports the
+    DLA; on 11.x strongly typed, as every network there."""
     target = TargetConfig(backend="tensorrt", tensorrt=TensorRTConfig(dla_core=0))
     record = build(models, tmp_path, "fp16", target, batch_sizes=(1, 8))
     assert record["settings"]["dla_core"] == 0 and record["dla_layers"] > 0 and record["dla_capable_layers"] > 0
-    assert "dla_check" not in record
+    assert record["settings"]["typing"] == ("weak" if standin_tensorrt.MAJOR < 11 else "strong")
+    gpu = build(models, tmp_path, "fp16")
+    assert gpu["settings"]["typing"] == "strong"
+
+
+def test_a_dla_engine_with_no_layer_on_the_dla_is_refused(standin_tensorrt, models, tmp_path, monkeypatch):
+    from stages.deploy.backends import tensorrt_backend
+
+    if standin_tensorrt.MAJOR >= 11:
+        pytest.skip("TensorRT 11 builds strongly typed DLA networks")
+    real = tensorrt_backend.network_flags
+    # A strongly typed network on 10.x: TensorRT puts every layer on the GPU behind GPU fallback.
+    monkeypatch.setattr(tensorrt_backend, "network_flags", lambda trt, typing="strong": real(trt, "strong"))
+    target = TargetConfig(backend="tensorrt", tensorrt=TensorRTConfig(dla_core=0))
+    monkeypatch.setattr(tensorrt_backend, "apply_settings", _without_precision_flag(tensorrt_backend.apply_settings))
+    with pytest.raises(ArtifactError, match="runs none there .*set target.tensorrt.dla_core: null"):
+        build(models, tmp_path, "fp16", target)
+    assert not (tmp_path / "engine.fp16.plan").exists()
+
+
+def _without_precision_flag(apply):
+    def apply_strongly_typed(trt, builder, config, settings):
+        from dataclasses import replace
+
+        apply(trt, builder, config, replace(settings, typing="strong"))
+    return apply_strongly_typed
 
 
 def test_dla_int8_and_fp32_engines_are_built_for_the_gpu_and_say_why(standin_tensorrt, models, tmp_path):
