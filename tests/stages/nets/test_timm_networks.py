@@ -99,7 +99,7 @@ def test_k_samples_in_one_batched_pass_equal_k_separate_passes_with_the_same_coi
     k = 3
     order = _call_order(model, x)
     drops = drop_paths(model)
-    for seed in range(3):
+    for seed in range(2):
         torch.manual_seed(seed)
         batched, _ = sample_with_groups(model, x, k, groups=False, batched=True)
         # The coins the batched pass drew: one per sub-network at each block, in the order it runs them.
