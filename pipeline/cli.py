@@ -182,6 +182,8 @@ def _check_mps(mps: bool, jobs: int, device: str) -> None:
     from pipeline.scheduler import visible_gpus
 
     gpus = visible_gpus()
+    if device.startswith("cuda:") and int(device[5:]) < len(gpus):
+        gpus = [gpus[int(device[5:])]]  # --device cuda:N: that GPU alone, which the tasks then share
     if len(gpus) != 1:
         raise PipelineError("--mps shares one GPU between tasks, and none is visible here; drop --mps"
                             if not gpus else

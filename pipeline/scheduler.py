@@ -93,6 +93,15 @@ class Scheduler:
         self.on_start, self.on_done, self.show = on_start, on_done, show
         self.gpus = visible_gpus() if gpus is None else gpus
         self.cores = cores or os.cpu_count() or 1
+        self.task_device = device
+        if device.startswith("cuda:") and self.gpus:
+            # --device cuda:N: every task on that GPU, which its process then sees as its only one.
+            index = int(device.split(":", 1)[1])
+            if index >= len(self.gpus):
+                raise PipelineError(f"--device {device}: this machine shows {len(self.gpus)} CUDA device"
+                                    f"{'s' if len(self.gpus) > 1 else ''} (cuda:0 to cuda:{len(self.gpus) - 1}); "
+                                    f"choose one of them")
+            self.gpus, self.task_device = [self.gpus[index]], "cuda"
 
     def run(self, tasks: list[Task], forced: set[str] = frozenset()) -> list[Outcome]:
         """Run ``tasks`` (each after the tasks it needs, matched by key); ``forced`` ids rerun."""
@@ -157,7 +166,7 @@ class Scheduler:
         label = f"{task.stage}-{task.key[:12]}"
         paths = {name: scratch / f"{label}.{name}" for name in ("spec", "status", "result", "stderr")}
         paths["spec"].write_bytes(pickle.dumps({
-            "task": task, "root": str(self.store.root), "device": self.device, "forced": forced,
+            "task": task, "root": str(self.store.root), "device": self.task_device, "forced": forced,
             "checkpoint_interval_s": self.checkpoint_interval_s, "status": str(paths["status"]),
             "estimates": {task.id: self.estimates.get(task.id)},
             "result": str(paths["result"])}))
@@ -168,10 +177,11 @@ class Scheduler:
         if sharing:
             gpu = self.gpus[0]
         elif self.gpus and self.device != "cpu":
-            busy = {r.gpu for r in running}
-            gpu = next((g for g in self.gpus if g not in busy), None) if len(self.gpus) > 1 else self.gpus[0]
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
+            # Every task gets a GPU: a free one, else the one running fewest tasks (more jobs than GPUs
+            # share them round robin; a task given none would land on GPU 0 beside a pinned one).
+            load = {g: sum(r.gpu == g for r in running) for g in self.gpus}
+            gpu = min(self.gpus, key=lambda g: load[g])
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         if not self.gpus or self.device == "cpu":
             # Each of the N tasks gets its share of the cores (a benchmark, running alone, all of them).
             share = self.cores if runs_alone(task) else max(1, self.cores // self.jobs)

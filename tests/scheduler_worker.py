@@ -30,7 +30,7 @@ with open(log, "a") as out:
     out.write(json.dumps({"task": task.id, "start": started, "end": time.time(), "stopped": bool(stopped),
                           "omp": os.environ.get("OMP_NUM_THREADS"),
                           "mps": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
-                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": spec["device"]}) + "\n")
 if stopped:
     print("stopped between two steps; checkpoint saved", file=sys.stderr)
     sys.exit(130)

@@ -59,6 +59,37 @@ def test_ready_tasks_run_side_by_side_after_what_they_need(tmp_path):
     assert not any(o.ran for o in again)  # the second time, all from the cache
 
 
+def test_more_jobs_than_gpus_share_the_gpus_round_robin_and_every_task_has_one(tmp_path):
+    tasks = [task("teacher", name, tmp_path, seconds=0.6) for name in "abcd"]
+    scheduler(tmp_path, 4, gpus=["0", "1"]).run(tasks)
+    seen = events(tmp_path)
+    assert sorted(e["gpus"] for e in seen.values()) == ["0", "0", "1", "1"]  # none left to land on GPU 0 unasked
+
+
+def test_device_cuda_n_puts_every_task_on_that_gpu(tmp_path):
+    tasks = [task("teacher", name, tmp_path, seconds=0.3) for name in "ab"]
+    scheduler(tmp_path, 2, gpus=["0", "1", "2"], device="cuda:2").run(tasks)
+    seen = events(tmp_path)
+    # The task's process sees GPU 2 alone, as its cuda device.
+    assert {(e["gpus"], e["device"]) for e in seen.values()} == {("2", "cuda")}
+    with pytest.raises(PipelineError, match=r"--device cuda:3: this machine shows 3 CUDA devices"):
+        scheduler(tmp_path, 2, gpus=["0", "1", "2"], device="cuda:3")
+
+
+def test_a_task_writes_its_status_about_twice_a_second_not_every_step(tmp_path, monkeypatch):
+    import pipeline.task_worker as worker
+
+    writes = []
+    real = os.replace
+    monkeypatch.setattr(worker.os, "replace", lambda a, b: (writes.append(1), real(a, b)))
+    with worker.status_progress(tmp_path / "status.json")("teacher", 5000) as advance:
+        for _ in range(5000):
+            advance(1)
+        advance(0, "teacher · epoch 1/1")
+    assert len(writes) <= 6  # the first, the epoch line, the last, and one per half second
+    assert json.loads((tmp_path / "status.json").read_text())["completed"] == 5000
+
+
 def test_a_benchmark_runs_alone_with_every_core(tmp_path):
     tasks = [task("teacher", "x", tmp_path, seconds=0.5), task("benchmark", "m", tmp_path, seconds=0.5),
              task("teacher", "y", tmp_path, seconds=0.5)]
