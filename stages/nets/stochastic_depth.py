@@ -232,11 +232,25 @@ def stochastic_sum(residual: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     return residual(x) * scale + shortcut
 
 
+# Set around every call of a training step that is captured (its warm-up and eager calls too).
+_IN_CAPTURED_STEP: ContextVar[bool] = ContextVar("stochkd_in_captured_step", default=False)
+
+
+@contextmanager
+def in_captured_step() -> Iterator[None]:
+    token = _IN_CAPTURED_STEP.set(True)
+    try:
+        yield
+    finally:
+        _IN_CAPTURED_STEP.reset(token)
+
+
 def capturing(tensor: torch.Tensor) -> bool:
-    """Whether work on ``tensor``'s device is being recorded into a CUDA graph (a captured training
-    step, masks drawn inside it). Autocast's cache of cast weights must be off then: it would keep
-    graph memory alive past the capture."""
-    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Whether autocast's cache of cast weights must be off for work on ``tensor``'s device: while it
+    is recorded into a CUDA graph (the cache would keep graph memory alive past the capture), and in
+    every other call of a step that is captured, so that the step's code runs with one setting
+    (torch.compile guards on it, and would compile the step again for each)."""
+    return bool(tensor.is_cuda and (torch.cuda.is_current_stream_capturing() or _IN_CAPTURED_STEP.get()))
 
 
 def drop_paths(model: nn.Module) -> list[DropPath]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from stages.common.errors import PipelineError, first_line
+from stages.nets.stochastic_depth import in_captured_step
 
 # Eager steps before capture (PyTorch's CUDA graphs notes use 3, enough to settle lazy
 # initialisation such as cuBLAS workspaces and autograd's streams).
@@ -53,10 +54,15 @@ class CapturedStep:
     of an epoch) run eagerly. Returns what ``step`` returns; tensors it returns belong to the graph
     and are overwritten by the next replay."""
 
-    def __init__(self, step, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    def __init__(self, step, optimizer: torch.optim.Optimizer, device: torch.device,
+                 full_rows: int | None = None) -> None:
         if device.type != "cuda":
             raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
         self.step, self.optimizer, self.device = step, optimizer, device
+        # The rows of a full batch (the first input's length): only such calls warm up and are
+        # recorded, so a run that starts just before an epoch's short last batch does not record
+        # the graph for that size and then run every full batch eagerly.
+        self.full_rows = full_rows
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[torch.Tensor, ...] | None = None
@@ -69,17 +75,25 @@ class CapturedStep:
         return self.graph is not None
 
     def __call__(self, *inputs: torch.Tensor):
-        if self.graph is None and self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
-            return self._on_side_stream(inputs)
-        if self.graph is None:
-            self._capture(inputs)
-        elif any(x.shape != static.shape for x, static in zip(inputs, self.inputs)):
-            return self._on_side_stream(inputs)
-        for static, x in zip(self.inputs, inputs):
-            static.copy_(x, non_blocking=True)  # from pinned host memory, or on the device
-        self.graph.replay()
-        return self.outputs
+        # On the training device (cuda:N), whatever device is current: the capture's stream, its
+        # graph-safe generator and every replay belong to it. Every call, warm-up and eager ones too,
+        # runs with one autocast cache setting (see stochastic_depth.capturing).
+        with torch.cuda.device(self.device), in_captured_step():
+            kind = step_kind(self.graph is not None, self.eager_steps, self._full(inputs),
+                             self.inputs is None or all(x.shape == s.shape for x, s in zip(inputs, self.inputs)))
+            if kind == "warm-up":
+                self.eager_steps += 1
+            if kind in ("warm-up", "eager"):
+                return self._on_side_stream(inputs)
+            if kind == "capture":
+                self._capture(inputs)
+            for static, x in zip(self.inputs, inputs):
+                static.copy_(x, non_blocking=True)  # from pinned host memory, or on the device
+            self.graph.replay()
+            return self.outputs
+
+    def _full(self, inputs) -> bool:
+        return self.full_rows is None or (bool(inputs) and inputs[0].shape[0] == self.full_rows)
 
     def _on_side_stream(self, inputs):
         main = torch.cuda.current_stream(self.device)
@@ -105,6 +119,17 @@ class CapturedStep:
             raise PipelineError(f"the training step could not be recorded as a CUDA graph ({first_line(exc)}); "
                                 f"set training.capture_step: false to train eagerly") from exc
         self.graph, self.inputs, self.outputs = graph, static, detached(outputs)
+
+
+def step_kind(recorded: bool, eager_steps: int, full: bool, same_shapes: bool) -> str:
+    """How CapturedStep runs a call: "warm-up" (an eager step that counts towards capture), "capture"
+    (record, then replay), "replay", or "eager" (a batch of another size: run, not counted). Only full
+    batches warm up and are recorded."""
+    if not full or (recorded and not same_shapes):
+        return "eager"
+    if recorded:
+        return "replay"
+    return "warm-up" if eager_steps < WARMUP_STEPS else "capture"
 
 
 def detached(value):

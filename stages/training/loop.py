@@ -186,7 +186,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         if ranks > 1:
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")
-        step_with = CapturedStep(counted_step, optimizer, device)
+        step_with = CapturedStep(counted_step, optimizer, device, full_rows=recipe.batch_size)
     saving = checkpoint is not None  # under torchrun every rank takes part, rank 0 writes
     session_start, last_save = time.perf_counter(), time.monotonic()
     first_step_end, session_images, evaluating_s = None, 0, 0.0

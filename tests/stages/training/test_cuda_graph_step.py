@@ -308,3 +308,34 @@ def test_every_method_captured_matches_its_eager_step(method, deterministic_cudn
     assert difference <= 1e-5, f"{method}: captured and eager weights differ by up to {difference:.3g}"
     for ours, theirs in zip(result.history, reference.history):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+
+
+def test_only_full_batches_warm_up_and_are_recorded():
+    """A run that starts (or resumes) three steps before an epoch's short last batch records the graph
+    from the next full batch, not from the short one, and the short one runs eagerly, uncounted."""
+    from stages.training.cuda_graph_step import WARMUP_STEPS, step_kind
+
+    calls = [True, True, False, True, True, True, False, True]  # full batches, and two short last batches
+    kinds, eager_steps, recorded = [], 0, False
+    for full in calls:
+        kind = step_kind(recorded, eager_steps, full, same_shapes=full)
+        kinds.append(kind)
+        eager_steps += kind == "warm-up"
+        recorded = recorded or kind == "capture"
+    assert WARMUP_STEPS == 3
+    assert kinds == ["warm-up", "warm-up", "eager", "warm-up", "capture", "replay", "eager", "replay"]
+
+
+def test_a_captured_step_runs_every_call_with_one_autocast_cache_setting(monkeypatch):
+    """Warm-up, capture and eager calls of a captured step all see the cache off, so torch.compile,
+    which guards on the setting, compiles the step once."""
+    from types import SimpleNamespace
+
+    from stages.nets.stochastic_depth import capturing, in_captured_step
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    on_gpu = SimpleNamespace(is_cuda=True)
+    assert not capturing(on_gpu)
+    with in_captured_step():
+        assert capturing(on_gpu) and not capturing(SimpleNamespace(is_cuda=False))
+    assert not capturing(on_gpu)
