@@ -22,7 +22,7 @@ data:
   root: {root}
   input_size: 32
   crop_pct: 0.875
-  validation_images: 40
+  validation_images: 30
   augmentation:
     crop_padding: 0
     horizontal_flip: false
@@ -30,7 +30,7 @@ data:
 teacher:
   arch: timm/test_convnext
   p_last: 0.5
-  training: {{epochs: 2, batch_size: 64, lr: 0.05, lr_schedule: cosine}}
+  training: {{epochs: 1, batch_size: 64, lr: 0.05, lr_schedule: cosine}}
 student:
   arch: timm/test_resnet
   pretrained: {weights}
@@ -41,14 +41,14 @@ analysis:
   images: 40
   samples: 2
 quantize:
-  calibration_images: 32
+  calibration_images: 16
 target:
   name: this-cpu
   backend: onnxruntime
 benchmark:
-  batch_sizes: [1, 8]
+  batch_sizes: [1]
   warmup: 1
-  iterations: 5
+  iterations: 3
 """
 
 
@@ -60,7 +60,7 @@ def write_folder(root):
     digits = load_digits()
     rng = np.random.RandomState(0)
     order = rng.permutation(len(digits.target))
-    for position, index in enumerate(order[:600]):
+    for position, index in enumerate(order[:400]):
         split = "test" if position % 5 == 0 else "train"
         pixels = np.rint(digits.images[index] * 255 / 16).astype(np.uint8)
         image = Image.fromarray(pixels, mode="L").resize((20, 14), Image.BILINEAR)
