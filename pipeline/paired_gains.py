@@ -60,9 +60,11 @@ def render_paired_gains(rows: list[dict[str, Any]], other: list[str], labels: di
     if not rows or len(rows[0]["differences"]) < 2:
         return []
     lines = ["", "## Gains paired by seed", "",
-             "Each method's test accuracy minus its baseline's, seed by seed (same data, recipe and budget), in points: "
-             "the mean with its 95 % t interval. A difference is a finding only when the interval excludes zero.", "",
-             "| " + " | ".join(other) + (" | " if other else "") + "comparison | per seed | mean | 95 % interval | finding |",
+             "Each method's test accuracy minus its baseline's, seed by seed (same data, recipe and budget), in "
+             "points: the mean with its 95 % t interval. A difference is a finding only when the interval excludes "
+             "zero.", "",
+             "| " + " | ".join(other) + (" | " if other else "")
+             + "comparison | per seed | mean | 95 % interval | finding |",
              "|" + " --- |" * (len(other) + 5)]
     for gain in rows:
         cells = [str(gain["point"][k]) for k in other]

@@ -171,7 +171,8 @@ def render_printed(summary: list[dict[str, Any]], other: list[str], labels, prin
     lines = ["", "## Printed in the paper", "",
              "Top-1 %: as printed, as measured here" + (" (mean ± std over seeds)" if seeded else "")
              + ", and measured minus printed; the reading says how the paper's transfer was taken.", "",
-             "| " + " | ".join(other) + (" | " if other else "") + "model | printed | measured | difference | reading |",
+             "| " + " | ".join(other) + (" | " if other else "")
+             + "model | printed | measured | difference | reading |",
              "|" + " --- |" * (len(other) + 5)]
     for row in summary:
         for model, entry in printed.items():

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from stages.nets.architectures import ARCHITECTURES, architecture, resolve_skips
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+AreaFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 SKIPS_HELP = ("Skips around every block after the first of a plain network (vgg13, mobilenet): the identity, or "
               "where a block changes shape a parameter-free shortcut (subsample, zero-pad the new channels); "
               "null: exactly when its blocks are stochastic. Residual networks always have them.")
@@ -51,10 +52,10 @@ def _known_architecture(name: str) -> str:
 class Augmentation(Section):
     crop_padding: int = Field(4, ge=0, description="Zero padding before the random crop (pixels); 0 disables cropping.")
     horizontal_flip: bool = Field(True, description="Random horizontal flips.")
-    random_resized_crop: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] | None = (
-        Field(None, description="Random resized crops, as ImageNet models train: each image a random region of "
-              "this range of its area (e.g. [0.08, 1]) and an aspect ratio in [3/4, 4/3], resized to data.input_size "
-              "(needs crop_padding 0). Null: off."))
+    random_resized_crop: tuple[AreaFraction, AreaFraction] | None = Field(
+        None, description="Random resized crops, as ImageNet models train: each image a random region of this "
+        "range of its area (e.g. [0.08, 1]) and an aspect ratio in [3/4, 4/3], resized to data.input_size (needs "
+        "crop_padding 0). Null: off.")
 
     @model_validator(mode="after")
     def _one_kind_of_crop(self) -> "Augmentation":
@@ -120,8 +121,8 @@ class DataConfig(Section):
             source = "an .npz" if self.root and self.root.endswith(".npz") else f"dataset {self.dataset!r}"
             raise ValueError(f"data.image_size = {self.image_size} resizes images read from image files "
                              f"(tiny_imagenet and folder datasets), but {source} holds arrays, which keep their "
-                             f"size; leave data.image_size out (data.input_size resizes what the networks see; pack-dataset "
-                             f"--image-size resizes while packing)")
+                             f"size; leave data.image_size out (data.input_size resizes what the networks see; "
+                             f"pack-dataset --image-size resizes while packing)")
         return self
 
 

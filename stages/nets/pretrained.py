@@ -30,7 +30,8 @@ def pretrained_file(path: Path, setting: str = SETTING) -> Path:
                 return path / name
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
         if len(found) != 1:
-            what = "no weights file" if not found else f"{len(found)} weights files ({', '.join(p.name for p in found[:4])})"
+            names = ", ".join(p.name for p in found[:4])
+            what = f"{len(found)} weights files ({names})" if found else "no weights file"
             raise ArtifactError(f"{path}: {setting} names a folder with {what}; name the file itself "
                                 f"({', '.join(WEIGHT_SUFFIXES)})")
         return found[0]

@@ -69,7 +69,8 @@ class DeviceData:
             padded = padded_channels_last(images, padding)
             grid = pixel_grid(self.stored_side, self.stored_side, self.device)
             rows = torch.arange(len(index), device=self.device)
-            return self.prepare(resized(gathered_batch(padded, rows, draws, grid), self.input_size)), self.y_train[index]
+            cropped = gathered_batch(padded, rows, draws, grid)
+            return self.prepare(resized(cropped, self.input_size)), self.y_train[index]
         if self._padded is None or self._padded[0] != padding:
             # Padded once for the whole run: each batch is then a single gather.
             self._padded = (padding, padded_channels_last(self.x_train, padding),

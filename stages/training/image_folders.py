@@ -60,8 +60,8 @@ class ReadNotes:
     def lines(self) -> list[str]:
         lines = []
         if self.unreadable:
-            lines.append(f"skipped {len(self.unreadable)} unreadable image file{'s' if len(self.unreadable) > 1 else ''}"
-                         f" (first: {self.unreadable[0]})")
+            plural = "s" if len(self.unreadable) > 1 else ""
+            lines.append(f"skipped {len(self.unreadable)} unreadable image file{plural} (first: {self.unreadable[0]})")
         if self.converted:
             lines.append(f"converted {self.converted} image{'s' if self.converted > 1 else ''} of another mode "
                          f"(grey, palette, RGBA, CMYK) to RGB")
@@ -242,7 +242,8 @@ def list_tiny_imagenet(root: Path, notes: ReadNotes | None = None) -> FileListin
     return FileListing((train_paths, train_labels), (val_paths, val_labels), class_names)
 
 
-def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None, notes: ReadNotes | None = None) -> Arrays:
+def load_tiny_imagenet(root: Path, reading: FolderReading | int | None = None,
+                       notes: ReadNotes | None = None) -> Arrays:
     """The images of ``list_tiny_imagenet``, read as ``reading`` says."""
     return _read_listing(list_tiny_imagenet(root, notes), reading, notes)
 

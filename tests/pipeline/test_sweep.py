@@ -94,7 +94,8 @@ def test_points_that_run_the_same_tasks_are_refused_and_a_later_until_tells_them
 def test_a_paper_rows_sweep_sets_printed_beside_measured():
     axes = [("seed", ["0", "1"])]
     results = [{"point": {"seed": s}, "accuracy": {"stochastic_kd": a}} for s, a in ((0, 0.70), (1, 0.72))]
-    printed = {"stochastic_kd": {"column": "proposed", "printed": 70.99, "reading": "one-way, stochastic-depth teacher"}}
+    printed = {"stochastic_kd": {"column": "proposed", "printed": 70.99,
+                                 "reading": "one-way, stochastic-depth teacher"}}
     table = render_markdown(summarize(results, axes), axes, "p", ["stochastic_kd"], {"stochastic_kd": "stochastic KD"},
                             printed=printed)
     assert "## Printed in the paper" in table

@@ -141,9 +141,10 @@ class TensorRTBackend:
         built = inspect_engine(trt, engine, settings)
         check_built_precision(built, precision, str(onnx_path))
         if settings.dla_core is not None and built["dla_layers"] == 0:
-            raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} says {dla_capable} layers can run on DLA core "
-                                f"{settings.dla_core}, but the engine it built runs none there (every layer fell back to "
-                                f"the GPU), so none was kept; set target.tensorrt.dla_core: null to build for the GPU")
+            raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} says {dla_capable} layers can run on DLA "
+                                f"core {settings.dla_core}, but the engine it built runs none there (every layer fell "
+                                f"back to the GPU), so none was kept; set target.tensorrt.dla_core: null to build for "
+                                f"the GPU")
         engine_path.write_bytes(plan)  # only once it is known to compute in the precision asked
         record = {"precision": precision, **built, "file": engine_path.name, "size_bytes": len(plan),
                   "tensorrt": trt.__version__, "settings": settings.as_record(), "timing_cache": cache_state,

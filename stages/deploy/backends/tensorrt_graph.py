@@ -66,10 +66,9 @@ def tensorrt_int8_problems(model_path: Path) -> list[str]:
         # TensorRT fuses a residual Add into the convolution before it when the other (skip) input is
         # quantized; ONNX Runtime's quantizer quantizes both inputs, Model Optimizer the skip only. A
         # transformer's residual Adds follow linear layers, which that fusion does not concern.
-        after_convolution = any(producers.get(i) is not None and producers[i].op_type in ("Conv", "BatchNormalization")
-                                for i in variable)
-        if len(variable) == 2 and after_convolution and not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
-                                          for i in variable):
+        kinds = [producers[i].op_type if i in producers else None for i in variable]
+        after_convolution = any(kind in ("Conv", "BatchNormalization") for kind in kinds)
+        if len(variable) == 2 and after_convolution and "DequantizeLinear" not in kinds:
             problems.append(f"{node.name}: residual Add with no Q/DQ on its skip input (TensorRT cannot fuse it "
                             f"into the convolution in int8)")
     return problems

@@ -132,7 +132,8 @@ def test_a_provider_library_that_cannot_load_is_named_with_what_it_lacks(tmp_pat
     (tmp_path / "empty.c").write_text("int nvinfer_stand_in(void) { return 0; }\n")
     subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "libnvinfer.so.10"),
                     "-Wl,-soname,libnvinfer.so.10", str(tmp_path / "empty.c")], check=True)
-    (tmp_path / "provider.c").write_text("int nvinfer_stand_in(void);\nint provider(void) { return nvinfer_stand_in(); }\n")
+    (tmp_path / "provider.c").write_text("int nvinfer_stand_in(void);\n"
+                                         "int provider(void) { return nvinfer_stand_in(); }\n")
     subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "libprovider.so"), str(tmp_path / "provider.c"),
                     f"-L{tmp_path}", "-l:libnvinfer.so.10"], check=True)
     (tmp_path / "libnvinfer.so.10").unlink()

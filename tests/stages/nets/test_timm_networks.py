@@ -199,7 +199,8 @@ def test_masks_drawn_on_the_device_drop_token_branches_per_image_and_match_skipp
 
 
 def test_attention_transfer_and_mutual_learning_take_timm_networks(tmp_path):
-    from stages.common.config import Augmentation, DataConfig, DistillConfig, MutualConfig, StudentConfig, TrainingConfig
+    from stages.common.config import (Augmentation, DataConfig, DistillConfig, MutualConfig, StudentConfig,
+                                      TrainingConfig)
     from stages.context import StageContext, StageInput
     from stages.distill import train_student
     from stages.mutual import train_peers
