@@ -133,9 +133,10 @@ def _safe_name(bundle: Path, name: str) -> PurePosixPath:
     return path
 
 
-def unpack(bundle: Path, store: ArtifactStore) -> dict[str, Any]:
+def unpack(bundle: Path, store: ArtifactStore, *, replace_checkpoints: bool = False) -> dict[str, Any]:
     """Verify ``bundle`` completely, then add its entries that ``store`` lacks; returns what was
-    added and what was there already."""
+    added and what was there already. With ``replace_checkpoints``, a training checkpoint replaces the
+    one ``store`` holds (a cluster node's newer one), else the one here is kept."""
     if not bundle.is_file():
         raise ArtifactError(f"{bundle}: no such bundle; make one with stochkd-pipeline bundle PROFILE -o FILE.tar")
     scratch = store.root / "store" / f".unbundle-{uuid.uuid4().hex[:8]}"
@@ -183,12 +184,14 @@ def unpack(bundle: Path, store: ArtifactStore) -> dict[str, Any]:
                 present.append(entry["task"])
                 continue
             if entry["kind"] == "resume" and (store.lookup(entry["stage"], entry["key"]) is not None
-                                              or final.is_dir()):
+                                              or (final.is_dir() and not replace_checkpoints)):
                 present.append(entry["task"])  # finished here, or resuming here already: keep this one's
                 continue
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # an entry that failed its checks here: replaced by the bundle's
-                shutil.rmtree(final)
+            if final.exists():  # an entry that failed its checks here, or an older checkpoint: replaced
+                retired = final.with_name(f".old-{uuid.uuid4().hex[:8]}")
+                os.replace(final, retired)
+                shutil.rmtree(retired, ignore_errors=True)
             os.replace(scratch / entry["folder"], final)
             added.append(entry["task"] + (" (training checkpoint)" if entry["kind"] == "resume" else ""))
     finally:

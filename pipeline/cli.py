@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +13,7 @@ import typer
 
 from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, unbundle
 from pipeline.cli_status import estimate_run, status
-from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, DeviceOpt, JobsOpt, MasterAddrOpt, MasterPortOpt,
+from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, ClusterOpt, DeviceOpt, JobsOpt, MasterAddrOpt, MasterPortOpt,
                                   MpsOpt, NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg, SetOpt, artifacts_root,
                                   check_stage, user_errors)
 from pipeline.registry import STAGE_ORDER, STAGES, stage_index
@@ -82,7 +83,7 @@ def _check_device(device: str) -> str:
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
              device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0,
-             jobs: int = 1, mps: bool = False) -> None:
+             jobs: int = 1, mps: bool = False, cluster: Optional[str] = None) -> None:
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
     from stages.common.hardware import check_benchmark_cores
@@ -91,6 +92,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
 
     _check_device(device)
     _check_mps(mps, jobs, device)
+    _check_cluster(cluster, jobs, mps, device)
     device = distributed.device_for_rank(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
@@ -117,11 +119,11 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     root = artifacts_root(artifacts)
     with distributed.crash_logged(root / "logs"):
         _run(root, profile, tasks, forced, only=only, device=device, checkpoint_every=checkpoint_every, jobs=jobs,
-             mps=mps)
+             mps=mps, cluster=cluster)
 
 
 def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str, checkpoint_every: float,
-         jobs: int, mps: bool) -> None:
+         jobs: int, mps: bool, cluster: Optional[str] = None) -> None:
     from pipeline import ui
     from pipeline.runner import Runner, publish_report
     from pipeline.store import ArtifactStore
@@ -136,9 +138,10 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
     ranks = f" · {distributed.world_size()} processes" if distributed.active() else ""
     ui.console.print(f"[bold]{profile.name}[/] · {len(tasks)} task{'s' if len(tasks) != 1 else ''}{ranks} · "
                      f"artifacts in {root}")
-    estimates = estimate_run(store, tasks, forced, profile, device, jobs, mps)
-    runner = _runner(store, jobs, device, checkpoint_every, estimates, mps)
-    outcomes = runner.run(tasks, forced)
+    # This machine's speed says nothing of a cluster's.
+    estimates = {} if cluster else estimate_run(store, tasks, forced, profile, device, jobs, mps)
+    with _runner(store, jobs, device, checkpoint_every, estimates, mps, cluster, profile) as runner:
+        outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)
     ran = sum(o.ran for o in outcomes)
     ui.console.print(f"{ran} ran, {len(outcomes) - ran} from the cache.")
@@ -191,8 +194,47 @@ def _check_mps(mps: bool, jobs: int, device: str) -> None:
                             f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
 
 
-def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
-    """The sequential runner, or with ``jobs`` > 1 the scheduler that runs ready tasks side by side."""
+def _check_cluster(cluster: Optional[str], jobs: int, mps: bool, device: str) -> None:
+    if cluster is None:
+        return
+    if not cluster.strip():
+        raise PipelineError("--cluster '': give a Ray address (ray://HEAD:10001 or HEAD:6379), auto or local")
+    for option, used in (("--jobs", jobs > 1), ("--mps", mps)):
+        if used:
+            raise PipelineError(f"--cluster lets Ray place every task on the cluster's nodes and GPUs; drop {option}")
+    if device.startswith("cuda:"):
+        raise PipelineError(f"--device {device} names a GPU of this machine; on a cluster, Ray gives each task its "
+                            f"GPU: use --device cuda")
+
+
+@contextmanager
+def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False,
+            cluster: Optional[str] = None, profile=None):
+    """The sequential runner; with ``jobs`` > 1 the scheduler that runs ready tasks side by side; with
+    ``cluster`` the one that runs them on a Ray cluster (connected for the while)."""
+    if cluster is None:
+        yield _local_runner(store, jobs, device, checkpoint_every, estimates, mps)
+        return
+    from pipeline import ui
+    from pipeline.cluster import ClusterScheduler, connect, disconnect
+    from stages.common import distributed
+
+    if distributed.active():
+        raise PipelineError("--cluster runs each task on a node Ray chooses; torchrun (--nproc-per-node) runs "
+                            "every task here: leave one of them")
+    ui.console.print(f"[dim]joining the Ray cluster at {cluster}...[/]")
+    connect(cluster)
+    try:
+        settings = profile.cluster
+        yield ClusterScheduler(store, cluster, device=device, checkpoint_interval_s=checkpoint_every,
+                               gpus_per_training=settings.gpus_per_training, cpus_per_task=settings.cpus_per_task,
+                               on_start=ui.stage_started, on_done=ui.stage_finished, show=ui.TaskLines(),
+                               estimates=estimates)
+    finally:
+        disconnect()
+
+
+def _local_runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
     from pipeline import ui
     from stages.common import distributed
     from pipeline.runner import Runner
@@ -221,7 +263,7 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                                             help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
         checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
-        nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+        cluster: Optional[str] = ClusterOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
         master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
@@ -229,7 +271,7 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
             check_stage(option, value)
         _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
-                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
+                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster)
 
 
 def _stage_command(name: str):
@@ -237,12 +279,12 @@ def _stage_command(name: str):
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
                 device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
                 checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
-                nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+                cluster: Optional[str] = ClusterOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
                 master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
         with user_errors():
             _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps)
+                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -264,7 +306,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
           until: str = typer.Option("mutual", "--until", metavar="STAGE",
                                     help="Last stage to run at each point (default: the last training stage)."),
           device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
-          checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt) -> None:
+          checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
+          cluster: Optional[str] = ClusterOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
@@ -280,6 +323,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         check_stage("--until", until)
         _check_device(device)
         _check_mps(mps, jobs, device)
+        _check_cluster(cluster, jobs, mps, device)
         if stage_index(until) < stage_index("mutual"):
             raise PipelineError(f"--until {until!r}: a sweep compares trained models; use mutual (the last "
                                 f"training stage) or a later one")
@@ -294,19 +338,21 @@ def sweep(profile: Optional[Path] = ProfileArg,
         refuse_points_that_differ_in_nothing(points, plans, until)
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
-        runner = _runner(store, jobs, device, checkpoint_every, mps=mps)
-        if jobs > 1:
-            # Every point's tasks in one schedule, so points run side by side; shared tasks once.
-            unique = {}
-            for task in sorted((t for plan in plans for t in plan), key=lambda t: stage_index(t.stage)):
-                unique.setdefault((task.stage, task.key), task)
-            runner.run(list(unique.values()))
+        together = jobs > 1 or cluster is not None
+        with _runner(store, jobs, device, checkpoint_every, mps=mps, cluster=cluster, profile=profiles[0]) as runner:
+            if together:
+                # Every point's tasks in one schedule, so points run side by side; shared tasks once.
+                unique = {}
+                for task in sorted((t for plan in plans for t in plan), key=lambda t: stage_index(t.stage)):
+                    unique.setdefault((task.stage, task.key), task)
+                runner.run(list(unique.values()))
+            else:
+                for number, (point, plan) in enumerate(zip(points, plans), 1):
+                    ui.console.print(f"[bold]point {number}/{len(points)}[/]: "
+                                     + " ".join(f"{k}={v}" for k, v in point.items()))
+                    runner.run(plan)
         results = []
-        for number, (point, loaded) in enumerate(zip(points, profiles), 1):
-            ui.console.print(f"[bold]point {number}/{len(points)}[/]: "
-                             + " ".join(f"{k}={v}" for k, v in point.items()))
-            if jobs == 1:
-                runner.run(plans[number - 1])
+        for point, loaded in zip(points, profiles):
             trained, _ = training_tasks(loaded)
             artifacts_of = {model: store.lookup(task.stage, task.key) for model, (task, _) in trained.items()}
             metrics = {model: member_metrics(artifacts_of[model].metrics, member)

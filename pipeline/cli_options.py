@@ -39,6 +39,12 @@ JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks
 MpsOpt = typer.Option(False, "--mps", help="With --jobs on one GPU: run the tasks under a private NVIDIA MPS daemon, "
                       "so their kernels overlap instead of taking turns (needs nvidia-cuda-mps-control).")
 
+ClusterOpt = typer.Option(None, "--cluster", metavar="ADDRESS", show_default=False,
+                          help="Run the tasks on a Ray cluster: its address (ray://HEAD:10001, or HEAD:6379), auto "
+                               "for the cluster this machine belongs to, or local for a private one on this machine "
+                               "(needs the ray extra).")
+
+
 def artifacts_root(option: Optional[Path]) -> Path:
     root = option or Path(os.environ.get("STOCHKD_ARTIFACTS") or "artifacts")  # set but empty: the default
     # Said at once: otherwise a run measures this machine's speed first and then fails to write.

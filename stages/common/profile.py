@@ -22,6 +22,15 @@ def plain_folder_name(text: str) -> str:
     return re.sub(rf"[^{FOLDER_NAME_CHARACTERS}]", "_", text).lstrip("._-") or "profile"
 
 
+class ClusterConfig(Section):
+    gpus_per_training: float = Field(1.0, gt=0, le=1, description="With --cluster: the share of one GPU each "
+                                     "training (and teacher analysis) asks Ray for; 0.25 lets four small trainings "
+                                     "share a GPU. Not part of any key.")
+    cpus_per_task: float = Field(1.0, gt=0, description="With --cluster: the CPUs each task asks Ray for (a CPU "
+                                 "training uses that many threads); a benchmark takes every CPU of its node. Not "
+                                 "part of any key.")
+
+
 class Profile(Section):
     name: str = Field("", description="Report folder name under artifacts/ (default: the profile's file name).")
     seed: int = Field(0, description="Seed of every random choice in training.")
@@ -39,6 +48,8 @@ class Profile(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig, description="Quantization.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Deployment target.")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="Benchmark settings.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
+                                   description="How tasks ask a Ray cluster for resources (--cluster).")
     paper: PaperRow | None = Field(None, description="The paper's row this profile reproduces: its printed figures, "
                                    "which the report and sweeps set beside the measured ones.")
 

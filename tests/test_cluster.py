@@ -1,0 +1,112 @@
+"""--cluster on a real Ray cluster: a head and two worker nodes on this machine (raylets of their own,
+with their own resources and temp folders), which the command line joins by its address as it would
+join a cloud cluster. STOCHKD_CLUSTER_COPY=1 makes every task receive its inputs and return its
+artifact as bundles, as on nodes that share no folder with the head."""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.commands import TINY, cli, pipeline_command
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): --cluster is untested")
+
+pytestmark = pytest.mark.slow
+
+# A training long enough to lose its node mid-way, with a checkpoint after every step.
+LONG_TEACHER = ("--set", "teacher.training.epochs=8")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    # The head takes no task (zero CPUs): every training lands on a worker node, one at a time each.
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [made.add_node(num_cpus=1) for _ in range(2)]
+    made.wait_for_nodes()
+    yield made, workers
+    made.shutdown()
+
+
+@pytest.fixture
+def copying(monkeypatch):
+    monkeypatch.setenv("STOCHKD_CLUSTER_COPY", "1")
+
+
+def models(artifacts) -> dict[str, bytes]:
+    """Every trained model's weights, by stage and key."""
+    return {f"{path.parts[-3]}/{path.parts[-2]}": path.read_bytes()
+            for path in sorted((artifacts / "store").glob("*/*/model.pt"))}
+
+
+def test_a_sweep_on_the_cluster_equals_the_same_sweep_run_here(tmp_path, cluster, copying, monkeypatch):
+    made, _ = cluster
+    there = cli("sweep", TINY, "--over", "seed=0,1", "--cluster", made.address, artifacts=tmp_path / "cluster")
+    assert there.returncode == 0, there.stdout + there.stderr
+    assert re.search(r"teacher:teacher .* on \S+ [0-9a-f]{8}", there.stdout)  # progress names each task's node
+    # A cluster task trains with the CPUs it asked for (cluster.cpus_per_task, 1); CPU arithmetic
+    # follows the thread count, so the run here gets one thread too.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    here = cli("sweep", TINY, "--over", "seed=0,1", artifacts=tmp_path / "here")
+    assert here.returncode == 0, here.stderr
+    sweeps = [json.loads((root / "tiny" / "sweep-seed" / "sweep.json").read_text())
+              for root in (tmp_path / "cluster", tmp_path / "here")]
+    assert sweeps[0]["results"] == sweeps[1]["results"]
+    trained = models(tmp_path / "cluster")
+    assert len(trained) == 8 and trained == models(tmp_path / "here")  # per seed: teacher and three students
+    assert not list((tmp_path / "cluster" / "store").glob("*/.resume-*"))  # every checkpoint gone with its task
+    assert not list((tmp_path / "cluster" / "store").glob(".cluster-*"))  # the run's marker too
+    again = cli("sweep", TINY, "--over", "seed=0,1", "--cluster", made.address, artifacts=tmp_path / "cluster")
+    assert again.returncode == 0 and "▶" not in again.stdout  # all from the cache: nothing sent
+
+
+def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_path, cluster, copying, monkeypatch):
+    made, workers = cluster
+    process = subprocess.Popen(
+        pipeline_command("teacher", TINY, *LONG_TEACHER, "--checkpoint-every", "0", "--cluster", made.address,
+                         artifacts=tmp_path / "cluster"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    resume = tmp_path / "cluster" / "store" / "teacher"
+    node = None
+    for line in process.stdout:
+        found = re.search(r"epoch 2/8 .* on \S+ ([0-9a-f]{8})", line)
+        if found:
+            node = found.group(1)
+            break
+    assert node, process.communicate()[1]
+    deadline = time.monotonic() + 60
+    while not list(resume.glob(".resume-*/training.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # its checkpoint has reached the head
+    [doomed] = [w for w in workers if w.node_id.startswith(node)]
+    made.remove_node(doomed, allow_graceful=False)
+    workers.remove(doomed)
+    workers.append(made.add_node(num_cpus=1))  # the cluster as it was, for any test after this one
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stdout + stderr
+    [manifest] = resume.glob("*/manifest.json")
+    assert len(json.loads(manifest.read_text())["metrics"]["train_resumed_at"]) == 1  # resumed, not restarted
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    here = cli("teacher", TINY, *LONG_TEACHER, artifacts=tmp_path / "here")
+    assert here.returncode == 0, here.stderr
+    assert models(tmp_path / "cluster") == models(tmp_path / "here")
+
+
+def test_cluster_input_that_cannot_work_is_one_line_and_exit_2(tmp_path, cluster):
+    made, _ = cluster
+    unreachable = cli("teacher", TINY, "--cluster", "127.0.0.1:1", artifacts=tmp_path)
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert re.fullmatch(r"error: --cluster 127\.0\.0\.1:1: no Ray cluster answered \(.*\); start one .*\n",
+                        unreachable.stderr)
+    no_gpu = cli("teacher", TINY, "--device", "cuda", "--cluster", made.address, artifacts=tmp_path)
+    assert no_gpu.returncode == 2
+    assert re.fullmatch(r"error: teacher:teacher: --device cuda trains on a GPU, and no node of the cluster at "
+                        r"\S+ has one \(its nodes: .*\); add a GPU node, or drop --device\n", no_gpu.stderr)
+    both = cli("teacher", TINY, "--cluster", made.address, "--jobs", "2", artifacts=tmp_path)
+    assert both.returncode == 2 and "drop --jobs" in both.stderr
+    assert not (tmp_path / "store" / "teacher").exists() or not any((tmp_path / "store" / "teacher").iterdir())
