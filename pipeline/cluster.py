@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.common.errors import ArtifactError, PipelineError, first_line
+from stages.common.errors import STOP_SIGNALS, STOP_WORDS, ArtifactError, PipelineError, Terminated, first_line
 from pipeline.plan import Task
 from pipeline.registry import STAGES
 from pipeline.runner import Outcome, Runner
@@ -61,6 +62,9 @@ def connect(address: str) -> str:
         _check_reachable(address)
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
              "configure_logging": True}
+    # Ray's core installs its own handlers, which end the process on SIGTERM at once; this run's own
+    # (stop the cluster's tasks with their checkpoints saved, then exit 143) are put back.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         if address == "local":
             ray.init(num_cpus=os.cpu_count() or 1, **quiet)
@@ -70,6 +74,10 @@ def connect(address: str) -> str:
         how = ("start one with `ray start --head` there, or use --cluster local for a private one"
                if address != "auto" else "start one on this machine with `ray start --head`, or pass its address")
         raise PipelineError(f"--cluster {address}: no Ray cluster answered ({first_line(exc)}); {how}") from None
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     return ray.__version__
 
 
@@ -352,6 +360,19 @@ class ClusterScheduler:
         import ray
 
         place = self._placement(tasks)
+        stopped_by: list[int] = []
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+        def remember(signum, frame):
+            stopped_by.append(signum)
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            raise Terminated(STOP_WORDS[signum], signum)
+
+        for signum, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, remember)
         marker = f".cluster-{uuid.uuid4().hex[:12]}"
         (self.store.root / "store").mkdir(parents=True, exist_ok=True)
         marker_path = self.store.root / "store" / marker
@@ -381,11 +402,16 @@ class ClusterScheduler:
                         for ref in done:
                             task = running.pop(ref)
                             self._record(outcomes, self._finish(task, ref, scratch))
-                except BaseException:
+                except BaseException as exc:
                     self._cancel(running, mailbox, scratch)
+                    if isinstance(exc, KeyboardInterrupt) and stopped_by and not isinstance(exc, Terminated):
+                        # Ray's blocking calls turn whatever a signal handler raised into KeyboardInterrupt.
+                        raise Terminated(STOP_WORDS[stopped_by[-1]], stopped_by[-1]) from None
                     raise
         finally:
             marker_path.unlink(missing_ok=True)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return [outcomes[id(t)] for t in tasks]
 
     def _record(self, outcomes: dict[int, Outcome], outcome: Outcome) -> None:

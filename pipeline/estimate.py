@@ -169,7 +169,13 @@ def measure_probe(device: str) -> Probe:
         det = ls * batch * ml - ll * batch * ms
         a = (ts * batch * ml - tl * batch * ms) / det
         b = (ls * tl - ll * ts) / det
-        return max(a, 0.0), max(b, (tl - ll * max(a, 0.0)) / (batch * ml) if a < 0 else b)
+        # A busy machine can time the small workload slower than the large one allows for: a rate
+        # would come out negative (and the probe unreadable later). The other rate then explains both.
+        if a < 0:
+            return 0.0, tl / (batch * ml)
+        if b < 0:
+            return max(ts / ls, tl / ll), 0.0
+        return a, b
 
     train_a, train_b = solve(timed("resnet8", 1, 8, 64, True), timed("resnet20", 3, 32, 64, True), 64)
     infer_a, infer_b = solve(timed("resnet8", 1, 8, EVAL_BATCH, False), timed("resnet20", 3, 32, EVAL_BATCH, False),

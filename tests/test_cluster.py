@@ -65,21 +65,33 @@ def test_a_sweep_on_the_cluster_equals_the_same_sweep_run_here(tmp_path, cluster
     assert again.returncode == 0 and "▶" not in again.stdout  # all from the cache: nothing sent
 
 
-def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_path, cluster, copying, monkeypatch):
-    made, workers = cluster
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """LONG_TEACHER's weights from a run here with one thread, as a cluster task trains."""
+    artifacts = tmp_path_factory.mktemp("here")
+    done = subprocess.run(pipeline_command("teacher", TINY, *LONG_TEACHER, artifacts=artifacts), capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return models(artifacts)
+
+
+def started_on_the_cluster(address: str, artifacts, *extra: str) -> tuple[subprocess.Popen, str]:
+    """LONG_TEACHER started on the cluster; returned once it is past epoch 2, with its node's id."""
     process = subprocess.Popen(
-        pipeline_command("teacher", TINY, *LONG_TEACHER, "--checkpoint-every", "0", "--cluster", made.address,
-                         artifacts=tmp_path / "cluster"),
+        pipeline_command("teacher", TINY, *LONG_TEACHER, *extra, "--cluster", address, artifacts=artifacts),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
-    resume = tmp_path / "cluster" / "store" / "teacher"
-    node = None
     for line in process.stdout:
-        found = re.search(r"epoch 2/8 .* on \S+ ([0-9a-f]{8})", line)
+        found = re.search(r"epoch [2-7]/8 .* on \S+ ([0-9a-f]{8})", line)
         if found:
-            node = found.group(1)
-            break
-    assert node, process.communicate()[1]
+            return process, found.group(1)
+    raise AssertionError(process.communicate()[1])
+
+
+def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_path, cluster, copying, uninterrupted):
+    made, workers = cluster
+    process, node = started_on_the_cluster(made.address, tmp_path / "cluster", "--checkpoint-every", "0")
+    resume = tmp_path / "cluster" / "store" / "teacher"
     deadline = time.monotonic() + 60
     while not list(resume.glob(".resume-*/training.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)  # its checkpoint has reached the head
@@ -91,10 +103,25 @@ def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_pa
     assert process.returncode == 0, stdout + stderr
     [manifest] = resume.glob("*/manifest.json")
     assert len(json.loads(manifest.read_text())["metrics"]["train_resumed_at"]) == 1  # resumed, not restarted
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    here = cli("teacher", TINY, *LONG_TEACHER, artifacts=tmp_path / "here")
-    assert here.returncode == 0, here.stderr
-    assert models(tmp_path / "cluster") == models(tmp_path / "here")
+    assert models(tmp_path / "cluster") == uninterrupted
+
+
+def test_sigterm_stops_the_cluster_tasks_with_their_checkpoints_and_the_rerun_ends_identical(
+        tmp_path, cluster, copying, uninterrupted):
+    import signal
+
+    made, _ = cluster
+    process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600")  # the stop saves
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert "training resumes from its last checkpoint; rerun the same command" in stderr
+    assert list((tmp_path / "store" / "teacher").glob(".resume-*/training.pt"))  # it reached the head
+    again = cli("teacher", TINY, *LONG_TEACHER, "--cluster", made.address, artifacts=tmp_path)
+    assert again.returncode == 0, again.stderr
+    [manifest] = (tmp_path / "store" / "teacher").glob("*/manifest.json")
+    assert len(json.loads(manifest.read_text())["metrics"]["train_resumed_at"]) == 1
+    assert models(tmp_path) == uninterrupted
 
 
 def test_cluster_input_that_cannot_work_is_one_line_and_exit_2(tmp_path, cluster):
