@@ -1,0 +1,64 @@
+"""--cluster's refusals that need no cluster: Ray missing or of a version the project does not know,
+an address that is not one, options that cannot go with it. Each is one line naming the fix."""
+
+import sys
+
+import pytest
+
+from pipeline.cli import _check_cluster
+from pipeline.cluster import connect
+from stages.common.errors import PipelineError
+
+
+def test_without_ray_cluster_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(PipelineError, match=r"^--cluster needs Ray: pip install -e '\.\[ray\]' \(on this machine "
+                                            r"and on every node of the cluster\)$"):
+        connect("local")
+
+
+@pytest.mark.parametrize("version", ["2.9.3", "3.1.0"])
+def test_a_ray_version_outside_the_supported_range_is_refused_before_joining(monkeypatch, version):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    monkeypatch.setattr(ray, "__version__", version)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("joined a cluster with an unsupported Ray"))
+    with pytest.raises(PipelineError, match=rf"^--cluster: Ray {version} is installed; stochkd-pipeline works with "
+                                            r"Ray >=2\.40,<3\.0: pip install 'ray>=2\.40,<3\.0'$"):
+        connect("local")
+
+
+def test_an_address_that_is_not_one_or_does_not_answer(monkeypatch):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    with pytest.raises(PipelineError, match=r"^--cluster head-node: not a Ray address; give HOST:PORT"):
+        connect("head-node")
+    with pytest.raises(PipelineError, match=r"^--cluster ray://127\.0\.0\.1:1: no Ray cluster answered \(.+\); "
+                                            r"start one with `ray start --head` there"):
+        connect("ray://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("jobs, mps, device, fix", [
+    (2, False, "auto", "drop --jobs"), (1, True, "auto", "drop --mps"), (1, False, "cuda:1", "use --device cuda")])
+def test_options_that_cannot_go_with_a_cluster(jobs, mps, device, fix):
+    with pytest.raises(PipelineError, match=fix):
+        _check_cluster("local", jobs, mps, device)
+    _check_cluster(None, jobs, mps, device)  # without --cluster, theirs to judge
+
+
+def test_a_task_that_failed_on_a_node_is_named_with_its_whole_error_in_the_logs(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from pipeline.cluster import ClusterScheduler
+    from pipeline.plan import Task
+    from pipeline.store import ArtifactStore
+
+    error = "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: boom"
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: {"code": 1, "error": error, "node": "node-1 0a1b2c3d"})
+    task = Task("teacher", "teacher", {})
+    with pytest.raises(PipelineError, match=r"^teacher:teacher failed on node-1 0a1b2c3d \(ValueError: boom\); the "
+                                            r"cluster's other tasks were stopped with their checkpoints saved; its "
+                                            r"whole error is in \S+/logs/teacher-teacher-\w{12}\.log$"):
+        ClusterScheduler(ArtifactStore(tmp_path), "local")._finish(task, object(), tmp_path)
+    [log] = (tmp_path / "logs").iterdir()
+    assert log.read_text() == f"on node node-1 0a1b2c3d\n{error}"
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: {"code": 2, "error": "data.path x: missing", "node": "n 1"})
+    with pytest.raises(PipelineError, match=r"^teacher:teacher \(on n 1\): data\.path x: missing$"):
+        ClusterScheduler(ArtifactStore(tmp_path), "local")._finish(task, object(), tmp_path)
