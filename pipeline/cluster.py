@@ -67,6 +67,10 @@ def connect(address: str) -> str:
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         if address == "local":
+            # Ray starts its workers at nice 15, for its own daemons' sake; on a machine shared with other
+            # work a private cluster's tasks would then get what is left of the CPU, where --jobs's
+            # get their share. The cluster is this run's alone: its tasks run at the run's priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=os.cpu_count() or 1, **quiet)
         else:
             ray.init(address=address, **quiet)
