@@ -425,18 +425,10 @@ class ClusterScheduler:
     def _start_ready(self, waiting, running, outcomes, forced, place, remote, mailbox, marker, sent, scratch) -> None:
         import ray
 
-        done = {(o.task.stage, o.task.key) for o in outcomes.values()}
-        for task in list(waiting):
-            if not all((t.stage, t.key) in done for t in task.needs.values()):
-                continue
-            if any((r.stage, r.key) == (task.stage, task.key) for r in running.values()):
-                continue  # the same work under another name: taken from the cache once it is done
-            if task.id not in forced:
-                artifact = self.store.lookup(task.stage, task.key)
-                if artifact is not None:
-                    waiting.remove(task)
-                    self._record(outcomes, Outcome(task, artifact, ran=False, wall_s=0.0))
-                    continue
+        from pipeline.scheduler import startable
+
+        for task in startable(waiting, outcomes, lambda: list(running.values()), forced, self.store,
+                              self._record):
             waiting.remove(task)
             if self.outside and STAGES[task.stage].hardware is not None:
                 self._record(outcomes, self._run_here(task, outcomes, forced))

@@ -66,6 +66,27 @@ def _gpus_nvidia_smi_lists() -> tuple[str, ...]:
     return tuple(line.strip() for line in done.stdout.splitlines() if line.strip()) if done.returncode == 0 else ()
 
 
+def startable(waiting: list[Task], outcomes: dict[int, Outcome], running: Callable[[], list[Task]], forced,
+              store: ArtifactStore, record: Callable[[dict[int, Outcome], Outcome], None]):
+    """The waiting tasks whose inputs are done, in order; those found in the cache are recorded and
+    taken off ``waiting`` on the way, not yielded. A task whose twin (the same stage and key under
+    another name) is running (``running()``, asked anew for each task) waits for it, and then comes
+    from the cache."""
+    done = {(o.task.stage, o.task.key) for o in outcomes.values()}
+    for task in list(waiting):
+        if not all((t.stage, t.key) in done for t in task.needs.values()):
+            continue
+        if any((r.stage, r.key) == (task.stage, task.key) for r in running()):
+            continue
+        if task.id not in forced:
+            artifact = store.lookup(task.stage, task.key)
+            if artifact is not None:
+                waiting.remove(task)
+                record(outcomes, Outcome(task, artifact, ran=False, wall_s=0.0))
+                continue
+        yield task
+
+
 @dataclass
 class Running:
     task: Task
@@ -142,18 +163,8 @@ class Scheduler:
         self.on_done(outcome)
 
     def _start_ready(self, waiting, running, outcomes, forced, scratch) -> None:
-        done = {(o.task.stage, o.task.key) for o in outcomes.values()}
-        for task in list(waiting):
-            if not all((t.stage, t.key) in done for t in task.needs.values()):
-                continue
-            if any((r.task.stage, r.task.key) == (task.stage, task.key) for r in running):
-                continue  # the same work under another name: taken from the cache once it is done
-            if task.id not in forced:
-                artifact = self.store.lookup(task.stage, task.key)
-                if artifact is not None:
-                    waiting.remove(task)
-                    self._record(outcomes, Outcome(task, artifact, ran=False, wall_s=0.0))
-                    continue
+        for task in startable(waiting, outcomes, lambda: [r.task for r in running], forced, self.store,
+                              self._record):
             alone = runs_alone(task)
             if len(running) >= self.jobs or (running and (alone or any(runs_alone(r.task) for r in running))):
                 continue
