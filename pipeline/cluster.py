@@ -224,32 +224,10 @@ class _CheckpointShipper:
 
 
 def _mailbox_progress(mailbox, task_id: str, node: str):
-    """A stage's progress callback whose state goes to the mailbox, at most twice a second."""
-    from contextlib import contextmanager
+    """A stage's progress callback whose state goes to the mailbox, throttled as a --jobs task's."""
+    from pipeline.task_worker import throttled_progress
 
-    @contextmanager
-    def progress(description: str, total: int):
-        state = {"description": description, "completed": 0, "total": total, "node": node}
-        sent = [0.0]
-
-        def send() -> None:
-            mailbox.put_state.remote(task_id, dict(state))
-            sent[0] = time.monotonic()
-
-        def advance(steps: int = 1, description: str | None = None) -> None:
-            state["completed"] += steps
-            if description:
-                state["description"] = description
-            if description or time.monotonic() - sent[0] >= 0.5:
-                send()
-
-        send()
-        try:
-            yield advance
-        finally:
-            send()
-
-    return progress
+    return throttled_progress(lambda state: mailbox.put_state.remote(task_id, state), node=node)
 
 
 def run_on_node(spec: dict[str, Any], mailbox, *input_bundles: bytes) -> dict[str, Any]:
@@ -494,9 +472,9 @@ class ClusterScheduler:
             raise KeyboardInterrupt(result["error"])
         if code == 2:
             raise PipelineError(f"{task.id} (on {node}): {result['error']}")
-        log = self.store.root / "logs" / f"{task.stage}-{task.variant or 'all'}-{task.key[:12]}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"on node {node}\n{result['error']}")
+        from pipeline.scheduler import write_failure_log
+
+        log = write_failure_log(self.store, task, f"on node {node}\n{result['error']}")
         lines = result["error"].strip().splitlines() or ["no message"]
         raise PipelineError(f"{task.id} failed on {node} ({lines[-1]}); the cluster's other tasks were stopped "
                             f"with their checkpoints saved; its whole error is in {log}")

@@ -219,11 +219,17 @@ class Scheduler:
             raise Terminated(lines[-1], code - 128)
         if code == 2:
             raise PipelineError(f"{item.task.id}: {lines[-1]}")
-        log = self.store.root / "logs" / f"{item.task.stage}-{item.task.variant or 'all'}-{item.task.key[:12]}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(text)
+        log = write_failure_log(self.store, item.task, text)
         raise PipelineError(f"{item.task.id} failed ({lines[-1]}); the tasks running beside it were stopped with "
                             f"their checkpoints saved; its whole error is in {log}")
+
+
+def write_failure_log(store: ArtifactStore, task: Task, text: str) -> Path:
+    """A failed task's whole error, in ``artifacts/logs/``, where its one-line message points."""
+    log = store.root / "logs" / f"{task.stage}-{task.variant or 'all'}-{task.key[:12]}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(text)
+    return log
 
 
 def _read_status(path: Path) -> dict:

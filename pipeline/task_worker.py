@@ -24,36 +24,46 @@ from pathlib import Path
 STATUS_EVERY_S = 0.5
 
 
-def status_progress(status: Path):
-    """A stage's progress callback that keeps the latest state in ``status`` (written aside and
-    renamed, so the scheduler never reads half a line): at once when the description changes (an
-    epoch ends), else at most every STATUS_EVERY_S seconds, and when the work ends."""
+def throttled_progress(publish, **extra):
+    """A stage's progress callback that hands its latest state (with ``extra``) to ``publish``: at
+    once when the description changes (an epoch ends), else at most every STATUS_EVERY_S seconds,
+    and when the work ends."""
 
     @contextmanager
     def progress(description: str, total: int):
-        state = {"description": description, "completed": 0, "total": total}
-        written = [0.0]
+        state = {"description": description, "completed": 0, "total": total, **extra}
+        published = [0.0]
 
-        def write() -> None:
-            partial = status.with_name(status.name + ".partial")
-            partial.write_text(json.dumps(state))
-            os.replace(partial, status)
-            written[0] = time.monotonic()
+        def send() -> None:
+            publish(dict(state))
+            published[0] = time.monotonic()
 
         def advance(steps: int = 1, description: str | None = None) -> None:
             state["completed"] += steps
             if description:
                 state["description"] = description
-            if description or time.monotonic() - written[0] >= STATUS_EVERY_S:
-                write()
+            if description or time.monotonic() - published[0] >= STATUS_EVERY_S:
+                send()
 
-        write()
+        send()
         try:
             yield advance
         finally:
-            write()
+            send()
 
     return progress
+
+
+def status_progress(status: Path):
+    """Progress kept in ``status`` (written aside and renamed, so the scheduler never reads half a
+    line), as throttled_progress publishes it."""
+
+    def write(state: dict) -> None:
+        partial = status.with_name(status.name + ".partial")
+        partial.write_text(json.dumps(state))
+        os.replace(partial, status)
+
+    return throttled_progress(write)
 
 
 def main(argv: list[str]) -> int:
