@@ -126,7 +126,7 @@ class _Mailbox:
     def put_state(self, task_id: str, state: dict) -> None:
         self.states[task_id] = state
 
-    def take_states(self) -> dict[str, dict]:
+    def latest_states(self) -> dict[str, dict]:
         return self.states
 
     def put_checkpoint(self, stage: str, key: str, bundle: bytes, from_head: bool = False) -> None:
@@ -310,15 +310,14 @@ class ClusterScheduler:
         gpus = sum(node["Resources"].get("GPU", 0) for node in nodes)
         head = None if self.outside else ray.get_runtime_context().get_node_id()
         head_node = next((n for n in nodes if n["NodeID"] == head), None)
-        for task in tasks:
-            if self.device.startswith("cuda") and task.stage in GPU_STAGES and not gpus:
-                raise PipelineError(f"{task.id}: --device {self.device} trains on a GPU, and no node of the cluster at "
-                                    f"{self.address} has one (its nodes: {_describe(nodes)}); add a GPU node, or "
-                                    f"drop --device")
-            if task.stage in GPU_STAGES and self.device.startswith("cuda") and gpus:
-                largest = max(node["Resources"].get("GPU", 0) for node in nodes)
-                if min(1.0, self.gpus_per_training) > largest:
-                    raise PipelineError(f"{task.id}: asks for {self.gpus_per_training} GPU, more than any node has")
+        on_gpu = self.device.startswith("cuda")
+        task = next((t for t in tasks if t.stage in GPU_STAGES), None) if on_gpu else None
+        if task is not None and not gpus:
+            raise PipelineError(f"{task.id}: --device {self.device} trains on a GPU, and no node of the cluster at "
+                                f"{self.address} has one (its nodes: {_describe(nodes)}); add a GPU node, or "
+                                f"drop --device")
+        if task is not None and min(1.0, self.gpus_per_training) > max(n["Resources"].get("GPU", 0) for n in nodes):
+            raise PipelineError(f"{task.id}: asks for {self.gpus_per_training} GPU, more than any node has")
         return {"gpus": gpus, "head": head, "head_cpus": head_node["Resources"].get("CPU", 1) if head_node else 1}
 
     def _options(self, task: Task, place: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +438,7 @@ class ClusterScheduler:
         """Progress lines, and the training checkpoints that arrived, into this store."""
         import ray
 
-        states, fresh = ray.get([mailbox.take_states.remote(), mailbox.take_fresh_checkpoints.remote()])
+        states, fresh = ray.get([mailbox.latest_states.remote(), mailbox.take_fresh_checkpoints.remote()])
         shown = []
         for task in running.values():
             state = states.get(task.id)
