@@ -13,9 +13,9 @@ import typer
 
 from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, unbundle
 from pipeline.cli_status import estimate_run, status
-from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, ClusterOpt, DeviceOpt, JobsOpt, MasterAddrOpt, MasterPortOpt,
-                                  MpsOpt, NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg, SetOpt, artifacts_root,
-                                  check_stage, user_errors)
+from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, ClusterOpt, DeviceOpt, JobsOpt, LockstepOpt,
+                                  MasterAddrOpt, MasterPortOpt, MpsOpt, NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg,
+                                  SetOpt, artifacts_root, check_stage, user_errors)
 from pipeline.registry import STAGE_ORDER, STAGES, stage_index
 from stages.common.errors import PipelineError
 
@@ -83,7 +83,7 @@ def _check_device(device: str) -> str:
 def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Optional[str] = None,
              until: Optional[str] = None, start: Optional[str] = None, force: Optional[str] = None,
              device: str = "auto", artifacts: Optional[Path] = None, checkpoint_every: float = 60.0,
-             jobs: int = 1, mps: bool = False, cluster: Optional[str] = None) -> None:
+             jobs: int = 1, mps: bool = False, cluster: Optional[str] = None, lockstep: bool = False) -> None:
     from pipeline.plan import build_plan, with_ancestors
     from pipeline.profiles import load_profile
     from stages.common.hardware import check_benchmark_cores
@@ -93,6 +93,7 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     _check_device(device)
     _check_mps(mps, jobs, device)
     _check_cluster(cluster, jobs, mps, device)
+    _check_lockstep(lockstep, jobs, cluster)
     device = distributed.device_for_rank(device)
     profile = load_profile(profile_path, overrides)
     plan = build_plan(profile)
@@ -119,11 +120,11 @@ def _execute(profile_path: Optional[Path], overrides: List[str], *, only: Option
     root = artifacts_root(artifacts)
     with distributed.crash_logged(root / "logs"):
         _run(root, profile, tasks, forced, only=only, device=device, checkpoint_every=checkpoint_every, jobs=jobs,
-             mps=mps, cluster=cluster)
+             mps=mps, cluster=cluster, lockstep=lockstep)
 
 
 def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str, checkpoint_every: float,
-         jobs: int, mps: bool, cluster: Optional[str] = None) -> None:
+         jobs: int, mps: bool, cluster: Optional[str] = None, lockstep: bool = False) -> None:
     from pipeline import ui
     from pipeline.runner import Runner, publish_report
     from pipeline.store import ArtifactStore
@@ -140,7 +141,7 @@ def _run(root: Path, profile, tasks, forced, *, only: Optional[str], device: str
                      f"artifacts in {root}")
     # This machine's speed says nothing of a cluster's.
     estimates = {} if cluster else estimate_run(store, tasks, forced, profile, device, jobs, mps)
-    with _runner(store, jobs, device, checkpoint_every, estimates, mps, cluster, profile) as runner:
+    with _runner(store, jobs, device, checkpoint_every, estimates, mps, cluster, profile, lockstep) as runner:
         outcomes = runner.run(tasks, forced)
     published = publish_report(outcomes, root / profile.name)
     ran = sum(o.ran for o in outcomes)
@@ -194,6 +195,13 @@ def _check_mps(mps: bool, jobs: int, device: str) -> None:
                             f"task getting its own; drop --mps, or set CUDA_VISIBLE_DEVICES to one GPU")
 
 
+def _check_lockstep(lockstep: bool, jobs: int, cluster: Optional[str]) -> None:
+    for option, used in (("--jobs", jobs > 1), ("--cluster", cluster is not None)):
+        if lockstep and used:
+            raise PipelineError(f"--lockstep trains a row's students in this one process; {option} runs each task in "
+                                f"a process of its own: drop one of them")
+
+
 def _check_cluster(cluster: Optional[str], jobs: int, mps: bool, device: str) -> None:
     if cluster is None:
         return
@@ -209,11 +217,12 @@ def _check_cluster(cluster: Optional[str], jobs: int, mps: bool, device: str) ->
 
 @contextmanager
 def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False,
-            cluster: Optional[str] = None, profile=None):
-    """The sequential runner; with ``jobs`` > 1 the scheduler that runs ready tasks side by side; with
-    ``cluster`` the one that runs them on a Ray cluster (connected for the while)."""
+            cluster: Optional[str] = None, profile=None, lockstep: bool = False):
+    """The sequential runner (training a row's students together with ``lockstep``); with ``jobs`` > 1
+    the scheduler that runs ready tasks side by side; with ``cluster`` the one that runs them on a Ray
+    cluster (connected for the while)."""
     if cluster is None:
-        yield _local_runner(store, jobs, device, checkpoint_every, estimates, mps)
+        yield _local_runner(store, jobs, device, checkpoint_every, estimates, mps, lockstep)
         return
     from pipeline import ui
     from pipeline.cluster import ClusterScheduler, connect, disconnect
@@ -234,7 +243,8 @@ def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=No
         disconnect()
 
 
-def _local_runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False):
+def _local_runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False,
+                  lockstep: bool = False):
     from pipeline import ui
     from stages.common import distributed
     from pipeline.runner import Runner
@@ -250,7 +260,7 @@ def _local_runner(store, jobs: int, device: str, checkpoint_every: float, estima
                          estimates=estimates, mps=mps)
     return Runner(store, device=device, progress=ui.progress_bar, on_start=ui.stage_started,
                   on_done=ui.stage_finished, checkpoint_interval_s=checkpoint_every, estimates=estimates,
-                  on_wait=lambda task, holder: ui.warn(
+                  lockstep=lockstep, on_wait=lambda task, holder: ui.warn(
                       f"{task.id}: another run (process {holder}) is building it; waiting for it"))
 
 
@@ -263,7 +273,8 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
                                             help="Recompute this stage even if cached."),
         device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
         checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
-        cluster: Optional[str] = ClusterOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+        cluster: Optional[str] = ClusterOpt, lockstep: bool = LockstepOpt, nproc_per_node: int = NprocOpt,
+        nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
         master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
     """Run every stage of a profile; cached stages are looked up, not rerun."""
     with user_errors():
@@ -271,7 +282,8 @@ def run(profile: Optional[Path] = ProfileArg, set_: List[str] = SetOpt,
             check_stage(option, value)
         _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
         _execute(profile, set_ or [], until=until, start=start, force=force, device=device,
-                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster)
+                 artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster,
+                 lockstep=lockstep)
 
 
 def _stage_command(name: str):
@@ -279,12 +291,14 @@ def _stage_command(name: str):
                 force: bool = typer.Option(False, "--force", help="Recompute this stage even if cached."),
                 device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
                 checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
-                cluster: Optional[str] = ClusterOpt, nproc_per_node: int = NprocOpt, nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
+                cluster: Optional[str] = ClusterOpt, lockstep: bool = LockstepOpt, nproc_per_node: int = NprocOpt,
+                nnodes: str = NnodesOpt, node_rank: int = NodeRankOpt,
                 master_addr: str = MasterAddrOpt, master_port: int = MasterPortOpt) -> None:
         with user_errors():
             _launch(profile, set_ or [], device, nproc_per_node, nnodes, node_rank, master_addr, master_port)
             _execute(profile, set_ or [], only=name, force=name if force else None, device=device,
-                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster)
+                     artifacts=artifacts, checkpoint_every=checkpoint_every, jobs=jobs, mps=mps, cluster=cluster,
+                     lockstep=lockstep)
 
     command.__doc__ = f"{STAGES[name].help} Runs what it needs first, unless cached."
     return command
@@ -307,7 +321,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
                                     help="Last stage to run at each point (default: the last training stage)."),
           device: str = DeviceOpt, artifacts: Optional[Path] = ArtifactsOpt,
           checkpoint_every: float = CheckpointOpt, jobs: int = JobsOpt, mps: bool = MpsOpt,
-          cluster: Optional[str] = ClusterOpt) -> None:
+          cluster: Optional[str] = ClusterOpt, lockstep: bool = LockstepOpt) -> None:
     """Run a profile at every point of a grid of settings and tabulate the models' accuracies."""
     with user_errors():
         from pipeline import ui
@@ -324,6 +338,7 @@ def sweep(profile: Optional[Path] = ProfileArg,
         _check_device(device)
         _check_mps(mps, jobs, device)
         _check_cluster(cluster, jobs, mps, device)
+        _check_lockstep(lockstep, jobs, cluster)
         if stage_index(until) < stage_index("mutual"):
             raise PipelineError(f"--until {until!r}: a sweep compares trained models; use mutual (the last "
                                 f"training stage) or a later one")
@@ -339,7 +354,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
         root = artifacts_root(artifacts)
         store = ArtifactStore(root, warn=ui.warn)
         together = jobs > 1 or cluster is not None
-        with _runner(store, jobs, device, checkpoint_every, mps=mps, cluster=cluster, profile=profiles[0]) as runner:
+        with _runner(store, jobs, device, checkpoint_every, mps=mps, cluster=cluster, profile=profiles[0],
+                     lockstep=lockstep) as runner:
             if together:
                 # Every point's tasks in one schedule, so points run side by side; shared tasks once.
                 unique = {}

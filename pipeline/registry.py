@@ -78,6 +78,8 @@ class StageDecl:
     hardware: str | None  # None, "platform" (engines) or "machine" (measurements): see hardware.fingerprint
     help: str
     headline: Callable[[dict[str, Any]], str]
+    # "module:function" that runs several of the stage's tasks in one process, in lockstep (--lockstep).
+    together: str | None = None
 
 
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
@@ -86,7 +88,8 @@ STAGES: dict[str, StageDecl] = {s.name: s for s in (
     StageDecl("analyze", "stages.analyze:analyze_teacher", 3, None,
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
     StageDecl("distill", "stages.distill:train_student", 2, None,
-              "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy),
+              "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy,
+              together="stages.distill:train_students_together"),
     StageDecl("mutual", "stages.mutual:train_peers", 1, None,
               "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),
     StageDecl("export", "stages.export:export_model", 3, None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+from contextlib import ExitStack
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ class Runner:
                  on_start: Callable[[Task], None] = lambda task: None,
                  on_done: Callable[[Outcome], None] = lambda outcome: None,
                  on_wait: Callable[[Task, str], None] = lambda task, holder: None,
-                 checkpoint_interval_s: float = 60.0, estimates: dict[str, float | None] | None = None) -> None:
+                 checkpoint_interval_s: float = 60.0, estimates: dict[str, float | None] | None = None,
+                 lockstep: bool = False) -> None:
         self.store = store
+        self.lockstep = lockstep  # tasks a stage can train together (a row's students) run in one process
         self.estimates = estimates or {}  # estimated seconds per task id, recorded beside the measured time
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_wait = on_wait
@@ -64,18 +67,61 @@ class Runner:
         """Run ``tasks`` (each after the tasks it needs); ``forced`` task ids rerun even if cached."""
         done: dict[int, Outcome] = {}
         for task in tasks:
+            if id(task) in done:
+                continue  # trained in lockstep with an earlier one
             artifact = None
             if task.id not in forced and distributed.rank() == 0:
                 artifact = self.store.lookup(task.stage, task.key)
             # Rank 0 alone decides; the other ranks read what it found or wrote.
             if distributed.broadcast(artifact is not None):
                 outcome = Outcome(task, artifact or self._written_by_rank_0(task), ran=False, wall_s=0.0)
+            elif len(row := self._row_of(task, tasks, done, forced)) > 1:
+                for outcome in self._execute_row(row, done, forced):
+                    done[id(outcome.task)] = outcome
+                    self.on_done(outcome)
+                continue
             else:
-                outcome = self._execute(task, {role: done[id(t)].artifact for role, t in task.needs.items()},
-                                        task.id in forced)
+                outcome = self._execute(task, self._inputs(task, done), task.id in forced)
             done[id(task)] = outcome
             self.on_done(outcome)
-        return list(done.values())
+        return [done[id(task)] for task in tasks]
+
+    def _row_of(self, task: Task, tasks: list[Task], done: dict[int, Outcome], forced) -> list[Task]:
+        """``task`` and the tasks still to run that can train in lockstep with it (--lockstep): the
+        same stage, the same recipe, data and seed, their inputs ready."""
+        if not self.lockstep or STAGES[task.stage].together is None or distributed.world_size() > 1:
+            return [task]
+        shared = ("student", "data", "seed")
+        same = key_form({k: task.params.get(k) for k in shared})
+        later = tasks[next(i for i, t in enumerate(tasks) if t is task) + 1:]
+        row = [task]
+        for other in later:
+            if (other.stage == task.stage and id(other) not in done and other.key not in {t.key for t in row}
+                    and all(id(n) in done for n in other.needs.values())
+                    and key_form({k: other.params.get(k) for k in shared}) == same
+                    and (other.id in forced or self.store.lookup(other.stage, other.key) is None)):
+                row.append(other)
+        return row
+
+    def _execute_row(self, row: list[Task], done: dict[int, Outcome], forced) -> list[Outcome]:
+        """Train ``row`` in lockstep, each task under its own lock, scratch folder and manifest; those
+        another run built meanwhile come from the cache."""
+        with ExitStack() as locks:
+            outcomes, building = [], []
+            for task in row:
+                locks.enter_context(self.store.lock(task.stage, task.key,
+                                                    on_wait=lambda holder, t=task: self.on_wait(t, holder)))
+                built = None if task.id in forced else self.store.lookup(task.stage, task.key)
+                if built:
+                    outcomes.append(Outcome(task, built, ran=False, wall_s=0.0))
+                else:
+                    building.append(task)
+            if len(building) == 1:
+                return [*outcomes, self._execute_here(building[0], self._inputs(building[0], done))]
+            return [*outcomes, *self._execute_together(building, done)]
+
+    def _inputs(self, task: Task, done: dict[int, Outcome]) -> dict[str, StageInput]:
+        return {role: done[id(t)].artifact for role, t in task.needs.items()}
 
     def _written_by_rank_0(self, task: Task) -> StageInput:
         artifact = self.store.lookup(task.stage, task.key)
@@ -107,37 +153,73 @@ class Runner:
         return Outcome(task, self._written_by_rank_0(task), ran=builds, wall_s=0.0)
 
     def _execute_here(self, task: Task, inputs: dict[str, StageInput]) -> Outcome:
-        decl = STAGES[task.stage]
-        stage_function = resolve_stage(decl.function)
+        stage_function = resolve_stage(STAGES[task.stage].function)
         self.on_start(task)
         scratch = self.store.begin(task.stage, task.key)
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         try:
-            metrics = stage_function(StageContext(
-                params=task.params, inputs=inputs, output=scratch, variant=task.variant,
-                device=self.device, progress=self.progress, shared=self.store.shared_folder(task.stage),
-                checkpoints=self.store.resume_folder(task.stage, task.key),
-                checkpoint_interval_s=self.checkpoint_interval_s))
+            metrics = stage_function(self._context(task, inputs, scratch))
             wall = time.perf_counter() - clock
-            manifest = {
-                "stage": task.stage, "variant": task.variant, "version": decl.version,
-                "config": key_form(task.params), "inputs": {r: t.key for r, t in task.needs.items()},
-                "metrics": metrics, "seed": task.params.get("seed"),
-                "timings": {"started": started.isoformat(), "wall_s": wall,
-                            **({"estimated_s": self.estimates[task.id]} if self.estimates.get(task.id) else {})},
-                "versions": package_versions(), "machine": machine(), "device_requested": self.device,
-            }
-            artifact = self.store.commit(scratch, task.stage, task.key, manifest)
+            artifact = self.store.commit(scratch, task.stage, task.key, self._manifest(task, metrics, started, wall))
         except BaseException as exc:
             self.store.discard(scratch)
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                raise ArtifactError(
-                    f"{exc.filename or self.store.root}: cannot write {task.id} ({exc.strerror}); nothing of it "
-                    f"was kept and finished stages are intact. Free space (or pass --artifacts on another "
-                    f"disk) and rerun the same command; training resumes from its last checkpoint") from exc
+            _raise_disk_full(exc, self.store, [task])
             raise
         return Outcome(task, artifact, ran=True, wall_s=wall)
+
+    def _execute_together(self, row: list[Task], done: dict[int, Outcome]) -> list[Outcome]:
+        """The tasks of ``row`` trained by their stage's ``together`` function in one process; each is
+        committed with its own manifest, which names the tasks it trained beside."""
+        together = resolve_stage(STAGES[row[0].stage].together)
+        scratches = {}
+        try:
+            for task in row:
+                self.on_start(task)
+                scratches[id(task)] = self.store.begin(task.stage, task.key)
+            started = datetime.now(timezone.utc)
+            clock = time.perf_counter()
+            all_metrics = together([self._context(task, self._inputs(task, done), scratches[id(task)])
+                                    for task in row])
+            wall = time.perf_counter() - clock
+            outcomes = []
+            for task, metrics in zip(row, all_metrics):
+                manifest = self._manifest(task, metrics, started, wall)
+                manifest["timings"]["lockstep_with"] = [t.id for t in row if t is not task]
+                artifact = self.store.commit(scratches.pop(id(task)), task.stage, task.key, manifest)
+                outcomes.append(Outcome(task, artifact, ran=True, wall_s=wall))
+            return outcomes
+        except BaseException as exc:
+            for scratch in scratches.values():
+                self.store.discard(scratch)
+            _raise_disk_full(exc, self.store, row)
+            raise
+
+    def _context(self, task: Task, inputs: dict[str, StageInput], scratch: Path) -> StageContext:
+        return StageContext(params=task.params, inputs=inputs, output=scratch, variant=task.variant,
+                            device=self.device, progress=self.progress, shared=self.store.shared_folder(task.stage),
+                            checkpoints=self.store.resume_folder(task.stage, task.key),
+                            checkpoint_interval_s=self.checkpoint_interval_s)
+
+    def _manifest(self, task: Task, metrics: dict[str, Any], started: datetime, wall: float) -> dict[str, Any]:
+        return {
+            "stage": task.stage, "variant": task.variant, "version": STAGES[task.stage].version,
+            "config": key_form(task.params), "inputs": {r: t.key for r, t in task.needs.items()},
+            "metrics": metrics, "seed": task.params.get("seed"),
+            "timings": {"started": started.isoformat(), "wall_s": wall,
+                        **({"estimated_s": self.estimates[task.id]} if self.estimates.get(task.id) else {})},
+            "versions": package_versions(), "machine": machine(), "device_requested": self.device,
+        }
+
+
+def _raise_disk_full(exc: BaseException, store: ArtifactStore, tasks: list[Task]) -> None:
+    """A full disk, in one line naming what was lost (nothing finished) and how to go on."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        names = " and ".join(t.id for t in tasks)
+        raise ArtifactError(
+            f"{exc.filename or store.root}: cannot write {names} ({exc.strerror}); nothing of it "
+            f"was kept and finished stages are intact. Free space (or pass --artifacts on another "
+            f"disk) and rerun the same command; training resumes from its last checkpoint") from exc
 
 
 def publish_report(outcomes: list[Outcome], destination: Path) -> Path | None:

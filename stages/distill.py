@@ -8,6 +8,8 @@ One function serves the method and both baselines, so they share the recipe by c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,7 @@ from stages.nets.losses import attention_term, kd_loss
 from stages.nets.stochastic_depth import sample_logits, sample_with_groups
 from stages.nets.stochastic_depth import use_drop_execution
 from stages.nets.teaching import teaching_teacher
-from stages.training.loop import (LossFunction, cross_entropy_loss, drop_execution_for, fit_and_save,
+from stages.training.loop import (LossFunction, WithGroups, cross_entropy_loss, drop_execution_for, fit_and_save,
                                   select_device)
 
 
@@ -49,10 +51,65 @@ def attention_transfer_loss(teacher: torch.nn.Module, distill) -> LossFunction:
 
 def train_student(ctx: StageContext) -> dict:
     params = ctx.params
-    cfg, data_cfg, seed = params["student"], params["data"], params["seed"]
-    distill = params.get("distill")
+    cfg, data_cfg = params["student"], params["data"]
     data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
     device = select_device(ctx.device)
+    student = _student_of(ctx, data, device)
+    _, metrics = fit_and_save(ctx, student.spec, data, cfg.training, augmentation=data_cfg.augmentation,
+                              seed=params["seed"], device=device, loss_fn=student.loss_fn,
+                              with_groups=student.attention, label=f"{ctx.variant} {cfg.arch}",
+                              pretrained=cfg.pretrained)
+    return {**metrics, **student.teacher_metrics}
+
+
+def train_students_together(contexts: list[StageContext]) -> list[dict]:
+    """``train_student`` for students that share their recipe, data and seed (a row: alone, KD and
+    stochastic KD from each teacher reading), trained in lockstep in one process: one pass over the
+    batches feeds them all. Each task gets the artifact and checkpoint it gets alone; on a CPU, the
+    same weights. Checkpoints that stand at different points of training resume one task at a time."""
+    from stages.training.device_data import DeviceData
+    from stages.training.lockstep import Member, OutOfStep, train_together
+    from stages.training.loop import built_for_training, each_epoch_evaluation, saved_with_metrics
+    from stages.training.resume import rng_states
+
+    first = contexts[0]
+    cfg, data_cfg, seed = first.params["student"], first.params["data"], first.params["seed"]
+    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
+    device = select_device(first.device)
+    students, members = [], []
+    for ctx in contexts:
+        student = _student_of(ctx, data, device)
+        model, started_from = built_for_training(student.spec, seed, cfg.pretrained)
+        trained = WithGroups(model) if student.attention else model
+        members.append(Member(f"{ctx.variant} {cfg.arch}", trained, student.loss_fn, rng_states(device),
+                              ctx.training_checkpoint, each_epoch_evaluation(model, data, device, cfg.training)))
+        students.append((student, model, started_from))
+    names = ", ".join(ctx.variant or "student" for ctx in contexts)
+    try:
+        results = train_together(members, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
+                                 seed=seed, progress=first.progress, label=f"{names} ({cfg.arch}, in lockstep)",
+                                 checkpoint_interval_s=first.checkpoint_interval_s)
+    except OutOfStep:
+        return [train_student(ctx) for ctx in contexts]
+    return [{**saved_with_metrics(ctx, model, student.spec, data, device, result, started_from),
+             **student.teacher_metrics}
+            for ctx, (student, model, started_from), result in zip(contexts, students, results)]
+
+
+@dataclass
+class Student:
+    """What a student task trains: its network, its loss (its teacher's, if any) and that teacher's
+    figures for its metrics."""
+    spec: ModelSpec
+    loss_fn: LossFunction
+    attention: bool
+    teacher_metrics: dict
+
+
+def _student_of(ctx: StageContext, data, device: torch.device) -> Student:
+    params = ctx.params
+    cfg, data_cfg = params["student"], params["data"]
+    distill = params.get("distill")
     loss_fn, teacher_metrics = cross_entropy_loss, {}
     attention = distill is not None and distill.transfer == "at"
     if distill is not None:
@@ -71,7 +128,4 @@ def train_student(ctx: StageContext) -> dict:
         teacher_metrics = {"teacher_test_accuracy": ctx.inputs["teacher"].metrics.get("test_accuracy")}
     spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, 1.0, "batch",
                      data.mean, data.std, resolve_skips(cfg.arch, 1.0, cfg.skips))
-    _, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation, seed=seed,
-                              device=device, loss_fn=loss_fn, with_groups=attention,
-                              label=f"{ctx.variant} {cfg.arch}", pretrained=cfg.pretrained)
-    return {**metrics, **teacher_metrics}
+    return Student(spec, loss_fn, attention, teacher_metrics)

@@ -325,27 +325,44 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
     """Build ``spec`` (starting from the ``pretrained`` weights file, where given), train it, evaluate
     it on the test split and save it into ``ctx.output``. ``with_groups`` trains it with a forward
     pass that also returns its group feature maps."""
-    torch.manual_seed(seed)
-    model = spec.build()
-    started_from = {}
-    if pretrained is not None:
-        from stages.nets.pretrained import load_pretrained
-
-        started_from = {"pretrained": load_pretrained(model, Path(pretrained), spec.arch)}
-
-    def each_epoch() -> dict[str, float]:
-        # The curves of the report: evaluation uses no random numbers, so the weights do not change.
-        return {"test_accuracy": accuracy_on_test(model, data, device), **validation_metrics(model, data, device)}
-
+    model, started_from = built_for_training(spec, seed, pretrained)
     result = train(WithGroups(model) if with_groups else model, DeviceData(data, device), recipe,
                    augmentation=augmentation, seed=seed, loss_fn=loss_fn, progress=ctx.progress, label=label,
                    checkpoint=ctx.training_checkpoint, checkpoint_interval_s=ctx.checkpoint_interval_s,
-                   evaluate=None if recipe.eval_each_epoch is False else each_epoch)
+                   evaluate=each_epoch_evaluation(model, data, device, recipe))
+    return model, saved_with_metrics(ctx, model, spec, data, device, result, started_from)
+
+
+def built_for_training(spec, seed: int, pretrained: str | None = None) -> tuple[nn.Module, dict]:
+    """The network of ``spec`` as training starts it: drawn from ``seed`` (the global generators),
+    or from the ``pretrained`` weights file; and what it started from, for its metrics."""
+    torch.manual_seed(seed)
+    model = spec.build()
+    if pretrained is None:
+        return model, {}
+    from stages.nets.pretrained import load_pretrained
+
+    return model, {"pretrained": load_pretrained(model, Path(pretrained), spec.arch)}
+
+
+def each_epoch_evaluation(model: nn.Module, data: ImageDataset, device: torch.device,
+                          recipe: TrainingConfig) -> Callable[[], dict[str, float]] | None:
+    """The report's curves: test (and validation) accuracy after every epoch, unless the recipe says
+    not. Evaluation uses no random numbers, so the weights do not change."""
+    if recipe.eval_each_epoch is False:
+        return None
+    return lambda: {"test_accuracy": accuracy_on_test(model, data, device), **validation_metrics(model, data, device)}
+
+
+def saved_with_metrics(ctx, model: nn.Module, spec, data: ImageDataset, device: torch.device, result: TrainResult,
+                       started_from: dict) -> dict:
+    """Evaluate the trained ``model`` on the test split, save it, its history and its curves into
+    ``ctx.output``, and return its metrics."""
     test_accuracy = accuracy_on_test(model, data, device)
     save_model(model, spec, ctx.output)
     (ctx.output / "history.json").write_text(json.dumps(result.history, indent=1))
     write_tensorboard(result.history, ctx.output, ctx.variant or spec.arch)
-    return model, {
+    return {
         "test_accuracy": test_accuracy,
         **validation_metrics(model, data, device),
         "final_train_loss": result.final_train_loss,
@@ -360,5 +377,3 @@ def fit_and_save(ctx, spec, data: ImageDataset, recipe: TrainingConfig, *, augme
         "images": image_counts(data),
         **started_from,
     }
-
-

@@ -1,0 +1,227 @@
+"""Several models trained in lockstep in one process: the students of a row (alone, KD, stochastic KD
+from each teacher reading), which share a recipe and a seed and so see the same batches in the same
+order. Each step makes the batch once and then steps every model on it.
+
+Each model keeps everything its own training has: weights and BatchNorm statistics, optimizer state,
+the epoch's sums and history, and its own stream of the global random numbers (its teacher's coins),
+swapped in for its step. Its checkpoint is the one its separate training writes at the same step,
+so either way of training resumes from the other's, and on a CPU the weights are those of separate
+training to the bit.
+
+One process, eager steps: a recipe that compiles or captures its step, or a run under torchrun,
+trains its models one at a time (``lockstep_refusal`` says why).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from stages.common import distributed
+from stages.common.config import TrainingConfig
+from stages.common.errors import PipelineError
+from stages.context import no_progress
+from stages.nets.stochastic_depth import use_drop_execution
+from stages.training.cuda_graph_step import current_lr, set_lr
+from stages.training.device_data import DeviceData
+from stages.training.loop import (LossFunction, TrainResult, captures_step, device_name, drop_execution_for,
+                                  joint_update, lr_factor, steady_rate)
+from stages.training.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_progress,
+                                    save_state, stop_on_interrupt)
+from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
+
+
+@dataclass
+class Member:
+    """One model of the row. ``rng``: the global generators' states as its separate training would
+    have them at its first step (after its weights were drawn)."""
+    label: str
+    model: nn.Module
+    loss_fn: LossFunction
+    rng: dict
+    checkpoint: Path | None = None
+    evaluate: Callable[[], dict[str, float]] | None = None
+    optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+    run: RunState = field(default_factory=RunState, repr=False)
+
+
+class OutOfStep(Exception):
+    """The members' checkpoints stand at different points of training: they resume one at a time."""
+
+
+def lockstep_refusal(recipe: TrainingConfig, device: torch.device) -> str | None:
+    """Why models under ``recipe`` on ``device`` cannot train in lockstep, or None."""
+    if distributed.world_size() > 1:
+        return "runs under torchrun"
+    if captures_step(recipe, device):
+        return "captures its training step in a CUDA graph (training.capture_step)"
+    if recipe.compile:
+        return "compiles its training step (training.compile)"
+    return None
+
+
+def train_together(members: list[Member], data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
+                   progress=no_progress, label: str = "training", checkpoint_interval_s: float = 60.0
+                   ) -> list[TrainResult]:
+    """Train ``members`` on the recipe's schedule, every one on each batch before the next batch, and
+    return each one's result. Raises OutOfStep (before any step) when their checkpoints disagree."""
+    device = data.device
+    refusal = lockstep_refusal(recipe, device)
+    if refusal:
+        raise PipelineError(f"{label}: its models cannot train in lockstep: the recipe {refusal}")
+    bf16 = recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
+    generator = torch.Generator().manual_seed(seed)
+    n = len(data.y_train)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    updates = [joint_update(m.loss_fn) for m in members]
+    for member in members:
+        member.model.to(device=device, memory_format=torch.channels_last).train()
+    _restore(members, recipe, generator, device, steps_per_epoch)
+    execution = drop_execution_for(recipe, device)
+    for member in members:
+        if device.type == "cuda":
+            zero_momentum_buffers(member.optimizer)
+        if execution:
+            use_drop_execution(member.model, execution)
+    run = members[0].run  # where the row stands: every member's is the same
+    session_start, last_save = time.perf_counter(), time.monotonic()
+    first_step_end, session_images, evaluating_s = None, 0, 0.0
+    saving = any(m.checkpoint is not None for m in members)
+
+    def timing() -> dict[str, float]:
+        now = time.perf_counter()
+        steady = now - first_step_end - evaluating_s if first_step_end is not None else 0.0
+        return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
+                "steady_images": run.timing["steady_images"] + session_images,
+                "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
+
+    def save() -> None:
+        spent = timing()
+        for member in members:
+            if not all_finite(member.model) or (member.run.first_bad is not None and int(member.run.first_bad) >= 0):
+                raise non_finite_error(member.label, member.run, steps_per_epoch, member.checkpoint)
+        for member in members:
+            member.run.last_saved = (member.run.epoch, member.run.step)
+            if member.checkpoint is None:
+                continue
+            with own_random_numbers(member, device):
+                state = member.run.snapshot(member.model, member.optimizer, generator, device,
+                                            {**spent, "first_step_s": member.run.timing["first_step_s"]})
+            save_state(member.checkpoint, state)
+            save_progress(member.checkpoint, member.run.epoch, member.run.step, recipe.epochs, steps_per_epoch,
+                          steady_rate(spent), device_name(device))
+
+    total_steps = recipe.epochs * steps_per_epoch
+    with progress(label, total_steps) as advance, stop_on_interrupt() as stop:
+        if run.epoch or run.step:
+            advance(run.epoch * steps_per_epoch + run.step)
+        while run.epoch < recipe.epochs:
+            epoch = run.epoch
+            if run.order is None:
+                order = torch.randperm(n, generator=generator).to(device)
+                for member in members:
+                    member.run.start_epoch(order, device)
+            for step in range(run.step, steps_per_epoch):
+                warming = epoch < (recipe.warmup_epochs or 0)
+                if step == 0 or warming or first_step_end is None:
+                    point = epoch + (step + 1) / steps_per_epoch if warming else epoch
+                    for member in members:
+                        set_lr(member.optimizer, recipe.lr * lr_factor(recipe, point))
+                index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                images, labels = data.training_batch(index, data.draws(len(index), augmentation, generator),
+                                                     augmentation)
+                for member, update in zip(members, updates):
+                    with own_random_numbers(member, device):
+                        output, loss = update(member.model, member.optimizer, images, labels, bf16)
+                    member.run.count(output, loss, labels)
+                    member.run.step = step + 1
+                advance(1)
+                if first_step_end is None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    first_step_end = time.perf_counter()
+                    for member in members:
+                        if member.run.timing["first_step_s"] is None:
+                            member.run.timing["first_step_s"] = first_step_end - session_start
+                else:
+                    session_images += len(index)
+                due = saving and time.monotonic() - last_save >= checkpoint_interval_s
+                if saving and (stop.signum or due):
+                    save()
+                    last_save = time.monotonic()
+                if stop.signum:
+                    where = (f"; each model's progress is saved beside its task: rerun the same command to "
+                             f"resume from there" if saving else "")
+                    raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} of "
+                                              f"{steps_per_epoch}{where}", stop.signum)
+            losses = []
+            for member in members:
+                epoch_loss = float(member.run.loss_sum) / n
+                if not math.isfinite(epoch_loss):
+                    raise non_finite_error(member.label, member.run, steps_per_epoch, member.checkpoint,
+                                           str(epoch_loss))
+                member.run.history.append({"epoch": epoch + 1, "loss": epoch_loss,
+                                           "train_accuracy": float(member.run.correct) / n,
+                                           "lr": current_lr(member.optimizer)})
+                losses.append(epoch_loss)
+                if member.evaluate is not None:
+                    started = time.perf_counter()
+                    member.run.history[-1].update(member.evaluate())
+                    member.model.train()
+                    evaluating_s += time.perf_counter() - started
+            advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss "
+                       + " ".join(f"{loss:.3f}" for loss in losses))
+            for member in members:
+                member.run.end_epoch()
+        if saving and run.last_saved != (run.epoch, run.step):
+            save()
+    spent = timing()
+    steady = steady_rate(spent) or recipe.epochs * n / spent["elapsed_s"]
+    as_run = {"precision": "bf16" if bf16 else "fp32", "processes": 1, "compiled": False, "captured_step": False,
+              "drop_execution": execution or "skip", "device_name": device_name(device),
+              "lockstep_models": len(members)}
+    return [TrainResult(recipe.epochs, spent["elapsed_s"], steady, m.run.history[-1]["loss"],
+                        m.run.history[-1]["train_accuracy"], m.run.history, m.run.timing["first_step_s"] or 0.0,
+                        m.run.resumed_at, as_run) for m in members]
+
+
+class own_random_numbers:
+    """The global generators in ``member``'s state for the duration, and its state kept after."""
+
+    def __init__(self, member: Member, device: torch.device) -> None:
+        self.member, self.device = member, device
+
+    def __enter__(self) -> None:
+        restore_rng_states(self.member.rng, self.device)
+
+    def __exit__(self, *exc) -> None:
+        self.member.rng = rng_states(self.device)
+
+
+def _restore(members: list[Member], recipe: TrainingConfig, generator: torch.Generator, device: torch.device,
+             steps_per_epoch: int) -> None:
+    """Optimizers for every member, and each one's checkpoint restored: all of them or none, at the
+    same point of training and the same data generator, else OutOfStep."""
+    for member in members:
+        member.optimizer = torch.optim.SGD(member.model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                           weight_decay=recipe.weight_decay,
+                                           fused=True if device.type == "cuda" else None)
+    saved = [load_state(m.checkpoint) if m.checkpoint is not None else None for m in members]
+    if all(s is None for s in saved):
+        return
+    points = {(s["epoch"], s["step"]) if s is not None else None for s in saved}
+    generators = {bytes(s["generator"].numpy()) for s in saved if s is not None}
+    if len(points) > 1 or len(generators) > 1:
+        raise OutOfStep(", ".join(f"{m.label}: " + ("not started" if s is None else
+                                                   f"epoch {s['epoch'] + 1}, batch {s['step']}")
+                                  for m, s in zip(members, saved)))
+    for member, state in zip(members, saved):
+        member.run = RunState.restore(state, member.model, member.optimizer, generator, device, member.checkpoint,
+                                      recipe.epochs, steps_per_epoch)
+        member.rng = rng_states(device)
