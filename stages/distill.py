@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stages.common.errors import ArtifactError
+from stages.common.errors import ArtifactError, PipelineError
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
@@ -68,14 +68,18 @@ def train_students_together(contexts: list[StageContext]) -> list[dict]:
     batches feeds them all. Each task gets the artifact and checkpoint it gets alone; on a CPU, the
     same weights. Checkpoints that stand at different points of training resume one task at a time."""
     from stages.training.device_data import DeviceData
-    from stages.training.lockstep import Member, OutOfStep, train_together
+    from stages.training.lockstep import Member, OutOfStep, lockstep_refusal, train_together
     from stages.training.loop import built_for_training, each_epoch_evaluation, saved_with_metrics
     from stages.training.resume import rng_states
 
     first = contexts[0]
     cfg, data_cfg, seed = first.params["student"], first.params["data"], first.params["seed"]
-    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
     device = select_device(first.device)
+    refusal = lockstep_refusal(cfg.training, device, "student.training")
+    if refusal:
+        raise PipelineError(f"--lockstep: the students' recipe {refusal}, one model at a time; set that off, or "
+                            f"drop --lockstep")
+    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
     students, members = [], []
     for ctx in contexts:
         student = _student_of(ctx, data, device)

@@ -55,14 +55,15 @@ class OutOfStep(Exception):
     """The members' checkpoints stand at different points of training: they resume one at a time."""
 
 
-def lockstep_refusal(recipe: TrainingConfig, device: torch.device) -> str | None:
-    """Why models under ``recipe`` on ``device`` cannot train in lockstep, or None."""
+def lockstep_refusal(recipe: TrainingConfig, device: torch.device, section: str = "training") -> str | None:
+    """Why models under ``recipe`` (the profile's ``section``) on ``device`` cannot train in lockstep,
+    or None."""
     if distributed.world_size() > 1:
-        return "runs under torchrun"
+        return "runs under torchrun, each process training a slice of every batch"
     if captures_step(recipe, device):
-        return "captures its training step in a CUDA graph (training.capture_step)"
+        return f"captures its training step in a CUDA graph ({section}.capture_step: true)"
     if recipe.compile:
-        return "compiles its training step (training.compile)"
+        return f"compiles its training step ({section}.compile: true)"
     return None
 
 

@@ -133,5 +133,9 @@ def test_checkpoints_at_different_points_resume_one_task_at_a_time(tmp_path, tea
 
 
 def test_a_recipe_that_compiles_is_refused_in_lockstep_in_one_line(tmp_path, teacher):
-    with pytest.raises(Exception, match=r"cannot train in lockstep: the recipe compiles its training step"):
+    from stages.common.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"^--lockstep: the students' recipe compiles its training step "
+                                            r"\(student.training.compile: true\), one model at a time; set that "
+                                            r"off, or drop --lockstep$"):
         train_students_together(contexts(tmp_path, teacher, ("student", "kd"), compile=True))
