@@ -327,8 +327,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
         from pipeline import ui
         from pipeline.plan import build_plan, training_tasks
         from pipeline.store import ArtifactStore
-        from pipeline.sweep import (grid, parse_axes, point_profile, point_values, refuse_points_that_differ_in_nothing,
-                                    write_sweep)
+        from pipeline.sweep import (grid, last_training_accuracy, parse_axes, point_profile, point_values,
+                                    refuse_points_that_differ_in_nothing, write_sweep)
         from stages.common.hardware import check_benchmark_cores
         from stages.context import member_metrics
         from stages.reporting.names import model_label
@@ -377,6 +377,9 @@ def sweep(profile: Optional[Path] = ProfileArg,
                       "recipes": recipes_of(artifacts_of, metrics)}
             if all("validation_accuracy" in v for v in metrics.values()):
                 result["validation"] = {m: v["validation_accuracy"] for m, v in metrics.items()}
+            training = {m: last_training_accuracy(artifacts_of[m], member) for m, (_, member) in trained.items()}
+            if all(v is not None for v in training.values()):
+                result["training"] = training
             results.append(result)
         models = list(results[0]["accuracy"])
         slug = "+".join(k for k, _ in axes)

@@ -95,11 +95,21 @@ def summarize(results: list[dict[str, Any]], axes: list[tuple[str, list[str]]]) 
     rows = []
     for values, members in groups.items():
         row: dict[str, Any] = {"point": dict(zip(other, values)), "runs": len(members), "accuracy": {}}
-        for split in ("accuracy", "validation"):
+        for split in ("accuracy", "validation", "training"):
             for model in members[0].get(split, {}):
                 row.setdefault(split, {})[model] = _mean_std([m[split][model] for m in members])
         rows.append(row)
     return rows
+
+
+def last_training_accuracy(artifact, member: str | None) -> float | None:
+    """A trained model's accuracy on its training images in its last epoch (as it trained: augmented,
+    with its blocks dropped where it trains so), from its history; None where it kept none."""
+    try:
+        history = json.loads(artifact.file(f"{member}/history.json" if member else "history.json").read_text())
+        return float(history[-1]["train_accuracy"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:
@@ -144,6 +154,15 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
                   "|" + " --- |" * (len(other) + len(models))]
         lines += ["| " + " | ".join([str(row["point"][k]) for k in other]
                                     + [_cell(row["validation"][model], seeds) for model in models]) + " |"
+                  for row in summary]
+    if all("training" in row for row in summary):
+        lines += ["", "Top-1 % on the training images in the last epoch of training (augmented, and with blocks "
+                      "dropped for a network that trains so), at every point: how far each model fits what it "
+                      "learns from, beside the test split above.", "",
+                  "| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |",
+                  "|" + " --- |" * (len(other) + len(models))]
+        lines += ["| " + " | ".join([str(row["point"][k]) for k in other]
+                                    + [_cell(row["training"][model], seeds) for model in models]) + " |"
                   for row in summary]
     if chosen and other:
         lines += ["", "## Chosen on the validation split", "",

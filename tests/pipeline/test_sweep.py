@@ -64,6 +64,23 @@ def test_settings_are_chosen_by_validation_accuracy_and_reported_with_their_test
     assert "| 0.9 | 41.00 ± 1.41 |" in table  # every point's validation accuracy
 
 
+def test_each_models_last_training_accuracy_is_tabulated_beside_its_test_accuracy(tmp_path):
+    from pipeline.sweep import last_training_accuracy
+    from stages.context import StageInput
+
+    (tmp_path / "history.json").write_text('[{"epoch": 1, "train_accuracy": 0.3}, {"epoch": 2, "train_accuracy": 0.8}]')
+    assert last_training_accuracy(StageInput(tmp_path, {}), None) == 0.8
+    assert last_training_accuracy(StageInput(tmp_path, {}), "peer_1") is None  # no history kept: no row
+    axes = [("seed", ["0", "1"])]
+    results = [{"point": {"seed": s}, "accuracy": {"kd": 0.4}, "training": {"kd": train}}
+               for s, train in ((0, 0.80), (1, 0.82))]
+    table = render_markdown(summarize(results, axes), axes, "p", ["kd"], {"kd": "KD"})
+    assert "Top-1 % on the training images in the last epoch" in table and table.endswith("| 81.00 ± 1.41 |\n")
+    assert "training images in the last" not in render_markdown(
+        summarize([{"point": {"seed": 0}, "accuracy": {"kd": 0.5}}], [("seed", ["0"])]), [("seed", ["0"])], "p",
+        ["kd"], {})
+
+
 def test_without_a_validation_split_nothing_is_chosen():
     from pipeline.sweep import choose_by_validation
 
