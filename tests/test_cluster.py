@@ -75,26 +75,43 @@ def uninterrupted(tmp_path_factory):
     return models(artifacts)
 
 
-def started_on_the_cluster(address: str, artifacts, *extra: str) -> tuple[subprocess.Popen, str]:
-    """LONG_TEACHER started on the cluster; returned once it is past epoch 2, with its node's id."""
+def started_on_the_cluster(address: str, artifacts, *extra: str, past: str = "[2-7]") -> tuple[subprocess.Popen, str]:
+    """LONG_TEACHER started on the cluster; returned once it is past an epoch ``past`` matches (of 8), with
+    its node's id."""
     process = subprocess.Popen(
         pipeline_command("teacher", TINY, *LONG_TEACHER, *extra, "--cluster", address, artifacts=artifacts),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
     for line in process.stdout:
-        found = re.search(r"epoch [2-7]/8 .* on \S+ ([0-9a-f]{8})", line)
+        found = re.search(rf"epoch {past}/8 .* on \S+ ([0-9a-f]{{8}})", line)
         if found:
             return process, found.group(1)
     raise AssertionError(process.communicate()[1])
 
 
-def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_path, cluster, copying, uninterrupted):
+def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identical(
+        tmp_path, cluster, copying, uninterrupted):
+    """SIGTERM mid-training: the task saves (no timed checkpoint is due) and its checkpoint reaches the
+    head; the rerun resumes from it on the cluster, loses its node once a newer checkpoint has reached
+    the head, is retried on the other node from that one, and ends with an uninterrupted run's weights."""
+    import signal
+
     made, workers = cluster
-    process, node = started_on_the_cluster(made.address, tmp_path / "cluster", "--checkpoint-every", "0")
-    resume = tmp_path / "cluster" / "store" / "teacher"
+    # Stopped at its first epoch's end, the stop saving (no timed checkpoint is due), so that the rerun
+    # has most of its epochs left when its node is taken away.
+    process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600", past="[1-7]")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert "training resumes from its last checkpoint; rerun the same command" in stderr
+    resume = tmp_path / "store" / "teacher"
+    [stopped_at] = resume.glob(".resume-*/training.pt")  # it reached the head
+    saved_at_stop = stopped_at.stat().st_mtime_ns
+
+    process, node = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "0")
     deadline = time.monotonic() + 60
-    while not list(resume.glob(".resume-*/training.pt")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # its checkpoint has reached the head
+    while stopped_at.exists() and stopped_at.stat().st_mtime_ns == saved_at_stop and time.monotonic() < deadline:
+        time.sleep(0.2)  # the rerun's own checkpoint has reached the head
     [doomed] = [w for w in workers if w.node_id.startswith(node)]
     made.remove_node(doomed, allow_graceful=False)
     workers.remove(doomed)
@@ -102,25 +119,8 @@ def test_a_training_whose_node_dies_resumes_on_another_and_ends_identical(tmp_pa
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stdout + stderr
     [manifest] = resume.glob("*/manifest.json")
-    assert len(json.loads(manifest.read_text())["metrics"]["train_resumed_at"]) == 1  # resumed, not restarted
-    assert models(tmp_path / "cluster") == uninterrupted
-
-
-def test_sigterm_stops_the_cluster_tasks_with_their_checkpoints_and_the_rerun_ends_identical(
-        tmp_path, cluster, copying, uninterrupted):
-    import signal
-
-    made, _ = cluster
-    process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600")  # the stop saves
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143 and "Traceback" not in stderr, stderr
-    assert "training resumes from its last checkpoint; rerun the same command" in stderr
-    assert list((tmp_path / "store" / "teacher").glob(".resume-*/training.pt"))  # it reached the head
-    again = cli("teacher", TINY, *LONG_TEACHER, "--cluster", made.address, artifacts=tmp_path)
-    assert again.returncode == 0, again.stderr
-    [manifest] = (tmp_path / "store" / "teacher").glob("*/manifest.json")
-    assert len(json.loads(manifest.read_text())["metrics"]["train_resumed_at"]) == 1
+    resumed = json.loads(manifest.read_text())["metrics"]["train_resumed_at"]
+    assert len(resumed) == 2, resumed  # resumed twice, never restarted
     assert models(tmp_path) == uninterrupted
 
 
