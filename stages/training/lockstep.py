@@ -8,8 +8,12 @@ swapped in for its step. Its checkpoint is the one its separate training writes 
 so either way of training resumes from the other's, and on a CPU the weights are those of separate
 training to the bit.
 
-One process, eager steps: a recipe that compiles or captures its step, or a run under torchrun,
-trains its models one at a time (``lockstep_refusal`` says why).
+On a GPU with ``capture_step``, the whole row's step (the batch, every model's forward, loss,
+backward and optimizer step) is one CUDA graph. A graph cannot switch generators, so there the
+models draw their teachers' coins from one stream: each sees the same distribution as alone, not the
+same coins, and the weights agree with separate training within what capture itself changes. One
+process: a recipe that compiles its step, or a run under torchrun, trains its models one at a time
+(``lockstep_refusal`` says why).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from stages.common.config import TrainingConfig
 from stages.common.errors import PipelineError
 from stages.context import no_progress
 from stages.nets.stochastic_depth import use_drop_execution
-from stages.training.cuda_graph_step import current_lr, set_lr
+from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.device_data import DeviceData
 from stages.training.loop import (LossFunction, TrainResult, captures_step, device_name, drop_execution_for,
                                   joint_update, lr_factor, steady_rate)
@@ -60,8 +64,6 @@ def lockstep_refusal(recipe: TrainingConfig, device: torch.device, section: str 
     or None."""
     if distributed.world_size() > 1:
         return "runs under torchrun, each process training a slice of every batch"
-    if captures_step(recipe, device):
-        return f"captures its training step in a CUDA graph ({section}.capture_step: true)"
     if recipe.compile:
         return f"compiles its training step ({section}.compile: true)"
     return None
@@ -81,6 +83,12 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     updates = [joint_update(m.loss_fn) for m in members]
+    capture = captures_step(recipe, device)
+    if capture and data.streamed is not None:
+        raise PipelineError(f"{label}: training.capture_step needs the training images on the GPU, but this packed "
+                            f"dataset streams from disk batch by batch; set training.capture_step: false")
+    # Each model's own random numbers, swapped in for its step; not inside a graph (see the top).
+    swap = not capture
     for member in members:
         member.model.to(device=device, memory_format=torch.channels_last).train()
     _restore(members, recipe, generator, device, steps_per_epoch)
@@ -111,13 +119,26 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
             member.run.last_saved = (member.run.epoch, member.run.step)
             if member.checkpoint is None:
                 continue
-            with own_random_numbers(member, device):
+            with own_random_numbers(member, device, swap):
                 state = member.run.snapshot(member.model, member.optimizer, generator, device,
                                             {**spent, "first_step_s": member.run.timing["first_step_s"]})
             save_state(member.checkpoint, state)
             save_progress(member.checkpoint, member.run.epoch, member.run.step, recipe.epochs, steps_per_epoch,
                           steady_rate(spent), device_name(device))
 
+    def counted_step(index: torch.Tensor, draws: torch.Tensor | None = None) -> None:
+        """One step of every model on the training images ``index``: device work only, which a
+        captured step holds."""
+        images, labels = data.training_batch(index, draws, augmentation)
+        for member, update in zip(members, updates):
+            with own_random_numbers(member, device, swap):
+                output, loss = update(member.model, member.optimizer, images, labels, bf16)
+            member.run.count(output, loss, labels)
+
+    step_with = counted_step
+    if capture:
+        step_with = CapturedStep(counted_step, Optimizers([m.optimizer for m in members]), device,
+                                 full_rows=recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     with progress(label, total_steps) as advance, stop_on_interrupt() as stop:
         if run.epoch or run.step:
@@ -135,22 +156,19 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
                     for member in members:
                         set_lr(member.optimizer, recipe.lr * lr_factor(recipe, point))
                 index = run.order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                images, labels = data.training_batch(index, data.draws(len(index), augmentation, generator),
-                                                     augmentation)
-                for member, update in zip(members, updates):
-                    with own_random_numbers(member, device):
-                        output, loss = update(member.model, member.optimizer, images, labels, bf16)
-                    member.run.count(output, loss, labels)
+                draws = data.draws(len(index), augmentation, generator)
+                step_with(*((index,) if draws is None else (index, draws)))
+                for member in members:
                     member.run.step = step + 1
                 advance(1)
-                if first_step_end is None:
+                if first_step_end is None and getattr(step_with, "captured", True):
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     first_step_end = time.perf_counter()
                     for member in members:
                         if member.run.timing["first_step_s"] is None:
                             member.run.timing["first_step_s"] = first_step_end - session_start
-                else:
+                elif first_step_end is not None:
                     session_images += len(index)
                 due = saving and time.monotonic() - last_save >= checkpoint_interval_s
                 if saving and (stop.signum or due):
@@ -184,7 +202,7 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
             save()
     spent = timing()
     steady = steady_rate(spent) or recipe.epochs * n / spent["elapsed_s"]
-    as_run = {"precision": "bf16" if bf16 else "fp32", "processes": 1, "compiled": False, "captured_step": False,
+    as_run = {"precision": "bf16" if bf16 else "fp32", "processes": 1, "compiled": False, "captured_step": capture,
               "drop_execution": execution or "skip", "device_name": device_name(device),
               "lockstep_models": len(members)}
     return [TrainResult(recipe.epochs, spent["elapsed_s"], steady, m.run.history[-1]["loss"],
@@ -193,16 +211,35 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
 
 
 class own_random_numbers:
-    """The global generators in ``member``'s state for the duration, and its state kept after."""
+    """The global generators in ``member``'s state for the duration, and its state kept after
+    (nothing, unless ``swap``)."""
 
-    def __init__(self, member: Member, device: torch.device) -> None:
-        self.member, self.device = member, device
+    def __init__(self, member: Member, device: torch.device, swap: bool = True) -> None:
+        self.member, self.device, self.swap = member, device, swap
 
     def __enter__(self) -> None:
-        restore_rng_states(self.member.rng, self.device)
+        if self.swap:
+            restore_rng_states(self.member.rng, self.device)
 
     def __exit__(self, *exc) -> None:
-        self.member.rng = rng_states(self.device)
+        if self.swap:
+            self.member.rng = rng_states(self.device)
+
+
+class Optimizers:
+    """The row's optimizers as one, for a captured step: its LRs made tensors on the device in
+    place, every gradient cleared before capture."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
 
 
 def _restore(members: list[Member], recipe: TrainingConfig, generator: torch.Generator, device: torch.device,

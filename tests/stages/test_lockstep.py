@@ -39,7 +39,7 @@ def teacher(tmp_path_factory):
     return folder
 
 
-def contexts(root, teacher, variants=tuple(ROW), **training) -> list[StageContext]:
+def contexts(root, teacher, variants=tuple(ROW), device: str = "cpu", **training) -> list[StageContext]:
     student = STUDENT.model_copy(update={"training": STUDENT.training.model_copy(update=training)}) \
         if training else STUDENT
     made = []
@@ -50,7 +50,8 @@ def contexts(root, teacher, variants=tuple(ROW), **training) -> list[StageContex
         if ROW[variant] is not None:
             params["distill"] = ROW[variant]
         made.append(StageContext(params=params, inputs={"teacher": StageInput(teacher, {"test_accuracy": 0.5})},
-                                 output=out, variant=variant, checkpoints=checkpoints, checkpoint_interval_s=0))
+                                 output=out, variant=variant, checkpoints=checkpoints, checkpoint_interval_s=0,
+                                 device=device))
     return made
 
 
@@ -139,3 +140,31 @@ def test_a_recipe_that_compiles_is_refused_in_lockstep_in_one_line(tmp_path, tea
                                             r"\(student.training.compile: true\), one model at a time; set that "
                                             r"off, or drop --lockstep$"):
         train_students_together(contexts(tmp_path, teacher, ("student", "kd"), compile=True))
+
+
+@pytest.fixture
+def deterministic_cudnn():
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is visible")
+def test_a_captured_row_replays_one_graph_and_trains_its_coinless_students_as_alone(
+        tmp_path, teacher, deterministic_cudnn):
+    """capture_step on a GPU: the row's whole step is one graph. The student alone and KD draw no coins,
+    so they train as they do captured alone (to capture's own tolerance, fp32); the sampled ones share
+    one stream of coins there, so theirs are other coins of the same distribution."""
+    settings = {"epochs": 3, "capture_step": True, "precision": "fp32"}
+    made = contexts(tmp_path / "together", teacher, device="cuda", **settings)
+    together = train_students_together(made)
+    alone = contexts(tmp_path / "alone", teacher, ("student", "kd"), device="cuda", **settings)
+    separate = [train_student(ctx) for ctx in alone]
+    assert all(m["as_run"]["captured_step"] and m["as_run"]["lockstep_models"] == len(ROW) for m in together)
+    for ours, theirs, ctx, other in zip(together, separate, made, alone):
+        (weights, _), (reference, _) = trained(ctx), trained(other)
+        difference = max(float((weights[k].float() - reference[k].float()).abs().max()) for k in weights)
+        assert difference <= 1e-5, (ctx.variant, difference)
+        assert ours["final_train_loss"] == pytest.approx(theirs["final_train_loss"], rel=1e-5)
+    assert all(m["final_train_loss"] == m["final_train_loss"] for m in together)  # finite, sampled ones too
