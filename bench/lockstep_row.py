@@ -3,7 +3,7 @@ a time, measured side by side in one process; prints each way's wall time, the r
 image counted once per model) and the ratio.
 
     python bench/lockstep_row.py                                     # CPU: ResNet-20 teachers, ResNet-8 students
-    python bench/lockstep_row.py --device cuda --teacher resnet110 --student resnet20 --images 12800
+    python bench/lockstep_row.py --device cuda --teacher resnet110 --student resnet20 --images 12800 --capture
 
 The row: the student alone, KD and stochastic KD (p_n 0.5, one sub-network per batch) from a
 stochastic-depth teacher, and KD and stochastic KD from a plain one, on random images (the time of a
@@ -110,9 +110,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--capture", action="store_true", help="capture each training step as a CUDA graph (GPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    recipe = TrainingConfig(epochs=1, batch_size=args.batch, lr=0.1, eval_each_epoch=False, capture_step=False)
+    recipe = TrainingConfig(epochs=1, batch_size=args.batch, lr=0.1, eval_each_epoch=False, capture_step=args.capture)
     data = DeviceData(random_images(args.images, args.size), device)
     with tempfile.TemporaryDirectory() as folder:
         losses = row_losses(saved_teachers(args.teacher, args.size, Path(folder)), device)
@@ -124,7 +125,8 @@ def main() -> None:
                 times[name].append(way(args, data, recipe, losses, device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{len(losses)} students ({args.student}) of a row, teachers {args.teacher}, {args.images} images of "
-          f"{args.size} px, batch {args.batch}, on {name} ({torch.get_num_threads()} threads), best of {args.repeats}:")
+          f"{args.size} px, batch {args.batch}, on {name} ({torch.get_num_threads()} threads)"
+          f"{', steps captured' if args.capture else ''}, best of {args.repeats}:")
     best = {name: min(spent) for name, spent in times.items()}
     for name, spent in best.items():
         print(f"  {name:14} {spent:8.2f} s   {len(losses) * args.images / spent:9.0f} images/s   "
