@@ -35,10 +35,10 @@ from stages.nets.stochastic_depth import use_drop_execution
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.device_data import DeviceData
 from stages.training.loop import (LossFunction, TrainResult, captures_step, device_name, drop_execution_for,
-                                  joint_update, lr_factor, steady_rate)
+                                  joint_update, lr_factor, steady_rate, synchronize)
 from stages.training.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_progress,
                                     save_state, stop_on_interrupt)
-from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
+from stages.training.run_state import RunState, SessionClock, all_finite, non_finite_error, zero_momentum_buffers
 
 
 @dataclass
@@ -99,19 +99,11 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
         if execution:
             use_drop_execution(member.model, execution)
     run = members[0].run  # where the row stands: every member's is the same
-    session_start, last_save = time.perf_counter(), time.monotonic()
-    first_step_end, session_images, evaluating_s = None, 0, 0.0
+    clock, last_save = SessionClock(run.timing), time.monotonic()
     saving = any(m.checkpoint is not None for m in members)
 
-    def timing() -> dict[str, float]:
-        now = time.perf_counter()
-        steady = now - first_step_end - evaluating_s if first_step_end is not None else 0.0
-        return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
-                "steady_images": run.timing["steady_images"] + session_images,
-                "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
-
     def save() -> None:
-        spent = timing()
+        spent = clock.spent()
         for member in members:
             if not all_finite(member.model) or (member.run.first_bad is not None and int(member.run.first_bad) >= 0):
                 raise non_finite_error(member.label, member.run, steps_per_epoch, member.checkpoint)
@@ -151,7 +143,7 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
                     member.run.start_epoch(order, device)
             for step in range(run.step, steps_per_epoch):
                 warming = epoch < (recipe.warmup_epochs or 0)
-                if step == 0 or warming or first_step_end is None:
+                if step == 0 or warming or clock.first_step_end is None:
                     point = epoch + (step + 1) / steps_per_epoch if warming else epoch
                     for member in members:
                         set_lr(member.optimizer, recipe.lr * lr_factor(recipe, point))
@@ -161,22 +153,21 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
                 for member in members:
                     member.run.step = step + 1
                 advance(1)
-                if first_step_end is None and getattr(step_with, "captured", True):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    first_step_end = time.perf_counter()
+                if clock.first_step_end is None and getattr(step_with, "captured", True):
+                    synchronize(device)
+                    first_step_s = clock.first_step_done()
                     for member in members:
                         if member.run.timing["first_step_s"] is None:
-                            member.run.timing["first_step_s"] = first_step_end - session_start
-                elif first_step_end is not None:
-                    session_images += len(index)
+                            member.run.timing["first_step_s"] = first_step_s
+                elif clock.first_step_end is not None:
+                    clock.images += len(index)
                 due = saving and time.monotonic() - last_save >= checkpoint_interval_s
                 if saving and (stop.signum or due):
                     save()
                     last_save = time.monotonic()
                 if stop.signum:
-                    where = (f"; each model's progress is saved beside its task: rerun the same command to "
-                             f"resume from there" if saving else "")
+                    where = ("; each model's progress is saved beside its task: rerun the same command to "
+                             "resume from there" if saving else "")
                     raise TrainingInterrupted(f"{label}: stopped in epoch {epoch + 1}, after batch {step + 1} of "
                                               f"{steps_per_epoch}{where}", stop.signum)
             losses = []
@@ -193,14 +184,14 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
                     started = time.perf_counter()
                     member.run.history[-1].update(member.evaluate())
                     member.model.train()
-                    evaluating_s += time.perf_counter() - started
+                    clock.evaluating_s += time.perf_counter() - started
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss "
                        + " ".join(f"{loss:.3f}" for loss in losses))
             for member in members:
                 member.run.end_epoch()
         if saving and run.last_saved != (run.epoch, run.step):
             save()
-    spent = timing()
+    spent = clock.spent()
     steady = steady_rate(spent) or recipe.epochs * n / spent["elapsed_s"]
     as_run = {"precision": "bf16" if bf16 else "fp32", "processes": 1, "compiled": False, "captured_step": capture,
               "drop_execution": execution or "skip", "device_name": device_name(device),

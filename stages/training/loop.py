@@ -26,7 +26,8 @@ from stages.training.data import ImageDataset, image_counts
 from stages.training.device_data import DeviceData
 from stages.training.evaluation import accuracy_on_test, validation_metrics
 from stages.training.resume import TrainingInterrupted, load_state, save_progress, save_state, stop_on_interrupt
-from stages.training.run_state import RunState, all_finite, non_finite_error, zero_momentum_buffers
+from stages.training.run_state import (RunState, SessionClock, all_finite, non_finite_error,
+                                      zero_momentum_buffers)
 from stages.training.tracking import write_tensorboard
 
 # Under torchrun, the ranks agree on stopping and saving every this many steps (a small exchange
@@ -188,15 +189,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                                 f"training.capture_step: false")
         step_with = CapturedStep(counted_step, optimizer, device, full_rows=recipe.batch_size)
     saving = checkpoint is not None  # under torchrun every rank takes part, rank 0 writes
-    session_start, last_save = time.perf_counter(), time.monotonic()
-    first_step_end, session_images, evaluating_s = None, 0, 0.0
-
-    def timing() -> dict[str, float]:
-        now = time.perf_counter()
-        steady = now - first_step_end - evaluating_s if first_step_end is not None else 0.0
-        return {"elapsed_s": run.timing["elapsed_s"] + now - session_start,
-                "steady_images": run.timing["steady_images"] + session_images,
-                "steady_s": run.timing["steady_s"] + steady, "first_step_s": run.timing["first_step_s"]}
+    clock, last_save = SessionClock(run.timing), time.monotonic()
 
     def save() -> None:
         sums_by_rank = gather_sums(run) if ranks > 1 else None
@@ -206,7 +199,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
         run.last_saved = (run.epoch, run.step)
         if rank != 0:
             return
-        spent = timing()
+        spent = clock.spent()
         save_state(checkpoint, run.snapshot(model, optimizer, generator, device, spent, sums_by_rank))
         save_progress(checkpoint, run.epoch, run.step, recipe.epochs, steps_per_epoch, steady_rate(spent),
                       device_name(device))
@@ -223,7 +216,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 run.start_epoch(torch.randperm(n, generator=generator).to(device), device)
             for step in range(run.step, steps_per_epoch):
                 warming = epoch < (recipe.warmup_epochs or 0)
-                if step == 0 or warming or first_step_end is None:
+                if step == 0 or warming or clock.first_step_end is None:
                     # The LR changes once an epoch, and at every step while warming up.
                     point = epoch + (step + 1) / steps_per_epoch if warming else epoch
                     set_lr(optimizer, recipe.lr * lr_factor(recipe, point))
@@ -232,13 +225,13 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 step_with(*((index,) if draws is None else (index, draws)))
                 run.step = step + 1
                 advance(1)
-                if first_step_end is None and getattr(step_with, "captured", True):
+                if clock.first_step_end is None and getattr(step_with, "captured", True):
                     synchronize(device)
-                    first_step_end = time.perf_counter()
+                    first_step_s = clock.first_step_done()
                     if run.timing["first_step_s"] is None:
-                        run.timing["first_step_s"] = first_step_end - session_start
-                elif first_step_end is not None:
-                    session_images += len(index)
+                        run.timing["first_step_s"] = first_step_s
+                elif clock.first_step_end is not None:
+                    clock.images += len(index)
                 done_steps = epoch * steps_per_epoch + step + 1
                 if ranks == 1 or done_steps % AGREE_EVERY_STEPS == 0 or done_steps == total_steps:
                     signum = stop.signum or 0
@@ -265,12 +258,12 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
                 with uncompiled():
                     run.history[-1].update(evaluate())
                 model.train()  # evaluation left it in eval mode
-                evaluating_s += time.perf_counter() - started
+                clock.evaluating_s += time.perf_counter() - started
             advance(0, f"{label} · epoch {epoch + 1}/{recipe.epochs} · loss {epoch_loss:.3f}")
             run.end_epoch()
         if saving and run.last_saved != (run.epoch, run.step):
             save()  # a kill while the model is evaluated or written does not cost the training
-    spent = timing()
+    spent = clock.spent()
     steady = steady_rate(spent)
     if steady is None:  # no step after the first one was timed
         steady = recipe.epochs * n / spent["elapsed_s"]

@@ -3,6 +3,7 @@ spent), what its checkpoint saves besides the weights, and the optimizer's state
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -103,6 +104,31 @@ class RunState:
         run.resumed_at = [*saved["resumed_at"], {"epoch": run.epoch + 1, "batch": run.step}]
         run.last_saved = (run.epoch, run.step)
         return run
+
+
+class SessionClock:
+    """This session's time in a run: since it started, and its steady part (after its first timed
+    step, evaluation left out), added to what the run's earlier sessions spent (``before``: the run
+    state's timing, read when asked, so its first_step_s once set counts)."""
+
+    def __init__(self, before: dict[str, float | None]) -> None:
+        self.before = before
+        self.start = time.perf_counter()
+        self.first_step_end: float | None = None
+        self.images = 0  # trained after the first timed step
+        self.evaluating_s = 0.0
+
+    def first_step_done(self) -> float:
+        """Mark the first timed step's end; the seconds since the session started."""
+        self.first_step_end = time.perf_counter()
+        return self.first_step_end - self.start
+
+    def spent(self) -> dict[str, float]:
+        now = time.perf_counter()
+        steady = now - self.first_step_end - self.evaluating_s if self.first_step_end is not None else 0.0
+        return {"elapsed_s": self.before["elapsed_s"] + now - self.start,
+                "steady_images": self.before["steady_images"] + self.images,
+                "steady_s": self.before["steady_s"] + steady, "first_step_s": self.before["first_step_s"]}
 
 
 def own_sums(by_rank: list[list[float]], rank: int, ranks: int,
