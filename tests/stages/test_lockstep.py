@@ -10,10 +10,9 @@ import torch
 from stages.common.config import Augmentation, DataConfig, DistillConfig, StudentConfig, TrainingConfig
 from stages.context import StageContext, StageInput
 from stages.distill import train_student, train_students_together
-from stages.nets.checkpoint import ModelSpec, save_model
-from stages.training.data import load_dataset
 from stages.training.lockstep import Member, OutOfStep, _restore
 from stages.training.resume import TrainingInterrupted, load_state
+from tests.stages.test_distill import teacher  # noqa: F401 (an untrained ResNet-14 teacher, saved)
 
 DATA = DataConfig(dataset="digits", train_images=200, test_images=100, validation_images=50,
                   augmentation=Augmentation(crop_padding=1, horizontal_flip=True))
@@ -25,18 +24,6 @@ ROW = {"student": None,
        "kd": DistillConfig(p_last=1.0),
        "stochastic_kd": DistillConfig(p_last=0.5, teacher_samples=2),
        "stochastic_at": DistillConfig(transfer="at", p_last=0.7)}
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """An untrained ResNet-14 saved as if trained with stochastic depth at p_n 0.5."""
-    data = load_dataset(DATA)
-    torch.manual_seed(0)
-    spec = ModelSpec("resnet14", data.num_classes, data.in_channels, data.image_size, 0.5, "batch",
-                     data.mean, data.std)
-    folder = tmp_path_factory.mktemp("teacher")
-    save_model(spec.build(), spec, folder)
-    return folder
 
 
 def contexts(root, teacher, variants=tuple(ROW), device: str = "cpu", **training) -> list[StageContext]:
