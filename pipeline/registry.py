@@ -78,18 +78,21 @@ class StageDecl:
     hardware: str | None  # None, "platform" (engines) or "machine" (measurements): see hardware.fingerprint
     help: str
     headline: Callable[[dict[str, Any]], str]
-    # "module:function" that runs several of the stage's tasks in one process, in lockstep (--lockstep).
+    # "module:function" that runs several of the stage's tasks in one process, in lockstep (--lockstep),
+    # and "module:function" giving what tasks must share to train that way (their params -> a dict).
     together: str | None = None
+    row_key: str | None = None
 
 
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
     StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
-              "Train the teacher of each reading: with stochastic depth, or plain.", _accuracy),
+              "Train the teacher of each reading: with stochastic depth, or plain.", _accuracy,
+              together="stages.teacher:train_teachers_together", row_key="stages.teacher:lockstep_key"),
     StageDecl("analyze", "stages.analyze:analyze_teacher", 3, None,
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
     StageDecl("distill", "stages.distill:train_student", 2, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy,
-              together="stages.distill:train_students_together"),
+              together="stages.distill:train_students_together", row_key="stages.distill:lockstep_key"),
     StageDecl("mutual", "stages.mutual:train_peers", 1, None,
               "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),
     StageDecl("export", "stages.export:export_model", 3, None,

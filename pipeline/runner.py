@@ -88,17 +88,20 @@ class Runner:
 
     def _row_of(self, task: Task, tasks: list[Task], done: dict[int, Outcome], forced) -> list[Task]:
         """``task`` and the tasks still to run that can train in lockstep with it (--lockstep): the
-        same stage, the same recipe, data and seed, their inputs ready."""
-        if not self.lockstep or STAGES[task.stage].together is None or distributed.world_size() > 1:
+        same stage, the same data, seed and recipe (the stage's row_key), their inputs ready."""
+        decl = STAGES[task.stage]
+        if not self.lockstep or decl.together is None or distributed.world_size() > 1:
             return [task]
-        shared = ("student", "data", "seed")
-        same = key_form({k: task.params.get(k) for k in shared})
+        row_key = resolve_stage(decl.row_key)
+        if row_key(task.params) is None:
+            return [task]
+        same = key_form(row_key(task.params))
         later = tasks[next(i for i, t in enumerate(tasks) if t is task) + 1:]
         row = [task]
         for other in later:
             if (other.stage == task.stage and id(other) not in done and other.key not in {t.key for t in row}
                     and all(id(n) in done for n in other.needs.values())
-                    and key_form({k: other.params.get(k) for k in shared}) == same
+                    and key_form(row_key(other.params) or {"alone": other.id}) == same
                     and (other.id in forced or self.store.lookup(other.stage, other.key) is None)):
                 row.append(other)
         return row

@@ -62,6 +62,14 @@ def train_student(ctx: StageContext) -> dict:
     return {**metrics, **student.teacher_metrics}
 
 
+def lockstep_key(params: dict) -> dict:
+    """What students must share to train in lockstep: the batches (data, seed, batch size) and how
+    they are made and stepped on (normalization, the whole recipe)."""
+    student = params["student"]
+    return {"data": params["data"], "seed": params["seed"], "training": student.training,
+            "mean": student.mean, "std": student.std}
+
+
 def train_students_together(contexts: list[StageContext]) -> list[dict]:
     """``train_student`` for students that share their recipe, data and seed (a row: alone, KD and
     stochastic KD from each teacher reading), trained in lockstep in one process: one pass over the
@@ -82,16 +90,17 @@ def train_students_together(contexts: list[StageContext]) -> list[dict]:
     data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
     students, members = [], []
     for ctx in contexts:
+        own = ctx.params["student"]  # the network may differ; the recipe does not (lockstep_key)
         student = _student_of(ctx, data, device)
-        model, started_from = built_for_training(student.spec, seed, cfg.pretrained)
+        model, started_from = built_for_training(student.spec, seed, own.pretrained)
         trained = WithGroups(model) if student.attention else model
-        members.append(Member(f"{ctx.variant} {cfg.arch}", trained, student.loss_fn, rng_states(device),
+        members.append(Member(f"{ctx.variant} {own.arch}", trained, student.loss_fn, rng_states(device),
                               ctx.training_checkpoint, each_epoch_evaluation(model, data, device, cfg.training)))
         students.append((student, model, started_from))
-    names = ", ".join(ctx.variant or "student" for ctx in contexts)
+    names = ", ".join(member.label for member in members)
     try:
         results = train_together(members, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
-                                 seed=seed, progress=first.progress, label=f"{names} ({cfg.arch}, in lockstep)",
+                                 seed=seed, progress=first.progress, label=f"{names} (in lockstep)",
                                  checkpoint_interval_s=first.checkpoint_interval_s)
     except OutOfStep:
         return [train_student(ctx) for ctx in contexts]

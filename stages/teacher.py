@@ -50,17 +50,75 @@ def train_teacher(ctx: StageContext) -> dict:
     cfg, data_cfg, seed = ctx.params["teacher"], ctx.params["data"], ctx.params["seed"]
     data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "teacher")
     device = select_device(ctx.device)
-    spec = ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
-                     cfg.drop_mode, data.mean, data.std, resolve_skips(cfg.arch, cfg.p_last, cfg.skips))
+    spec = _spec(cfg, data)
     if cfg.checkpoint is not None:
         model, metrics = import_teacher(ctx, spec, data, device)
     else:
         model, metrics = fit_and_save(ctx, spec, data, cfg.training, augmentation=data_cfg.augmentation,
                                       seed=seed, device=device, label=f"teacher {cfg.arch}",
                                       pretrained=cfg.pretrained)
+    return {**metrics, **_sampled_metrics(model, cfg, data, device, seed, metrics["test_accuracy"])}
+
+
+def lockstep_key(params: dict) -> dict | None:
+    """What teachers must share to train in lockstep (the batches, their normalization and the
+    recipe), or None for one imported rather than trained."""
+    teacher = params["teacher"]
+    if teacher.checkpoint is not None:
+        return None
+    return {"data": params["data"], "seed": params["seed"], "training": teacher.training,
+            "mean": teacher.mean, "std": teacher.std}
+
+
+def train_teachers_together(contexts: list[StageContext]) -> list[dict]:
+    """``train_teacher`` for teachers that share their recipe, data and seed (both readings: with
+    stochastic depth and plain), trained in lockstep in one process (see stages.distill's
+    train_students_together)."""
+    from stages.common.errors import PipelineError
+    from stages.training.device_data import DeviceData
+    from stages.training.lockstep import Member, OutOfStep, lockstep_refusal, train_together
+    from stages.training.loop import (built_for_training, cross_entropy_loss, each_epoch_evaluation,
+                                      saved_with_metrics)
+    from stages.training.resume import rng_states
+
+    first = contexts[0]
+    cfg, data_cfg, seed = first.params["teacher"], first.params["data"], first.params["seed"]
+    device = select_device(first.device)
+    refusal = lockstep_refusal(cfg.training, device, "teacher.training")
+    if refusal:
+        raise PipelineError(f"--lockstep: the teachers' recipe {refusal}, one model at a time; set that off, or "
+                            f"drop --lockstep")
+    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "teacher")
+    teachers, members = [], []
+    for ctx in contexts:
+        own = ctx.params["teacher"]
+        spec = _spec(own, data)
+        model, started_from = built_for_training(spec, seed, own.pretrained)
+        members.append(Member(f"{ctx.variant} {own.arch}", model, cross_entropy_loss, rng_states(device),
+                              ctx.training_checkpoint, each_epoch_evaluation(model, data, device, cfg.training)))
+        teachers.append((own, spec, model, started_from))
+    try:
+        results = train_together(members, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
+                                 seed=seed, progress=first.progress,
+                                 label=f"{', '.join(m.label for m in members)} (in lockstep)",
+                                 checkpoint_interval_s=first.checkpoint_interval_s)
+    except OutOfStep:
+        return [train_teacher(ctx) for ctx in contexts]
+    outcomes = []
+    for ctx, (own, spec, model, started_from), result in zip(contexts, teachers, results):
+        metrics = saved_with_metrics(ctx, model, spec, data, device, result, started_from)
+        outcomes.append({**metrics, **_sampled_metrics(model, own, data, device, seed, metrics["test_accuracy"])})
+    return outcomes
+
+
+def _spec(cfg, data) -> ModelSpec:
+    return ModelSpec(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.p_last,
+                     cfg.drop_mode, data.mean, data.std, resolve_skips(cfg.arch, cfg.p_last, cfg.skips))
+
+
+def _sampled_metrics(model, cfg, data, device, seed: int, test_accuracy: float) -> dict:
+    """How the teacher's sampled sub-networks score on the test split (its own accuracy, where it
+    never drops)."""
     sampled = sampled_accuracies(model, data, device, SAMPLED_NETWORKS, seed) if cfg.p_last < 1 else []
-    return {
-        **metrics,
-        "sampled_subnetwork_accuracy_mean": float(np.mean(sampled)) if sampled else metrics["test_accuracy"],
-        "sampled_subnetwork_accuracy_std": float(np.std(sampled)) if sampled else 0.0,
-    }
+    return {"sampled_subnetwork_accuracy_mean": float(np.mean(sampled)) if sampled else test_accuracy,
+            "sampled_subnetwork_accuracy_std": float(np.std(sampled)) if sampled else 0.0}

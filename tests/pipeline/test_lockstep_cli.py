@@ -6,25 +6,34 @@ import json
 from tests.commands import TINY, cli
 
 
-def students(artifacts) -> dict[str, bytes]:
-    return {path.parent.name: path.read_bytes() for path in sorted((artifacts / "store" / "distill").glob("*/model.pt"))}
+BOTH_READINGS = ("--set", "teacher.readings=[stochastic_depth,plain]")
 
 
-def test_distill_in_lockstep_trains_the_tasks_one_at_a_time_would(tmp_path):
-    together = cli("distill", TINY, "--lockstep", artifacts=tmp_path)
+def trained(artifacts) -> dict[str, bytes]:
+    """Every trained model's weights, by stage and key."""
+    return {f"{path.parts[-3]}/{path.parts[-2]}": path.read_bytes()
+            for path in sorted((artifacts / "store").glob("*/*/model.pt"))}
+
+
+def test_a_row_in_lockstep_trains_what_its_tasks_one_at_a_time_would(tmp_path):
+    together = cli("run", TINY, *BOTH_READINGS, "--until", "distill", "--lockstep", artifacts=tmp_path)
     assert together.returncode == 0, together.stderr
-    assert "in lockstep" in together.stdout
-    trained = students(tmp_path)
-    assert len(trained) == 3  # the student alone, KD and stochastic KD
-    manifests = [json.loads(p.read_text()) for p in (tmp_path / "store" / "distill").glob("*/manifest.json")]
-    assert all(len(m["timings"]["lockstep_with"]) == 2 and m["metrics"]["as_run"]["lockstep_models"] == 3
-               for m in manifests)
-    again = cli("distill", TINY, "--lockstep", artifacts=tmp_path)
-    assert again.returncode == 0 and "0 ran, 4 from the cache" in again.stdout  # tasks the cache knows
+    assert together.stdout.count("(in lockstep)") >= 2  # the teachers' row, then the students'
+    models = trained(tmp_path)
+    assert len(models) == 7  # two teachers; the student alone, KD and stochastic KD from each
+    store = tmp_path / "store"
+    for stage, row in (("teacher", 2), ("distill", 5)):
+        manifests = [json.loads(p.read_text()) for p in (store / stage).glob("*/manifest.json")]
+        assert len(manifests) == row
+        assert all(len(m["timings"]["lockstep_with"]) == row - 1 and m["metrics"]["as_run"]["lockstep_models"] == row
+                   for m in manifests)
+    again = cli("run", TINY, *BOTH_READINGS, "--until", "distill", "--lockstep", artifacts=tmp_path)
+    assert again.returncode == 0 and "0 ran" in again.stdout  # tasks the cache knows
 
-    one_at_a_time = cli("distill", TINY, "--force", artifacts=tmp_path)
+    one_at_a_time = cli("run", TINY, *BOTH_READINGS, "--until", "distill", "--from", "teacher", artifacts=tmp_path)
     assert one_at_a_time.returncode == 0, one_at_a_time.stderr
-    assert students(tmp_path) == trained
+    assert "(in lockstep)" not in one_at_a_time.stdout
+    assert trained(tmp_path) == models
 
 
 def test_lockstep_with_jobs_or_a_cluster_is_refused_in_one_line(tmp_path):
