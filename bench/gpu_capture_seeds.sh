@@ -12,6 +12,6 @@ source bench/gpu_env.sh
 OUT=${OUT:-/tmp/gpu-seeds}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-install_carried_wheels
+install_carried_wheels || exit 1
 join_cifar100
 python3 bench/capture_seeds.py --data "$DATA" --side-by-side 2>&1 | tee "$OUT/capture_seeds.txt"

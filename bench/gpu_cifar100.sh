@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
 OUT=${OUT:-/tmp/gpu-bench}
 mkdir -p "$OUT"
-install_carried_wheels
+install_carried_wheels || exit 1
 join_cifar100
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 bench/train_throughput.py --device cuda --steps 100 2>&1 | tee "$OUT/bench.txt"

@@ -1,12 +1,21 @@
 # Sourced by the one-call GPU scripts in bench/: what a bare device machine needs before they run.
 
 # Python packages the machine lacks (pydantic and what it needs), carried as wheels in .whl/, are
-# installed into /tmp/site.
+# installed into /tmp/site, which stays on the machine until it is given back: a later call that
+# carries no wheels finds them there. Either way the project's imports are checked before anything
+# runs, and a call without them stops at once with one line.
 install_carried_wheels() {
   if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "gpu_env: the wheels in .whl/ did not install into /tmp/site" >&2; return 1; }
   fi
+  if [ -d /tmp/site ]; then
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  python3 -c "import pydantic, typer, rich, yaml, torch, pipeline.cli" 2>/dev/null || {
+    echo "gpu_env: the project cannot import here ($(python3 -c 'import pydantic, typer, rich, yaml, torch, pipeline.cli' 2>&1 | tail -1)); carry .whl (see bench/gpu_env.sh)" >&2
+    return 1
+  }
 }
 
 # The parts of bench/carry_npz.py that calls carried (.data/c100x), copied to $CARRIED_PARTS (default

@@ -32,7 +32,7 @@ DEVICE=${DEVICE:-cuda}
 ARTIFACTS=${ARTIFACTS:-/tmp/row-artifacts}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-install_carried_wheels
+install_carried_wheels || exit 1
 read -r -a settings <<< "${EXTRA_ARGS:-}"  # e.g. "--set teacher.training.epochs=50 --set teacher.training.lr_milestones=[15,30,45]"
 if [ "${CIFAR100:-1}" = 1 ]; then
   join_cifar100 || exit 1

@@ -39,7 +39,7 @@ source bench/gpu_env.sh
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-install_carried_wheels
+install_carried_wheels || exit 1
 case "$1" in
   1)
     describe_machine | tee "$OUT/machine.txt"
