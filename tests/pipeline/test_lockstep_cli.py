@@ -3,6 +3,8 @@ cache, the reports and a rerun know, with the weights of their training one at a
 
 import json
 
+import pytest
+
 from tests.commands import TINY, cli
 
 
@@ -15,6 +17,7 @@ def trained(artifacts) -> dict[str, bytes]:
             for path in sorted((artifacts / "store").glob("*/*/model.pt"))}
 
 
+@pytest.mark.slow
 def test_a_row_in_lockstep_trains_what_its_tasks_one_at_a_time_would(tmp_path):
     together = cli("run", TINY, *BOTH_READINGS, "--until", "distill", "--lockstep", artifacts=tmp_path)
     assert together.returncode == 0, together.stderr
