@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stages.common.errors import ArtifactError, PipelineError
+from stages.common.errors import ArtifactError
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
@@ -75,19 +75,14 @@ def train_students_together(contexts: list[StageContext]) -> list[dict]:
     stochastic KD from each teacher reading), trained in lockstep in one process: one pass over the
     batches feeds them all. Each task gets the artifact and checkpoint it gets alone; on a CPU, the
     same weights. Checkpoints that stand at different points of training resume one task at a time."""
-    from stages.training.device_data import DeviceData
-    from stages.training.lockstep import Member, OutOfStep, lockstep_refusal, train_together
+    from stages.training.lockstep import Member, check_row, train_row
     from stages.training.loop import built_for_training, each_epoch_evaluation, saved_with_metrics
     from stages.training.resume import rng_states
 
     first = contexts[0]
-    cfg, data_cfg, seed = first.params["student"], first.params["data"], first.params["seed"]
-    device = select_device(first.device)
-    refusal = lockstep_refusal(cfg.training, device, "student.training")
-    if refusal:
-        raise PipelineError(f"--lockstep: the students' recipe {refusal}, one model at a time; set that off, or "
-                            f"drop --lockstep")
-    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "student")
+    cfg, seed, device = first.params["student"], first.params["seed"], select_device(first.device)
+    check_row(cfg.training, device, "student")
+    data = normalized_for(load_dataset(first.params["data"]), cfg.mean, cfg.std, "student")
     students, members = [], []
     for ctx in contexts:
         own = ctx.params["student"]  # the network may differ; the recipe does not (lockstep_key)
@@ -97,12 +92,8 @@ def train_students_together(contexts: list[StageContext]) -> list[dict]:
         members.append(Member(f"{ctx.variant} {own.arch}", trained, student.loss_fn, rng_states(device),
                               ctx.training_checkpoint, each_epoch_evaluation(model, data, device, cfg.training)))
         students.append((student, model, started_from))
-    names = ", ".join(member.label for member in members)
-    try:
-        results = train_together(members, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
-                                 seed=seed, progress=first.progress, label=f"{names} (in lockstep)",
-                                 checkpoint_interval_s=first.checkpoint_interval_s)
-    except OutOfStep:
+    results = train_row(contexts, members, data, cfg.training, device)
+    if results is None:
         return [train_student(ctx) for ctx in contexts]
     return [{**saved_with_metrics(ctx, model, student.spec, data, device, result, started_from),
              **student.teacher_metrics}

@@ -74,21 +74,15 @@ def train_teachers_together(contexts: list[StageContext]) -> list[dict]:
     """``train_teacher`` for teachers that share their recipe, data and seed (both readings: with
     stochastic depth and plain), trained in lockstep in one process (see stages.distill's
     train_students_together)."""
-    from stages.common.errors import PipelineError
-    from stages.training.device_data import DeviceData
-    from stages.training.lockstep import Member, OutOfStep, lockstep_refusal, train_together
+    from stages.training.lockstep import Member, check_row, train_row
     from stages.training.loop import (built_for_training, cross_entropy_loss, each_epoch_evaluation,
                                       saved_with_metrics)
     from stages.training.resume import rng_states
 
     first = contexts[0]
-    cfg, data_cfg, seed = first.params["teacher"], first.params["data"], first.params["seed"]
-    device = select_device(first.device)
-    refusal = lockstep_refusal(cfg.training, device, "teacher.training")
-    if refusal:
-        raise PipelineError(f"--lockstep: the teachers' recipe {refusal}, one model at a time; set that off, or "
-                            f"drop --lockstep")
-    data = normalized_for(load_dataset(data_cfg), cfg.mean, cfg.std, "teacher")
+    cfg, seed, device = first.params["teacher"], first.params["seed"], select_device(first.device)
+    check_row(cfg.training, device, "teacher")
+    data = normalized_for(load_dataset(first.params["data"]), cfg.mean, cfg.std, "teacher")
     teachers, members = [], []
     for ctx in contexts:
         own = ctx.params["teacher"]
@@ -97,12 +91,8 @@ def train_teachers_together(contexts: list[StageContext]) -> list[dict]:
         members.append(Member(f"{ctx.variant} {own.arch}", model, cross_entropy_loss, rng_states(device),
                               ctx.training_checkpoint, each_epoch_evaluation(model, data, device, cfg.training)))
         teachers.append((own, spec, model, started_from))
-    try:
-        results = train_together(members, DeviceData(data, device), cfg.training, augmentation=data_cfg.augmentation,
-                                 seed=seed, progress=first.progress,
-                                 label=f"{', '.join(m.label for m in members)} (in lockstep)",
-                                 checkpoint_interval_s=first.checkpoint_interval_s)
-    except OutOfStep:
+    results = train_row(contexts, members, data, cfg.training, device)
+    if results is None:
         return [train_teacher(ctx) for ctx in contexts]
     outcomes = []
     for ctx, (own, spec, model, started_from), result in zip(contexts, teachers, results):

@@ -69,6 +69,30 @@ def lockstep_refusal(recipe: TrainingConfig, device: torch.device, section: str 
     return None
 
 
+def check_row(recipe: TrainingConfig, device: torch.device, role: str) -> None:
+    """Refuse, in one line naming the profile key, a row of ``role``s (teacher, student) whose recipe
+    cannot train in lockstep."""
+    refusal = lockstep_refusal(recipe, device, f"{role}.training")
+    if refusal:
+        raise PipelineError(f"--lockstep: the {role}s' recipe {refusal}, one model at a time; set that off, or "
+                            f"drop --lockstep")
+
+
+def train_row(contexts, members: list[Member], data, recipe: TrainingConfig,
+              device: torch.device) -> list[TrainResult] | None:
+    """``members`` (one per stage context, in their order) trained in lockstep on ``data`` (an
+    ImageDataset), with the first context's progress and checkpoint interval; None when their
+    checkpoints are out of step, for the stage to train them one at a time."""
+    first = contexts[0]
+    try:
+        return train_together(members, DeviceData(data, device), recipe, augmentation=first.params["data"].augmentation,
+                              seed=first.params["seed"], progress=first.progress,
+                              label=f"{', '.join(m.label for m in members)} (in lockstep)",
+                              checkpoint_interval_s=first.checkpoint_interval_s)
+    except OutOfStep:
+        return None
+
+
 def train_together(members: list[Member], data: DeviceData, recipe: TrainingConfig, *, augmentation, seed: int,
                    progress=no_progress, label: str = "training", checkpoint_interval_s: float = 60.0
                    ) -> list[TrainResult]:
