@@ -1,6 +1,7 @@
-"""Several models trained in lockstep in one process: the students of a row (alone, KD, stochastic KD
-from each teacher reading), which share a recipe and a seed and so see the same batches in the same
-order. Each step makes the batch once and then steps every model on it.
+"""Several models trained in lockstep in one process: a row of a stage's tasks that share data, seed
+and recipe (the teachers of both readings; the students alone, with KD and with stochastic KD from
+each), and so see the same batches in the same order. Each step makes the batch once and then steps
+every model on it.
 
 Each model keeps everything its own training has: weights and BatchNorm statistics, optimizer state,
 the epoch's sums and history, and its own stream of the global random numbers (its teacher's coins),
@@ -12,8 +13,8 @@ On a GPU with ``capture_step``, the whole row's step (the batch, every model's f
 backward and optimizer step) is one CUDA graph. A graph cannot switch generators, so there the
 models draw their teachers' coins from one stream: each sees the same distribution as alone, not the
 same coins, and the weights agree with separate training within what capture itself changes. One
-process: a recipe that compiles its step, or a run under torchrun, trains its models one at a time
-(``lockstep_refusal`` says why).
+process: a recipe that compiles its step, or a run under torchrun, is refused (``lockstep_refusal``
+says why).
 """
 
 from __future__ import annotations
