@@ -36,7 +36,8 @@ from stages.nets.stochastic_depth import use_drop_execution
 from stages.training.cuda_graph_step import CapturedStep, current_lr, set_lr
 from stages.training.device_data import DeviceData
 from stages.training.loop import (LossFunction, TrainResult, captures_step, device_name, drop_execution_for,
-                                  joint_update, lr_factor, steady_rate, synchronize)
+                                  joint_update, lr_factor, refuse_streamed_capture, sgd_for, steady_rate,
+                                  synchronize, trains_in_bf16)
 from stages.training.resume import (TrainingInterrupted, load_state, restore_rng_states, rng_states, save_progress,
                                     save_state, stop_on_interrupt)
 from stages.training.run_state import RunState, SessionClock, all_finite, non_finite_error, zero_momentum_buffers
@@ -103,15 +104,14 @@ def train_together(members: list[Member], data: DeviceData, recipe: TrainingConf
     refusal = lockstep_refusal(recipe, device)
     if refusal:
         raise PipelineError(f"{label}: its models cannot train in lockstep: the recipe {refusal}")
-    bf16 = recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
+    bf16 = trains_in_bf16(recipe, device)
     generator = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     updates = [joint_update(m.loss_fn) for m in members]
     capture = captures_step(recipe, device)
-    if capture and data.streamed is not None:
-        raise PipelineError(f"{label}: training.capture_step needs the training images on the GPU, but this packed "
-                            f"dataset streams from disk batch by batch; set training.capture_step: false")
+    if capture:
+        refuse_streamed_capture(data, label)
     # Each model's own random numbers, swapped in for its step; not inside a graph (see the top).
     swap = not capture
     for member in members:
@@ -263,9 +263,7 @@ def _restore(members: list[Member], recipe: TrainingConfig, generator: torch.Gen
     """Optimizers for every member, and each one's checkpoint restored: all of them or none, at the
     same point of training and the same data generator, else OutOfStep."""
     for member in members:
-        member.optimizer = torch.optim.SGD(member.model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                           weight_decay=recipe.weight_decay,
-                                           fused=True if device.type == "cuda" else None)
+        member.optimizer = sgd_for(member.model, recipe, device)
     saved = [load_state(m.checkpoint) if m.checkpoint is not None else None for m in members]
     if all(s is None for s in saved):
         return

@@ -70,6 +70,26 @@ def drop_execution_for(recipe: TrainingConfig, device: torch.device) -> str | No
     return recipe.drop_execution or ("mask" if masks else None)
 
 
+def sgd_for(model: nn.Module, recipe: TrainingConfig, device: torch.device) -> torch.optim.SGD:
+    """The recipe's SGD over ``model``: one fused kernel for the whole update on a GPU, PyTorch's
+    default (foreach) elsewhere."""
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay, fused=True if device.type == "cuda" else None)
+
+
+def trains_in_bf16(recipe: TrainingConfig, device: torch.device) -> bool:
+    """Whether the step runs under bf16 autocast: as the recipe says, else on a CUDA GPU."""
+    return recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
+
+
+def refuse_streamed_capture(data: DeviceData, label: str) -> None:
+    """A captured step needs every training image on the GPU; a packed dataset streamed from disk
+    is refused in one line."""
+    if data.streamed is not None:
+        raise PipelineError(f"{label}: training.capture_step needs the training images on the GPU, but this "
+                            f"packed dataset streams from disk batch by batch; set training.capture_step: false")
+
+
 def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
@@ -132,10 +152,8 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
     update = update or joint_update(loss_fn)
     device = data.device
     model.to(device=device, memory_format=torch.channels_last).train()
-    # One fused kernel for the whole update on a GPU; PyTorch's default (foreach) elsewhere.
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, fused=True if device.type == "cuda" else None)
-    bf16 = recipe.precision == "bf16" or (recipe.precision is None and device.type == "cuda")
+    optimizer = sgd_for(model, recipe, device)
+    bf16 = trains_in_bf16(recipe, device)
     # Under torchrun each rank trains on its slice of every global batch (same order, same seed).
     ranks, rank = distributed.world_size(), distributed.rank()
     generator = torch.Generator().manual_seed(seed)
@@ -181,9 +199,7 @@ def train(model: nn.Module, data: DeviceData, recipe: TrainingConfig, *, augment
 
     step_with = counted_step
     if captures_step(recipe, device):
-        if data.streamed is not None:
-            raise PipelineError(f"{label}: training.capture_step needs the training images on the GPU, but this "
-                                f"packed dataset streams from disk batch by batch; set training.capture_step: false")
+        refuse_streamed_capture(data, label)
         if ranks > 1:
             raise PipelineError(f"{label}: training.capture_step runs on one process; under torchrun set "
                                 f"training.capture_step: false")
