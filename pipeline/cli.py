@@ -198,7 +198,7 @@ def _check_mps(mps: bool, jobs: int, device: str) -> None:
 def _check_lockstep(lockstep: bool, jobs: int, cluster: Optional[str]) -> None:
     for option, used in (("--jobs", jobs > 1), ("--cluster", cluster is not None)):
         if lockstep and used:
-            raise PipelineError(f"--lockstep trains a row's students in this one process; {option} runs each task in "
+            raise PipelineError(f"--lockstep trains a row's models in this one process; {option} runs each task in "
                                 f"a process of its own: drop one of them")
 
 
@@ -218,7 +218,7 @@ def _check_cluster(cluster: Optional[str], jobs: int, mps: bool, device: str) ->
 @contextmanager
 def _runner(store, jobs: int, device: str, checkpoint_every: float, estimates=None, mps: bool = False,
             cluster: Optional[str] = None, profile=None, lockstep: bool = False):
-    """The sequential runner (training a row's students together with ``lockstep``); with ``jobs`` > 1
+    """The sequential runner (training a row's models together with ``lockstep``); with ``jobs`` > 1
     the scheduler that runs ready tasks side by side; with ``cluster`` the one that runs them on a Ray
     cluster (connected for the while)."""
     if cluster is None:

@@ -38,10 +38,10 @@ JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Run up to this many tasks
                        "split between them). Benchmarks still run alone.")
 MpsOpt = typer.Option(False, "--mps", help="With --jobs on one GPU: run the tasks under a private NVIDIA MPS daemon, "
                       "so their kernels overlap instead of taking turns (needs nvidia-cuda-mps-control).")
-LockstepOpt = typer.Option(False, "--lockstep", help="Train the students that share a recipe, data and seed (alone, "
-                           "KD, stochastic KD from each teacher) in one process, in lockstep: each batch is made "
-                           "once and steps every one of them. Each keeps its own artifact and checkpoint; on a CPU "
-                           "the same weights as one at a time.")
+LockstepOpt = typer.Option(False, "--lockstep", help="Train the models of a stage that share a recipe, data and seed "
+                           "(the teachers of both readings; the students alone, with KD and with stochastic KD) in "
+                           "one process, in lockstep: each batch is made once and steps every one of them. Each "
+                           "keeps its own artifact and checkpoint; on a CPU the same weights as one at a time.")
 
 ClusterOpt = typer.Option(None, "--cluster", metavar="ADDRESS", show_default=False,
                           help="Run the tasks on a Ray cluster: its address (ray://HEAD:10001, or HEAD:6379), auto "

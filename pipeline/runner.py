@@ -54,7 +54,7 @@ class Runner:
                  checkpoint_interval_s: float = 60.0, estimates: dict[str, float | None] | None = None,
                  lockstep: bool = False) -> None:
         self.store = store
-        self.lockstep = lockstep  # tasks a stage can train together (a row's students) run in one process
+        self.lockstep = lockstep  # tasks a stage can train together (a row) run in one process
         self.estimates = estimates or {}  # estimated seconds per task id, recorded beside the measured time
         self.checkpoint_interval_s = checkpoint_interval_s
         self.on_wait = on_wait
@@ -66,7 +66,7 @@ class Runner:
     def run(self, tasks: list[Task], forced: set[str] = frozenset()) -> list[Outcome]:
         """Run ``tasks`` (each after the tasks it needs); ``forced`` task ids rerun even if cached."""
         done: dict[int, Outcome] = {}
-        for task in tasks:
+        for number, task in enumerate(tasks):
             if id(task) in done:
                 continue  # trained in lockstep with an earlier one
             artifact = None
@@ -75,7 +75,7 @@ class Runner:
             # Rank 0 alone decides; the other ranks read what it found or wrote.
             if distributed.broadcast(artifact is not None):
                 outcome = Outcome(task, artifact or self._written_by_rank_0(task), ran=False, wall_s=0.0)
-            elif len(row := self._row_of(task, tasks, done, forced)) > 1:
+            elif len(row := self._row_of(task, tasks[number + 1:], done, forced)) > 1:
                 for outcome in self._execute_row(row, done, forced):
                     done[id(outcome.task)] = outcome
                     self.on_done(outcome)
@@ -86,24 +86,26 @@ class Runner:
             self.on_done(outcome)
         return [done[id(task)] for task in tasks]
 
-    def _row_of(self, task: Task, tasks: list[Task], done: dict[int, Outcome], forced) -> list[Task]:
-        """``task`` and the tasks still to run that can train in lockstep with it (--lockstep): the
-        same stage, the same data, seed and recipe (the stage's row_key), their inputs ready."""
+    def _row_of(self, task: Task, later: list[Task], done: dict[int, Outcome], forced) -> list[Task]:
+        """``task`` and the ``later`` tasks still to run that can train in lockstep with it (--lockstep):
+        the same stage, the same data, seed and recipe (the stage's row_key), their inputs ready."""
         decl = STAGES[task.stage]
         if not self.lockstep or decl.together is None or distributed.world_size() > 1:
             return [task]
         row_key = resolve_stage(decl.row_key)
-        if row_key(task.params) is None:
+        shared = row_key(task.params)
+        if shared is None:
             return [task]
-        same = key_form(row_key(task.params))
-        later = tasks[next(i for i, t in enumerate(tasks) if t is task) + 1:]
-        row = [task]
+        row, keys = [task], {task.key}
         for other in later:
-            if (other.stage == task.stage and id(other) not in done and other.key not in {t.key for t in row}
+            if other.stage != task.stage or id(other) in done or other.key in keys:
+                continue
+            theirs = row_key(other.params)
+            if (theirs is not None and key_form(theirs) == key_form(shared)
                     and all(id(n) in done for n in other.needs.values())
-                    and key_form(row_key(other.params) or {"alone": other.id}) == same
                     and (other.id in forced or self.store.lookup(other.stage, other.key) is None)):
                 row.append(other)
+                keys.add(other.key)
         return row
 
     def _execute_row(self, row: list[Task], done: dict[int, Outcome], forced) -> list[Outcome]:

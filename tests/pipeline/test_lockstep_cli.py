@@ -43,5 +43,5 @@ def test_lockstep_with_jobs_or_a_cluster_is_refused_in_one_line(tmp_path):
     for option in (("--jobs", "2"), ("--cluster", "local")):
         refused = cli("distill", TINY, "--lockstep", *option, artifacts=tmp_path)
         assert refused.returncode == 2
-        assert refused.stderr == (f"error: --lockstep trains a row's students in this one process; {option[0]} runs "
+        assert refused.stderr == (f"error: --lockstep trains a row's models in this one process; {option[0]} runs "
                                   f"each task in a process of its own: drop one of them\n")
