@@ -152,6 +152,11 @@ class DropPath(nn.Module):
         self.groups = 1
         self.forced: bool | None = None  # a fixed keep (True) or drop (False) decision, see fixed_subnetwork
         self.execution: DropExecution = "skip"
+        self.plan: MaskPlan | None = None  # the network's masks drawn together (use_drop_execution)
+        self.plan_row = 0  # this block's row of the plan's masks
+        # Leading rows of the batch that keep the block as the deterministic network does (the plain
+        # sum), before the sampled groups: see deterministic_and_sampled.
+        self.plain_rows = 0
 
     @property
     def active(self) -> bool:
@@ -160,6 +165,11 @@ class DropPath(nn.Module):
     def scale(self, n_rows: int, device: torch.device) -> torch.Tensor | KeptRows | float:
         if self.forced is not None:
             return self.kept_factor if self.forced else 0.0
+        if self.plain_rows:
+            return self._after_plain_rows(self._sampled_scale(n_rows - self.plain_rows, device), n_rows, device)
+        return self._sampled_scale(n_rows, device)
+
+    def _sampled_scale(self, n_rows: int, device: torch.device) -> torch.Tensor | KeptRows | float:
         if self.mode == "batch":
             return kept_groups(n_rows, self.survival, self.groups, device, self.kept_factor)
         return keep_scale(n_rows, self.survival, self.mode, self.groups, device, self.kept_factor)
@@ -169,6 +179,27 @@ class DropPath(nn.Module):
         to broadcast over a feature map: the "mask" execution, free of host-side decisions."""
         if self.forced is not None:
             return self.kept_factor if self.forced else 0.0
+        if self.plain_rows:
+            return self._after_plain_rows(self._sampled_mask(n_rows - self.plain_rows, device), n_rows, device)
+        return self._sampled_mask(n_rows, device)
+
+    def _after_plain_rows(self, sampled: torch.Tensor | KeptRows | float, n_rows: int,
+                          device: torch.device) -> torch.Tensor:
+        """Per-row factors of ``n_rows`` rows: 1 (the plain sum) for the leading plain rows, then the
+        sampled rows' own."""
+        if isinstance(sampled, KeptRows):
+            index, factor = sampled.index, sampled.factor
+            sampled = torch.zeros(n_rows - self.plain_rows, device=device)
+            sampled[index] = factor
+        elif isinstance(sampled, float):
+            sampled = torch.full((n_rows - self.plain_rows,), sampled, device=device)
+        return torch.cat([torch.ones(self.plain_rows, device=device), sampled.reshape(-1)]).view(-1, 1, 1, 1)
+
+    def _sampled_mask(self, n_rows: int, device: torch.device) -> torch.Tensor | float:
+        # Compiled code draws block by block: the compiler fuses those draws itself, and the plan's
+        # bookkeeping would only add guards.
+        if self.plan is not None and not torch.compiler.is_compiling():
+            return self.plan.factors(self, n_rows, device)
         if self.mode == "sample":
             rows = row_coins(n_rows, self.survival, device)
         else:
@@ -180,6 +211,58 @@ class DropPath(nn.Module):
     def extra_repr(self) -> str:
         return (f"survival={self.survival:.3f}, kept_factor={self.kept_factor:.3f}, mode={self.mode}, "
                 f"execution={self.execution}")
+
+
+class MaskPlan:
+    """A network's masks for one forward pass, drawn with one generator call: every stochastic block's
+    factors as a row of one (blocks, rows) tensor, made by a handful of kernels instead of several per
+    block (a ResNet-110 has 54 such blocks; in a captured step each kernel costs GPU time of its own).
+
+    The first block to ask draws for all; a block asking again (the next forward pass), or asking
+    for another batch size, group count, mode or slice of the batch, starts a new draw. Batch mode
+    draws what the blocks draw one at a time, in the same order (the blocks' order in the network):
+    on a CPU the same numbers, since consecutive draws of a generator equal one draw of their total.
+    Per-row coins compare uniform numbers with each block's survival instead of ``bernoulli_``: the
+    same distribution, other numbers."""
+
+    def __init__(self, drops: list[DropPath]) -> None:
+        self.drops = drops
+        self.rows: torch.Tensor | None = None
+        self.key: tuple | None = None
+        self.taken: set[int] = set()
+        self._constants: dict = {}
+
+    def factors(self, drop: DropPath, n_rows: int, device: torch.device) -> torch.Tensor:
+        i = drop.plan_row
+        key = (n_rows, device, drop.mode, drop.groups, _BATCH_SLICE.get())
+        if self.rows is None or key != self.key or i in self.taken:
+            self.rows, self.key, self.taken = self._draw(drop.mode, drop.groups, n_rows, device), key, set()
+        self.taken.add(i)
+        return self.rows[i].view(-1, 1, 1, 1)
+
+    def _survival_and_factor(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each block's survival and kept factor as columns on ``device``, made once (not while a
+        graph is recorded, where a copy from the host is not allowed) and again only if they change."""
+        values = tuple((d.survival, d.kept_factor) for d in self.drops)
+        cached = self._constants.get(device)
+        if cached is None or cached[0] != values:
+            table = torch.tensor(values, dtype=torch.float32).to(device)
+            cached = self._constants[device] = (values, table[:, :1], table[:, 1:])
+        return cached[1], cached[2]
+
+    def _draw(self, mode: DropMode, groups: int, n_rows: int, device: torch.device) -> torch.Tensor:
+        survival, factor = self._survival_and_factor(device)
+        blocks = len(self.drops)
+        if mode == "batch":
+            kept = (torch.rand(blocks, groups, device=device) < survival).float() * factor
+            return kept.view(blocks, groups, 1).expand(-1, -1, n_rows // groups).reshape(blocks, n_rows)
+        part = _BATCH_SLICE.get()
+        if part is None:
+            return (torch.rand(blocks, n_rows, device=device) < survival).float() * factor
+        start, stop, total = part  # the whole batch's coins, this slice's columns (see row_coins)
+        copies = n_rows // (stop - start)
+        coins = (torch.rand(blocks, copies, total, device=device) < survival.view(-1, 1, 1)).float()
+        return coins[:, :, start:stop].reshape(blocks, n_rows) * factor
 
 
 class BranchDropPath(DropPath):
@@ -261,8 +344,10 @@ def use_drop_execution(model: nn.Module, execution: DropExecution) -> nn.Module:
     """Carry out every stochastic block's drop by ``execution`` (see DropExecution)."""
     if execution not in DROP_EXECUTIONS:
         raise ValueError(f"drop execution must be one of {DROP_EXECUTIONS}, got {execution!r}")
-    for drop in drop_paths(model):
-        drop.execution = execution
+    drops = drop_paths(model)
+    plan = MaskPlan(drops) if execution == "mask" and drops else None
+    for row, drop in enumerate(drops):
+        drop.execution, drop.plan, drop.plan_row = execution, plan, row
     return model
 
 
@@ -356,11 +441,64 @@ def sample_with_groups(model: nn.Module, x: torch.Tensor, k: int, groups: bool =
         return (torch.cat([logits for logits, _ in parts]),
                 [torch.cat(maps) for maps in zip(*(features for _, features in parts))])
     batch = x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 else x
+    return _outputs(lambda m: sampling(m, groups=k), model, batch, k, groups)
+
+
+@contextmanager
+def plain_rows_first(model: nn.Module, rows: int) -> Iterator[nn.Module]:
+    """The first ``rows`` rows of every batch keep each stochastic block as the deterministic network
+    does (the plain sum); the rows after them are sampled as usual."""
+    drops = drop_paths(model)
+    try:
+        for drop in drops:
+            drop.plain_rows = rows
+        yield model
+    finally:
+        for drop in drops:
+            drop.plain_rows = 0
+
+
+@contextmanager
+def deterministic(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as the deterministic teacher: BatchNorm in eval mode, every block in its plain sum
+    (no block dropping, whatever it was built with), no gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def deterministic_and_sampled(model: nn.Module, x: torch.Tensor, k: int, groups: bool = True,
+                              batched: bool | None = None) -> tuple[tuple, tuple]:
+    """One teacher's outputs for a batch as a deterministic teacher (logits (1, B, classes), and with
+    ``groups`` its group feature maps) and as K sampled sub-networks (as ``sample_with_groups``).
+
+    ``batched`` (default: on a GPU) computes both in one forward pass of (1 + K) B rows, the first B
+    keeping every block at the plain sum: one teacher pass serves a student taught by the
+    deterministic network and one taught by its sub-networks. Otherwise the plain pass, then the
+    sampled ones, each exactly as a teacher alone computes it (on a CPU, to the bit)."""
+    batched = x.device.type != "cpu" if batched is None else batched
+    if not batched:
+        plain = _outputs(deterministic, model, x, 1, groups)
+        return plain, sample_with_groups(model, x, k, groups, batched=False)
+    batch = torch.cat([x, x.repeat(k, *([1] * (x.dim() - 1)))])
+    with plain_rows_first(model, x.shape[0]):
+        logits, features = _outputs(lambda m: sampling(m, groups=k), model, batch, 1 + k, groups)
+    return (logits[:1], [f[:1] for f in features]), (logits[1:], [f[1:] for f in features])
+
+
+def _outputs(mode, model: nn.Module, batch: torch.Tensor, k: int, groups: bool) -> tuple:
+    """``model``'s logits and (with ``groups``) group feature maps for ``batch`` (k stacked copies of
+    a batch) under ``mode`` (sampling, deterministic), each shaped (k, B, ...)."""
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with (sampling(model, groups=k),
-          torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=not capturing(x))):
+    rows = batch.shape[0] // k
+    with (mode(model),
+          torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.is_cuda, cache_enabled=not capturing(batch))):
         logits, features = model.forward_with_groups(batch) if groups else (model(batch), [])
     # Clones outside inference mode are ordinary tensors that a loss may save for backward.
-    return (logits.float().view(k, x.shape[0], -1).clone(),
-            [f.float().view(k, x.shape[0], *f.shape[1:]).clone() for f in features])
+    return (logits.float().view(k, rows, -1).clone(),
+            [f.float().view(k, rows, *f.shape[1:]).clone() for f in features])

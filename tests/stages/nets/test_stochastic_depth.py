@@ -227,6 +227,35 @@ def test_k_sub_networks_in_one_batched_pass_equal_k_separate_passes_with_the_sam
             torch.testing.assert_close(logits[sample], alone, rtol=1e-3, atol=1e-3 * scale)
 
 
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+@pytest.mark.parametrize("execution", ["skip", "mask"])
+def test_one_pass_of_the_deterministic_and_k_sampled_rows_equals_the_two_passes(name, execution):
+    """A shared teacher's pass (the GPU's path, forced on the CPU): its first rows are the
+    deterministic network (the same network built without stochastic blocks), the rest the K
+    sub-networks a sampled pass alone draws with the same coins."""
+    from stages.nets.architectures import build_model, resolve_skips
+    from stages.nets.stochastic_depth import deterministic_and_sampled, sample_with_groups, use_drop_execution
+
+    torch.manual_seed(0)
+    net = use_drop_execution(build_model(name, 10, 3, p_last=0.5), execution)
+    _randomize_batchnorm(net)
+    plain = build_model(name, 10, 3, p_last=1.0, skips=resolve_skips(name, 0.5, None))  # as a teacher's spec keeps them
+    plain.load_state_dict(net.state_dict())
+    size = SMALL_IMAGES.get(name, 8)
+    x = torch.randn(2, 3, size, size)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        (logits, groups), (sampled, sampled_groups) = deterministic_and_sampled(net, x, 3, batched=True)
+        torch.manual_seed(seed)
+        alone, alone_groups = sample_with_groups(net, x, 3, batched=True)
+        deterministic, deterministic_groups = sample_with_groups(plain, x, 1)
+        for got, want in [(logits, deterministic), (sampled, alone), *zip(groups, deterministic_groups),
+                          *zip(sampled_groups, alone_groups)]:
+            assert got.shape == want.shape
+            scale = float(want.abs().max().clamp(min=1.0))  # other batch sizes, other kernels: rounding
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
 def _randomize_batchnorm(model: torch.nn.Module) -> None:
     with torch.no_grad():  # running statistics that are not the identity, which sampling must use
         for m in model.modules():
@@ -401,3 +430,87 @@ def test_a_compiled_forward_follows_the_slice_it_is_told_each_step():
         torch.manual_seed(3)
         assert torch.equal(got, torch.empty(total).bernoulli_(0.5)[start:stop]), (start, stop, total)
     torch._dynamo.reset()
+
+
+def _masked_resnet20(mode: str):
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import use_drop_execution
+
+    torch.manual_seed(0)
+    return use_drop_execution(build_model("resnet20", 10, 3, p_last=0.5, drop_mode=mode), "mask")
+
+
+def _counting_rand(monkeypatch) -> list:
+    calls, rand = [], torch.rand
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return rand(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", counted)
+    return calls
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_a_masked_forward_draws_every_blocks_coins_in_one_call_and_the_same_coins_as_block_by_block(
+        monkeypatch, groups):
+    """Batch mode: one generator call per forward pass (here 8 stochastic blocks), and on a CPU the very
+    numbers the blocks drew one at a time, so the outputs agree to the bit."""
+    model = _masked_resnet20("batch")
+    x = torch.randn(6, 3, 16, 16)
+    calls = _counting_rand(monkeypatch)
+    outputs = []
+    for together in (True, False):
+        if not together:
+            for drop in drop_paths(model):
+                drop.plan = None
+        calls.clear()
+        torch.manual_seed(1)
+        with sampling(model, groups=groups):
+            outputs.append(torch.cat([model(x) for _ in range(5)]))
+        assert len(calls) == 5 * (1 if together else len(drop_paths(model))) == 5 * (1 if together else 8)
+    assert torch.equal(*outputs)
+
+
+def test_per_row_masks_in_one_call_keep_each_block_at_its_survival_and_follow_the_batch_slice(monkeypatch):
+    model = _masked_resnet20("sample").train()
+    drops = drop_paths(model)
+    calls = _counting_rand(monkeypatch)
+    kept = []
+    for _ in range(100):
+        calls.clear()
+        rows = [drop.mask(64, torch.device("cpu")).view(-1) for drop in drops]
+        assert len(calls) == 1
+        assert all((r == 0).logical_or(r == d.kept_factor).all() for r, d in zip(rows, drops))
+        kept.append(torch.stack(rows) > 0)
+    frequency = torch.stack(kept).float().mean((0, 2))
+    assert (frequency - torch.tensor([d.survival for d in drops])).abs().max() < 0.03  # 6,400 coins a block
+    # Under torchrun each rank's rows are its slice of the coins one process draws for the whole batch.
+    torch.manual_seed(2)
+    whole = torch.stack([drop.mask(10, torch.device("cpu")).view(-1) for drop in drops])
+    for start, stop in [(0, 4), (4, 10)]:
+        torch.manual_seed(2)
+        with computing_rows(start, stop, 10):
+            part = torch.stack([drop.mask(stop - start, torch.device("cpu")).view(-1) for drop in drops])
+        assert torch.equal(part, whole[:, start:stop])
+
+
+def test_a_masked_training_step_trains_what_block_by_block_masks_train():
+    """The plan changes how the coins are drawn, not the step: same coins, same weights."""
+    from stages.nets.architectures import build_model
+    from stages.nets.stochastic_depth import use_drop_execution
+
+    weights = []
+    for together in (True, False):
+        torch.manual_seed(0)
+        model = use_drop_execution(build_model("resnet8", 4, 1, p_last=0.5), "mask").train()
+        if not together:
+            for drop in drop_paths(model):
+                drop.plan = None
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(4):
+            model(torch.randn(8, 1, 8, 8)).logsumexp(1).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        weights.append(torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]))
+    assert torch.equal(*weights)
