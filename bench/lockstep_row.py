@@ -8,7 +8,8 @@ image counted once per model) and the ratio.
 The row: the student alone, KD and stochastic KD (p_n 0.5, one sub-network per batch) from a
 stochastic-depth teacher, and KD and stochastic KD from a plain one, on random images (the time of a
 step does not depend on what the images show), one epoch of the paper's recipe (batch 128, SGD at
-LR 0.1), untrained teachers. The two ways alternate, ``--repeats`` times each, so that a machine
+LR 0.1), untrained teachers. In lockstep, one teacher pass a step serves each reading's KD and
+stochastic KD, as the pipeline's rows do (on a GPU, one forward of 2 B rows). The two ways alternate, ``--repeats`` times each, so that a machine
 that slows down or speeds up during the run weighs on both.
 """
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.common.config import Augmentation, DistillConfig, TrainingConfig  # noqa: E402
 from stages.distill import distillation_loss  # noqa: E402
 from stages.nets.checkpoint import ModelSpec, save_model  # noqa: E402
-from stages.nets.teaching import teaching_teacher  # noqa: E402
+from stages.nets.teaching import SharedTeacher, teaching_teacher  # noqa: E402
 from stages.training.data import ImageDataset  # noqa: E402
 from stages.training.device_data import DeviceData  # noqa: E402
 from stages.training.lockstep import Member, train_together  # noqa: E402
@@ -58,14 +59,26 @@ def saved_teachers(arch: str, size: int, folder: Path) -> dict[str, Path]:
     return made
 
 
-def row_losses(teachers: dict[str, Path], device: torch.device) -> dict[str, object]:
-    """Each student's loss: none for the student alone, KD and stochastic KD from each reading."""
+STUDENTS = 5  # the student alone, and KD and stochastic KD from each reading
+KD, STOCHASTIC_KD = DistillConfig(p_last=1.0, teacher_samples=1), DistillConfig(p_last=0.5, teacher_samples=1)
+
+
+def row_losses(teachers: dict[str, Path], device: torch.device, shared: bool) -> dict[str, object]:
+    """Each student's loss: none for the student alone, KD and stochastic KD from each reading. With
+    ``shared``, as the row trains in lockstep: one teacher pass a step serves each reading's stochastic
+    KD and KD (stochastic KD first: it runs the pass); else a teacher of each kind, as alone."""
     losses = {"student": cross_entropy_loss}
     for reading, folder in teachers.items():
         prefix = "" if reading == "stochastic_depth" else "plain_"
-        for name, p_last in (("kd", 1.0), ("stochastic_kd", 0.5)):
-            teacher = teaching_teacher(folder, p_last, "batch", "trained", device, inputs=(MEAN, STD))
-            losses[prefix + name] = distillation_loss(teacher, DistillConfig(p_last=p_last))
+        sampled = teaching_teacher(folder, 0.5, "batch", "trained", device, inputs=(MEAN, STD))
+        if shared:
+            teacher = SharedTeacher(sampled, STOCHASTIC_KD.teacher_samples, groups=False)
+            losses[prefix + "stochastic_kd"] = distillation_loss(teacher.sampled, STOCHASTIC_KD)
+            losses[prefix + "kd"] = distillation_loss(teacher.deterministic, KD)
+        else:
+            plain = teaching_teacher(folder, 1.0, "batch", "trained", device, inputs=(MEAN, STD))
+            losses[prefix + "kd"] = distillation_loss(plain, KD)
+            losses[prefix + "stochastic_kd"] = distillation_loss(sampled, STOCHASTIC_KD)
     return losses
 
 
@@ -74,7 +87,8 @@ def student(arch: str, size: int, seed: int = 0) -> torch.nn.Module:
     return ModelSpec(arch, CLASSES, 3, size, 1.0, "batch", MEAN, STD, True).build()
 
 
-def one_at_a_time(args, data, recipe, losses, device) -> float:
+def one_at_a_time(args, data, recipe, teachers, device) -> float:
+    losses = row_losses(teachers, device, shared=False)
     started = time.perf_counter()
     for loss in losses.values():
         train(student(args.student, args.size), data, recipe, augmentation=AUGMENTATION, seed=0, loss_fn=loss)
@@ -82,7 +96,8 @@ def one_at_a_time(args, data, recipe, losses, device) -> float:
     return time.perf_counter() - started
 
 
-def in_lockstep(args, data, recipe, losses, device) -> float:
+def in_lockstep(args, data, recipe, teachers, device) -> float:
+    losses = row_losses(teachers, device, shared=True)
     members = []
     for name, loss in losses.items():
         model = student(args.student, args.size)
@@ -116,20 +131,20 @@ def main() -> None:
     recipe = TrainingConfig(epochs=1, batch_size=args.batch, lr=0.1, eval_each_epoch=False, capture_step=args.capture)
     data = DeviceData(random_images(args.images, args.size), device)
     with tempfile.TemporaryDirectory() as folder:
-        losses = row_losses(saved_teachers(args.teacher, args.size, Path(folder)), device)
-        in_lockstep(args, data, recipe, losses, device)  # warm-up: first-call costs, caches, allocator
+        teachers = saved_teachers(args.teacher, args.size, Path(folder))
+        in_lockstep(args, data, recipe, teachers, device)  # warm-up: first-call costs, caches, allocator
         times = {"one at a time": [], "in lockstep": []}
         for repeat in range(args.repeats):
             ways = [("one at a time", one_at_a_time), ("in lockstep", in_lockstep)]
             for name, way in ways if repeat % 2 == 0 else ways[::-1]:
-                times[name].append(way(args, data, recipe, losses, device))
+                times[name].append(way(args, data, recipe, teachers, device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{len(losses)} students ({args.student}) of a row, teachers {args.teacher}, {args.images} images of "
+    print(f"{STUDENTS} students ({args.student}) of a row, teachers {args.teacher}, {args.images} images of "
           f"{args.size} px, batch {args.batch}, on {name} ({torch.get_num_threads()} threads)"
           f"{', steps captured' if args.capture else ''}, best of {args.repeats}:")
     best = {name: min(spent) for name, spent in times.items()}
     for name, spent in best.items():
-        print(f"  {name:14} {spent:8.2f} s   {len(losses) * args.images / spent:9.0f} images/s   "
+        print(f"  {name:14} {spent:8.2f} s   {STUDENTS * args.images / spent:9.0f} images/s   "
               f"(each run: {', '.join(f'{s:.2f}' for s in times[name])} s)")
     print(f"  lockstep / one at a time: {best['one at a time'] / best['in lockstep']:.2f}x the row's images/s")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from stages.nets.checkpoint import ModelSpec, load_model, read_spec
-from stages.nets.stochastic_depth import use_trained_scale
+from stages.nets.stochastic_depth import deterministic_and_sampled, use_trained_scale
 
 
 def teaching_survival(spec: ModelSpec, p_last: float | None) -> float:
@@ -52,3 +52,30 @@ def teaching_teacher(folder: Path, p_last: float | None, drop_mode: str, kept_sc
     if inputs is not None and (tuple(inputs[0]), tuple(inputs[1])) != (tuple(spec.mean), tuple(spec.std)):
         teacher = Renormalized(teacher, inputs, (spec.mean, spec.std)).eval()
     return teacher.to(device=device, memory_format=torch.channels_last)
+
+
+class SharedTeacher:
+    """One trained teacher serving students that train in lockstep: one taught by its K sampled
+    sub-networks and any taught by its deterministic network, from one pass per step
+    (``deterministic_and_sampled``: on a GPU one forward of (1 + K) B rows, instead of a teacher of
+    each kind and two passes). The sampled student steps first: the pass runs in its step, with its
+    random numbers (its coins are the ones it draws alone), and the deterministic students take their
+    rows of it after."""
+
+    def __init__(self, model: torch.nn.Module, k: int, groups: bool) -> None:
+        self.model, self.k, self.groups = model, k, groups
+        self._served: tuple[torch.Tensor, tuple] | None = None  # this step's images and plain outputs
+
+    def sampled(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        plain, sampled = deterministic_and_sampled(self.model, images, self.k, self.groups)
+        self._served = (images, plain)
+        return sampled
+
+    def deterministic(self, images: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The deterministic network's outputs, as ``k`` copies where the student asks for k samples
+        of it (all alike)."""
+        if self._served is None or self._served[0] is not images:
+            raise RuntimeError("a student of the deterministic teacher stepped before the student of its "
+                               "sub-networks, which runs the shared pass")
+        logits, features = self._served[1]
+        return logits.expand(k, *logits.shape[1:]), [f.expand(k, *f.shape[1:]) for f in features]

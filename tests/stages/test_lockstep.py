@@ -140,18 +140,47 @@ def deterministic_cudnn():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is visible")
 def test_a_captured_row_replays_one_graph_and_trains_its_coinless_students_as_alone(
         tmp_path, teacher, deterministic_cudnn):
-    """capture_step on a GPU: the row's whole step is one graph. The student alone and KD draw no coins,
-    so they train as they do captured alone (to capture's own tolerance, fp32); the sampled ones share
-    one stream of coins there, so theirs are other coins of the same distribution."""
+    """capture_step on a GPU: the row's whole step is one graph. The student alone draws no coins, so it
+    trains as it does captured alone (to capture's own tolerance, fp32). KD draws none either, but its
+    teacher's outputs come from the pass it shares with stochastic KD, a batch of (1 + K) B rows in
+    bf16 instead of K B: other kernels, other rounding, so only its loss is compared, to 1 %. The
+    sampled students share one stream of coins there: other coins of the same distribution."""
     settings = {"epochs": 3, "capture_step": True, "precision": "fp32"}
     made = contexts(tmp_path / "together", teacher, device="cuda", **settings)
     together = train_students_together(made)
     alone = contexts(tmp_path / "alone", teacher, ("student", "kd"), device="cuda", **settings)
     separate = [train_student(ctx) for ctx in alone]
     assert all(m["as_run"]["captured_step"] and m["as_run"]["lockstep_models"] == len(ROW) for m in together)
-    for ours, theirs, ctx, other in zip(together, separate, made, alone):
-        (weights, _), (reference, _) = trained(ctx), trained(other)
-        difference = max(float((weights[k].float() - reference[k].float()).abs().max()) for k in weights)
-        assert difference <= 1e-5, (ctx.variant, difference)
-        assert ours["final_train_loss"] == pytest.approx(theirs["final_train_loss"], rel=1e-5)
+    (weights, _), (reference, _) = trained(made[0]), trained(alone[0])
+    difference = max(float((weights[k].float() - reference[k].float()).abs().max()) for k in weights)
+    assert difference <= 1e-5, difference
+    for ours, theirs, tolerance in zip(together, separate, (1e-5, 1e-2)):
+        assert ours["final_train_loss"] == pytest.approx(theirs["final_train_loss"], rel=tolerance)
     assert all(m["final_train_loss"] == m["final_train_loss"] for m in together)  # finite, sampled ones too
+
+
+def test_one_teacher_pass_a_step_serves_its_deterministic_and_its_sampled_student(
+        tmp_path, teacher, separately, monkeypatch):
+    """KD and stochastic KD from one teacher: one teacher built, one shared pass a step (which the
+    sampled student runs, with its own coins), and still each task's separate training to the bit."""
+    import stages.distill as distill
+    import stages.nets.teaching as teaching
+
+    built, passes = [], []
+    build, fused = distill.teaching_teacher, teaching.deterministic_and_sampled
+
+    def building(folder, p_last, *args, **kwargs):
+        built.append(p_last)
+        return build(folder, p_last, *args, **kwargs)
+
+    def passing(model, images, k, *args, **kwargs):
+        passes.append(k)
+        return fused(model, images, k, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "teaching_teacher", building)
+    monkeypatch.setattr(teaching, "deterministic_and_sampled", passing)
+    made = contexts(tmp_path, teacher, ("student", "kd", "stochastic_kd"))
+    metrics = train_students_together(made)
+    assert built == [0.5]  # the stochastic KD task's teacher, shared with KD
+    assert passes == [2] * 8  # K = 2; two epochs of four steps
+    assert_as_separately(made, metrics, separately)
