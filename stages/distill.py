@@ -20,6 +20,7 @@ from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
 from stages.training.data import load_dataset, normalized_for
+from stages.nets.frozen import cast_weights
 from stages.nets.losses import attention_term, kd_loss
 from stages.nets.stochastic_depth import sample_with_groups
 from stages.nets.stochastic_depth import use_drop_execution
@@ -177,6 +178,8 @@ def _teacher_of(ctx: StageContext, data, device: torch.device) -> torch.nn.Modul
     execution = drop_execution_for(ctx.params["student"].training, device)
     if execution:
         use_drop_execution(teacher, execution)
+    if device.type == "cuda":  # it teaches under autocast: its weights cast to bfloat16 once, not every step
+        cast_weights(teacher, torch.bfloat16)
     return teacher
 
 

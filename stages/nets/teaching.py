@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from stages.nets.checkpoint import ModelSpec, load_model, read_spec
+from stages.nets.frozen import fold_batchnorm
 from stages.nets.stochastic_depth import deterministic_and_sampled, use_trained_scale
 
 
@@ -38,7 +39,8 @@ class Renormalized(torch.nn.Module):
 
 def teaching_teacher(folder: Path, p_last: float | None, drop_mode: str, kept_scale: str | None,
                      device: torch.device, inputs: tuple | None = None) -> torch.nn.Module:
-    """The trained teacher in ``folder``, its coins drawn with survival ``p_last`` (eq. 2).
+    """The trained teacher in ``folder``, its coins drawn with survival ``p_last`` (eq. 2), frozen: in
+    eval mode, BatchNorm folded into the convolutions before it (stages.nets.frozen).
 
     ``kept_scale`` trained (the paper's sub-network: the trained network with the dropped blocks
     removed) or expectation (kept branches divided by the teaching survival); null where the two
@@ -49,6 +51,10 @@ def teaching_teacher(folder: Path, p_last: float | None, drop_mode: str, kept_sc
     teacher = load_model(folder, spec.with_survival(teaching, drop_mode))
     if kept_scale != "expectation":
         use_trained_scale(teacher, teaching, spec.p_last)
+    # It only ever runs frozen: each BatchNorm after a convolution folded into it.
+    # The probe has a generator of its own: loading a teacher leaves the global random numbers alone.
+    probe = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
+    fold_batchnorm(teacher, probe)
     if inputs is not None and (tuple(inputs[0]), tuple(inputs[1])) != (tuple(spec.mean), tuple(spec.std)):
         teacher = Renormalized(teacher, inputs, (spec.mean, spec.std)).eval()
     return teacher.to(device=device, memory_format=torch.channels_last)

@@ -273,6 +273,7 @@ class ZeroBranch(torch.nn.Module):
 def test_a_plain_networks_sub_network_is_the_network_with_exactly_those_residual_branches_removed(tmp_path, name):
     from stages.nets.architectures import resolve_skips
     from stages.nets.checkpoint import ModelSpec, load_model, save_model
+    from stages.nets.frozen import fold_batchnorm
     from stages.nets.teaching import teaching_teacher
 
     torch.manual_seed(0)
@@ -291,7 +292,9 @@ def test_a_plain_networks_sub_network_is_the_network_with_exactly_those_residual
         keep = draw_subnetwork(teacher, generator)
         with fixed_subnetwork(teacher, keep):
             sampled = teacher(x)
-        reference = load_model(tmp_path).to(memory_format=torch.channels_last)  # plain: no dropper at all
+        reference = load_model(tmp_path)  # plain: no dropper at all; folded as the teacher is
+        fold_batchnorm(reference, torch.randn(2, 3, size, size))
+        reference = reference.to(memory_format=torch.channels_last)
         for path, kept in zip(owners, keep):
             block = reference.get_submodule(path)
             if not kept:
@@ -514,3 +517,59 @@ def test_a_masked_training_step_trains_what_block_by_block_masks_train():
             optimizer.zero_grad()
         weights.append(torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]))
     assert torch.equal(*weights)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_a_frozen_teachers_batchnorm_folded_into_its_convolutions_gives_the_same_sub_networks(name):
+    """Every BatchNorm fed by a convolution is folded (the pre-activation networks' first BatchNorm of
+    a block is fed by the block's input, not a convolution, and stays); deterministic and sampled
+    outputs are the unfolded network's, with the same coins, to float32 rounding."""
+    import copy
+
+    from stages.nets.architectures import build_model
+    from stages.nets.frozen import fold_batchnorm
+    from stages.nets.stochastic_depth import sample_with_groups
+
+    torch.manual_seed(0)
+    net = build_model(name, 10, 3, p_last=0.5)
+    _randomize_batchnorm(net)
+    original = copy.deepcopy(net).eval()
+    size = SMALL_IMAGES.get(name, 8)
+    x = torch.randn(2, 3, size, size)
+    folded = fold_batchnorm(net, x)
+    norms = [m for m in original.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    left = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert folded > 0 and folded + len(left) == len(norms)
+    assert len(left) == (sum(1 for n, _ in original.named_modules() if n.endswith(".bn1")) if name.startswith("wrn")
+                         else 0)
+    for k in (1, 3):
+        torch.manual_seed(k)
+        want, want_groups = sample_with_groups(original, x, k)
+        torch.manual_seed(k)
+        got, got_groups = sample_with_groups(net, x, k)
+        for a, b in [(got, want), *zip(got_groups, want_groups)]:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max().clamp(min=1.0)))
+
+
+def test_a_convolution_whose_output_feeds_more_than_its_batchnorm_is_left_unfolded():
+    """The probe catches a fold that would change the network (a hook sees only the BatchNorm's input,
+    not the other uses of the convolution's output): the network is put back as it was."""
+    from stages.nets.frozen import fold_batchnorm
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.norm(y) + y).mean((2, 3))
+
+    torch.manual_seed(0)
+    net = Both()
+    _randomize_batchnorm(net)
+    x = torch.randn(2, 3, 8, 8)
+    before = net.eval()(x)
+    assert fold_batchnorm(net, x) == 0
+    assert isinstance(net.norm, torch.nn.BatchNorm2d) and type(net.conv) is torch.nn.Conv2d
+    assert torch.equal(net(x), before)

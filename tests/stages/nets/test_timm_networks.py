@@ -53,6 +53,8 @@ class ZeroBranch(torch.nn.Module):
 
 @pytest.mark.parametrize("name", DROPPING)
 def test_a_plain_models_sub_network_is_the_model_with_exactly_those_residual_branches_removed(tmp_path, name):
+    from stages.nets.frozen import fold_batchnorm
+
     folder = _saved(tmp_path, name, 1.0)
     teacher = teaching_teacher(folder, 0.5, "batch", "trained", torch.device("cpu"))
     drops = drop_paths(teacher)
@@ -66,9 +68,11 @@ def test_a_plain_models_sub_network_is_the_model_with_exactly_those_residual_bra
         keep = draw_subnetwork(teacher, generator)
         with fixed_subnetwork(teacher, keep):
             sampled = teacher(x)
-        # plain: its DropPath positions are identities; in the teacher's memory format, so that the
-        # same convolution kernels run
-        reference = load_model(folder).to(memory_format=torch.channels_last)
+        # plain: its DropPath positions are identities; folded as the teacher is, and in its memory
+        # format, so that the same convolution kernels run
+        reference = load_model(folder)
+        fold_batchnorm(reference, torch.randn(2, 3, _size(name), _size(name)))
+        reference = reference.to(memory_format=torch.channels_last)
         for path, kept in zip(positions, keep):
             if not kept:
                 parent, _, child = path.rpartition(".")
