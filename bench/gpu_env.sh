@@ -1,12 +1,15 @@
 # Sourced by the one-call GPU scripts in bench/: what a bare device machine needs before they run.
 
-# Python packages the machine lacks (pydantic and what it needs), carried as wheels in .whl/, are
+# Python packages the machine lacks (pydantic and what it needs), carried as wheels in .whl/ or
+# .whl/device/ (bash bench/gpu_window.sh prepare downloads them there), are
 # installed into /tmp/site, which stays on the machine until it is given back: a later call that
 # carries no wheels finds them there. Either way the project's imports are checked before anything
 # runs, and a call without them stops at once with one line.
 install_carried_wheels() {
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  local wheels=(.whl/*.whl .whl/device/*.whl)
+  wheels=($(ls "${wheels[@]}" 2>/dev/null))
+  if [ "${#wheels[@]}" -gt 0 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" \
       || { echo "gpu_env: the wheels in .whl/ did not install into /tmp/site" >&2; return 1; }
   fi
   if [ -d /tmp/site ]; then

@@ -5,14 +5,16 @@
 #
 #   bash bench/gpu_paper_row.sh                      # Table II, ResNet-110 -> ResNet-20, 200 epochs
 #
-# In:  CIFAR-100 (see bench/gpu_env.sh), and, from an earlier call, the bundle's parts in
-#      .data/row/row.tar.part-* (carried with the call).
+# In:  CIFAR-100 (see bench/gpu_env.sh), and, from an earlier call, the bundle: ROW_BUNDLE (a joined
+#      tar, as bench/gpu_window.sh 2 makes it), else its parts in .data/row/row.tar.part-* (carried
+#      with the call).
 # Out: $OUT (default /tmp/gpu-row): row.tar.part-00, -01, ... (15 MiB each: what a call brings back
 #      per file), status.json (every task of the row: cached, or how far its checkpoint is), run.log
 #      and machine.txt. Join the parts with `cat row.tar.part-* > row.tar` and unbundle that.
 #
 # Settings (environment): PROFILE, UNTIL (default distill), JOBS (default 3: both teachers and the
-# student alone at once), BUDGET_S (default 420), DEVICE (default cuda), CIFAR100 (default 1; 0 for a
+# student alone at once), LOCKSTEP (1: each row of a stage's models in one process and one captured
+# step, --lockstep, instead of --jobs), BUDGET_S (default 420), DEVICE (default cuda), CIFAR100 (default 1; 0 for a
 # profile that does not read it, as the CPU check of this script does with tests/profiles/tiny.yaml),
 # EXTRA_ARGS (more options for run, status and bundle, such as --set KEY=VALUE), MPS (1: the tasks
 # share the GPU through --mps; three trainings under MPS gave 1.6x the images/s of one alone on an H200,
@@ -41,16 +43,20 @@ fi
 describe_machine > "$OUT/machine.txt"
 stochkd() { python3 -m pipeline "$@" --artifacts "$ARTIFACTS"; }
 
-if ls .data/row/row.tar.part-* >/dev/null 2>&1; then
+if [ -n "${ROW_BUNDLE:-}" ]; then
+  stochkd unbundle "$ROW_BUNDLE" 2>&1 | tee "$OUT/run.log" || exit 1
+elif ls .data/row/row.tar.part-* >/dev/null 2>&1; then
   cat .data/row/row.tar.part-* > /tmp/row-in.tar
   stochkd unbundle /tmp/row-in.tar 2>&1 | tee "$OUT/run.log" || exit 1
 fi
 start=$(date +%s)
 # timeout signals the whole process group: the scheduler and every task it started.
-sharing=()
-[ "${MPS:-0}" = 1 ] && sharing=(--mps)
-timeout -s TERM -k 120 "$BUDGET_S" python3 -m pipeline run "$PROFILE" --until "$UNTIL" --jobs "$JOBS" \
-  "${sharing[@]}" --device "$DEVICE" --artifacts "$ARTIFACTS" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
+how=(--jobs "$JOBS")
+[ "${MPS:-0}" = 1 ] && how+=(--mps)
+[ "${LOCKSTEP:-0}" = 1 ] && how=(--lockstep)
+echo "run: $PROFILE --until $UNTIL ${how[*]} for at most $BUDGET_S s" | tee -a "$OUT/run.log"
+timeout -s TERM -k 120 "$BUDGET_S" python3 -m pipeline run "$PROFILE" --until "$UNTIL" "${how[@]}" \
+  --device "$DEVICE" --artifacts "$ARTIFACTS" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
 code=${PIPESTATUS[0]}
 echo "run: exit $code after $(( $(date +%s) - start )) s (124 or 143: the budget ran out, progress saved)" \
   | tee -a "$OUT/run.log"

@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# A window's plan for a paper row is bench/gpu_window.sh (plan, calls 1 and 2, fetch). These three calls
+# together need more than one 15-minute window (about 15 minutes of calls beside the machine's start):
+# run at most two of them in one.
+#
 # Calls on a GPU machine that has 15 minutes for everything and carries at most 64 MiB per call:
 # CIFAR-100 travels in two parts beside work that does not need it, and what needs it runs once the
 # second part is there. A warm machine is given back 30 s after a call ends, so each call follows the
