@@ -6,17 +6,21 @@
 # carries no wheels finds them there. Either way the project's imports are checked before anything
 # runs, and a call without them stops at once with one line.
 install_carried_wheels() {
-  local wheels=(.whl/*.whl .whl/device/*.whl)
-  wheels=($(ls "${wheels[@]}" 2>/dev/null))
-  if [ "${#wheels[@]}" -gt 0 ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" \
-      || { echo "gpu_env: the wheels in .whl/ did not install into /tmp/site" >&2; return 1; }
+  local imports="import pydantic, typer, rich, yaml, torch, pipeline.cli"
+  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # Nothing to install where the project already imports (wheels an earlier call installed, a machine
+  # that has pydantic, this one).
+  if ! python3 -c "$imports" 2>/dev/null; then
+    local wheels
+    wheels=($(ls .whl/*.whl .whl/device/*.whl 2>/dev/null))
+    if [ "${#wheels[@]}" -gt 0 ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "${wheels[@]}" || { echo "gpu_env: the wheels in .whl/ did not install into /tmp/site" >&2; return 1; }
+      case ":${PYTHONPATH:-}:" in *:/tmp/site:*) ;; *) export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;; esac
+    fi
   fi
-  if [ -d /tmp/site ]; then
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  python3 -c "import pydantic, typer, rich, yaml, torch, pipeline.cli" 2>/dev/null || {
-    echo "gpu_env: the project cannot import here ($(python3 -c 'import pydantic, typer, rich, yaml, torch, pipeline.cli' 2>&1 | tail -1)); carry .whl (see bench/gpu_env.sh)" >&2
+  python3 -c "$imports" 2>/dev/null || {
+    echo "gpu_env: the project cannot import here ($(python3 -c "$imports" 2>&1 | tail -1)); carry .whl (see bench/gpu_env.sh)" >&2
     return 1
   }
 }

@@ -31,7 +31,8 @@ UNTIL=${UNTIL:-distill}
 JOBS=${JOBS:-3}
 BUDGET_S=${BUDGET_S:-420}
 DEVICE=${DEVICE:-cuda}
-ARTIFACTS=${ARTIFACTS:-/tmp/row-artifacts}
+WINDOW_TMP=${WINDOW_TMP:-/tmp}
+ARTIFACTS=${ARTIFACTS:-"$WINDOW_TMP/row-artifacts"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 install_carried_wheels || exit 1
@@ -46,8 +47,8 @@ stochkd() { python3 -m pipeline "$@" --artifacts "$ARTIFACTS"; }
 if [ -n "${ROW_BUNDLE:-}" ]; then
   stochkd unbundle "$ROW_BUNDLE" 2>&1 | tee "$OUT/run.log" || exit 1
 elif ls .data/row/row.tar.part-* >/dev/null 2>&1; then
-  cat .data/row/row.tar.part-* > /tmp/row-in.tar
-  stochkd unbundle /tmp/row-in.tar 2>&1 | tee "$OUT/run.log" || exit 1
+  cat .data/row/row.tar.part-* > "$WINDOW_TMP/row-in.tar"
+  stochkd unbundle "$WINDOW_TMP/row-in.tar" 2>&1 | tee "$OUT/run.log" || exit 1
 fi
 start=$(date +%s)
 # timeout signals the whole process group: the scheduler and every task it started.
@@ -62,12 +63,12 @@ echo "run: exit $code after $(( $(date +%s) - start )) s (124 or 143: the budget
   | tee -a "$OUT/run.log"
 
 stochkd status "$PROFILE" --json "${settings[@]}" > "$OUT/status.json"
-rm -f /tmp/row.tar
-stochkd bundle "$PROFILE" --until "$UNTIL" -o /tmp/row.tar "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
+rm -f "$WINDOW_TMP/row.tar"
+stochkd bundle "$PROFILE" --until "$UNTIL" -o "$WINDOW_TMP/row.tar" "${settings[@]}" 2>&1 | tee -a "$OUT/run.log"
 # At most 8 files, 16 MiB each and 64 MiB together come back from a call; four are taken above.
 rm -f "$OUT"/row.tar.part-*
 # No bundle when nothing finished or got as far as a checkpoint (bundle refuses an empty one).
-[ -f /tmp/row.tar ] && split -b 15M -d -a 2 /tmp/row.tar "$OUT/row.tar.part-"
+[ -f "$WINDOW_TMP/row.tar" ] && split -b 15M -d -a 2 "$WINDOW_TMP/row.tar" "$OUT/row.tar.part-"
 parts=$(ls "$OUT"/row.tar.part-* 2>/dev/null | wc -l)
 if [ "$parts" -gt 4 ]; then
   echo "the bundle needs $parts parts of 15 MiB, more than a call brings back beside the other files" \

@@ -23,19 +23,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-profiles/paper/table2_resnet110_resnet20.yaml}
 ROW=$(basename "$PROFILE" .yaml)
-CARRIED_ROW=/tmp/row-carry/$ROW   # the bundle's pieces, kept outside the checkout as calls bring them
+# Where the device keeps what calls bring (outside the checkout) and what call 2 makes: /tmp there.
+export WINDOW_TMP=${WINDOW_TMP:-/tmp}
+CARRIED_ROW="$WINDOW_TMP/row-carry/$ROW"   # the bundle's pieces, as calls bring them
+ROWS=${ROWS:-rows}                       # here: each row's bundle and pieces (bench/window_plan.py)
 mode=${1:-}
 
 keep_row_pieces() {
   mkdir -p "$CARRIED_ROW"
-  if [ -d "rows/$ROW/carry" ]; then cp -p "rows/$ROW/carry/"* "$CARRIED_ROW"/ 2>/dev/null; fi
+  if [ -d "$ROWS/$ROW/carry" ]; then cp -p "$ROWS/$ROW/carry/"* "$CARRIED_ROW"/ 2>/dev/null; fi
   echo "bundle pieces here so far: $(cd "$CARRIED_ROW" && ls | tr '\n' ' ')"
 }
 
 device_setup() {
   source bench/gpu_env.sh
-  OUT=${OUT:-/tmp/gpu-window}
-  mkdir -p "$OUT" /tmp/window
+  OUT=${OUT:-"$WINDOW_TMP/gpu-window"}
+  mkdir -p "$OUT" "$WINDOW_TMP/window"
   export PYTHONUNBUFFERED=1
   install_carried_wheels || exit 1
 }
@@ -73,7 +76,7 @@ case "$mode" in
       # trains in lockstep.
       timeout -k 5 40 python3 -m pytest -q -p no:cacheprovider -rs tests/stages/test_lockstep.py -k captured_row \
         2>&1 | tee "$OUT/gpu_tests.txt"
-      grep -q "1 passed" "$OUT/gpu_tests.txt" && touch /tmp/window/lockstep_ok
+      grep -q "1 passed" "$OUT/gpu_tests.txt" && touch "$WINDOW_TMP/window/lockstep_ok"
       timeout -k 5 40 python3 -m pytest -q -p no:cacheprovider -rs tests/stages/training/test_cuda_graph_step.py \
         2>&1 | tee -a "$OUT/gpu_tests.txt"
       timeout -k 5 45 python3 bench/frozen_teacher.py --device cuda --teacher resnet110 --capture --steps 50 \
@@ -91,14 +94,14 @@ case "$mode" in
       for name in piece-1 piece-2 piece-0; do
         [ -f "$CARRIED_ROW/$name" ] && pieces+=("$CARRIED_ROW/$name")
       done
-      cat "${pieces[@]}" > /tmp/window/row.tar
-      (cd /tmp/window && sha256sum -c "$CARRIED_ROW/bundle.sha256") | tee -a "$OUT/parts.txt" || {
+      cat "${pieces[@]}" > "$WINDOW_TMP/window/row.tar"
+      (cd "$WINDOW_TMP/window" && sha256sum -c "$CARRIED_ROW/bundle.sha256") | tee -a "$OUT/parts.txt" || {
         echo "gpu_window: the bundle's pieces do not join into the bundle the plan cut (see parts.txt)" >&2; exit 1; }
-      export ROW_BUNDLE=/tmp/window/row.tar
+      export ROW_BUNDLE="$WINDOW_TMP/window/row.tar"
     fi
     if [ -z "${LOCKSTEP:-}" ]; then
       LOCKSTEP=0
-      [ -f /tmp/window/lockstep_ok ] && LOCKSTEP=1
+      [ -f "$WINDOW_TMP/window/lockstep_ok" ] && LOCKSTEP=1
     fi
     echo "call 2: the row $ROW for BUDGET_S=${BUDGET_S:?set it to the figure the plan printed} s, LOCKSTEP=$LOCKSTEP" \
       | tee "$OUT/plan.txt"

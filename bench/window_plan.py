@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -42,6 +43,9 @@ MARGIN_S = 120  # left unplanned, so that a slow start or transfer does not cost
 CALL0_S, CALL1_S, CALL1_BENCH_S = 60, 40, 220
 # Call 2 beside the training: unpacking CIFAR-100 and the bundle, and bundling the row at the end.
 CALL2_OVERHEAD_S = 120
+# Where rows live and are listed (another folder for a check that must leave the project alone).
+ROWS = Path(os.environ.get("ROWS", ROOT / "rows"))
+ROW_RESULTS = Path(os.environ.get("ROW_RESULTS", ROOT / "results" / "rows"))
 DATA = ".data/c100x"
 DEFAULT_PROFILE = "profiles/paper/table2_resnet110_resnet20.yaml"
 WHEELS = ".whl/device"
@@ -142,7 +146,7 @@ def sha256_of(path: Path) -> str:
 
 def plan(args) -> int:
     profile, row = args.profile, args.profile.stem
-    home = ROOT / "rows" / row
+    home = ROWS / row
     bundle = home / "row.tar"
     cifar100 = not args.no_cifar100
     data = (size(ROOT / DATA / "manifest.json") + size(ROOT / DATA / "part-00.xz"), size(ROOT / DATA / "part-01.xz"))
@@ -155,7 +159,7 @@ def plan(args) -> int:
         missing.append(f"the wheels the device lacks in {WHEELS}: bash bench/gpu_window.sh prepare")
     calls, budget, pieces = window(profile, tree_bytes(), data if cifar100 else (0, 0), wheels, size(bundle),
                                    args.bench, cifar100)
-    start = (f"from rows/{row}/row.tar, {size(bundle) / MIB:.1f} MiB" if bundle.exists()
+    start = (f"from {bundle}, {size(bundle) / MIB:.1f} MiB" if bundle.exists()
              else "from the start: no bundle yet")
     print(f"A window for {profile} ({start}):")
     env = [] if str(profile) == DEFAULT_PROFILE else [f"PROFILE={profile}"]
@@ -180,7 +184,7 @@ def plan(args) -> int:
         print(f"  missing: {line}", file=sys.stderr)
     if bundle.exists():
         cut_pieces(bundle, home / "carry", pieces)
-        print(f"  pieces written to rows/{row}/carry/ ({', '.join(f'{s / MIB:.1f}' for s in pieces if s)} MiB)")
+        print(f"  pieces written to {home / 'carry'} ({', '.join(f'{s / MIB:.1f}' for s in pieces if s)} MiB)")
     return 1 if missing else 0
 
 
@@ -192,7 +196,7 @@ def fetch(args) -> int:
     if not parts:
         print(f"{folder}: no row.tar.part-* (see its run.log: did the row save anything?)", file=sys.stderr)
         return 1
-    home = ROOT / "rows" / row
+    home = ROWS / row
     home.mkdir(parents=True, exist_ok=True)
     joined = home / "row.tar.new"
     with open(joined, "wb") as out:
@@ -210,10 +214,10 @@ def fetch(args) -> int:
     status = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {"tasks": []}
     machine = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").exists() else ""
     listing = progress_listing(args.profile, home / "row.tar", status, machine, args.bench_dir, args.until)
-    out = ROOT / "results" / "rows" / f"{row}.md"
+    out = ROW_RESULTS / f"{row}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(listing)
-    print(f"rows/{row}/row.tar ({size(home / 'row.tar') / MIB:.1f} MiB) checked; {out.relative_to(ROOT)} written")
+    print(f"{home / 'row.tar'} ({size(home / 'row.tar') / MIB:.1f} MiB) checked; {out} written")
     return 0
 
 
