@@ -56,16 +56,19 @@ def computing_rows(start: int, stop: int, total: int) -> Iterator[None]:
 def row_coins(n_rows: int, survival: float, device: torch.device) -> torch.Tensor:
     """One Bernoulli(``survival``) coin (1.0 keep, 0.0 drop) per row, drawn on ``device``; within
     ``computing_rows``, this slice's coins of a draw for the whole global batch. ``n_rows`` may be
-    several stacked copies of the slice (K teacher samples): each copy is a copy of the global batch."""
+    several stacked copies of the slice (K teacher samples): each copy is a copy of the global batch.
+
+    A coin is a uniform number below the survival, as every coin of this module: consecutive draws of
+    a generator are one draw of their total, so a network's masks drawn at once (MaskPlan) are these."""
     part = _BATCH_SLICE.get()
     if part is None:
-        return torch.empty(n_rows, device=device).bernoulli_(survival)
+        return (torch.rand(n_rows, device=device) < survival).float()
     start, stop, total = part
     rows = stop - start
     copies = n_rows // rows  # not divmod, which torch.compile does not trace
     if n_rows % rows or not copies:
         raise ValueError(f"{n_rows} rows are not copies of this process's {rows} rows of the batch")
-    coins = torch.empty(copies * total, device=device).bernoulli_(survival)
+    coins = (torch.rand(copies * total, device=device) < survival).float()
     return coins.view(copies, total)[:, start:stop].reshape(-1)
 
 
@@ -220,10 +223,9 @@ class MaskPlan:
 
     The first block to ask draws for all; a block asking again (the next forward pass), or asking
     for another batch size, group count, mode or slice of the batch, starts a new draw. Batch mode
-    draws what the blocks draw one at a time, in the same order (the blocks' order in the network):
-    on a CPU the same numbers, since consecutive draws of a generator equal one draw of their total.
-    Per-row coins compare uniform numbers with each block's survival instead of ``bernoulli_``: the
-    same distribution, other numbers."""
+    and per-row coins alike draw what the blocks draw one at a time, in the same order (the blocks'
+    order in the network): on a CPU the same numbers, since consecutive draws of a generator equal
+    one draw of their total (compiled code, which draws block by block, trains the same steps)."""
 
     def __init__(self, drops: list[DropPath]) -> None:
         self.drops = drops
