@@ -81,7 +81,8 @@ case "$mode" in
         2>&1 | tee -a "$OUT/gpu_tests.txt"
       timeout -k 5 45 python3 bench/frozen_teacher.py --device cuda --teacher resnet110 --capture --steps 50 \
         2>&1 | tee "$OUT/frozen_teacher.txt"
-      timeout -k 5 75 python3 bench/lockstep_row.py --device cuda --teacher resnet110 --student resnet20 \
+      # The row's students one at a time, in lockstep, and five processes at once, alone and under MPS.
+      timeout -k 5 105 python3 bench/lockstep_row.py --device cuda --teacher resnet110 --student resnet20 \
         --images 6400 --capture --repeats 1 2>&1 | tee "$OUT/lockstep_row.txt"
     fi
     ;;
