@@ -573,3 +573,26 @@ def test_a_convolution_whose_output_feeds_more_than_its_batchnorm_is_left_unfold
     assert fold_batchnorm(net, x) == 0
     assert isinstance(net.norm, torch.nn.BatchNorm2d) and type(net.conv) is torch.nn.Conv2d
     assert torch.equal(net(x), before)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
+def test_a_frozen_teacher_with_bf16_weights_runs_under_autocast_beside_its_float32_batchnorm(name):
+    """A GPU's teacher: convolution and linear weights cast to bf16 once, the BatchNorms that were
+    not folded (pre-activation blocks) left in float32. Checked under the CPU's autocast, the nearest
+    this machine has: it runs, and gives the float32 outputs to bf16's precision."""
+    from stages.nets.architectures import build_model
+    from stages.nets.frozen import cast_weights, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_model(name, 10, 3, p_last=0.5).eval()
+    _randomize_batchnorm(net)
+    size = SMALL_IMAGES.get(name, 8)
+    x = torch.randn(4, 3, size, size).contiguous(memory_format=torch.channels_last)
+    fold_batchnorm(net, x[:2])
+    with torch.inference_mode():
+        want = net(x)
+        cast_weights(net, torch.bfloat16)
+        assert all(m.weight.dtype == torch.bfloat16 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = net(x)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2 * float(want.abs().max()))
