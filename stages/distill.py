@@ -19,6 +19,7 @@ from stages.common.errors import ArtifactError
 from stages.nets.architectures import resolve_skips
 from stages.nets.checkpoint import ModelSpec, read_spec
 from stages.context import StageContext
+from stages.training.compiling import compiled_teacher
 from stages.training.data import load_dataset, normalized_for
 from stages.nets.frozen import cast_weights
 from stages.nets.losses import attention_term, kd_loss
@@ -175,12 +176,13 @@ def _teacher_of(ctx: StageContext, data, device: torch.device) -> torch.nn.Modul
                             f"it on the same data (stochkd-pipeline teacher PROFILE --force)")
     teacher = teaching_teacher(ctx.inputs["teacher"].path, distill.p_last, distill.drop_mode,
                                distill.kept_scale, device, inputs=(data.mean, data.std))
-    execution = drop_execution_for(ctx.params["student"].training, device)
+    recipe = ctx.params["student"].training
+    execution = drop_execution_for(recipe, device)
     if execution:
         use_drop_execution(teacher, execution)
     if device.type == "cuda":  # it teaches under autocast: its weights cast to bfloat16 once, not every step
         cast_weights(teacher, torch.bfloat16)
-    return teacher
+    return compiled_teacher(teacher, recipe)
 
 
 def _student_of(ctx: StageContext, data, device: torch.device, teach: Teach | None = None) -> Student:

@@ -53,6 +53,25 @@ def compiled_for_training(model: nn.Module, net: nn.Module, recipe: TrainingConf
             del block.forward
 
 
+def compiled_teacher(teacher: nn.Module, recipe: TrainingConfig) -> nn.Module:
+    """A frozen teacher for a student whose ``recipe`` compiles: each of its blocks compiled on its own,
+    for as long as it teaches (it only ever runs frozen; blocks of one kind share their graphs, so a
+    deep teacher compiles in the time of a shallow one), dropping its blocks by masks, which leave no
+    host-side decision to break a graph. A network without such blocks (timm's) stays as it is."""
+    from stages.nets.stochastic_depth import use_drop_execution
+
+    blocks = network_blocks(teacher)
+    if not recipe.compile or not blocks:
+        return teacher
+    use_drop_execution(teacher, "mask")
+    for block in blocks:
+        block.forward = torch.compile(block.forward, mode=recipe.compile_mode)
+    # Its passes (deterministic, K sampled, both at once) each guard on the blocks' settings; the limit
+    # is raised for the process, as the student's blocks raise it while they train.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 3 * BLOCK_ENTRIES)
+    return teacher
+
+
 def uncompiled():
     """A context in which compiled code runs eagerly: evaluation between epochs (eval mode, other
     batch sizes) would otherwise compile the blocks again."""

@@ -14,6 +14,7 @@ from stages.training.data import ImageDataset
 from stages.training.evaluation import accuracy_on_test
 from stages.training.loop import DeviceData, drop_execution_for, train
 from tests.processes import on_two_gloo_ranks
+from tests.stages.test_distill import teacher  # noqa: F401 (an untrained ResNet-14 teacher, saved)
 from tests.weights import assert_same_weights, largest_difference
 
 AUGMENT = Augmentation(crop_padding=1, horizontal_flip=True)
@@ -159,3 +160,34 @@ def test_blocks_compiled_on_two_ranks_train_what_eager_masks_train_there(tmp_pat
         for key, weights in ranks[0][mode, "blocks"][0].items():
             if "running" not in key:  # each rank's BatchNorm sees its own rows
                 assert torch.equal(ranks[1][mode, "blocks"][0][key], weights), (mode, key)
+
+
+def test_a_students_compiled_recipe_compiles_its_frozen_teachers_blocks_and_trains_what_eager_masks_train(
+        tmp_path, teacher, eager_backend, monkeypatch):
+    """compile: true for a stochastic KD student: the teacher's blocks are compiled too, dropping by
+    masks; with the masks it draws block by block, the student trains to the bit what it trains
+    uncompiled with the masks the teacher draws in one call."""
+    import stages.distill as distill
+    from stages.nets.stochastic_depth import drop_paths
+    from tests.stages.test_lockstep import contexts, trained as saved
+
+    teachers, compile_teacher = [], distill.compiled_teacher
+
+    def recorded(model, recipe):
+        teachers.append(compile_teacher(model, recipe))
+        return teachers[-1]
+
+    monkeypatch.setattr(distill, "compiled_teacher", recorded)
+    found = {}
+    for name, settings in (("eager", {}), ("compiled", {"compile": True, "compile_scope": "blocks"})):
+        torch._dynamo.reset()
+        [ctx] = contexts(tmp_path / name, teacher, ("stochastic_kd",), drop_execution="mask", **settings)
+        distill.train_student(ctx)
+        found[name] = saved(ctx)
+    eager_teacher, compiled_teacher = teachers
+    assert not any("forward" in vars(block) for block in compiling.network_blocks(eager_teacher))
+    assert all("forward" in vars(block) for block in compiling.network_blocks(compiled_teacher))
+    assert {d.execution for d in drop_paths(compiled_teacher)} == {"mask"}
+    (eager, eager_history), (compiled, compiled_history) = found["eager"], found["compiled"]
+    assert compiled_history == eager_history
+    assert all(torch.equal(compiled[key], eager[key]) for key in eager)
