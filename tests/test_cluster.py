@@ -120,7 +120,7 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     assert process.returncode == 0, stdout + stderr
     [manifest] = resume.glob("*/manifest.json")
     resumed = json.loads(manifest.read_text())["metrics"]["train_resumed_at"]
-    assert len(resumed) == 2, resumed  # resumed twice, never restarted
+    assert len(resumed) == 2, (resumed, stdout[-4000:], stderr[-4000:])  # resumed twice, never restarted
     assert models(tmp_path) == uninterrupted
 
 
