@@ -94,6 +94,12 @@ class KeptRows:
     index: torch.Tensor
     factor: float
 
+    def dense(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """The factor of each of ``n_rows`` rows: ``factor`` where kept, 0 where dropped."""
+        rows = torch.zeros(n_rows, device=device)
+        rows[self.index] = self.factor
+        return rows
+
 
 def kept_groups(n_rows: int, survival: float, groups: int, device: torch.device,
                 factor: float | None = None) -> KeptRows | float:
@@ -125,9 +131,7 @@ def keep_scale(n_rows: int, survival: float, mode: DropMode, groups: int, device
         decision = kept_groups(n_rows, survival, groups, device, factor)
         if isinstance(decision, float):
             return decision
-        rows = torch.zeros(n_rows, device=device)
-        rows[decision.index] = decision.factor
-        return rows.view(-1, 1, 1, 1)
+        return decision.dense(n_rows, device).view(-1, 1, 1, 1)
     if mode == "sample":
         return (row_coins(n_rows, survival, device) * factor).view(-1, 1, 1, 1)
     raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
@@ -191,9 +195,7 @@ class DropPath(nn.Module):
         """Per-row factors of ``n_rows`` rows: 1 (the plain sum) for the leading plain rows, then the
         sampled rows' own."""
         if isinstance(sampled, KeptRows):
-            index, factor = sampled.index, sampled.factor
-            sampled = torch.zeros(n_rows - self.plain_rows, device=device)
-            sampled[index] = factor
+            sampled = sampled.dense(n_rows - self.plain_rows, device)
         elif isinstance(sampled, float):
             sampled = torch.full((n_rows - self.plain_rows,), sampled, device=device)
         return torch.cat([torch.ones(self.plain_rows, device=device), sampled.reshape(-1)]).view(-1, 1, 1, 1)
@@ -281,9 +283,7 @@ class BranchDropPath(DropPath):
         if isinstance(factor, float):
             return branch * factor
         if isinstance(factor, KeptRows):
-            rows = torch.zeros(n_rows, device=device)
-            rows[factor.index] = factor.factor
-            factor = rows
+            factor = factor.dense(n_rows, device)
         # Token sequences (ViT: rows, tokens, channels) as well as feature maps (rows, C, H, W).
         return branch * factor.reshape(n_rows, *([1] * (branch.dim() - 1))).to(branch.dtype)
 
