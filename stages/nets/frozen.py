@@ -23,12 +23,10 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> int:
     an identity), checked on ``probe``; returns the number folded (0 where the check failed and
     ``model`` was put back as it was). ``model`` is put in eval mode."""
     model.eval()
-    pairs = _conv_batchnorm_pairs(model, probe)
+    places = _places(model)
+    pairs, before = _conv_batchnorm_pairs(model, probe, places)
     if not pairs:
         return 0
-    with torch.no_grad():
-        before = model(probe).float()
-    places = _places(model)
     replaced = []
     for conv, norm in pairs:
         folded = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm)
@@ -38,6 +36,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> int:
             replaced.append((parent, name, old))
     with torch.no_grad():
         after = model(probe).float()
+    before = before.float()
     scale = float(before.abs().max().clamp(min=1.0))
     if not torch.allclose(after, before, rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE * scale):
         for parent, name, old in reversed(replaced):
@@ -56,9 +55,11 @@ def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def _conv_batchnorm_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+def _conv_batchnorm_pairs(model: nn.Module, probe: torch.Tensor, places: dict[int, tuple[nn.Module, str]]
+                          ) -> tuple[list[tuple[nn.Conv2d, nn.BatchNorm2d]], torch.Tensor]:
     """(convolution, BatchNorm) pairs where the BatchNorm's input is the convolution's output, each
-    module called once in a forward pass and found at one place in ``model``."""
+    module called once in a forward pass and found at one place in ``model`` (``places``); and the
+    output of that pass, the unfolded network's on ``probe``."""
     produced: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
     calls: dict[int, int] = {}
     pairs = []
@@ -78,14 +79,13 @@ def _conv_batchnorm_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[n
     hooks += [m.register_forward_pre_hook(before_norm) for m in model.modules() if type(m) is nn.BatchNorm2d]
     try:
         with torch.no_grad():
-            model(probe)
+            output = model(probe)
     finally:
         for hook in hooks:
             hook.remove()
-    places = _places(model)
     return [(conv, norm) for conv, norm in pairs
             if calls[id(conv)] == calls[id(norm)] == 1 and id(conv) in places and id(norm) in places
-            and norm.track_running_stats and norm.running_mean is not None]
+            and norm.track_running_stats and norm.running_mean is not None], output
 
 
 def _places(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
