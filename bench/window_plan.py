@@ -75,7 +75,7 @@ def size(path: Path) -> int:
 
 def split_sizes(total: int, rooms: list[int]) -> list[int]:
     """The bundle's ``total`` bytes cut into pieces that fill ``rooms`` in order; a piece per room
-    (0 where nothing is left), then pieces of the last room's size for what is left over."""
+    (0 where nothing is left), then one piece of what is left over."""
     pieces, left = [], total
     for room in rooms:
         piece = max(0, min(room, left))
@@ -89,7 +89,7 @@ def window(profile: Path, tree: int, data: tuple[int, int], wheels: int, bundle:
     """The window's calls in order, the seconds left for training in call 2 (negative: it does not
     fit) and the bundle's pieces (bytes of piece-1, piece-2 and, in a call 0, piece-0). ``data``: the
     sizes of CIFAR-100's two parts (with the manifest in the first)."""
-    row = profile.stem
+    carried = Path(os.path.relpath(ROWS / profile.stem / "carry", ROOT))  # as a call's carry names it
     data_note = "the first CIFAR-100 part, " if cifar100 else ""
     calls = [Call("1", f"keep {data_note}the wheels and the bundle's first piece" + (
         "; GPU tests and benches of the row's step (no data needed)" if bench else ""),
@@ -103,10 +103,10 @@ def window(profile: Path, tree: int, data: tuple[int, int], wheels: int, bundle:
     pieces = split_sizes(bundle, rooms)
     for i, piece in enumerate(pieces[:2]):
         if piece:
-            calls[i].carry.append(f"rows/{row}/carry/piece-{i + 1}")
+            calls[i].carry.append(str(carried / f"piece-{i + 1}"))
     if len(pieces) > 2:
         extra = Call("0", "keep the pieces of the bundle that calls 1 and 2 have no room for", CALL0_S,
-                     [f"rows/{row}/carry/piece-0"])
+                     [str(carried / "piece-0")])
         calls.insert(0, extra)
         if pieces[2] > CARRY_LIMIT - CARRY_SPARE - tree:
             return calls, -1, pieces  # more than three calls' room: too large for one window
@@ -115,7 +115,7 @@ def window(profile: Path, tree: int, data: tuple[int, int], wheels: int, bundle:
     if len(pieces) > 2:
         calls[0].carried_bytes = tree + pieces[2]
     if bundle:
-        calls[-1].carry.append(f"rows/{row}/carry/bundle.sha256")
+        calls[-1].carry.append(str(carried / "bundle.sha256"))
     spent = START_S + TRANSFER_S * len(calls) + sum(c.limit_s for c in calls[:-1]) + CALL2_OVERHEAD_S + MARGIN_S
     budget = WINDOW_S - spent
     calls[-1].limit_s = budget + CALL2_OVERHEAD_S
