@@ -1,7 +1,7 @@
 # Sourced by the one-call GPU scripts in bench/: what a bare device machine needs before they run.
 
 # Python packages the machine lacks (pydantic and what it needs), carried as wheels in .whl/ or
-# .whl/device/ (bash bench/gpu_window.sh prepare downloads them there), are
+# $DEVICE_WHEELS (default .whl/device/, where bash bench/gpu_window.sh prepare downloads them), are
 # installed into /tmp/site, which stays on the machine until it is given back: a later call that
 # carries no wheels finds them there. Either way the project's imports are checked before anything
 # runs, and a call without them stops at once with one line.
@@ -12,7 +12,7 @@ install_carried_wheels() {
   # that has pydantic, this one).
   if ! python3 -c "$imports" 2>/dev/null; then
     local wheels
-    wheels=($(ls .whl/*.whl .whl/device/*.whl 2>/dev/null))
+    wheels=($(ls .whl/*.whl "${DEVICE_WHEELS:-.whl/device}"/*.whl 2>/dev/null))
     if [ "${#wheels[@]}" -gt 0 ]; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "${wheels[@]}" || { echo "gpu_env: the wheels in .whl/ did not install into /tmp/site" >&2; return 1; }

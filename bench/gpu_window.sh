@@ -27,6 +27,7 @@ ROW=$(basename "$PROFILE" .yaml)
 export WINDOW_TMP=${WINDOW_TMP:-/tmp}
 CARRIED_ROW="$WINDOW_TMP/row-carry/$ROW"   # the bundle's pieces, as calls bring them
 ROWS=${ROWS:-rows}                       # here: each row's bundle and pieces (bench/window_plan.py)
+export DEVICE_WHEELS=${DEVICE_WHEELS:-.whl/device}  # the wheels the device lacks, which call 1 carries
 mode=${1:-}
 
 keep_row_pieces() {
@@ -49,13 +50,13 @@ case "$mode" in
       python bench/carry_npz.py pack ../shared/datasets/cifar100.npz .data/c100x || exit 1
     fi
     # pydantic and what it needs that the device's image lacks (KINDS.md lists what it has), for its Python 3.12.
-    mkdir -p .whl/device
+    mkdir -p "$DEVICE_WHEELS"
     wanted=$(python -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in
              ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d .whl/device $wanted || exit 1
-    ls -l .whl/device .data/c100x
+      -d "$DEVICE_WHEELS" $wanted || exit 1
+    ls -l "$DEVICE_WHEELS" .data/c100x
     ;;
   plan)
     flags=()

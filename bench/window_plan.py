@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project, installed or not
 MIB = 1 << 20
 CARRY_LIMIT = 64 * MIB
 CARRY_SPARE = 1 * MIB  # what a call's carry is kept under its limit by, for what the count may not see
@@ -48,7 +49,8 @@ ROWS = Path(os.environ.get("ROWS", ROOT / "rows"))
 ROW_RESULTS = Path(os.environ.get("ROW_RESULTS", ROOT / "results" / "rows"))
 DATA = ".data/c100x"
 DEFAULT_PROFILE = "profiles/paper/table2_resnet110_resnet20.yaml"
-WHEELS = ".whl/device"
+# The wheels the device lacks, as a call carries them (another folder for a check on a machine without them).
+WHEELS = os.path.relpath((ROOT / os.environ.get("DEVICE_WHEELS", ".whl/device")).resolve(), ROOT)
 
 
 @dataclass

@@ -176,7 +176,9 @@ class _CheckpointShipper:
 
     def __init__(self, store: ArtifactStore, task: Task, mailbox, scratch: Path) -> None:
         self.store, self.task, self.mailbox, self.scratch = store, task, mailbox, scratch
-        self.sent: tuple | None = None
+        # The checkpoint the task received from the mailbox is not sent back: the head has it.
+        folder = store.resume_folder(task.stage, task.key)
+        self.sent: tuple | None = self._signature(folder) if folder.is_dir() else None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 

@@ -3,11 +3,14 @@ with their own resources and temp folders), which the command line joins by its 
 join a cloud cluster. STOCHKD_CLUSTER_COPY=1 makes every task receive its inputs and return its
 artifact as bundles, as on nodes that share no folder with the head."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +20,12 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 
 pytestmark = pytest.mark.slow
 
-# A training long enough to lose its node mid-way, with a checkpoint after every step.
-LONG_TEACHER = ("--set", "teacher.training.epochs=8")
+# A training long enough to lose its node mid-way, with a checkpoint after every step: about a third of a
+# second an epoch here, so that the rerun still trains (by many epochs) when its checkpoint has reached the
+# head, however far the node got before the head printed the epoch its stop was sent at (eight epochs were
+# not always enough in a full run: the head, busy, printed the epoch the stop came at late).
+EPOCHS = 30
+LONG_TEACHER = ("--set", f"teacher.training.epochs={EPOCHS}")
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +82,49 @@ def uninterrupted(tmp_path_factory):
     return models(artifacts)
 
 
-def started_on_the_cluster(address: str, artifacts, *extra: str, past: str = "[2-7]") -> tuple[subprocess.Popen, str]:
-    """LONG_TEACHER started on the cluster; returned once it is past an epoch ``past`` matches (of 8), with
-    its node's id."""
+def started_on_the_cluster(address: str, artifacts, *extra: str, before: int = 2 * EPOCHS // 3) -> tuple[subprocess.Popen, str]:
+    """LONG_TEACHER started on the cluster; returned at the first epoch before epoch ``before`` that its
+    progress shows, with its node's id."""
     process = subprocess.Popen(
         pipeline_command("teacher", TINY, *LONG_TEACHER, *extra, "--cluster", address, artifacts=artifacts),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
     for line in process.stdout:
-        found = re.search(rf"epoch {past}/8 .* on \S+ ([0-9a-f]{{8}})", line)
-        if found:
-            return process, found.group(1)
-    raise AssertionError(process.communicate()[1])
+        found = re.search(rf"epoch (\d+)/{EPOCHS} .* on \S+ ([0-9a-f]{{8}})", line)
+        if found and 1 <= int(found.group(1)) < before:
+            return process, found.group(2)
+    stdout, stderr = process.communicate()
+    raise AssertionError(f"no progress line before epoch {before} of {EPOCHS} named a node:\n{stdout}\n{stderr}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def lose(made, node) -> None:
+    """``node`` dies as a machine does, its worker processes with it: Ray's remove_node ends the node's own
+    processes, and a worker that talks only to the head's actor goes on training without its raylet."""
+    from ray._private import ray_constants
+
+    [raylet] = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]
+    workers = descendants(raylet.process.pid)
+    made.remove_node(node, allow_graceful=False)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identical(
@@ -94,12 +132,10 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     """SIGTERM mid-training: the task saves (no timed checkpoint is due) and its checkpoint reaches the
     head; the rerun resumes from it on the cluster, loses its node once a newer checkpoint has reached
     the head, is retried on the other node from that one, and ends with an uninterrupted run's weights."""
-    import signal
-
     made, workers = cluster
-    # Stopped at its first epoch's end, the stop saving (no timed checkpoint is due), so that the rerun
-    # has most of its epochs left when its node is taken away.
-    process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600", past="[1-7]")
+    # Stopped early, the stop saving (no timed checkpoint is due), so that the rerun has most of its epochs
+    # left when its node is taken away.
+    process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600", before=EPOCHS // 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143 and "Traceback" not in stderr, stderr
@@ -113,7 +149,7 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     while stopped_at.exists() and stopped_at.stat().st_mtime_ns == saved_at_stop and time.monotonic() < deadline:
         time.sleep(0.2)  # the rerun's own checkpoint has reached the head
     [doomed] = [w for w in workers if w.node_id.startswith(node)]
-    made.remove_node(doomed, allow_graceful=False)
+    lose(made, doomed)
     workers.remove(doomed)
     workers.append(made.add_node(num_cpus=1))  # the cluster as it was, for any test after this one
     stdout, stderr = process.communicate(timeout=300)

@@ -62,3 +62,34 @@ def test_a_task_that_failed_on_a_node_is_named_with_its_whole_error_in_the_logs(
     monkeypatch.setattr(ray, "get", lambda ref, **kwargs: {"code": 2, "error": "data.path x: missing", "node": "n 1"})
     with pytest.raises(PipelineError, match=r"^teacher:teacher \(on n 1\): data\.path x: missing$"):
         ClusterScheduler(ArtifactStore(tmp_path), "local")._finish(task, object(), tmp_path)
+
+
+def test_a_node_sends_the_head_only_the_checkpoints_its_task_wrote(tmp_path, monkeypatch):
+    """A retried or resumed task receives its checkpoint from the head; sending it straight back would
+    tell the head that the task had moved on when it had not."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    import pipeline.cluster as cluster
+    from pipeline.plan import Task
+    from pipeline.store import ArtifactStore
+
+    sent = []
+
+    class Mailbox:
+        class put_checkpoint:  # noqa: N801 - as a Ray actor's method is called
+            @staticmethod
+            def remote(stage, key, blob):
+                sent.append((stage, key, blob))
+
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+    monkeypatch.setattr(cluster, "_bundle_bytes", lambda store, tasks, scratch, name: b"bundle")
+    store, task = ArtifactStore(tmp_path / "artifacts"), Task("teacher", "teacher", {})
+    received = store.resume_folder(task.stage, task.key)
+    received.mkdir(parents=True)
+    (received / "training.pt").write_bytes(b"as the head sent it")
+    shipper = cluster._CheckpointShipper(store, task, Mailbox, tmp_path)
+    shipper.ship()
+    assert sent == []
+    (received / "training.pt").write_bytes(b"a step further, as the task wrote it")
+    shipper.ship()
+    shipper.ship()
+    assert sent == [("teacher", task.key, b"bundle")]
