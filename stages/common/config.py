@@ -84,6 +84,10 @@ class DataConfig(Section):
     download: bool = Field(False, description="Let torchvision download cifar10/cifar100 into data.root.")
     image_size: int | None = Field(
         None, ge=8, description="Resize images read from files to this square size (null: keep their size).")
+    classes: int | list[str] | None = Field(
+        None, description="Train and test on some of the dataset's classes: the first N in its order, or those named "
+        "(null: all). Labels are numbered in the subset's order; train_images, validation_images and test_images "
+        "count images of these classes.")
     train_images: int | None = Field(
         None, ge=1, description="Use a class-balanced subset of this many training images (null: all).")
     test_images: int | None = Field(
@@ -106,6 +110,18 @@ class DataConfig(Section):
     interpolation: Literal["bilinear", "bicubic"] | None = Field(
         None, description="With input_size: the filter that resizes evaluation images, and predict's (null: the "
         "pretrained configuration of a network given pretrained weights, else bilinear).")
+
+    @model_validator(mode="after")
+    def _classes_are_a_subset(self) -> "DataConfig":
+        if isinstance(self.classes, int) and self.classes < 2:
+            raise ValueError(f"data.classes = {self.classes}: a classifier needs at least 2 classes")
+        if isinstance(self.classes, list):
+            if len(self.classes) < 2:
+                raise ValueError(f"data.classes = {self.classes}: a classifier needs at least 2 classes")
+            repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+            if repeated:
+                raise ValueError(f"data.classes names {', '.join(map(repr, repeated))} more than once")
+        return self
 
     @model_validator(mode="after")
     def _root_fits_dataset(self) -> "DataConfig":

@@ -99,8 +99,9 @@ def describe_data(data: dict[str, Any], images: dict[str, int] | None) -> str:
     kind, _, digest = content.partition(":")
     identity = f"{kind} {digest[:12]}" if digest else content
     text = f"{data.get('dataset', '?')}" + (f" ({identity})" if identity else "")
-    chosen = [f"{key} {data[key]}" for key in ("image_size", "input_size", "crop_pct", "interpolation", "train_images",
-                                               "validation_images", "test_images") if key in data]
+    chosen = [f"{key} {', '.join(data[key]) if isinstance(data[key], list) else data[key]}"
+              for key in ("classes", "image_size", "input_size", "crop_pct", "interpolation", "train_images",
+                          "validation_images", "test_images") if data.get(key) is not None]
     if chosen:
         text += f", {', '.join(chosen)}"
     if images:

@@ -254,6 +254,8 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         arrays = _load_torchvision(cfg.dataset, root, cfg.download)
     else:
         raise DataError(f"data.dataset={cfg.dataset!r} needs data.root pointing at an .npz file")
+    if cfg.classes is not None:
+        arrays, given_validation = _some_classes(cfg.classes, arrays, given_validation, root)
     x_train, y_train, x_test, y_test, class_names = arrays
     x_val = y_val = None
     if given_validation is not None:
@@ -290,6 +292,32 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         x_val = None if x_val is None else view.of_arrays(x_val)
     return ImageDataset(x_train, y_train, np.ascontiguousarray(x_test), y_test,
                         class_names, mean, std, x_val, y_val, view, notes_lines)
+
+
+def _some_classes(classes: int | list[str], arrays: tuple, validation: tuple | None, root: Path | None):
+    """``arrays`` (and a folder's own validation split) kept to data.classes, labels renumbered in its order."""
+    x_train, y_train, x_test, y_test, class_names = arrays
+    where = f" of data.root={root}" if root is not None else ""
+    if isinstance(classes, int):
+        if classes > len(class_names):
+            raise DataError(f"data.classes = {classes}, but the dataset{where} has {len(class_names)} classes; "
+                            f"ask for at most {len(class_names)}")
+        chosen = list(range(classes))
+    else:
+        unknown = [name for name in classes if name not in class_names]
+        if unknown:
+            raise DataError(f"data.classes: {', '.join(map(repr, unknown))} is not a class of the dataset{where} "
+                            f"(its classes begin {', '.join(map(repr, class_names[:5]))}); use its class names")
+        chosen = [class_names.index(name) for name in classes]
+    renumber = np.full(len(class_names), -1, dtype=np.int64)
+    renumber[chosen] = np.arange(len(chosen))
+
+    def kept(images, labels):
+        index = np.flatnonzero(renumber[labels] >= 0)
+        return _rows(images, index), renumber[labels[index]]
+
+    subset = (*kept(x_train, y_train), *kept(x_test, y_test), tuple(class_names[c] for c in chosen))
+    return subset, None if validation is None else kept(*validation)
 
 
 def _rows(images, index: np.ndarray):

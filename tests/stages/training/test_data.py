@@ -126,3 +126,31 @@ def test_a_validation_split_is_held_out_of_the_training_images_class_balanced():
 def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
     with pytest.raises(DataError, match="data.validation_images = 1437 leaves no training images"):
         load_dataset(DataConfig(dataset="digits", validation_images=1437))
+
+
+def test_some_classes_keep_their_images_numbered_in_the_subsets_order():
+    full = load_dataset(DataConfig(dataset="digits"))
+    data = load_dataset(DataConfig(dataset="digits", classes=["7", "2"]))
+    assert data.class_names == ("7", "2") and data.num_classes == 2
+    for x, y, whole_x, whole_y in ((data.x_train, data.y_train, full.x_train, full.y_train),
+                                   (data.x_test, data.y_test, full.x_test, full.y_test)):
+        assert np.array_equal(x[y == 0], whole_x[whole_y == 7]) and np.array_equal(x[y == 1], whole_x[whole_y == 2])
+        assert len(y) == np.isin(whole_y, [7, 2]).sum()
+    first = load_dataset(DataConfig(dataset="digits", classes=3, validation_images=30, train_images=300))
+    assert first.class_names == ("0", "1", "2")
+    assert np.bincount(first.y_val).tolist() == [10, 10, 10] and np.bincount(first.y_train).tolist() == [100] * 3
+
+
+@pytest.mark.parametrize("classes, message", [
+    (["7", "seven"], r"data\.classes: 'seven' is not a class of the dataset \(its classes begin '0', '1'"),
+    (11, r"data\.classes = 11, but the dataset has 10 classes; ask for at most 10")])
+def test_classes_the_dataset_does_not_have_are_named(classes, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(dataset="digits", classes=classes))
+
+
+@pytest.mark.parametrize("classes, message", [(1, "at least 2 classes"), (["3"], "at least 2 classes"),
+                                              (["3", "4", "3"], "names '3' more than once")])
+def test_a_subset_that_is_no_classifier_is_refused_in_the_profile(classes, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(dataset="digits", classes=classes)
