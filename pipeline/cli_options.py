@@ -78,7 +78,7 @@ def user_errors() -> Iterator[None]:
 
         # Under torchrun each rank that fails says so; rank 0's line reads as it would in one process.
         rank = distributed.rank()  # 0 outside torchrun
-        print(f"error (rank {rank}): {exc}" if rank else f"error: {exc}", file=sys.stderr)
+        distributed.error_line(f"error (rank {rank}): {exc}" if rank else f"error: {exc}")
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         from stages.common import distributed

@@ -108,6 +108,13 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def error_line(text: str) -> None:
+    """``text`` on stderr in one write: the ranks share it, and a line written in two pieces (the text,
+    then its newline, as print writes to an unbuffered stream) can be cut by another rank's line."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", 0)) if active() else 0
 
@@ -153,7 +160,7 @@ def crash_logged(logs: Path) -> Iterator[None]:
         except OSError:
             traceback.print_exc()
             where = ""
-        print(f"error (rank {number}): {type(exc).__name__}: {first_line(exc)[:300]}{where}", file=sys.stderr)
+        error_line(f"error (rank {number}): {type(exc).__name__}: {first_line(exc)[:300]}{where}")
         raise SystemExit(1) from None
 
 

@@ -35,3 +35,31 @@ def test_outside_torchrun_a_crash_is_left_alone(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError), crash_logged(tmp_path / "logs"):
         raise RuntimeError("a bug")
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_ranks_error_line_is_one_write_where_another_rank_cannot_cut_it(monkeypatch):
+    """Ranks share stderr, unbuffered under torchrun's children: print writes a line's text and its
+    newline apart, and a full run once printed one rank's line run into the other's."""
+    import io
+    import sys
+
+    from stages.common.distributed import error_line
+
+    class Recording(io.RawIOBase):
+        def __init__(self):
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+            return len(data)
+
+    raw = Recording()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, write_through=True))
+    print("error (rank 1): x", file=sys.stderr)
+    assert raw.writes == [b"error (rank 1): x", b"\n"]  # the race the line must not have
+    raw.writes.clear()
+    error_line("error (rank 1): x")
+    assert raw.writes == [b"error (rank 1): x\n"]
