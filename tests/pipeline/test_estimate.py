@@ -22,6 +22,9 @@ def test_the_data_shape_is_known_without_loading_it(cifar100_npz):
     assert data_shape(DataConfig()) == (1437, 0, 360, 8, 1, 10)
     cifar = DataConfig(dataset="cifar100", root=str(cifar100_npz), train_images=20000, validation_images=5000)
     assert data_shape(cifar) == (20000, 5000, 10000, 32, 3, 100)
+    some = DataConfig(dataset="cifar100", root=str(cifar100_npz), classes=10, validation_images=500)
+    assert data_shape(some) == (4500, 500, 1000, 32, 3, 10)
+    assert data_shape(DataConfig(classes=["3", "4"])) == (287, 0, 72, 8, 1, 2)  # of the digits' 1437 and 360
 
 
 def test_more_epochs_cost_more_and_unknown_networks_stay_unknown():
