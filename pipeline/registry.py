@@ -85,15 +85,15 @@ class StageDecl:
 
 
 STAGES: dict[str, StageDecl] = {s.name: s for s in (
-    StageDecl("teacher", "stages.teacher:train_teacher", 1, None,
+    StageDecl("teacher", "stages.teacher:train_teacher", 2, None,
               "Train the teacher of each reading: with stochastic depth, or plain.", _accuracy,
               together="stages.teacher:train_teachers_together", row_key="stages.teacher:lockstep_key"),
     StageDecl("analyze", "stages.analyze:analyze_teacher", 4, None,
               "Measure the teacher's output entropy and accuracy with blocks dropped (Fig. 3).", _analysis),
-    StageDecl("distill", "stages.distill:train_student", 3, None,
+    StageDecl("distill", "stages.distill:train_student", 4, None,
               "Train the student alone, with KD, and with stochastic KD (same recipe).", _accuracy,
               together="stages.distill:train_students_together", row_key="stages.distill:lockstep_key"),
-    StageDecl("mutual", "stages.mutual:train_peers", 1, None,
+    StageDecl("mutual", "stages.mutual:train_peers", 2, None,
               "Deep Mutual Learning: conventional peers, and peers with stochastic blocks.", _mutual),
     StageDecl("export", "stages.export:export_model", 3, None,
               "Export each network to ONNX and check it against PyTorch.", _export),

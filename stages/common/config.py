@@ -32,14 +32,6 @@ def skip_shortcuts(archs: tuple[str, ...] | list[str], p_last: float, skips: boo
     return {"skip_shortcuts": "zero_pad"} if added else {}
 
 
-def row_coins_key(drop_mode: str, p_last: float) -> dict:
-    """A cache-key entry for networks that drop blocks per image: their coins are uniform numbers
-    below each block's survival, drawn for the whole network at once, and they were Bernoulli draws
-    before, so such trainings compute something else than the artifacts made then. Batch-mode coins
-    did not change, nor their keys."""
-    return {"row_coins": "uniform"} if drop_mode == "sample" and p_last < 1 else {}
-
-
 def each_once(values: tuple[str, ...], what: str) -> tuple[str, ...]:
     if len(set(values)) != len(values):
         raise ValueError(f"each {what} at most once, got {list(values)}")
@@ -330,8 +322,7 @@ class TeacherConfig(Section):
                     "checkpoint_sha256": content_hash(Path(self.checkpoint)),
                     **skip_shortcuts([self.arch], self.p_last, self.skips)}
         return {**self.model_dump(mode="json", exclude={"readings", "pretrained"}, exclude_none=True),
-                **pretrained_key(self.pretrained, "teacher"), **skip_shortcuts([self.arch], self.p_last, self.skips),
-                **row_coins_key(self.drop_mode, self.p_last)}
+                **pretrained_key(self.pretrained, "teacher"), **skip_shortcuts([self.arch], self.p_last, self.skips)}
 
     def trained_plain(self) -> "TeacherConfig":
         """The plain reading's teacher: the same network and recipe, trained without dropping, with
@@ -452,7 +443,7 @@ class MutualConfig(Section):
         # The default update stays out, so keys made before it was a setting stay valid.
         unused = {"update"} if self.update == "simultaneous" else set()
         return {**self.model_dump(mode="json", exclude=unused, exclude_none=True),
-                **skip_shortcuts(self.peers, self.p_last, None), **row_coins_key(self.drop_mode, self.p_last)}
+                **skip_shortcuts(self.peers, self.p_last, None)}
 
 
 class AnalysisConfig(Section):

@@ -188,19 +188,6 @@ def test_the_kept_scale_enters_a_key_only_where_it_changes_the_teacher():
     assert moved[0]["distill:kd"] == moved[1]["distill:kd"]
 
 
-def test_per_image_coins_enter_the_keys_of_what_drops_per_image_and_of_nothing_else():
-    """Per-image coins are drawn otherwise than they were, so what trained with them is not reused; the
-    batch-mode keys, and so their cached artifacts, stay."""
-    from stages.common.config import MutualConfig, TeacherConfig
-
-    assert TeacherConfig(drop_mode="sample").cache_form()["row_coins"] == "uniform"
-    assert "row_coins" not in TeacherConfig().cache_form()
-    assert "row_coins" not in TeacherConfig(drop_mode="sample", p_last=1.0).cache_form()  # draws none
-    assert MutualConfig(drop_mode="sample").cache_form()["row_coins"] == "uniform"
-    assert "row_coins" not in MutualConfig().cache_form()
-    assert _keys(["teacher.drop_mode=sample"])["teacher:teacher"] != _keys()["teacher:teacher"]
-
-
 def test_readings_do_not_enter_the_stochastic_depth_teachers_key():
     assert _keys([BOTH])["teacher:teacher"] == _keys()["teacher:teacher"]
     assert _keys(["teacher.readings=[plain]"]).keys().isdisjoint({"teacher:teacher", "distill:kd"})

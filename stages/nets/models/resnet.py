@@ -63,11 +63,16 @@ class CifarResNet(StagedNetwork):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        # He et al.'s initialization for the convolutions; the classifier keeps PyTorch's (as torchvision's
+        # ResNets do): He's fan-out rule gave it a spread of sqrt(2 / classes), logits large enough on ten
+        # classes that a ResNet-20 started at a loss of 8.7 and trained to half a ResNet-8's accuracy.
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
