@@ -15,6 +15,8 @@ from stages.quantize import quantize_int8
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=10, in_channels=3)
+    # A classifier's bias as training leaves it: a fresh one's is zero, and a zero bias is not quantized.
+    torch.nn.init.uniform_(model.fc.bias, -0.1, 0.1)
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(model, torch.randn(2, 3, 16, 16), path, opset=18)
     return path
