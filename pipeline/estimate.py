@@ -195,7 +195,7 @@ def data_shape(cfg) -> tuple[int, int, int, int, int, int] | None:
         return None
     train, test, size, channels, classes = known
     if cfg.classes is not None:  # as many images of each kept class as of any (the known datasets are balanced)
-        kept = min(cfg.classes if isinstance(cfg.classes, int) else len(cfg.classes), classes)
+        kept = min(cfg.class_count, classes)
         train, test, classes = train * kept // classes, test * kept // classes, kept
     # What the networks compute on: the input size where one is set, else the images as stored.
     size = cfg.input_size or cfg.image_size or size

@@ -82,7 +82,8 @@ def uninterrupted(tmp_path_factory):
     return models(artifacts)
 
 
-def started_on_the_cluster(address: str, artifacts, *extra: str, before: int = 2 * EPOCHS // 3) -> tuple[subprocess.Popen, str]:
+def started_on_the_cluster(address: str, artifacts, *extra: str,
+                           before: int = 2 * EPOCHS // 3) -> tuple[subprocess.Popen, str]:
     """LONG_TEACHER started on the cluster; returned at the first epoch before epoch ``before`` that its
     progress shows, with its node's id."""
     process = subprocess.Popen(

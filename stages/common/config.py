@@ -111,16 +111,20 @@ class DataConfig(Section):
         None, description="With input_size: the filter that resizes evaluation images, and predict's (null: the "
         "pretrained configuration of a network given pretrained weights, else bilinear).")
 
+    @property
+    def class_count(self) -> int | None:
+        """How many classes data.classes keeps (None: all of the dataset's)."""
+        return self.classes if isinstance(self.classes, int) or self.classes is None else len(self.classes)
+
     @model_validator(mode="after")
     def _classes_are_a_subset(self) -> "DataConfig":
-        if isinstance(self.classes, int) and self.classes < 2:
+        if self.classes is None:
+            return self
+        if self.class_count < 2:
             raise ValueError(f"data.classes = {self.classes}: a classifier needs at least 2 classes")
-        if isinstance(self.classes, list):
-            if len(self.classes) < 2:
-                raise ValueError(f"data.classes = {self.classes}: a classifier needs at least 2 classes")
-            repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
-            if repeated:
-                raise ValueError(f"data.classes names {', '.join(map(repr, repeated))} more than once")
+        repeated = [] if isinstance(self.classes, int) else sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"data.classes names {', '.join(map(repr, repeated))} more than once")
         return self
 
     @model_validator(mode="after")

@@ -63,9 +63,10 @@ class CifarResNet(StagedNetwork):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # He et al.'s initialization for the convolutions; the classifier keeps PyTorch's (as torchvision's
-        # ResNets do): He's fan-out rule gave it a spread of sqrt(2 / classes), logits large enough on ten
-        # classes that a ResNet-20 started at a loss of 8.7 and trained to half a ResNet-8's accuracy.
+        # He et al.'s initialization for the convolutions; the classifier's weights keep PyTorch's (as
+        # torchvision's ResNets do) and its bias starts at zero (as the WRN's): He's fan-out rule gave it a
+        # spread of sqrt(2 / classes), logits large enough on ten classes that a ResNet-20 started at a loss
+        # of 8.7 and trained to half a ResNet-8's accuracy.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -66,6 +66,7 @@ def test_models_with_other_seeds_or_data_get_a_line_each_and_old_artifacts_their
 def test_a_subset_of_classes_is_part_of_the_datas_line():
     from stages.reporting.recipe import describe_data
 
-    assert describe_data({**DATA, "classes": 10}, None).startswith("cifar100 (npz abababababab), classes 10, train_images")
+    assert describe_data({**DATA, "classes": 10}, None).startswith(
+        "cifar100 (npz abababababab), classes 10, train_images")
     assert ", classes apple, bee, " in describe_data({**DATA, "classes": ["apple", "bee"]}, None)
     assert "classes" not in describe_data({**DATA, "classes": None}, None)
