@@ -16,13 +16,16 @@ READINGS = ("", "plain_")  # the stochastic-depth teacher's models, and the plai
 
 def comparisons(models: list[str]) -> list[tuple[str, str]]:
     """(method, baseline) pairs among ``models``: stochastic transfer against transfer from the same
-    teacher without dropping and against the student alone; proposed DML peers against conventional."""
+    teacher without dropping and against the student alone; that transfer against the student alone
+    (whether the teacher teaches at all, which the stochastic method's comparison with it rests on);
+    proposed DML peers against conventional."""
     pairs = []
     for prefix in READINGS:
         for transfer in TRANSFERS:
-            method = f"{prefix}stochastic_{transfer}"
-            pairs += [(method, baseline) for baseline in (f"{prefix}{transfer}", "student")
-                      if method in models and baseline in models]
+            method, deterministic = f"{prefix}stochastic_{transfer}", f"{prefix}{transfer}"
+            pairs += [(model, baseline) for model, baseline in
+                      ((method, deterministic), (method, "student"), (deterministic, "student"))
+                      if model in models and baseline in models]
     pairs += [(model, model.replace("proposed", "conventional")) for model in models
               if model.startswith("dml_proposed_") and model.replace("proposed", "conventional") in models]
     return pairs
