@@ -19,6 +19,7 @@ order, as the local scheduler (pipeline.scheduler) runs them on one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -122,6 +123,13 @@ class _Mailbox:
         self.states: dict[str, dict] = {}
         self.checkpoints: dict[tuple[str, str], bytes] = {}
         self.fresh: set[tuple[str, str]] = set()
+        self.ended: set[str] = set()
+
+    def end(self, task_id: str) -> None:
+        self.ended.add(task_id)
+
+    def ended_tasks(self) -> set[str]:
+        return self.ended
 
     def put_state(self, task_id: str, state: dict) -> None:
         self.states[task_id] = state
@@ -284,6 +292,10 @@ def run_on_node(spec: dict[str, Any], mailbox, *input_bundles: bytes) -> dict[st
             return {"code": 0, "ran": outcome.ran, "wall_s": outcome.wall_s, "node": node, "bundle": blob}
     finally:
         os.chdir(here)
+        # Ray may count a cancelled task done before its function returns: the head waits for this word,
+        # sent after the stop's checkpoint, before it leaves.
+        with contextlib.suppress(Exception):
+            ray.get(mailbox.end.remote(task.id), timeout=10)
 
 
 class ClusterScheduler:
@@ -492,6 +504,11 @@ class ClusterScheduler:
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
         try:
+            # A cancelled task's ref can be done while its function still saves and sends its checkpoint;
+            # those that started (they reported progress) are waited for until they say they have ended.
+            started = set(ray.get(mailbox.latest_states.remote())) & {task.id for task in running.values()}
+            while not started <= ray.get(mailbox.ended_tasks.remote()) and time.monotonic() < deadline:
+                time.sleep(0.2)
             self._collect(mailbox, {}, scratch)
         except Exception:  # noqa: BLE001 - the mailbox's node may be the one that failed
             pass

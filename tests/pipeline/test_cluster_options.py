@@ -93,3 +93,36 @@ def test_a_node_sends_the_head_only_the_checkpoints_its_task_wrote(tmp_path, mon
     shipper.ship()
     shipper.ship()
     assert sent == [("teacher", task.key, b"bundle")]
+
+
+def test_a_stop_keeps_the_checkpoint_a_cancelled_task_sends_after_ray_counts_it_done(tmp_path, monkeypatch):
+    """Ray can count a cancelled task done while its function still saves its checkpoint and sends it;
+    the head leaves only once every task that had started has said it ended (or the grace runs out)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from pipeline.cluster import ClusterScheduler
+    from pipeline.plan import Task
+    from pipeline.store import ArtifactStore
+
+    started, queued = Task("teacher", "teacher", {}), Task("teacher", "plain_teacher", {})
+    asked = []
+
+    class Mailbox:
+        class latest_states:  # noqa: N801 - as a Ray actor's method is called
+            @staticmethod
+            def remote():
+                return {started.id: {"description": "epoch 2/30"}}  # the queued task never reported
+
+        class ended_tasks:  # noqa: N801
+            @staticmethod
+            def remote():
+                asked.append(1)
+                return {started.id} if len(asked) >= 3 else set()  # its word comes on the third look
+
+    monkeypatch.setattr(ray, "cancel", lambda ref: None)
+    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: (refs, []))  # every ref done at once
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+    scheduler = ClusterScheduler(ArtifactStore(tmp_path), "local")
+    collected = []
+    monkeypatch.setattr(scheduler, "_collect", lambda mailbox, running, scratch: collected.append(len(asked)))
+    scheduler._cancel({"ref 1": started, "ref 2": queued}, Mailbox, tmp_path, grace_s=10)
+    assert collected == [3]
