@@ -90,12 +90,15 @@ def started_on_the_cluster(address: str, artifacts, *extra: str,
         pipeline_command("teacher", TINY, *LONG_TEACHER, *extra, "--cluster", address, artifacts=artifacts),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    read = []  # what the loop consumed, for the failure's message
     for line in process.stdout:
+        read.append(line)
         found = re.search(rf"epoch (\d+)/{EPOCHS} .* on \S+ ([0-9a-f]{{8}})", line)
         if found and 1 <= int(found.group(1)) < before:
             return process, found.group(2)
     stdout, stderr = process.communicate()
-    raise AssertionError(f"no progress line before epoch {before} of {EPOCHS} named a node:\n{stdout}\n{stderr}")
+    raise AssertionError(f"no progress line before epoch {before} of {EPOCHS} named a node:\n"
+                         f"{''.join(read)[-4000:]}{stdout}\n{stderr[-4000:]}")
 
 
 def descendants(pid: int) -> list[int]:
