@@ -122,9 +122,10 @@ class DataConfig(Section):
             return self
         if self.class_count < 2:
             raise ValueError(f"data.classes = {self.classes}: a classifier needs at least 2 classes")
-        repeated = [] if isinstance(self.classes, int) else sorted({c for c in self.classes if self.classes.count(c) > 1})
-        if repeated:
-            raise ValueError(f"data.classes names {', '.join(map(repr, repeated))} more than once")
+        if isinstance(self.classes, list):
+            repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+            if repeated:
+                raise ValueError(f"data.classes names {', '.join(map(repr, repeated))} more than once")
         return self
 
     @model_validator(mode="after")
