@@ -82,11 +82,10 @@ def train_student(ctx: StageContext) -> dict:
 
 
 def lockstep_key(params: dict) -> dict:
-    """What students must share to train in lockstep: the batches (data, seed, batch size) and how
-    they are made and stepped on (normalization, the whole recipe)."""
-    student = params["student"]
-    return {"data": params["data"], "seed": params["seed"], "training": student.training,
-            "mean": student.mean, "std": student.std}
+    """What students must share to train in lockstep (``shared_recipe``)."""
+    from stages.training.lockstep import shared_recipe
+
+    return shared_recipe(params, "student")
 
 
 def train_students_together(contexts: list[StageContext]) -> list[dict]:

@@ -61,13 +61,13 @@ def train_teacher(ctx: StageContext) -> dict:
 
 
 def lockstep_key(params: dict) -> dict | None:
-    """What teachers must share to train in lockstep (the batches, their normalization and the
-    recipe), or None for one imported rather than trained."""
-    teacher = params["teacher"]
-    if teacher.checkpoint is not None:
+    """What teachers must share to train in lockstep (``shared_recipe``), or None for one imported
+    rather than trained."""
+    from stages.training.lockstep import shared_recipe
+
+    if params["teacher"].checkpoint is not None:
         return None
-    return {"data": params["data"], "seed": params["seed"], "training": teacher.training,
-            "mean": teacher.mean, "std": teacher.std}
+    return shared_recipe(params, "teacher")
 
 
 def train_teachers_together(contexts: list[StageContext]) -> list[dict]:

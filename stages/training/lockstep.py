@@ -57,6 +57,15 @@ class Member:
     run: RunState = field(default_factory=RunState, repr=False)
 
 
+def shared_recipe(params: dict, role: str) -> dict:
+    """What the tasks of a row must share to train in lockstep (``role``: "teacher" or "student"): the
+    batches (data, seed, batch size) and how they are made and stepped on (normalization, the whole
+    recipe). The network may differ."""
+    cfg = params[role]
+    return {"data": params["data"], "seed": params["seed"], "training": cfg.training,
+            "mean": cfg.mean, "std": cfg.std}
+
+
 class OutOfStep(Exception):
     """The members' checkpoints stand at different points of training: they resume one at a time."""
 
