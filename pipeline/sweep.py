@@ -117,23 +117,43 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
             "values": values}
 
 
-def choose_by_validation(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def unchanged_by_axes(results: list[dict[str, Any]], axes) -> set[str]:
+    """The models whose recipe is the same at every point of the non-seed axes, seed by seed (the
+    student alone in a sweep of the teaching p_n): one task, so no point of the grid is chosen for
+    them. Empty where the results carry no recipes."""
+    other = [k for k, _ in axes if k != "seed"]
+    if not other or not all("recipes" in result for result in results):
+        return set()
+    recipes: dict[str, dict[tuple, set[str]]] = {}
+    for result in results:
+        point = tuple(result["point"][k] for k in other)
+        for model, recipe in result["recipes"].items():
+            recipes.setdefault(model, {}).setdefault(point, set()).add(json.dumps(recipe, sort_keys=True,
+                                                                                   default=str))
+    return {model for model, by_point in recipes.items()
+            if len(by_point) > 1 and len({frozenset(seen) for seen in by_point.values()}) == 1}
+
+
+def choose_by_validation(summary: list[dict[str, Any]], unchanged: set[str] = frozenset()
+                         ) -> dict[str, dict[str, Any]]:
     """For each model: the point with the best mean validation accuracy (the first of equals), and
-    the test accuracy there. Empty where the runs held out no validation split."""
+    the test accuracy there; point None for a model in ``unchanged`` (the grid does not change it).
+    Empty where the runs held out no validation split."""
     if not all("validation" in row for row in summary):
         return {}
     chosen = {}
     for model in summary[0]["validation"]:
         best = max(summary, key=lambda row: row["validation"][model]["mean"])
-        chosen[model] = {"point": best["point"], "validation": best["validation"][model],
-                         "test": best["accuracy"][model]}
+        chosen[model] = {"point": None if model in unchanged else best["point"],
+                         "validation": best["validation"][model], "test": best["accuracy"][model]}
     return chosen
 
 
 def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels,
-                    recipes: dict[str, dict[str, Any]] | None = None, printed: dict[str, dict] | None = None) -> str:
+                    recipes: dict[str, dict[str, Any]] | None = None, printed: dict[str, dict] | None = None,
+                    unchanged: set[str] = frozenset()) -> str:
     """The sweep's tables, then the first point's recipes: every other point differs from it only
-    in the swept keys."""
+    in the swept keys. ``unchanged``: the models the grid does not change (``unchanged_by_axes``)."""
     other = [k for k, _ in axes if k != "seed"]
     seeds = next((values for k, values in axes if k == "seed"), None)
     lines = [f"# Sweep of {profile} over {', '.join(k for k, _ in axes)}", ""]
@@ -147,7 +167,7 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
         cells = [str(row["point"][k]) for k in other]
         cells += [_cell(row["accuracy"][model], seeds) for model in models]
         lines.append("| " + " | ".join(cells) + " |")
-    chosen = choose_by_validation(summary)
+    chosen = choose_by_validation(summary, unchanged)
     if chosen:
         lines += ["", "Top-1 % on the validation split held out of the training images, at every point:", "",
                   "| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |",
@@ -167,12 +187,15 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
     if chosen and other:
         lines += ["", "## Chosen on the validation split", "",
                   "Each model's point with the best mean accuracy on the validation split held out of the training "
-                  "images, and its test accuracy there.", "",
+                  "images, and its test accuracy there"
+                  + ("; \"any\": the swept settings leave that model's recipe as it is, one model at every point."
+                     if any(chosen[model]["point"] is None for model in models) else "."), "",
                   "| model | " + " | ".join(other) + " | validation % | test % |",
                   "|" + " --- |" * (len(other) + 3)]
         for model in models:
             pick = chosen[model]
-            lines.append("| " + " | ".join([labels.get(model, model), *(str(pick["point"][k]) for k in other),
+            where = ["any"] * len(other) if pick["point"] is None else [str(pick["point"][k]) for k in other]
+            lines.append("| " + " | ".join([labels.get(model, model), *where,
                                             _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
     lines += render_printed(summary, other, labels, printed or {}, bool(seeds))
     lines += render_paired_gains(paired_gains(summary, models), other, labels)
@@ -240,13 +263,14 @@ def plot(summary: list[dict[str, Any]], axes, models: list[str], labels, path: P
 def write_sweep(destination: Path, results, axes, profile: str, models: list[str], labels,
                 printed: dict[str, dict] | None = None) -> list[Path]:
     destination.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results, axes)
+    summary, unchanged = summarize(results, axes), unchanged_by_axes(results, axes)
     written = [destination / "sweep.json", destination / "sweep.md"]
     written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
-                                      "chosen_by_validation": choose_by_validation(summary),
+                                      "chosen_by_validation": choose_by_validation(summary, unchanged),
                                       "paired_gains": paired_gains(summary, models),
                                       **({"printed": printed} if printed else {})}, indent=1))
-    written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes"), printed))
+    written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes"), printed,
+                                          unchanged))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")
     return written

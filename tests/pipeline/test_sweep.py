@@ -64,6 +64,32 @@ def test_settings_are_chosen_by_validation_accuracy_and_reported_with_their_test
     assert "| 0.9 | 41.00 ± 1.41 |" in table  # every point's validation accuracy
 
 
+def test_a_model_the_grid_does_not_change_has_no_point_chosen_for_it():
+    from pipeline.sweep import choose_by_validation, unchanged_by_axes
+
+    axes = [("distill.p_last", ["0.5", "0.9"]), ("seed", ["0", "1"])]
+    results = []
+    for p in (0.5, 0.9):
+        for s in (0, 1):
+            # The student alone is one task per seed whatever p_n; a tie on validation would "choose" 0.5.
+            recipes = {"student": {"seed": s}, "stochastic_kd": {"seed": s, "p_last": p}}
+            results.append({"point": {"distill.p_last": p, "seed": s}, "recipes": recipes,
+                            "accuracy": {"student": 0.6 + s / 100, "stochastic_kd": p / 2},
+                            "validation": {"student": 0.7 + s / 100, "stochastic_kd": p / 3}})
+    unchanged = unchanged_by_axes(results, axes)
+    assert unchanged == {"student"}
+    summary = summarize(results, axes)
+    chosen = choose_by_validation(summary, unchanged)
+    assert chosen["student"]["point"] is None and chosen["stochastic_kd"]["point"] == {"distill.p_last": 0.9}
+    table = render_markdown(summary, axes, "p", ["student", "stochastic_kd"],
+                            {"student": "student alone", "stochastic_kd": "stochastic KD"}, unchanged=unchanged)
+    assert "| student alone | any | 70.50 ± 0.71 | 60.50 ± 0.71 |" in table
+    assert "| stochastic KD | 0.9 |" in table
+    # Without recipes (or with a single point) nothing is taken for unchanged.
+    assert unchanged_by_axes([{k: v for k, v in r.items() if k != "recipes"} for r in results], axes) == set()
+    assert unchanged_by_axes(results[:2], axes) == set()
+
+
 def test_each_models_last_training_accuracy_is_tabulated_beside_its_test_accuracy(tmp_path):
     from pipeline.sweep import last_training_accuracy
     from stages.context import StageInput
