@@ -378,8 +378,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
             if all("validation_accuracy" in v for v in metrics.values()):
                 result["validation"] = {m: v["validation_accuracy"] for m, v in metrics.items()}
             training = {m: last_training_accuracy(artifacts_of[m], member) for m, (_, member) in trained.items()}
-            if all(v is not None for v in training.values()):
-                result["training"] = training
+            if any(v is not None for v in training.values()):
+                result["training"] = {m: v for m, v in training.items() if v is not None}
             results.append(result)
         models = list(results[0]["accuracy"])
         slug = "+".join(k for k, _ in axes)

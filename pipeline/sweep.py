@@ -97,7 +97,8 @@ def summarize(results: list[dict[str, Any]], axes: list[tuple[str, list[str]]]) 
         row: dict[str, Any] = {"point": dict(zip(other, values)), "runs": len(members), "accuracy": {}}
         for split in ("accuracy", "validation", "training"):
             for model in members[0].get(split, {}):
-                row.setdefault(split, {})[model] = _mean_std([m[split][model] for m in members])
+                if all(model in m.get(split, {}) for m in members):
+                    row.setdefault(split, {})[model] = _mean_std([m[split][model] for m in members])
         rows.append(row)
     return rows
 
@@ -181,8 +182,10 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
                       "learns from, beside the test split above.", "",
                   "| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |",
                   "|" + " --- |" * (len(other) + len(models))]
+        # "–": a model trained elsewhere (an imported teacher) has no history here.
         lines += ["| " + " | ".join([str(row["point"][k]) for k in other]
-                                    + [_cell(row["training"][model], seeds) for model in models]) + " |"
+                                    + [_cell(row["training"][model], seeds) if model in row["training"] else "–"
+                                       for model in models]) + " |"
                   for row in summary]
     if chosen and other:
         lines += ["", "## Chosen on the validation split", "",

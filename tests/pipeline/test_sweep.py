@@ -102,6 +102,11 @@ def test_each_models_last_training_accuracy_is_tabulated_beside_its_test_accurac
                for s, train in ((0, 0.80), (1, 0.82))]
     table = render_markdown(summarize(results, axes), axes, "p", ["kd"], {"kd": "KD"})
     assert "Top-1 % on the training images in the last epoch" in table and table.endswith("| 81.00 ± 1.41 |\n")
+    # An imported teacher keeps no history: its cell is empty, the students' are still tabulated.
+    imported = [{"point": {"seed": s}, "accuracy": {"teacher": 0.9, "kd": 0.4}, "training": {"kd": train}}
+                for s, train in ((0, 0.80), (1, 0.82))]
+    table = render_markdown(summarize(imported, axes), axes, "p", ["teacher", "kd"], {"kd": "KD"})
+    assert table.endswith("| – | 81.00 ± 1.41 |\n")
     assert "training images in the last" not in render_markdown(
         summarize([{"point": {"seed": 0}, "accuracy": {"kd": 0.5}}], [("seed", ["0"])]), [("seed", ["0"])], "p",
         ["kd"], {})
