@@ -374,7 +374,8 @@ def sweep(profile: Optional[Path] = ProfileArg,
             metrics = {model: member_metrics(artifacts_of[model].metrics, member)
                        for model, (_, member) in trained.items()}
             result = {"point": point_values(point), "accuracy": {m: v["test_accuracy"] for m, v in metrics.items()},
-                      "recipes": recipes_of(artifacts_of, metrics)}
+                      "recipes": recipes_of(artifacts_of, metrics),
+                      "tasks": {model: task.key for model, (task, _) in trained.items()}}
             if all("validation_accuracy" in v for v in metrics.values()):
                 result["validation"] = {m: v["validation_accuracy"] for m, v in metrics.items()}
             training = {m: last_training_accuracy(artifacts_of[m], member) for m, (_, member) in trained.items()}

@@ -119,19 +119,18 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def unchanged_by_axes(results: list[dict[str, Any]], axes) -> set[str]:
-    """The models whose recipe is the same at every point of the non-seed axes, seed by seed (the
-    student alone in a sweep of the teaching p_n): one task, so no point of the grid is chosen for
-    them. Empty where the results carry no recipes."""
+    """The models that are one task at every point of the non-seed axes, seed by seed (the student
+    alone in a sweep of the teaching p_n): no point of the grid is chosen for them. Empty where the
+    results carry no task keys."""
     other = [k for k, _ in axes if k != "seed"]
-    if not other or not all("recipes" in result for result in results):
+    if not other or not all("tasks" in result for result in results):
         return set()
-    recipes: dict[str, dict[tuple, set[str]]] = {}
+    keys: dict[str, dict[tuple, set[str]]] = {}
     for result in results:
         point = tuple(result["point"][k] for k in other)
-        for model, recipe in result["recipes"].items():
-            recipes.setdefault(model, {}).setdefault(point, set()).add(json.dumps(recipe, sort_keys=True,
-                                                                                   default=str))
-    return {model for model, by_point in recipes.items()
+        for model, key in result["tasks"].items():
+            keys.setdefault(model, {}).setdefault(point, set()).add(key)
+    return {model for model, by_point in keys.items()
             if len(by_point) > 1 and len({frozenset(seen) for seen in by_point.values()}) == 1}
 
 
@@ -191,7 +190,7 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
         lines += ["", "## Chosen on the validation split", "",
                   "Each model's point with the best mean accuracy on the validation split held out of the training "
                   "images, and its test accuracy there"
-                  + ("; \"any\": the swept settings leave that model's recipe as it is, one model at every point."
+                  + ("; \"any\": the swept settings leave that model as it is: one training task at every point."
                      if any(chosen[model]["point"] is None for model in models) else "."), "",
                   "| model | " + " | ".join(other) + " | validation % | test % |",
                   "|" + " --- |" * (len(other) + 3)]

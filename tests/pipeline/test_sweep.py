@@ -72,8 +72,8 @@ def test_a_model_the_grid_does_not_change_has_no_point_chosen_for_it():
     for p in (0.5, 0.9):
         for s in (0, 1):
             # The student alone is one task per seed whatever p_n; a tie on validation would "choose" 0.5.
-            recipes = {"student": {"seed": s}, "stochastic_kd": {"seed": s, "p_last": p}}
-            results.append({"point": {"distill.p_last": p, "seed": s}, "recipes": recipes,
+            tasks = {"student": f"student-{s}", "stochastic_kd": f"stochastic_kd-{s}-{p}"}
+            results.append({"point": {"distill.p_last": p, "seed": s}, "tasks": tasks,
                             "accuracy": {"student": 0.6 + s / 100, "stochastic_kd": p / 2},
                             "validation": {"student": 0.7 + s / 100, "stochastic_kd": p / 3}})
     unchanged = unchanged_by_axes(results, axes)
@@ -85,8 +85,8 @@ def test_a_model_the_grid_does_not_change_has_no_point_chosen_for_it():
                             {"student": "student alone", "stochastic_kd": "stochastic KD"}, unchanged=unchanged)
     assert "| student alone | any | 70.50 ± 0.71 | 60.50 ± 0.71 |" in table
     assert "| stochastic KD | 0.9 |" in table
-    # Without recipes (or with a single point) nothing is taken for unchanged.
-    assert unchanged_by_axes([{k: v for k, v in r.items() if k != "recipes"} for r in results], axes) == set()
+    # Without task keys (or with a single point) nothing is taken for unchanged.
+    assert unchanged_by_axes([{k: v for k, v in r.items() if k != "tasks"} for r in results], axes) == set()
     assert unchanged_by_axes(results[:2], axes) == set()
 
 
