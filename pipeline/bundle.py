@@ -24,12 +24,11 @@ from typing import Any
 from stages.common.errors import ArtifactError, first_line
 from pipeline.output_paths import file_in_the_way
 from pipeline.registry import STAGES
-from pipeline.store import DISK_FULL, MANIFEST, ArtifactStore
+from pipeline.store import DISK_FULL, MANIFEST, RESUME_PREFIX, ArtifactStore, retire
 from stages.common.checksums import file_records, first_mismatch
 
 INDEX = "bundle.json"
 FORMAT = 1
-RESUME_PREFIX = ".resume-"
 
 
 def pack(store: ArtifactStore, tasks, output: Path, profile_name: str) -> dict[str, Any]:
@@ -189,9 +188,7 @@ def unpack(bundle: Path, store: ArtifactStore, *, replace_checkpoints: bool = Fa
                 continue
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # an entry that failed its checks here, or an older checkpoint: replaced
-                retired = final.with_name(f".old-{uuid.uuid4().hex[:8]}")
-                os.replace(final, retired)
-                shutil.rmtree(retired, ignore_errors=True)
+                retire(final, entry["key"])
             os.replace(scratch / entry["folder"], final)
             added.append(entry["task"] + (" (training checkpoint)" if entry["kind"] == "resume" else ""))
     finally:

@@ -47,6 +47,13 @@ def _dead_here(pid: str, host: str) -> bool:
     return pid.isdigit() and host == platform.node() and not process_alive(int(pid))
 
 
+def _stale(holder: str, path: Path) -> bool:
+    """A lock whose process is gone: "<pid> <host> <time>" of a dead process here, or no holder long
+    after its creation."""
+    pid, host = (holder.split() + ["", ""])[:2]
+    return _dead_here(pid, host) or (not holder and _age_s(path) > UNNAMED_STALE_S)
+
+
 @contextmanager
 def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
              timeout_s: float | None = None) -> Iterator[None]:
@@ -62,8 +69,7 @@ def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
                 holder = path.read_text().strip()
             except OSError:
                 continue  # released between our two calls: try again
-            pid, host = (holder.split() + ["", ""])[:2]  # "<pid> <host> <time>"
-            if _dead_here(pid, host) or (not holder and _age_s(path) > UNNAMED_STALE_S):
+            if _stale(holder, path):
                 path.unlink(missing_ok=True)  # a stale lock: its process is gone
                 continue
             if not told:
@@ -91,13 +97,30 @@ def scratch_name(key: str, token: str) -> str:
     return f".tmp-{key}-{os.getpid()}-{platform.node()}-{token}"
 
 
-def remove_dead_scratch(folder: Path) -> list[Path]:
-    """Remove the scratch folders in ``folder`` whose writer died on this host; returns them."""
-    removed = []
+def dead_scratch(folder: Path) -> list[Path]:
+    """The scratch folders in ``folder`` whose writer died on this host."""
+    dead = []
     for scratch in folder.glob(".tmp-*"):
         parts = scratch.name.split("-")
         # .tmp-<key>-<pid>-<host...>-<token>; the host may itself hold dashes.
         if len(parts) >= 5 and _dead_here(parts[2], "-".join(parts[3:-1])):
-            shutil.rmtree(scratch, ignore_errors=True)
-            removed.append(scratch)
+            dead.append(scratch)
+    return dead
+
+
+def remove_dead_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders in ``folder`` whose writer died on this host; returns them."""
+    removed = dead_scratch(folder)
+    for scratch in removed:
+        shutil.rmtree(scratch, ignore_errors=True)
     return removed
+
+
+def lock_held(path: Path) -> bool:
+    """Whether the lock file ``path`` names a holder that may still run (a live process here, or any
+    process on another host); a stale lock is free to take."""
+    try:
+        holder = path.read_text().strip()
+    except OSError:
+        return False
+    return not _stale(holder, path)

@@ -25,8 +25,19 @@ from pipeline.locks import key_lock, remove_dead_scratch, scratch_name
 from stages.context import StageInput
 
 MANIFEST = "manifest.json"
+# Beside the finished ``<key>/`` folders of a stage: the training checkpoints of an unfinished task, the
+# entry a forced rerun replaced (until it is deleted), and the lock of a key being built.
+RESUME_PREFIX, RETIRED_PREFIX, LOCK_PREFIX = ".resume-", ".old-", ".lock-"
 # Write failures that a user fixes by making room.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def retire(folder: Path, key: str) -> None:
+    """Move ``folder`` out of the way at once, then delete it: a deletion cut short leaves a retired
+    folder, never one that passes for ``key``'s artifact or checkpoint."""
+    retired = folder.with_name(f"{RETIRED_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
+    os.replace(folder, retired)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 class ArtifactStore:
@@ -70,14 +81,17 @@ class ArtifactStore:
     def resume_folder(self, stage: str, key: str) -> Path:
         """Where a stage keeps its training checkpoints until its artifact is committed; a run killed
         before that resumes from them."""
-        return self.root / "store" / stage / f".resume-{key}"
+        return self.root / "store" / stage / f"{RESUME_PREFIX}{key}"
+
+    def lock_file(self, stage: str, key: str) -> Path:
+        return self.root / "store" / stage / f"{LOCK_PREFIX}{key}"
 
     @contextmanager
     def lock(self, stage: str, key: str, on_wait=lambda holder: None) -> Iterator[None]:
         """Held while ``stage:key`` is being built, so that two runs never build it at once."""
         with ExitStack() as stack:
             try:
-                stack.enter_context(key_lock(self.root / "store" / stage / f".lock-{key}", on_wait))
+                stack.enter_context(key_lock(self.lock_file(stage, key), on_wait))
             except OSError as exc:
                 raise self.unwritable(exc) from exc
             yield
@@ -106,9 +120,7 @@ class ArtifactStore:
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
         final = self.folder(stage, key)
         if final.exists():  # a forced rerun replaces the old entry
-            retired = final.with_name(f".old-{key}-{uuid.uuid4().hex[:8]}")
-            os.replace(final, retired)
-            shutil.rmtree(retired, ignore_errors=True)
+            retire(final, key)
         os.replace(scratch, final)
         shutil.rmtree(self.resume_folder(stage, key), ignore_errors=True)  # finished: nothing to resume
         return StageInput(final, manifest)
