@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, unbundle
+from pipeline.cli_artifacts import bundle, deploy, pack_dataset, predict, prune, unbundle
 from pipeline.cli_status import estimate_run, status
 from pipeline.cli_options import (ArtifactsOpt, CheckpointOpt, ClusterOpt, DeviceOpt, JobsOpt, LockstepOpt,
                                   MasterAddrOpt, MasterPortOpt, MpsOpt, NnodesOpt, NodeRankOpt, NprocOpt, ProfileArg,
@@ -402,6 +402,7 @@ app.command()(unbundle)
 app.command()(deploy)
 app.command()(predict)
 app.command("pack-dataset")(pack_dataset)
+app.command()(prune)
 
 
 @app.command()

@@ -70,6 +70,65 @@ def unbundle(bundle_file: Path = typer.Argument(..., metavar="FILE.tar", help="A
             typer.echo(f"  + {task}")
 
 
+def prune(profiles: List[Path] = typer.Argument(..., metavar="PROFILE...", show_default=False,
+                                                help="The profiles whose tasks to keep: every profile that still "
+                                                     "uses this artifacts folder."),
+          set_: List[str] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                         help="Override a key of every profile given, as run --set does "
+                                              "(repeatable)."),
+          over: List[str] = typer.Option(None, "--over", metavar="KEY=V1,V2,...",
+                                         help="Keep every point of a sweep grid of every profile given, as sweep "
+                                              "--over takes it."),
+          delete: bool = typer.Option(False, "--delete", help="Remove what is listed; without it, only list."),
+          artifacts: Optional[Path] = ArtifactsOpt) -> None:
+    """List what the artifact store holds that none of the given profiles uses (the entries of
+    settings since changed, checkpoints of trainings given up, leftovers of killed runs), and remove
+    it with --delete."""
+    with user_errors():
+        from pipeline import ui
+        from pipeline.prune import KINDS, age_text, remove, size_text, survey
+        from pipeline.store import ArtifactStore
+        from pipeline.sweep import grid, parse_axes, point_profile
+        from stages.context import training_progress
+
+        store = ArtifactStore(artifacts_root(artifacts), warn=ui.warn)
+        if not (store.root / "store").is_dir():
+            raise PipelineError(f"{store.root}: holds no artifact store (no store/ folder); pass --artifacts with "
+                                f"the folder your runs wrote")
+        points = grid(parse_axes(over)) if over else [{}]
+        loaded = [point_profile(profile, set_, point) for profile in profiles for point in points]
+        found = survey(store, loaded)
+        names = ", ".join(dict.fromkeys(p.name for p in loaded))
+        for entry in found.held:
+            ui.warn(f"{entry.path}: not used by {names}, but a running process holds it; left")
+        if not found.unused:
+            typer.echo(f"{store.root}: nothing to remove; {names} use{'s' if len(profiles) == 1 else ''} "
+                       f"{len(found.kept)} of its {len(found.kept) + len(found.held)} entries")
+            return
+        from rich.table import Table
+
+        table = Table(title=f"not used by {names} · {store.root}")
+        for column in ("task", "key", "what", "size", "written"):
+            table.add_column(column, justify="right" if column == "size" else "left")
+        for entry in found.unused:
+            progress = training_progress(entry.path) if entry.kind == "checkpoint" else None
+            what = KINDS[entry.kind] + (f", {progress['done']:.0%} done" if progress else "")
+            table.add_row(entry.task, entry.key[:12], what, size_text(entry.size), age_text(entry.written))
+        ui.console.print(table)
+        total = f"{len(found.unused)} entries, {size_text(found.unused_bytes)}"
+        if not delete:
+            typer.echo(f"{total} not used; kept: {len(found.kept)} entries the profiles use. Rerun with --delete to "
+                       f"remove them")
+            return
+        removed, left = remove(store, found.unused)
+        typer.echo(f"removed {len(removed)} entries, {size_text(sum(e.size for e in removed))}; kept {len(found.kept)} "
+                   f"that the profiles use")
+        for entry in left:
+            ui.warn(f"{entry.path}: not removed (a run took it meanwhile, or a file could not be deleted)")
+        if left:
+            raise typer.Exit(1)
+
+
 def deploy(profile: Optional[Path] = ProfileArg,
            output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="The folder to write."),
            set_: List[str] = SetOpt,
