@@ -3,8 +3,9 @@
 A store keeps every artifact it ever built: a changed setting is a new key, and the entries of the old
 one stay until removed. Kept here: every task of the given profiles (at every point of a sweep grid)
 and its training checkpoint, any store folder a profile names as a path (an imported teacher), and
-whatever a running process holds by its key's lock. ``store/shared`` (this machine's measured speed)
-and the folders outside the store (reports, sweeps, logs) are never touched.
+whatever a running process holds by its key's lock. ``store/shared`` (this machine's measured speed,
+the engine builders' timing caches) and the folders outside the store (reports, sweeps, logs) are
+never touched.
 """
 
 from __future__ import annotations
