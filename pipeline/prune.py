@@ -202,3 +202,7 @@ def size_text(size: int) -> str:
             break
         value, unit = value / 1024, bigger
     return f"{size} B" if unit == "B" else f"{value:,.1f} {unit}"
+
+
+def entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"

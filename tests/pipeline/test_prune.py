@@ -100,7 +100,8 @@ def test_prune_lists_first_and_deletes_only_when_told(crowded):
     store, teacher, *_ = crowded
     listed = prune(TINY, "--artifacts", store.root)
     assert listed.returncode == 0, listed.stderr
-    assert "distill:kd" in listed.stdout and "training checkpoint, 37% done" in listed.stdout and "left by a killed run" in listed.stdout
+    for shown in ("distill:kd", "training checkpoint, 37% done", "left by a killed run", "replaced by a rerun"):
+        assert shown in listed.stdout, listed.stdout
     assert "5 entries" in listed.stdout and "Rerun with --delete" in listed.stdout
     assert "a running process holds it" in listed.stderr + listed.stdout
     assert (store.root / "store" / "distill" / OLD_KEY).is_dir()  # listed, not removed
