@@ -86,7 +86,7 @@ def prune(profiles: List[Path] = typer.Argument(..., metavar="PROFILE...", show_
     it with --delete."""
     with user_errors():
         from pipeline import ui
-        from pipeline.prune import KINDS, age_text, entries, remove, size_text, survey
+        from pipeline.prune import KINDS, age_text, entries_text, remove, size_text, survey
         from pipeline.store import ArtifactStore
         from pipeline.sweep import grid, parse_axes, point_profile
         from stages.context import training_progress
@@ -115,14 +115,14 @@ def prune(profiles: List[Path] = typer.Argument(..., metavar="PROFILE...", show_
             what = KINDS[entry.kind] + (f", {progress['done']:.0%} done" if progress else "")
             table.add_row(entry.task, entry.key[:12], what, size_text(entry.size), age_text(entry.written))
         ui.console.print(table)
-        total = f"{entries(len(found.unused))}, {size_text(found.unused_bytes)}"
+        total = f"{entries_text(len(found.unused))}, {size_text(found.unused_bytes)}"
         if not delete:
-            typer.echo(f"{total} not used; kept: {entries(len(found.kept))} the profiles use. Rerun with --delete to "
-                       f"remove them")
+            typer.echo(f"{total} not used; kept: {entries_text(len(found.kept))} the profiles use. Rerun with "
+                       f"--delete to remove them")
             return
         removed, left = remove(store, found.unused)
         freed = size_text(sum(e.size for e in removed))
-        typer.echo(f"removed {entries(len(removed))}, {freed}; kept {len(found.kept)} that the profiles use")
+        typer.echo(f"removed {entries_text(len(removed))}, {freed}; kept {len(found.kept)} that the profiles use")
         for entry in left:
             ui.warn(f"{entry.path}: not removed (a run took it meanwhile, or a file could not be deleted)")
         if left:

@@ -174,13 +174,14 @@ def remove(store: ArtifactStore, entries: list[Entry]) -> tuple[list[Entry], lis
         if entry.kind in ("artifact", "checkpoint"):
             try:
                 with key_lock(store.lock_file(entry.stage, entry.key), timeout_s=0):
-                    retire(entry.path, entry.key)
+                    rest = retire(entry.path, entry.key)
             except TimeoutError:
                 left.append(entry)
                 continue
         else:
             shutil.rmtree(entry.path, ignore_errors=True)
-        (left if entry.path.exists() else removed).append(entry)
+            rest = entry.path
+        (left if rest.exists() else removed).append(entry)
     return removed, left
 
 
@@ -204,5 +205,5 @@ def size_text(size: int) -> str:
     return f"{size} B" if unit == "B" else f"{value:,.1f} {unit}"
 
 
-def entries(count: int) -> str:
+def entries_text(count: int) -> str:
     return f"{count} entr{'y' if count == 1 else 'ies'}"

@@ -32,12 +32,14 @@ RESUME_PREFIX, RETIRED_PREFIX, LOCK_PREFIX = ".resume-", ".old-", ".lock-"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def retire(folder: Path, key: str) -> None:
+def retire(folder: Path, key: str) -> Path:
     """Move ``folder`` out of the way at once, then delete it: a deletion cut short leaves a retired
-    folder, never one that passes for ``key``'s artifact or checkpoint."""
+    folder, never one that passes for ``key``'s artifact or checkpoint. Returns where it was moved
+    (still there if a file could not be deleted)."""
     retired = folder.with_name(f"{RETIRED_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
     os.replace(folder, retired)
     shutil.rmtree(retired, ignore_errors=True)
+    return retired
 
 
 class ArtifactStore:
