@@ -151,9 +151,12 @@ def choose_by_validation(summary: list[dict[str, Any]], unchanged: set[str] = fr
 
 def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: list[str], labels,
                     recipes: dict[str, dict[str, Any]] | None = None, printed: dict[str, dict] | None = None,
-                    unchanged: set[str] = frozenset()) -> str:
+                    unchanged: set[str] = frozenset(), chosen: dict[str, dict[str, Any]] | None = None,
+                    gains: list[dict[str, Any]] | None = None) -> str:
     """The sweep's tables, then the first point's recipes: every other point differs from it only
-    in the swept keys. ``unchanged``: the models the grid does not change (``unchanged_by_axes``)."""
+    in the swept keys. ``unchanged``: the models the grid does not change (``unchanged_by_axes``);
+    ``chosen`` and ``gains``: ``choose_by_validation`` and ``paired_gains`` where sweep.json has them
+    already (computed here otherwise)."""
     other = [k for k, _ in axes if k != "seed"]
     seeds = next((values for k, values in axes if k == "seed"), None)
     lines = [f"# Sweep of {profile} over {', '.join(k for k, _ in axes)}", ""]
@@ -167,7 +170,7 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
         cells = [str(row["point"][k]) for k in other]
         cells += [_cell(row["accuracy"][model], seeds) for model in models]
         lines.append("| " + " | ".join(cells) + " |")
-    chosen = choose_by_validation(summary, unchanged)
+    chosen = choose_by_validation(summary, unchanged) if chosen is None else chosen
     if chosen:
         lines += ["", "Top-1 % on the validation split held out of the training images, at every point:", "",
                   "| " + " | ".join(other + [labels.get(m, m) for m in models]) + " |",
@@ -200,7 +203,7 @@ def render_markdown(summary: list[dict[str, Any]], axes, profile: str, models: l
             lines.append("| " + " | ".join([labels.get(model, model), *where,
                                             _cell(pick["validation"], seeds), _cell(pick["test"], seeds)]) + " |")
     lines += render_printed(summary, other, labels, printed or {}, bool(seeds))
-    lines += render_paired_gains(paired_gains(summary, models), other, labels)
+    lines += render_paired_gains(paired_gains(summary, models) if gains is None else gains, other, labels)
     if recipes:
         lines += render_recipes(recipes, f" These are the first point's; the other points differ from it in "
                                          f"{', '.join(k for k, _ in axes)} alone.")
@@ -266,13 +269,13 @@ def write_sweep(destination: Path, results, axes, profile: str, models: list[str
                 printed: dict[str, dict] | None = None) -> list[Path]:
     destination.mkdir(parents=True, exist_ok=True)
     summary, unchanged = summarize(results, axes), unchanged_by_axes(results, axes)
+    chosen, gains = choose_by_validation(summary, unchanged), paired_gains(summary, models)
     written = [destination / "sweep.json", destination / "sweep.md"]
     written[0].write_text(json.dumps({"profile": profile, "axes": axes, "results": results, "summary": summary,
-                                      "chosen_by_validation": choose_by_validation(summary, unchanged),
-                                      "paired_gains": paired_gains(summary, models),
+                                      "chosen_by_validation": chosen, "paired_gains": gains,
                                       **({"printed": printed} if printed else {})}, indent=1))
     written[1].write_text(render_markdown(summary, axes, profile, models, labels, results[0].get("recipes"), printed,
-                                          unchanged))
+                                          unchanged, chosen, gains))
     if plot(summary, axes, models, labels, destination / "sweep.png"):
         written.append(destination / "sweep.png")
     return written
