@@ -510,8 +510,10 @@ class ClusterScheduler:
             while not started <= ray.get(mailbox.ended_tasks.remote()) and time.monotonic() < deadline:
                 time.sleep(0.2)
             self._collect(mailbox, {}, scratch)
-        except Exception:  # noqa: BLE001 - the mailbox's node may be the one that failed
-            pass
+        except Exception as exc:  # noqa: BLE001 - the mailbox's node may be the one that failed
+            # Said, not raised: the stop goes on, and the rerun resumes from what this folder holds.
+            self.store.warn(f"the training checkpoints the stopped tasks sent could not all be kept here "
+                            f"({first_line(exc)}); a rerun resumes from the last one {self.store.root} holds")
 
 
 def _describe(nodes: list[dict[str, Any]]) -> str:

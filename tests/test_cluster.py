@@ -141,14 +141,20 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     # left when its node is taken away.
     process, _ = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "3600", before=EPOCHS // 3)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143 and "Traceback" not in stderr, stderr
-    assert "training resumes from its last checkpoint; rerun the same command" in stderr
+    stdout, stderr = process.communicate(timeout=120)
+    stop = f"the stopped run's output:\n{stdout[-2000:]}\n{stderr[-2000:]}"  # where it stopped, for a failure
+    assert process.returncode == 143 and "Traceback" not in stderr, stop
+    assert "training resumes from its last checkpoint; rerun the same command" in stderr, stop
     resume = tmp_path / "store" / "teacher"
-    [stopped_at] = resume.glob(".resume-*/training.pt")  # it reached the head
+    reached = list(resume.glob(".resume-*/training.pt"))
+    assert len(reached) == 1, stop  # its checkpoint reached the head
+    [stopped_at] = reached
     saved_at_stop = stopped_at.stat().st_mtime_ns
 
-    process, node = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "0")
+    try:
+        process, node = started_on_the_cluster(made.address, tmp_path, "--checkpoint-every", "0")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{stop}") from None
     deadline = time.monotonic() + 60
     while stopped_at.exists() and stopped_at.stat().st_mtime_ns == saved_at_stop and time.monotonic() < deadline:
         time.sleep(0.2)  # the rerun's own checkpoint has reached the head

@@ -126,3 +126,34 @@ def test_a_stop_keeps_the_checkpoint_a_cancelled_task_sends_after_ray_counts_it_
     monkeypatch.setattr(scheduler, "_collect", lambda mailbox, running, scratch: collected.append(len(asked)))
     scheduler._cancel({"ref 1": started, "ref 2": queued}, Mailbox, tmp_path, grace_s=10)
     assert collected == [3]
+
+
+def test_a_stop_that_cannot_keep_a_sent_checkpoint_says_so_and_goes_on(tmp_path, monkeypatch):
+    """The checkpoints collected on a stop failing to unpack here is a warning naming why, not silence."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from pipeline.cluster import ClusterScheduler
+    from pipeline.store import ArtifactStore
+    from stages.common.errors import ArtifactError
+
+    class Mailbox:
+        class latest_states:  # noqa: N801 - as a Ray actor's method is called
+            @staticmethod
+            def remote():
+                return {}
+
+        class ended_tasks:  # noqa: N801
+            @staticmethod
+            def remote():
+                return set()
+
+    def broken(mailbox, running, scratch):
+        raise ArtifactError("checkpoint.tar: training.pt does not match its checksum")
+
+    monkeypatch.setattr(ray, "cancel", lambda ref: None)
+    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: (refs, []))
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+    warned = []
+    scheduler = ClusterScheduler(ArtifactStore(tmp_path, warn=warned.append), "local")
+    monkeypatch.setattr(scheduler, "_collect", broken)
+    scheduler._cancel({}, Mailbox, tmp_path, grace_s=1)
+    assert len(warned) == 1 and "does not match its checksum" in warned[0] and "a rerun resumes" in warned[0]
