@@ -240,6 +240,23 @@ def _mailbox_progress(mailbox, task_id: str, node: str):
     return throttled_progress(lambda state: mailbox.put_state.remote(task_id, state), node=node)
 
 
+@contextlib.contextmanager
+def stoppable_by_cancel():
+    """Ray cancels a running task by raising SIGINT in its worker's main thread, which Python drops
+    where SIGINT is ignored: so it is in every worker of a cluster started from a process that ignores
+    it (a job a shell script started with ``&``), whose trainings would run on, deaf to a stop. Within
+    this block SIGINT reaches Python, so that training stops between two steps with its checkpoint."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_on_node(spec: dict[str, Any], mailbox, *input_bundles: bytes) -> dict[str, Any]:
     """One task on a cluster node (a Ray task); returns its outcome and, where the node has its own
     artifacts folder, the artifact as a bundle. Errors come back as values, so that Ray retries only
@@ -277,11 +294,9 @@ def run_on_node(spec: dict[str, Any], mailbox, *input_bundles: bytes) -> dict[st
                 runner = Runner(store, device=spec["device"], progress=_mailbox_progress(mailbox, task.id, node),
                                 checkpoint_interval_s=spec["checkpoint_interval_s"],
                                 estimates={task.id: spec.get("estimate")})
-                if shared:
+                shipper = contextlib.nullcontext() if shared else _CheckpointShipper(store, task, mailbox, scratch)
+                with shipper, stoppable_by_cancel():
                     outcome = runner._execute(task, inputs, spec["forced"])
-                else:
-                    with _CheckpointShipper(store, task, mailbox, scratch):
-                        outcome = runner._execute(task, inputs, spec["forced"])
             except PipelineError as exc:
                 return {"code": 2, "error": str(exc), "node": node}
             except KeyboardInterrupt as exc:

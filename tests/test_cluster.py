@@ -28,13 +28,25 @@ EPOCHS = 30
 LONG_TEACHER = ("--set", f"teacher.training.epochs={EPOCHS}")
 
 
+@contextlib.contextmanager
+def sigint_ignored():
+    """As in a job that a shell script starts with ``&``: the nodes started meanwhile, and their workers,
+    inherit SIGINT ignored, which is how Ray's cancel reaches a running task."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
 
     # The head takes no task (zero CPUs): every training lands on a worker node, one at a time each.
-    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [made.add_node(num_cpus=1) for _ in range(2)]
+    with sigint_ignored():
+        made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = [made.add_node(num_cpus=1) for _ in range(2)]
     made.wait_for_nodes()
     yield made, workers
     made.shutdown()
@@ -149,6 +161,8 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     reached = list(resume.glob(".resume-*/training.pt"))
     assert len(reached) == 1, stop  # its checkpoint reached the head
     [stopped_at] = reached
+    done = json.loads(stopped_at.with_name("training.json").read_text())["done"]
+    assert done < 2 / 3, f"the node stopped at {done:.0%} of its training, long after the stop\n{stop}"
     saved_at_stop = stopped_at.stat().st_mtime_ns
 
     try:
@@ -161,7 +175,8 @@ def test_a_stopped_training_and_one_whose_node_dies_both_resume_and_end_identica
     [doomed] = [w for w in workers if w.node_id.startswith(node)]
     lose(made, doomed)
     workers.remove(doomed)
-    workers.append(made.add_node(num_cpus=1))  # the cluster as it was, for any test after this one
+    with sigint_ignored():
+        workers.append(made.add_node(num_cpus=1))  # the cluster as it was, for any test after this one
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stdout + stderr
     [manifest] = resume.glob("*/manifest.json")

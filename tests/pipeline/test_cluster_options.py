@@ -157,3 +157,32 @@ def test_a_stop_that_cannot_keep_a_sent_checkpoint_says_so_and_goes_on(tmp_path,
     monkeypatch.setattr(scheduler, "_collect", broken)
     scheduler._cancel({}, Mailbox, tmp_path, grace_s=1)
     assert len(warned) == 1 and "does not match its checksum" in warned[0] and "a rerun resumes" in warned[0]
+
+
+def test_a_cluster_task_hears_rays_cancel_where_its_worker_inherited_sigint_ignored():
+    """Ray cancels a running task with SIGINT in its worker's main thread; a worker of a cluster started by a
+    background job inherits SIGINT ignored, and Python drops it: the training never stops. Within
+    stoppable_by_cancel the training's stop request hears it, and SIGINT is ignored again after."""
+    import _thread
+    import signal
+    import time
+
+    from pipeline.cluster import stoppable_by_cancel
+    from stages.training.resume import stop_on_interrupt
+
+    def cancel() -> None:
+        _thread.interrupt_main()  # what Ray's cancel does in the worker
+        time.sleep(0.05)  # the handler runs between two bytecodes of this thread
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_interrupt() as deaf:
+            cancel()
+        assert deaf.signum is None  # as a worker was
+        with pytest.raises(KeyboardInterrupt):  # delivered again on leaving, as training does after saving
+            with stoppable_by_cancel(), stop_on_interrupt() as stop:
+                cancel()
+                assert stop.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
