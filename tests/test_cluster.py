@@ -31,7 +31,7 @@ LONG_TEACHER = ("--set", f"teacher.training.epochs={EPOCHS}")
 @contextlib.contextmanager
 def sigint_ignored():
     """As in a job that a shell script starts with ``&``: the nodes started meanwhile, and their workers,
-    inherit SIGINT ignored, which is how Ray's cancel reaches a running task."""
+    inherit SIGINT ignored, the signal by which Ray cancels a running task."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
