@@ -92,15 +92,18 @@ def key_lock(path: Path, on_wait: Callable[[str], None] = lambda holder: None,
         path.unlink(missing_ok=True)
 
 
+SCRATCH_PREFIX = ".tmp-"
+
+
 def scratch_name(key: str, token: str) -> str:
     """A scratch folder's name, carrying its writer's process id so a later run can tell it is dead."""
-    return f".tmp-{key}-{os.getpid()}-{platform.node()}-{token}"
+    return f"{SCRATCH_PREFIX}{key}-{os.getpid()}-{platform.node()}-{token}"
 
 
 def dead_scratch(folder: Path) -> list[Path]:
     """The scratch folders in ``folder`` whose writer died on this host."""
     dead = []
-    for scratch in folder.glob(".tmp-*"):
+    for scratch in folder.glob(f"{SCRATCH_PREFIX}*"):
         parts = scratch.name.split("-")
         # .tmp-<key>-<pid>-<host...>-<token>; the host may itself hold dashes.
         if len(parts) >= 5 and _dead_here(parts[2], "-".join(parts[3:-1])):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.locks import dead_scratch, key_lock, lock_held
+from pipeline.locks import SCRATCH_PREFIX, dead_scratch, key_lock, lock_held
 from pipeline.store import MANIFEST, RESUME_PREFIX, RETIRED_PREFIX, ArtifactStore, retire
 
 # What each kind of entry is, as the listing says it.
@@ -47,8 +47,8 @@ def _key_and_kind(name: str) -> tuple[str, str] | None:
         return name[len(RESUME_PREFIX):], "checkpoint"
     if name.startswith(RETIRED_PREFIX):  # .old-<key>-<token>
         return name[len(RETIRED_PREFIX):].rsplit("-", 1)[0], "retired"
-    if name.startswith(".tmp-"):  # .tmp-<key>-<pid>-<host>-<token>
-        return name[len(".tmp-"):].split("-", 1)[0], "scratch"
+    if name.startswith(SCRATCH_PREFIX):  # .tmp-<key>-<pid>-<host>-<token>
+        return name[len(SCRATCH_PREFIX):].split("-", 1)[0], "scratch"
     if name.startswith("."):
         return None
     return name, "artifact"
