@@ -95,6 +95,14 @@ def test_a_node_sends_the_head_only_the_checkpoints_its_task_wrote(tmp_path, mon
     assert sent == [("teacher", task.key, b"bundle")]
 
 
+def stand_in_for_rays_calls(ray, monkeypatch) -> None:
+    """The head's stop without a cluster: a cancel does nothing, every ref is done at once, and a
+    mailbox stand-in's answers are taken as they come."""
+    monkeypatch.setattr(ray, "cancel", lambda ref: None)
+    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: (refs, []))
+    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+
+
 def test_a_stop_keeps_the_checkpoint_a_cancelled_task_sends_after_ray_counts_it_done(tmp_path, monkeypatch):
     """Ray can count a cancelled task done while its function still saves its checkpoint and sends it;
     the head leaves only once every task that had started has said it ended (or the grace runs out)."""
@@ -118,9 +126,7 @@ def test_a_stop_keeps_the_checkpoint_a_cancelled_task_sends_after_ray_counts_it_
                 asked.append(1)
                 return {started.id} if len(asked) >= 3 else set()  # its word comes on the third look
 
-    monkeypatch.setattr(ray, "cancel", lambda ref: None)
-    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: (refs, []))  # every ref done at once
-    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+    stand_in_for_rays_calls(ray, monkeypatch)
     scheduler = ClusterScheduler(ArtifactStore(tmp_path), "local")
     collected = []
     monkeypatch.setattr(scheduler, "_collect", lambda mailbox, running, scratch: collected.append(len(asked)))
@@ -149,9 +155,7 @@ def test_a_stop_that_cannot_keep_a_sent_checkpoint_says_so_and_goes_on(tmp_path,
     def broken(mailbox, running, scratch):
         raise ArtifactError("checkpoint.tar: training.pt does not match its checksum")
 
-    monkeypatch.setattr(ray, "cancel", lambda ref: None)
-    monkeypatch.setattr(ray, "wait", lambda refs, **kwargs: (refs, []))
-    monkeypatch.setattr(ray, "get", lambda ref, **kwargs: ref)
+    stand_in_for_rays_calls(ray, monkeypatch)
     warned = []
     scheduler = ClusterScheduler(ArtifactStore(tmp_path, warn=warned.append), "local")
     monkeypatch.setattr(scheduler, "_collect", broken)
