@@ -155,11 +155,18 @@ def predict(folder: Path, paths: list[Path], top_k: int = 5) -> list[dict[str, A
     names = contract["class_names"]
     results = []
     for path, (_, notes), row in zip(files, loaded, probabilities):
-        best = np.argsort(-row)[:top_k]
+        best = top_classes(row, top_k)
         results.append({"image": str(path), "top": [{"class": names[i], "index": int(i),
                                                      "probability": float(row[i])} for i in best],
                         **({"notes": notes} if notes else {})})
     return results
+
+
+def top_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """The k most probable classes, best first. Tied classes (an int8 model's logits take few values)
+    keep their order, so the first is the benchmark's argmax: an unstable sort orders them by the
+    machine's sorting kernel, and the same image could be scored one class there and another here."""
+    return np.argsort(-probabilities, kind="stable")[:k]
 
 
 def model_card(package: dict[str, Any]) -> str:

@@ -107,3 +107,17 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     pixels, notes = load_image(tmp_path / "depth.png", 8, 1)
     assert np.array_equal(pixels[..., 0], np.rint(wide / 257).astype(np.uint8))
     assert notes == ["scaled from 16 to 8 bits per pixel"]
+
+
+def test_tied_classes_rank_as_the_benchmarks_argmax_ranks_them():
+    """An int8 model's logits take few values, so two classes can tie; predict's first class must be
+    the one whose accuracy the benchmark measured (argmax: the first of them), on any CPU."""
+    from stages.deploy.deployed import top_classes
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        row = rng.random(10).astype(np.float32)
+        tied = rng.integers(0, 9)
+        row[tied] = row[tied + 1] = row.max() + 0.1
+        assert top_classes(row, 3)[0] == row.argmax() == tied
+        assert list(top_classes(row, 2)) == [tied, tied + 1]
