@@ -34,6 +34,28 @@ def tiny_pipeline(tmp_path_factory):
     return artifacts, done, until_engine
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_teacher(tmp_path_factory):
+    """``uninterrupted_teacher(*options)``: the folder of the tiny profile's teacher trained for
+    INTERRUPTED_EPOCHS epochs by a run that nothing stopped, started with ``options`` (``--jobs 2``
+    trains on a core's share, ``--nproc-per-node 2`` on two ranks: other arithmetic, other weights).
+    Built once per session for each set of options: every test that stops such a run, in whatever
+    way, compares its rerun with the same reference."""
+    from tests.commands import cli, INTERRUPTED, TINY
+
+    built: dict[tuple[str, ...], Path] = {}
+
+    def teacher(*options: str) -> Path:
+        if options not in built:
+            artifacts = tmp_path_factory.mktemp("uninterrupted")
+            done = cli("teacher", str(TINY), *INTERRUPTED, *options, artifacts=artifacts)
+            assert done.returncode == 0, done.stdout + done.stderr
+            [built[options]] = [p for p in (artifacts / "store" / "teacher").iterdir() if not p.name.startswith(".")]
+        return built[options]
+
+    return teacher
+
+
 @pytest.fixture
 def standin_tensorrt(monkeypatch):
     """The strict stand-in for TensorRT (tests/tensorrt_standin.py) as the ``tensorrt`` module, fresh

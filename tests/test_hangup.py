@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import pipeline_command, TINY
+from tests.commands import INTERRUPTED, pipeline_command, TINY
 from tests.processes import processes_naming
 
-EPOCHS = ("--set", "teacher.training.epochs=8")
 pytestmark = pytest.mark.slow
 
 
 def teacher_command(artifacts: Path, *extra: str) -> list[str]:
-    return pipeline_command("teacher", TINY, *EPOCHS, *extra, artifacts=artifacts)
+    return pipeline_command("teacher", TINY, *INTERRUPTED, *extra, artifacts=artifacts)
 
 
 def finished_teacher(artifacts: Path, *extra: str) -> Path:
@@ -65,8 +64,8 @@ def _read_available(fd: int) -> bytes:
 
 @pytest.mark.parametrize("extra", [(), ("--jobs", "2"), ("--nproc-per-node", "2")],
                          ids=["one process", "a task of --jobs", "torchrun, two processes"])
-def test_a_closed_terminal_stops_training_with_its_progress_saved(tmp_path, extra):
-    reference = finished_teacher(tmp_path / "reference", *extra)
+def test_a_closed_terminal_stops_training_with_its_progress_saved(tmp_path, uninterrupted_teacher, extra):
+    reference = uninterrupted_teacher(*extra)
     artifacts = tmp_path / "hung-up"
     assert hung_up_in_training(artifacts, *extra) == 129
     assert processes_naming(str(artifacts)) == []
