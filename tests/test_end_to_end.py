@@ -106,19 +106,22 @@ def test_status_lists_every_task_as_cached(first_run):
 
 
 def test_changing_the_temperature_reruns_distill_and_what_follows_only(first_run):
+    """What a run would redo, as status lists it from the same keys the run looks up (the second run above
+    finds every one of them; the sweep test below reruns the students of another temperature for real)."""
     artifacts, _ = first_run
-    done = cli("run", str(TINY), "--set", "distill.temperature=2", artifacts=artifacts)
+    done = cli("status", str(TINY), "--json", "--set", "distill.temperature=2", artifacts=artifacts)
     assert done.returncode == 0, done.stderr
-    expected = {f"{stage}:{m}" for stage in ("distill", "export", "quantize", "engine", "benchmark")
-                for m in ("kd", "stochastic_kd")} | {"report"}
-    assert ran_tasks(done.stdout) == expected
+    to_run = {t["task"] for t in json.loads(done.stdout)["tasks"] if t["state"] != "cached"}
+    assert to_run == {f"{stage}:{m}" for stage in ("distill", "export", "quantize", "engine", "benchmark")
+                      for m in ("kd", "stochastic_kd")} | {"report"}
 
 
 def test_single_stage_command_runs_only_what_it_needs(first_run):
     artifacts, _ = first_run
-    done = cli("export", str(TINY), "--set", "export.tolerance=0.01", artifacts=artifacts)
+    done = cli("quantize", str(TINY), "--set", "quantize.calibration_images=16", artifacts=artifacts)
     assert done.returncode == 0, done.stderr
-    assert ran_tasks(done.stdout) == {"export:teacher", "export:student", "export:kd", "export:stochastic_kd"}
+    # Not the engines and benchmarks that follow, nor the exports before, which are cached.
+    assert ran_tasks(done.stdout) == {"quantize:teacher", "quantize:student", "quantize:kd", "quantize:stochastic_kd"}
 
 
 def teacher_weights(artifacts) -> bytes:
@@ -126,23 +129,16 @@ def teacher_weights(artifacts) -> bytes:
     return (folder / "model.pt").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_teacher(tmp_path_factory):
-    artifacts = tmp_path_factory.mktemp("uninterrupted")
-    done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=artifacts)
-    assert done.returncode == 0, done.stderr
-    return teacher_weights(artifacts)
-
-
-@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_ctrl_c_or_sigterm_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(
-        tmp_path, uninterrupted_teacher, signal_name, code):
+def test_ctrl_c_saves_progress_says_how_to_resume_and_the_rerun_ends_identical(tmp_path, uninterrupted_teacher):
+    """SIGTERM and SIGHUP stop training by the same path as Ctrl-C, raising Terminated where Ctrl-C raises
+    KeyboardInterrupt (tests/stages/common/test_stop_signals.py); a closed terminal takes that path
+    through a real run in tests/test_hangup.py."""
     import signal
 
     process = started_teacher(tmp_path, "--checkpoint-every", "3600")  # only the signal saves
-    process.send_signal(getattr(signal, signal_name))
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == code and "Traceback" not in stderr
+    assert process.returncode == 130 and "Traceback" not in stderr
     assert re.fullmatch(r"interrupted: teacher resnet8: stopped in epoch \d+, after batch \d+ of \d+; its progress "
                         r"is saved in \S+/store/teacher/\.resume-\w+/training\.pt: rerun the same command to "
                         r"resume from there\n", stderr), stderr
@@ -158,7 +154,7 @@ def test_ctrl_c_or_sigterm_saves_progress_says_how_to_resume_and_the_rerun_ends_
     assert entry["checkpoint"]["images_per_second"] > 0 and entry["checkpoint"]["device"]
     done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert teacher_weights(tmp_path) == uninterrupted_teacher
+    assert teacher_weights(tmp_path) == (uninterrupted_teacher() / "model.pt").read_bytes()
     assert not list(store.glob(".resume-*"))  # committed: nothing left to resume
 
 
@@ -174,7 +170,7 @@ def test_a_killed_run_resumes_and_ends_identical(tmp_path, uninterrupted_teacher
     done = cli("teacher", str(TINY), *INTERRUPTED, artifacts=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "removed, left behind by a run that was killed" in done.stderr
-    assert teacher_weights(tmp_path) == uninterrupted_teacher
+    assert teacher_weights(tmp_path) == (uninterrupted_teacher() / "model.pt").read_bytes()
     metrics = json.loads(next((tmp_path / "store" / "teacher").glob("*/manifest.json")).read_text())["metrics"]
     assert len(metrics["train_resumed_at"]) == 1 and metrics["train_resumed_at"][0]["epoch"] >= 2
 
@@ -233,7 +229,10 @@ def test_a_target_whose_backend_is_missing_gets_a_stand_in_and_an_estimate(first
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: the engines are real, not stand-ins")
     artifacts, _ = first_run
-    done = cli("run", str(TINY), "--set", "target.backend=tensorrt", "--set", "target.name=orin",
+    # ONNX Runtime writes the s8s8 graph here (Model Optimizer, the default for TensorRT, takes about 4 s a
+    # model; it is tested in tests/stages/test_quantize.py).
+    done = cli("run", str(TINY), "--set", "target.backend=tensorrt", "--set", "quantize.int8_tool=onnxruntime",
+               "--set", "target.name=orin",
                "--set", "target.hardware={device: Orin GPU, peak_tops: {fp16: 42.5, int8: 85}, "
                "memory_bandwidth_gbs: 204.8}", "--set", "target.budgets.latency_ms={1: 5.0}", artifacts=artifacts)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -297,10 +296,9 @@ def test_deploy_writes_a_folder_that_predict_runs_alone(first_run, tmp_path):
                            "--top-k", "1"], capture_output=True, text=True, cwd=tmp_path / "elsewhere")
     assert done.returncode == 0, done.stderr
     predicted = np.array([r["top"][0]["index"] for r in json.loads(done.stdout)])
-    report = json.loads((artifacts / "tiny" / "report.json").read_text())
-    scored = next(r["test_accuracy"] for r in report["rows"] if r["model"] == "stochastic_kd"
-                  and r["runtime"] == "onnxruntime" and r["precision"] == "int8")
-    assert float((predicted == data.y_test).mean()) == scored
+    # The benchmark's score of this engine, as deploy.json carries it (the shared folder's report.json is
+    # whichever run wrote it last: another test's run with other settings, perhaps).
+    assert float((predicted == data.y_test).mean()) == package["test_accuracy"]
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     done = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(moved), str(bad)], capture_output=True,
