@@ -7,6 +7,11 @@
 # runs, and a call without them stops at once with one line.
 install_carried_wheels() {
   local imports="import pydantic, typer, rich, yaml, torch, pipeline.cli"
+  # A script that a checked one started (gpu_window.sh 2 runs gpu_paper_row.sh) inherits the checked
+  # PYTHONPATH: checking again would spend a few seconds of the window importing torch.
+  if [ -n "${STOCHKD_IMPORTS_CHECKED+set}" ] && [ "$STOCHKD_IMPORTS_CHECKED" = "${PYTHONPATH:-}" ]; then
+    return 0
+  fi
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   # Nothing to install where the project already imports (wheels an earlier call installed, a machine
   # that has pydantic, this one).
@@ -23,6 +28,7 @@ install_carried_wheels() {
     echo "gpu_env: the project cannot import here ($(python3 -c "$imports" 2>&1 | tail -1)); carry .whl (see bench/gpu_env.sh)" >&2
     return 1
   }
+  export STOCHKD_IMPORTS_CHECKED=${PYTHONPATH:-}
 }
 
 # The parts of bench/carry_npz.py that calls carried (.data/c100x), copied to $CARRIED_PARTS (default
