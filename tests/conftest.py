@@ -37,8 +37,8 @@ def tiny_pipeline(tmp_path_factory):
 @pytest.fixture(scope="session")
 def uninterrupted_teacher(tmp_path_factory):
     """``uninterrupted_teacher(*options)``: the folder of the tiny profile's teacher trained for
-    INTERRUPTED_EPOCHS epochs by a run that nothing stopped, started with ``options`` (``--jobs 2``
-    trains on a core's share, ``--nproc-per-node 2`` on two ranks: other arithmetic, other weights).
+    INTERRUPTED_EPOCHS epochs by a run that nothing stopped, started with ``options``
+    (``--nproc-per-node 2`` trains on two ranks: other arithmetic, other weights).
     Built once per session for each set of options: every test that stops such a run, in whatever
     way, compares its rerun with the same reference."""
     from tests.commands import cli, INTERRUPTED, TINY
