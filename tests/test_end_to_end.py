@@ -196,19 +196,25 @@ def test_sweep_shares_cached_stages_and_reports_mean_and_std(tmp_path):
     assert [r["kd"]["seed"] for r in recipes] == [0, 1, 0, 1]
 
 
-def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(tmp_path):
+def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(first_run, tmp_path):
+    import shutil
+
+    artifacts = shutil.copytree(first_run[0], tmp_path / "artifacts")
     done = cli("run", str(TINY), "--set", "methods=[dml]", "--set", "mutual.peers=[resnet8, resnet8]",
-               "--set", "mutual.training.epochs=1", artifacts=tmp_path)
+               "--set", "mutual.training.epochs=1", artifacts=artifacts)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert ran_tasks(done.stdout) >= {"mutual:conventional", "mutual:proposed", "benchmark:dml_proposed_2"}
-    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    ran = ran_tasks(done.stdout)
+    assert ran >= {"mutual:conventional", "mutual:proposed", "benchmark:dml_proposed_2"}
+    # The peers' independent baseline is the KD run's student alone (same network and recipe): its key's.
+    assert not {task for task in ran if task.endswith(":independent_resnet8")}
+    report = json.loads((artifacts / "tiny" / "report.json").read_text())
     assert set(report["comparison"]["test_accuracy"]) == {"dml_conventional_1", "dml_conventional_2",
                                                          "dml_proposed_1", "dml_proposed_2", "independent_resnet8"}
     assert "dml_gain" in report["comparison"] and report["analyses"] == {}
     assert "dml_mean_independent" in report["comparison"]
     assert ("dml_proposed_1", "onnxruntime", "int8") in {(r["model"], r["runtime"], r["precision"])
                                                         for r in report["rows"]}
-    markdown = (tmp_path / "tiny" / "report.md").read_text()
+    markdown = (artifacts / "tiny" / "report.md").read_text()
     assert "DML proposed, peer 1" in markdown
     assert ("| DML proposed, peer 2 | resnet8 | 1 | 128 | 0.1 | constant | 0.9 | 0.0005 | fp32 on cpu | mutual: peers "
             "resnet8 + resnet8, p_last 0.5, drop_mode batch, temperature 1, mimicry_weight 1 |"
