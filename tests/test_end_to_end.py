@@ -205,7 +205,7 @@ def test_deep_mutual_learning_peers_go_all_the_way_to_the_report(first_run, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     ran = ran_tasks(done.stdout)
     assert ran >= {"mutual:conventional", "mutual:proposed", "benchmark:dml_proposed_2"}
-    # The peers' independent baseline is the KD run's student alone (same network and recipe): its key's.
+    # The peers' independent baseline is the KD run's student alone: same network and recipe, same key.
     assert not {task for task in ran if task.endswith(":independent_resnet8")}
     report = json.loads((artifacts / "tiny" / "report.json").read_text())
     assert set(report["comparison"]["test_accuracy"]) == {"dml_conventional_1", "dml_conventional_2",
