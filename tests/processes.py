@@ -1,5 +1,7 @@
-"""Processes in tests: which of a stopped command's processes still run, and two ranks of a process group."""
+"""Processes in tests: which of a stopped command's processes still run, two ranks of a process group,
+and SIGINT ignored as a background job has it."""
 
+import contextlib
 from pathlib import Path
 
 
@@ -17,6 +19,19 @@ def processes_naming(text: str, with_pid: bool = False) -> list[str]:
         if text in line:
             found.append(line)
     return found
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """As in a job that a shell script starts with ``&``: SIGINT ignored, which processes started
+    meanwhile inherit (a Ray cluster's nodes and their workers: SIGINT is how Ray cancels a task)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def free_port() -> int:

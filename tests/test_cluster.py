@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.commands import TINY, cli, pipeline_command
+from tests.processes import sigint_ignored
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): --cluster is untested")
 
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.slow
 # not always enough in a full run: the head, busy, printed the epoch the stop came at late).
 EPOCHS = 30
 LONG_TEACHER = ("--set", f"teacher.training.epochs={EPOCHS}")
-
-
-@contextlib.contextmanager
-def sigint_ignored():
-    """As in a job that a shell script starts with ``&``: the nodes started meanwhile, and their workers,
-    inherit SIGINT ignored, the signal by which Ray cancels a running task."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")

@@ -173,13 +173,13 @@ def test_a_cluster_task_hears_rays_cancel_where_its_worker_inherited_sigint_igno
 
     from pipeline.cluster import stoppable_by_cancel
     from stages.training.resume import stop_on_interrupt
+    from tests.processes import sigint_ignored
 
     def cancel() -> None:
         _thread.interrupt_main()  # what Ray's cancel does in the worker
         time.sleep(0.05)  # the handler runs between two bytecodes of this thread
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with sigint_ignored():
         with stop_on_interrupt() as deaf:
             cancel()
         assert deaf.signum is None  # as a worker was
@@ -188,5 +188,3 @@ def test_a_cluster_task_hears_rays_cancel_where_its_worker_inherited_sigint_igno
                 cancel()
                 assert stop.signum == signal.SIGINT
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, previous)
