@@ -85,8 +85,9 @@ def test_masked_blocks_resume_bit_identical_too(tmp_path, compiled, monkeypatch)
     (Inductor compiling blocks is tested in test_compiling.py; here it would cost a fresh machine another
     10 s or so of compiling)."""
     if compiled == "blocks":
-        compile_ = torch.compile
-        monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compile_(fn, backend="aot_eager"))
+        from tests.stages.training.test_compiling import compiling_with
+
+        monkeypatch.setattr(torch, "compile", compiling_with("aot_eager"))
     recipe = RECIPE.model_copy(update={"drop_execution": "mask", "compile": bool(compiled) or None,
                                        "compile_scope": compiled})
     reference = stochastic_model()
